@@ -1,0 +1,408 @@
+//! The AccountActor: one per scope, holding the accounts that commands touched
+//! recently. Commands for one account run one after another (a lane per account);
+//! commands for different accounts run at the same time, each in a task the actor
+//! owns. Accounts are loaded lazily from a snapshot and the log.
+
+use std::collections::{HashMap, VecDeque};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinSet;
+
+use crate::account::{
+    Account, AccountCommand, AccountError, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password, PersonName,
+    Registration,
+};
+use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
+use crate::event_store::{event_subject, is_safe_token};
+use crate::executor::{ExecError, Loaded, execute, load};
+use crate::seal::{person_key_name, tenant_key_name};
+use crate::tenant::Scope;
+use crate::tree::Deps;
+
+pub struct AccountActor;
+
+pub enum AccountMsg {
+    Execute(CommandEnvelope<AccountRequest>, RpcReplyPort<CommandResult<AccountReply>>),
+    /// A task finished with an account; `loaded` is its fresh state, if known.
+    Finished { id: String, loaded: Option<Loaded<Account>> },
+    /// Makes the actor panic on the next command, to exercise supervision in tests.
+    #[cfg(feature = "fault-injection")]
+    PanicOnNextCommand,
+}
+
+pub struct AccountArgs {
+    pub scope: Scope,
+    pub deps: Deps,
+}
+
+struct Job {
+    command_id: String,
+    request: AccountRequest,
+    reply: RpcReplyPort<CommandResult<AccountReply>>,
+}
+
+pub struct AccountActorState {
+    scope: Scope,
+    deps: Deps,
+    cache: HashMap<String, Loaded<Account>>,
+    /// An entry means a task is running for that account; queued jobs wait in it.
+    lanes: HashMap<String, VecDeque<Job>>,
+    tasks: JoinSet<()>,
+    #[cfg(feature = "fault-injection")]
+    panic_next: bool,
+}
+
+/// A registration's account id follows from its command id, so a retried
+/// registration lands on the same aggregate and is recognised as a retry.
+pub fn account_id_for(scope: &Scope, command_id: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{scope}/account/{command_id}").as_bytes()).to_string()
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountActorState;
+    type Arguments = AccountArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<AccountMsg>, args: AccountArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(AccountActorState {
+            scope: args.scope,
+            deps: args.deps,
+            cache: HashMap::new(),
+            lanes: HashMap::new(),
+            tasks: JoinSet::new(),
+            #[cfg(feature = "fault-injection")]
+            panic_next: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        msg: AccountMsg,
+        state: &mut AccountActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AccountMsg::Execute(envelope, reply) => {
+                #[cfg(feature = "fault-injection")]
+                if std::mem::take(&mut state.panic_next) {
+                    panic!("fault injection: AccountActor panics on purpose");
+                }
+                state.dispatch(myself, envelope, reply);
+            }
+            AccountMsg::Finished { id, loaded } => state.finished(myself, id, loaded),
+            #[cfg(feature = "fault-injection")]
+            AccountMsg::PanicOnNextCommand => state.panic_next = true,
+        }
+        Ok(())
+    }
+}
+
+impl AccountActorState {
+    fn dispatch(
+        &mut self,
+        myself: ActorRef<AccountMsg>,
+        envelope: CommandEnvelope<AccountRequest>,
+        reply: RpcReplyPort<CommandResult<AccountReply>>,
+    ) {
+        let CommandEnvelope { command_id, request } = envelope;
+        let lane = match &request {
+            AccountRequest::Register { .. } => account_id_for(&self.scope, &command_id),
+            AccountRequest::UpdateProfile { account_id, .. } => {
+                if !is_safe_token(account_id) {
+                    let _ = reply.send(Err(CommandFailure::rejected(&AccountError::NotFound)));
+                    return;
+                }
+                account_id.clone()
+            }
+            AccountRequest::Login { email, password } => {
+                // A login changes nothing, so it needs no lane.
+                let (deps, scope) = (self.deps.clone(), self.scope.clone());
+                let (email, password) = (email.clone(), password.clone());
+                self.tasks.spawn(async move {
+                    let _ = reply.send(login(&deps, &scope, &email, &password).await);
+                });
+                self.reap();
+                return;
+            }
+        };
+        let job = Job {
+            command_id,
+            request,
+            reply,
+        };
+        if let Some(queue) = self.lanes.get_mut(&lane) {
+            queue.push_back(job);
+        } else {
+            self.lanes.insert(lane.clone(), VecDeque::new());
+            self.start(myself, lane, job);
+        }
+    }
+
+    fn start(&mut self, myself: ActorRef<AccountMsg>, id: String, job: Job) {
+        let cached = self.cache.remove(&id);
+        let (deps, scope) = (self.deps.clone(), self.scope.clone());
+        self.tasks.spawn(async move {
+            let (result, loaded) = run(&deps, &scope, &id, job.command_id, job.request, cached).await;
+            let _ = job.reply.send(result);
+            // If the actor is gone, its replacement reloads from the log.
+            let _ = myself.cast(AccountMsg::Finished { id, loaded });
+        });
+    }
+
+    fn finished(&mut self, myself: ActorRef<AccountMsg>, id: String, loaded: Option<Loaded<Account>>) {
+        if let Some(l) = loaded {
+            if self.cache.len() >= self.deps.cache_per_tenant {
+                let victim = self.cache.keys().next().cloned();
+                if let Some(v) = victim {
+                    self.cache.remove(&v);
+                }
+            }
+            self.cache.insert(id.clone(), l);
+        }
+        match self.lanes.get_mut(&id).and_then(VecDeque::pop_front) {
+            Some(next) => self.start(myself, id, next),
+            None => {
+                self.lanes.remove(&id);
+            }
+        }
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                tracing::error!("an account task panicked");
+            }
+        }
+    }
+}
+
+async fn run(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    command_id: String,
+    request: AccountRequest,
+    cached: Option<Loaded<Account>>,
+) -> (CommandResult<AccountReply>, Option<Loaded<Account>>) {
+    match request {
+        AccountRequest::Register {
+            email,
+            password,
+            firstname,
+            lastname,
+        } => {
+            let input = NewAccount {
+                account_id: id.to_owned(),
+                email,
+                password,
+                firstname,
+                lastname,
+                owner: false,
+            };
+            register(deps, scope, &command_id, input, cached).await
+        }
+        AccountRequest::UpdateProfile {
+            firstname, lastname, ..
+        } => update_profile(deps, scope, id, &command_id, firstname, lastname, cached).await,
+        AccountRequest::Login { .. } => unreachable!("logins are dispatched without a lane"),
+    }
+}
+
+/// Input for a new account, before hashing and sealing.
+pub struct NewAccount {
+    pub account_id: String,
+    pub email: Email,
+    pub password: Password,
+    pub firstname: PersonName,
+    pub lastname: PersonName,
+    pub owner: bool,
+}
+
+pub fn broken(what: &str, e: impl std::fmt::Display) -> CommandFailure {
+    tracing::error!(error = %e, "{what}");
+    CommandFailure::internal()
+}
+
+/// The email's claim subject in this scope.
+pub async fn email_claim_subject(deps: &Deps, scope: &Scope, email: &Email) -> Result<String, CommandFailure> {
+    let key = deps
+        .keys
+        .key(&tenant_key_name(scope))
+        .await
+        .map_err(|e| broken("reading the tenant key", e))?;
+    let index = key.blind_index("email", &email.normalized());
+    Ok(event_subject(scope, EMAIL_CLAIM, &index, EMAIL_RESERVED))
+}
+
+/// Hashes the password and seals the personal fields: the command `decide` sees.
+pub async fn prepare_registration(deps: &Deps, scope: &Scope, input: &NewAccount) -> Result<Registration, CommandFailure> {
+    let tenant_kid = tenant_key_name(scope);
+    let tenant_key = deps.keys.key(&tenant_kid).await.map_err(|e| broken("reading the tenant key", e))?;
+    let person_kid = person_key_name(scope, &input.account_id);
+    let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
+    let phc = deps
+        .hasher
+        .hash(&input.password)
+        .await
+        .map_err(|e| broken("hashing a password", e))?;
+    Ok(Registration {
+        account_id: input.account_id.clone(),
+        email_index: tenant_key.blind_index("email", &input.email.normalized()),
+        email: person_key.seal(&person_kid, input.email.as_str().as_bytes()),
+        password_hash: tenant_key.seal(&tenant_kid, phc.as_bytes()),
+        firstname: person_key.seal(&person_kid, input.firstname.as_str().as_bytes()),
+        lastname: person_key.seal(&person_kid, input.lastname.as_str().as_bytes()),
+        owner: input.owner,
+    })
+}
+
+/// What an existing claim means for a registration: the same command seen again
+/// (answer as before), or another account holding the email.
+pub async fn existing_claim(
+    deps: &Deps,
+    claim: &str,
+    command_id: &str,
+) -> Result<Option<CommandResult<AccountReply>>, CommandFailure> {
+    let stored = deps
+        .store
+        .last_on_subject(claim)
+        .await
+        .map_err(|e| broken("reading an email claim", e))?;
+    Ok(stored.map(|s| {
+        if s.envelope.command_id == command_id {
+            let owner: EmailReserved = serde_json::from_value(s.envelope.data).unwrap_or(EmailReserved {
+                account_id: String::new(),
+            });
+            Ok(AccountReply::Registered {
+                account_id: owner.account_id,
+                seq: s.seq,
+            })
+        } else {
+            Err(CommandFailure::rejected(&AccountError::EmailTaken))
+        }
+    }))
+}
+
+async fn register(
+    deps: &Deps,
+    scope: &Scope,
+    command_id: &str,
+    input: NewAccount,
+    cached: Option<Loaded<Account>>,
+) -> (CommandResult<AccountReply>, Option<Loaded<Account>>) {
+    let claim = match email_claim_subject(deps, scope, &input.email).await {
+        Ok(c) => c,
+        Err(e) => return (Err(e), cached),
+    };
+    match existing_claim(deps, &claim, command_id).await {
+        Ok(Some(answer)) => return (answer, cached),
+        Ok(None) => {}
+        Err(e) => return (Err(e), cached),
+    }
+    let registration = match prepare_registration(deps, scope, &input).await {
+        Ok(r) => r,
+        Err(e) => return (Err(e), cached),
+    };
+    let cmd = AccountCommand::Register(registration);
+    match execute::<Account>(&deps.store, scope, &input.account_id, cached, command_id, &cmd, deps.snapshot_every).await
+    {
+        Ok(done) => (
+            Ok(AccountReply::Registered {
+                account_id: input.account_id,
+                seq: done.seq,
+            }),
+            Some(done.loaded),
+        ),
+        Err(ExecError::Conflict) => {
+            // The batch failed a check: most likely another account took the email
+            // between our look and our append.
+            let answer = match existing_claim(deps, &claim, command_id).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => Err(CommandFailure::conflict()),
+                Err(e) => Err(e),
+            };
+            (answer, None)
+        }
+        Err(ExecError::Rejected(e)) => (Err(CommandFailure::rejected(&e)), None),
+        Err(ExecError::Broken(e)) => (Err(broken("appending a registration", e)), None),
+    }
+}
+
+async fn update_profile(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    command_id: &str,
+    firstname: PersonName,
+    lastname: PersonName,
+    cached: Option<Loaded<Account>>,
+) -> (CommandResult<AccountReply>, Option<Loaded<Account>>) {
+    let current = match cached {
+        Some(c) => c,
+        None => match load::<Account>(&deps.store, scope, id).await {
+            Ok(l) => l,
+            Err(e) => return (Err(broken("loading an account", e)), None),
+        },
+    };
+    if !current.state.is_registered() {
+        return (Err(CommandFailure::rejected(&AccountError::NotFound)), Some(current));
+    }
+    let kid = person_key_name(scope, id);
+    let key = match deps.keys.existing_key(&kid).await {
+        Ok(k) => k,
+        Err(e) => return (Err(broken("reading a person key", e)), Some(current)),
+    };
+    let cmd = AccountCommand::UpdateProfile {
+        firstname: key.seal(&kid, firstname.as_str().as_bytes()),
+        lastname: key.seal(&kid, lastname.as_str().as_bytes()),
+    };
+    match execute::<Account>(&deps.store, scope, id, Some(current), command_id, &cmd, deps.snapshot_every).await {
+        Ok(done) => (Ok(AccountReply::Updated { seq: done.seq }), Some(done.loaded)),
+        Err(ExecError::Conflict) => (Err(CommandFailure::conflict()), None),
+        Err(ExecError::Rejected(e)) => (Err(CommandFailure::rejected(&e)), None),
+        Err(ExecError::Broken(e)) => (Err(broken("appending a profile update", e)), None),
+    }
+}
+
+async fn login(deps: &Deps, scope: &Scope, email: &Email, password: &Password) -> CommandResult<AccountReply> {
+    let claim = email_claim_subject(deps, scope, email).await?;
+    let holder = deps
+        .store
+        .last_on_subject(&claim)
+        .await
+        .map_err(|e| broken("reading an email claim", e))?
+        .and_then(|s| serde_json::from_value::<EmailReserved>(s.envelope.data).ok());
+    let Some(holder) = holder else {
+        // Unknown email: spend the same time as a wrong password would.
+        let _ = deps.hasher.verify(password, None).await;
+        return Err(CommandFailure::invalid_credentials());
+    };
+    let account = load::<Account>(&deps.store, scope, &holder.account_id)
+        .await
+        .map_err(|e| broken("loading an account", e))?;
+    let phc = match &account.state.password_hash {
+        Some(sealed) => Some(
+            deps.keys
+                .open_string(sealed)
+                .await
+                .map_err(|e| broken("opening a password hash", e))?,
+        ),
+        None => None,
+    };
+    let ok = deps
+        .hasher
+        .verify(password, phc)
+        .await
+        .map_err(|e| broken("verifying a password", e))?;
+    if ok {
+        Ok(AccountReply::LoggedIn {
+            account_id: holder.account_id,
+            owner: account.state.owner,
+        })
+    } else {
+        Err(CommandFailure::invalid_credentials())
+    }
+}

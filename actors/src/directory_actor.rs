@@ -1,0 +1,140 @@
+//! The DirectoryActor lives in the platform's tree and creates tenants. A tenant
+//! and its owner account are appended as one atomic batch, so there is never a
+//! tenant without an owner, nor an owner without a tenant.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinSet;
+
+use crate::account::{Account, AccountCommand};
+use crate::account_actor::{NewAccount, account_id_for, broken, prepare_registration};
+use crate::aggregate::Aggregate;
+use crate::command::{CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
+use crate::event_store::{StoreErrorKind, batch_for, event_subject};
+use crate::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
+use crate::tree::Deps;
+
+pub struct DirectoryActor;
+
+pub enum DirectoryMsg {
+    Execute(CommandEnvelope<TenantRequest>, RpcReplyPort<CommandResult<TenantReply>>),
+}
+
+pub struct DirectoryState {
+    deps: Deps,
+    tasks: JoinSet<()>,
+}
+
+/// The subject of a tenant's creation event: its existence check.
+pub fn tenant_created_subject(slug: &TenantId) -> String {
+    event_subject(&Scope::Platform, Tenant::NAME, slug.as_str(), "TenantCreated")
+}
+
+impl Actor for DirectoryActor {
+    type Msg = DirectoryMsg;
+    type State = DirectoryState;
+    type Arguments = Deps;
+
+    async fn pre_start(&self, _myself: ActorRef<DirectoryMsg>, deps: Deps) -> Result<DirectoryState, ActorProcessingErr> {
+        Ok(DirectoryState {
+            deps,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<DirectoryMsg>,
+        msg: DirectoryMsg,
+        state: &mut DirectoryState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DirectoryMsg::Execute(envelope, reply) => {
+                // Creations of different slugs run at once; two creations of one slug
+                // race on the expected sequence 0 and exactly one wins.
+                let deps = state.deps.clone();
+                state.tasks.spawn(async move {
+                    let _ = reply.send(create(&deps, envelope).await);
+                });
+                while state.tasks.try_join_next().is_some() {}
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn existing(deps: &Deps, slug: &TenantId, command_id: &str) -> Result<Option<CommandResult<TenantReply>>, CommandFailure> {
+    let found = deps
+        .store
+        .last_on_subject(&tenant_created_subject(slug))
+        .await
+        .map_err(|e| broken("reading the tenant directory", e))?;
+    Ok(found.map(|s| {
+        if s.envelope.command_id == command_id {
+            let created: Result<TenantCreated, _> = serde_json::from_value(s.envelope.data);
+            match created {
+                Ok(c) => Ok(TenantReply::Created {
+                    slug: c.slug,
+                    owner_account_id: c.owner_account_id,
+                    seq: s.seq,
+                }),
+                Err(e) => Err(broken("decoding TenantCreated", e)),
+            }
+        } else {
+            Err(CommandFailure::rejected(&TenantError::AlreadyExists))
+        }
+    }))
+}
+
+async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
+    let CommandEnvelope { command_id, request } = envelope;
+    let TenantRequest::Create {
+        slug,
+        name,
+        owner_email,
+        owner_password,
+    } = request;
+    if let Some(answer) = existing(deps, &slug, &command_id).await? {
+        return answer;
+    }
+    let scope = Scope::Tenant(slug.clone());
+    let owner_id = account_id_for(&scope, &command_id);
+    let registration = prepare_registration(
+        deps,
+        &scope,
+        &NewAccount {
+            account_id: owner_id.clone(),
+            email: owner_email,
+            password: owner_password,
+            firstname: crate::account::PersonName::parse("Owner").expect("a constant name parses"),
+            lastname: crate::account::PersonName::parse(slug.as_str()).expect("a slug is a valid name"),
+            owner: true,
+        },
+    )
+    .await?;
+    let tenant_cmd = TenantCommand::Create {
+        slug: slug.clone(),
+        name,
+        owner_account_id: owner_id.clone(),
+    };
+    let tenant = Tenant::decide(&TenantState::default(), &tenant_cmd).map_err(|e| CommandFailure::rejected(&e))?;
+    let owner = Account::decide(&Default::default(), &AccountCommand::Register(registration))
+        .map_err(|e| CommandFailure::rejected(&e))?;
+    let mut batch = batch_for::<Tenant>(&Scope::Platform, slug.as_str(), 0, &command_id, &tenant.events, &[])
+        .map_err(|e| broken("building the tenant batch", e))?;
+    batch.extend(
+        batch_for::<Account>(&scope, &owner_id, 0, &command_id, &owner.events, &owner.reservations)
+            .map_err(|e| broken("building the owner batch", e))?,
+    );
+    match deps.store.append(&command_id, batch).await {
+        Ok(appended) => Ok(TenantReply::Created {
+            slug,
+            owner_account_id: owner_id,
+            seq: appended.last_seq,
+        }),
+        Err(e) if e.kind() == StoreErrorKind::Conflict => match existing(deps, &slug, &command_id).await? {
+            Some(answer) => answer,
+            None => Err(CommandFailure::conflict()),
+        },
+        Err(e) => Err(broken("appending a tenant", e)),
+    }
+}

@@ -1,0 +1,428 @@
+//! The event store: the only code that knows JetStream subjects, headers and the
+//! `EVENTS` stream. Appends are atomic batches guarded by expected subject
+//! sequences and deduplicated by `Nats-Msg-Id`; loads read one aggregate's subjects.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::header::{
+    NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
+    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID,
+};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::aggregate::{Aggregate, Reservation};
+use crate::tenant::Scope;
+
+pub const STREAM: &str = "EVENTS";
+pub const SNAPSHOTS: &str = "snapshots";
+pub const KEYS: &str = "keys";
+/// The header that names the subject filter the expected sequence applies to.
+pub const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+/// Every envelope this build writes carries this schema version.
+pub const SCHEMA_VERSION: u32 = 1;
+/// How long the server remembers a `Nats-Msg-Id`: retries inside it are applied once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
+
+/// One event as it is stored: the envelope every NATS subscriber can decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope {
+    /// A unique id for this event (UUID v7).
+    pub id: String,
+    /// The event type, also the last subject token.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The tenant slug, or `_system` for the platform.
+    pub tenant: String,
+    pub aggregate: String,
+    pub aggregate_id: String,
+    /// RFC 3339, UTC.
+    pub occurred_at: String,
+    /// The id of the command that produced the event.
+    pub command_id: String,
+    pub schema_version: u32,
+    pub data: serde_json::Value,
+}
+
+/// An envelope together with its place in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub seq: u64,
+    pub envelope: Envelope,
+}
+
+pub fn event_subject(scope: &Scope, aggregate: &str, id: &str, event_type: &str) -> String {
+    format!("evt.{}.{aggregate}.{id}.{event_type}", scope.token())
+}
+
+pub fn aggregate_filter(scope: &Scope, aggregate: &str, id: &str) -> String {
+    format!("evt.{}.{aggregate}.{id}.*", scope.token())
+}
+
+/// Aggregate ids and claim keys become subject tokens, so they are restricted to
+/// characters that can never form a wildcard or a separator.
+pub fn is_safe_token(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// One message of an atomic append.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub subject: String,
+    pub filter: String,
+    /// The subject sequence the filter must be at; `None` skips the check (used for
+    /// the second and later events of one aggregate in a batch: the first one's
+    /// check already covers them, because the batch lands whole or not at all).
+    pub expected_seq: Option<u64>,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream sequence of the last message of the batch.
+    pub last_seq: u64,
+    /// The server had already stored this command's events (same `Nats-Msg-Id`).
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// An expected subject sequence did not match: someone else wrote first.
+    Conflict,
+    /// NATS could not be reached or answered with an error.
+    Unavailable,
+    /// Stored data could not be decoded.
+    Corrupt,
+    /// An id would have produced an unsafe subject.
+    InvalidId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?}: {detail}")]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    detail: String,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(StoreErrorKind::Unavailable, e.to_string())
+}
+
+/// The stream configuration from DESIGN.md: file storage, atomic batches, no delete
+/// or purge, direct gets for point reads, kept forever.
+pub fn stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec!["evt.>".to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        allow_atomic_publish: true,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    snapshots: kv::Store,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventStore")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot<S> {
+    seq: u64,
+    state: S,
+}
+
+impl EventStore {
+    /// Creates (or updates) the `EVENTS` stream and the `snapshots` and `keys`
+    /// buckets, and returns the store with the `keys` bucket for the key ring.
+    pub async fn open(client: async_nats::Client, replicas: usize) -> Result<(Self, kv::Store), StoreError> {
+        let js = jetstream::new(client.clone());
+        js.create_or_update_stream(stream_config(replicas)).await.map_err(unavailable)?;
+        let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
+        let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
+        let keys = open_bucket(&js, KEYS, replicas).await?;
+        Ok((
+            Self {
+                client,
+                js,
+                stream,
+                snapshots,
+            },
+            keys,
+        ))
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Appends the messages as one atomic batch: all land, or none. Each message is
+    /// checked against its own expected subject sequence, and carries
+    /// `Nats-Msg-Id = {command_id}:{n}` so a retried command is stored once.
+    pub async fn append(&self, command_id: &str, batch: Vec<Pending>) -> Result<Appended, StoreError> {
+        let n = batch.len();
+        if n == 0 {
+            return Err(StoreError::new(StoreErrorKind::InvalidId, "empty batch"));
+        }
+        let batch_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut commit = None;
+        for (i, p) in batch.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, format!("{command_id}:{}", i + 1).as_str());
+            if let Some(expected) = p.expected_seq {
+                headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+                headers.insert(EXPECTED_SUBJECT_HEADER, p.filter.as_str());
+            }
+            if n > 1 {
+                headers.insert(NATS_BATCH_ID, batch_id.as_str());
+                headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            }
+            let payload = serde_json::to_vec(&p.envelope)
+                .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+            if i + 1 < n {
+                // Leading messages go out as plain core publishes; only the commit is
+                // acknowledged, and it reports the fate of the whole batch.
+                self.client
+                    .publish_with_headers(p.subject, headers, payload.into())
+                    .await
+                    .map_err(unavailable)?;
+            } else {
+                if n > 1 {
+                    headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
+                }
+                commit = Some(
+                    self.js
+                        .publish_with_headers(p.subject, headers, payload.into())
+                        .await
+                        .map_err(unavailable)?,
+                );
+            }
+        }
+        let ack = commit
+            .expect("the last message is the commit")
+            .await
+            .map_err(|e| match e.kind() {
+                jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    StoreError::new(StoreErrorKind::Conflict, e.to_string())
+                }
+                _ => unavailable(e),
+            })?;
+        Ok(Appended {
+            last_seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Reads one aggregate's events after `after_seq`, in order.
+    pub async fn load(&self, filter: &str, after_seq: u64) -> Result<Vec<Stored>, StoreError> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: if after_seq == 0 {
+                    consumer::DeliverPolicy::All
+                } else {
+                    consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: after_seq + 1,
+                    }
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let pending = consumer.cached_info().num_pending;
+        let mut out = Vec::with_capacity(pending as usize);
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(unavailable)?;
+            let info = msg.info().map_err(unavailable)?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            out.push(decode(seq, &msg.payload)?);
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last message stored on an exact subject, if any (a point read).
+    pub async fn last_on_subject(&self, subject: &str) -> Result<Option<Stored>, StoreError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => decode(m.sequence, &m.payload).map(Some),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// The sequence of the newest event in the stream (0 when empty).
+    pub async fn last_seq(&self) -> Result<u64, StoreError> {
+        let mut s = self.stream.clone();
+        let info = s.info().await.map_err(unavailable)?;
+        Ok(info.state.last_sequence)
+    }
+
+    pub async fn load_snapshot<S: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, S)>, StoreError> {
+        let Some(bytes) = self.snapshots.get(key).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Snapshot<S>>(&bytes) {
+            Ok(s) => Ok(Some((s.seq, s.state))),
+            // A snapshot from an older state shape is only a cache: ignore it and
+            // rebuild from the log.
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub async fn save_snapshot<S: Serialize>(&self, key: &str, seq: u64, state: &S) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&Snapshot { seq, state })
+            .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+        self.snapshots.put(key, bytes.into()).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<kv::Store, StoreError> {
+    match js.get_key_value(bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_owned(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable),
+    }
+}
+
+pub fn decode(seq: u64, payload: &[u8]) -> Result<Stored, StoreError> {
+    let envelope: Envelope = serde_json::from_slice(payload)
+        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("event {seq}: {e}")))?;
+    Ok(Stored { seq, envelope })
+}
+
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC timestamps always format")
+}
+
+/// Builds the envelope of a domain event.
+pub fn envelope<A: Aggregate>(
+    scope: &Scope,
+    aggregate_id: &str,
+    command_id: &str,
+    event: &A::Event,
+) -> Envelope {
+    let mut v = serde_json::to_value(event).expect("events serialise");
+    let event_type = v["type"].as_str().expect("events are tagged with `type`").to_owned();
+    let data = v["data"].take();
+    Envelope {
+        id: uuid::Uuid::now_v7().to_string(),
+        event_type,
+        tenant: scope.token().to_owned(),
+        aggregate: A::NAME.to_owned(),
+        aggregate_id: aggregate_id.to_owned(),
+        occurred_at: now_rfc3339(),
+        command_id: command_id.to_owned(),
+        schema_version: SCHEMA_VERSION,
+        data,
+    }
+}
+
+/// Decodes the domain event inside an envelope.
+pub fn event_of<A: Aggregate>(env: &Envelope) -> Result<A::Event, StoreError> {
+    let tagged = serde_json::json!({ "type": env.event_type, "data": env.data });
+    serde_json::from_value(tagged).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
+}
+
+/// Turns a decision into the messages of one atomic batch: the aggregate's events,
+/// each expecting the previous one, then the claims, each expecting an empty subject.
+pub fn batch_for<A: Aggregate>(
+    scope: &Scope,
+    aggregate_id: &str,
+    version: u64,
+    command_id: &str,
+    events: &[A::Event],
+    reservations: &[Reservation],
+) -> Result<Vec<Pending>, StoreError> {
+    if !is_safe_token(aggregate_id) {
+        return Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"));
+    }
+    let filter = aggregate_filter(scope, A::NAME, aggregate_id);
+    let mut out = Vec::with_capacity(events.len() + reservations.len());
+    for (i, e) in events.iter().enumerate() {
+        let envelope = envelope::<A>(scope, aggregate_id, command_id, e);
+        out.push(Pending {
+            subject: event_subject(scope, A::NAME, aggregate_id, &envelope.event_type),
+            filter: filter.clone(),
+            expected_seq: (i == 0).then_some(version),
+            envelope,
+        });
+    }
+    for r in reservations {
+        if !is_safe_token(&r.key) {
+            return Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe claim key"));
+        }
+        out.push(Pending {
+            subject: event_subject(scope, r.aggregate, &r.key, r.event_type),
+            filter: aggregate_filter(scope, r.aggregate, &r.key),
+            expected_seq: Some(0),
+            envelope: Envelope {
+                id: uuid::Uuid::now_v7().to_string(),
+                event_type: r.event_type.to_owned(),
+                tenant: scope.token().to_owned(),
+                aggregate: r.aggregate.to_owned(),
+                aggregate_id: r.key.clone(),
+                occurred_at: now_rfc3339(),
+                command_id: command_id.to_owned(),
+                schema_version: SCHEMA_VERSION,
+                data: r.data.clone(),
+            },
+        });
+    }
+    Ok(out)
+}

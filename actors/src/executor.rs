@@ -1,0 +1,159 @@
+//! Runs one command against one aggregate: load it (snapshot, then newer events),
+//! `decide`, append the batch under the expected-sequence check, `evolve`. On a
+//! conflict it reloads and decides again, a bounded number of times.
+
+use crate::aggregate::{Aggregate, Decision};
+use crate::event_store::{self, EventStore, StoreError, StoreErrorKind, aggregate_filter, batch_for, event_of};
+use crate::tenant::Scope;
+
+/// An aggregate's state as of `version`, the stream sequence of its last event.
+pub struct Loaded<A: Aggregate> {
+    pub state: A::State,
+    pub version: u64,
+    /// Events applied since the last snapshot was written.
+    pub since_snapshot: u64,
+}
+
+impl<A: Aggregate> Clone for Loaded<A> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone(), version: self.version, since_snapshot: self.since_snapshot }
+    }
+}
+
+impl<A: Aggregate> std::fmt::Debug for Loaded<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> Default for Loaded<A> {
+    fn default() -> Self {
+        Self {
+            state: A::State::default(),
+            version: 0,
+            since_snapshot: 0,
+        }
+    }
+}
+
+pub fn snapshot_key<A: Aggregate>(scope: &Scope, id: &str) -> String {
+    format!("{}.{}.{id}", scope.token(), A::NAME)
+}
+
+/// Loads an aggregate from its latest snapshot plus the events after it.
+pub async fn load<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> Result<Loaded<A>, StoreError> {
+    if !event_store::is_safe_token(id) {
+        return Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"));
+    }
+    let (version, state) = store
+        .load_snapshot::<A::State>(&snapshot_key::<A>(scope, id))
+        .await?
+        .unwrap_or_default();
+    let events = store.load(&aggregate_filter(scope, A::NAME, id), version).await?;
+    let mut loaded = Loaded::<A> {
+        state,
+        version,
+        since_snapshot: events.len() as u64,
+    };
+    for stored in events {
+        let event = event_of::<A>(&stored.envelope)?;
+        loaded.state = A::evolve(loaded.state, &event);
+        loaded.version = stored.seq;
+    }
+    Ok(loaded)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError<E: std::error::Error + 'static> {
+    #[error("rejected: {0}")]
+    Rejected(E),
+    /// Someone else wrote first, after every retry (or a claim was already taken).
+    #[error("conflict")]
+    Conflict,
+    #[error("store: {0}")]
+    Broken(StoreError),
+}
+
+pub struct Executed<A: Aggregate> {
+    pub loaded: Loaded<A>,
+    /// The stream sequence to wait for before reading one's own writes.
+    pub seq: u64,
+    /// The events this call appended (empty when the command was a retry).
+    pub events: Vec<A::Event>,
+}
+
+/// How often a conflicting command is decided again on fresh state.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Decides and appends `cmd`. `loaded` is the cached state, if any. Decisions that
+/// claim a unique key are not retried on conflict: the caller checks the claim.
+pub async fn execute<A: Aggregate>(
+    store: &EventStore,
+    scope: &Scope,
+    id: &str,
+    mut loaded: Option<Loaded<A>>,
+    command_id: &str,
+    cmd: &A::Command,
+    snapshot_every: u64,
+) -> Result<Executed<A>, ExecError<A::Error>> {
+    for _ in 0..MAX_ATTEMPTS {
+        let mut current = match loaded.take() {
+            Some(l) => l,
+            None => load::<A>(store, scope, id).await.map_err(ExecError::Broken)?,
+        };
+        let Decision { events, reservations } = A::decide(&current.state, cmd).map_err(ExecError::Rejected)?;
+        if events.is_empty() {
+            let seq = current.version;
+            return Ok(Executed {
+                loaded: current,
+                seq,
+                events,
+            });
+        }
+        let batch = batch_for::<A>(scope, id, current.version, command_id, &events, &reservations)
+            .map_err(ExecError::Broken)?;
+        match store.append(command_id, batch).await {
+            Ok(appended) if appended.duplicate => {
+                // The same command was applied before: report what it did, from the log.
+                let fresh = load::<A>(store, scope, id).await.map_err(ExecError::Broken)?;
+                return Ok(Executed {
+                    loaded: fresh,
+                    seq: appended.last_seq,
+                    events: Vec::new(),
+                });
+            }
+            Ok(appended) => {
+                for e in &events {
+                    current.state = A::evolve(current.state, e);
+                }
+                // A batch is stored contiguously, the aggregate's events first and the
+                // claims after them.
+                current.version = appended.last_seq - reservations.len() as u64;
+                current.since_snapshot += events.len() as u64;
+                if snapshot_every > 0 && current.since_snapshot >= snapshot_every {
+                    match store
+                        .save_snapshot(&snapshot_key::<A>(scope, id), current.version, &current.state)
+                        .await
+                    {
+                        Ok(()) => current.since_snapshot = 0,
+                        // A snapshot is only a cache; the log stays complete without it.
+                        Err(e) => tracing::warn!(error = %e, "could not write snapshot"),
+                    }
+                }
+                return Ok(Executed {
+                    loaded: current,
+                    seq: appended.last_seq,
+                    events,
+                });
+            }
+            Err(e) if e.kind() == StoreErrorKind::Conflict => {
+                if !reservations.is_empty() {
+                    return Err(ExecError::Conflict);
+                }
+                tracing::debug!(aggregate = A::NAME, "append conflict, deciding again on fresh state");
+            }
+            Err(e) => return Err(ExecError::Broken(e)),
+        }
+    }
+    Err(ExecError::Conflict)
+}

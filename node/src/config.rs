@@ -1,0 +1,242 @@
+//! One typed configuration: defaults, then a TOML file, then `CANOPY_*` environment
+//! variables, then command-line flags. Secrets are wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP server listens.
+    pub http: SocketAddr,
+    /// Where the managed nats-server, embedded SurrealDB and keys keep their files.
+    pub data_dir: PathBuf,
+    /// An external NATS server; unset starts a managed `nats-server` child.
+    pub nats_url: Option<String>,
+    /// The client port of the managed nats-server.
+    pub nats_port: u16,
+    /// The nats-server binary for the managed server.
+    pub nats_server_bin: String,
+    /// `mem://`, `surrealkv://path` or `ws://host:port`; unset uses surrealkv under the data dir.
+    pub surreal_url: Option<String>,
+    /// User and password for a remote SurrealDB (`ws://`), if it requires them.
+    pub surreal_user: Option<String>,
+    pub surreal_password: Option<SecretString>,
+    /// 32 bytes, base64url; it wraps every data and signing key. Unset: read or
+    /// create `master.key` in the data dir. Every node of a cluster needs the same one.
+    pub master_key: Option<SecretString>,
+    /// The `iss` claim of issued tokens, also the expected `aud`.
+    pub issuer: String,
+    /// Lifetime of an access token, in seconds.
+    pub token_ttl_secs: u64,
+    /// A tenant tree with no command for this long is stopped.
+    pub idle_timeout_secs: u64,
+    /// How long a mutation waits for its own events to be projected.
+    pub read_your_writes_timeout_ms: u64,
+    /// How long the edge waits for a command's reply.
+    pub command_timeout_ms: u64,
+    /// Requests to `{tenant}.{base_domain}` resolve the tenant from the subdomain.
+    pub base_domain: Option<String>,
+    /// The platform administrator created at first start.
+    pub bootstrap_admin_email: Option<String>,
+    pub bootstrap_admin_password: Option<SecretString>,
+    /// Replicas of the stream and buckets: 1 on one server, 3 on a NATS cluster.
+    pub replicas: usize,
+    /// How many argon2 hashes may run at once (0: the number of cores).
+    pub hash_concurrency: usize,
+    /// Snapshot an aggregate after this many events.
+    pub snapshot_every: u64,
+    /// How many accounts each tenant keeps in memory.
+    pub accounts_cached_per_tenant: usize,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:4000".parse().expect("a valid default address"),
+            data_dir: PathBuf::from("./data"),
+            nats_url: None,
+            nats_port: 4222,
+            nats_server_bin: "nats-server".into(),
+            surreal_url: None,
+            surreal_user: None,
+            surreal_password: None,
+            master_key: None,
+            issuer: "canopy".into(),
+            token_ttl_secs: 3600,
+            idle_timeout_secs: 300,
+            read_your_writes_timeout_ms: 5000,
+            command_timeout_ms: 10_000,
+            base_domain: None,
+            bootstrap_admin_email: None,
+            bootstrap_admin_password: None,
+            replicas: 1,
+            hash_concurrency: 0,
+            snapshot_every: 100,
+            accounts_cached_per_tenant: 1000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Values given as flags; unset flags leave lower layers alone.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct Overrides {
+    /// Address for the HTTP server [default: 127.0.0.1:4000].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+    /// Data directory [default: ./data].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Use this NATS server instead of a managed one.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// Client port of the managed nats-server [default: 4222].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_port: Option<u16>,
+    /// Use this SurrealDB instead of the embedded one (mem://, surrealkv://, ws://).
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surreal_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the layers in order. `file` is optional; a missing default file is fine.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        match file {
+            Some(f) if !f.exists() => return Err(ConfigError(format!("config file {} does not exist", f.display()))),
+            Some(f) => fig = fig.merge(Toml::file(f)),
+            None => fig = fig.merge(Toml::file("canopy.toml")),
+        }
+        fig = fig
+            .merge(Env::prefixed("CANOPY_").ignore(&["config"]))
+            .merge(Serialized::defaults(flags));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(ConfigError("replicas must be between 1 and 5".into()));
+        }
+        if self.token_ttl_secs == 0 {
+            return Err(ConfigError("token_ttl_secs must be positive".into()));
+        }
+        if self.bootstrap_admin_email.is_some() != self.bootstrap_admin_password.is_some() {
+            return Err(ConfigError(
+                "set both CANOPY_BOOTSTRAP_ADMIN_EMAIL and CANOPY_BOOTSTRAP_ADMIN_PASSWORD, or neither".into(),
+            ));
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            return Err(ConfigError("log_format is `text` or `json`".into()));
+        }
+        Ok(())
+    }
+
+    pub fn hash_concurrency(&self) -> usize {
+        if self.hash_concurrency == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.hash_concurrency
+        }
+    }
+
+    /// The effective configuration as JSON, with every secret replaced by `<redacted>`.
+    pub fn redacted(&self) -> serde_json::Value {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|_| "<redacted>");
+        serde_json::json!({
+            "http": self.http.to_string(),
+            "data_dir": self.data_dir,
+            "nats_url": self.nats_url.as_deref().map(redact_url).unwrap_or_else(|| format!("managed (127.0.0.1:{})", self.nats_port)),
+            "nats_server_bin": self.nats_server_bin,
+            "surreal_url": self.surreal_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded surrealkv".into()),
+            "surreal_user": self.surreal_user,
+            "surreal_password": secret(&self.surreal_password),
+            "master_key": secret(&self.master_key).unwrap_or("data_dir/master.key"),
+            "issuer": self.issuer,
+            "token_ttl_secs": self.token_ttl_secs,
+            "idle_timeout_secs": self.idle_timeout_secs,
+            "read_your_writes_timeout_ms": self.read_your_writes_timeout_ms,
+            "command_timeout_ms": self.command_timeout_ms,
+            "base_domain": self.base_domain,
+            "bootstrap_admin_email": self.bootstrap_admin_email.as_ref().map(|_| "<set>"),
+            "bootstrap_admin_password": secret(&self.bootstrap_admin_password),
+            "replicas": self.replicas,
+            "hash_concurrency": self.hash_concurrency(),
+            "snapshot_every": self.snapshot_every,
+            "accounts_cached_per_tenant": self.accounts_cached_per_tenant,
+            "log_format": self.log_format,
+        })
+    }
+
+    pub fn master_key_secret(&self) -> Option<&str> {
+        self.master_key.as_ref().map(|s| s.expose_secret())
+    }
+}
+
+/// Hides a password in `scheme://user:password@host`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(redact_url("nats://u:secret@h:4222"), "nats://u:<redacted>@h:4222");
+        assert_eq!(redact_url("ws://h:8000"), "ws://h:8000");
+    }
+
+    #[test]
+    fn the_printed_config_holds_no_secret() {
+        let cfg = Config {
+            master_key: Some("c2VjcmV0LW1hc3Rlci1rZXk".to_owned().into()),
+            bootstrap_admin_email: Some("root@example.com".into()),
+            bootstrap_admin_password: Some("hunter2hunter2".to_owned().into()),
+            ..Config::default()
+        };
+        let shown = cfg.redacted().to_string();
+        for secret in ["c2VjcmV0LW1hc3Rlci1rZXk", "hunter2hunter2", "root@example.com"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_defaults() {
+        let flags = Overrides {
+            http: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Default::default()
+        };
+        let cfg = Config::load(None, &flags).unwrap();
+        assert_eq!(cfg.http.port(), 9999);
+        assert_eq!(cfg.issuer, "canopy");
+    }
+}

@@ -1,0 +1,219 @@
+//! The HTTP edge: health and readiness, the JWKS, GraphiQL, and the GraphQL
+//! endpoint, which resolves the tenant, authenticates the caller and bounds the body
+//! before anything is executed.
+
+use std::sync::Arc;
+
+use actors::tenant::{PLATFORM_TOKEN, Scope, TenantId};
+use async_graphql::http::GraphiQLSource;
+use poem::http::{HeaderMap, StatusCode};
+use poem::web::{Data, Html, Json, Path};
+use poem::{Body, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
+
+use crate::App;
+use crate::auth::TokenError;
+use crate::graphql::RequestCtx;
+
+/// The largest request body the GraphQL endpoint reads.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub fn routes(app: Arc<App>) -> impl poem::Endpoint {
+    Route::new()
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .at("/.well-known/jwks.json", get(jwks))
+        .at("/graphql", get(graphiql).post(graphql_root))
+        .at("/t/:tenant/graphql", get(graphiql).post(graphql_tenant))
+        .data(app)
+}
+
+/// An error answered before GraphQL runs, in the GraphQL response shape.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(Data(app): Data<&Arc<App>>) -> Response {
+    let checks = app.readiness().await;
+    let ready = checks.values().all(|v| *v);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
+}
+
+#[handler]
+fn jwks(Data(app): Data<&Arc<App>>) -> Json<serde_json::Value> {
+    Json(app.tokens.jwks())
+}
+
+#[handler]
+fn graphiql(req: &Request) -> Html<String> {
+    Html(GraphiQLSource::build().endpoint(req.uri().path()).finish())
+}
+
+#[handler]
+async fn graphql_root(req: &Request, body: Body, Data(app): Data<&Arc<App>>) -> Response {
+    execute(app, req.headers(), None, body).await
+}
+
+#[handler]
+async fn graphql_tenant(req: &Request, Path(tenant): Path<String>, body: Body, Data(app): Data<&Arc<App>>) -> Response {
+    execute(app, req.headers(), Some(tenant), body).await
+}
+
+/// Where the request says its tenant is, before any check.
+struct Claimed {
+    source: &'static str,
+    raw: String,
+}
+
+fn subdomain(headers: &HeaderMap, base: Option<&str>) -> Option<String> {
+    let base = base?;
+    let host = headers.get("host")?.to_str().ok()?;
+    let host = host.split(':').next()?;
+    let prefix = host.strip_suffix(base)?.strip_suffix('.')?;
+    Some(prefix.to_owned())
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    match headers.get("authorization") {
+        None => Ok(None),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| ())?;
+            let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).ok_or(())?;
+            Ok(Some(token.trim()))
+        }
+    }
+}
+
+async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String>, body: Body) -> Response {
+    // 1. Where the request says it goes.
+    let mut claimed = Vec::new();
+    if let Some(h) = headers.get("x-tenant-id") {
+        match h.to_str() {
+            Ok(s) => claimed.push(Claimed {
+                source: "x-tenant-id",
+                raw: s.to_owned(),
+            }),
+            Err(_) => {
+                return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "invalid tenant id in x-tenant-id: not ASCII");
+            }
+        }
+    }
+    if let Some(p) = path_tenant {
+        claimed.push(Claimed { source: "path", raw: p });
+    }
+    if let Some(s) = subdomain(headers, app.config.base_domain.as_deref()) {
+        claimed.push(Claimed {
+            source: "subdomain",
+            raw: s,
+        });
+    }
+    let mut tenant: Option<TenantId> = None;
+    for c in &claimed {
+        let t = match TenantId::parse(&c.raw) {
+            Ok(t) => t,
+            Err(e) => {
+                return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &format!("invalid tenant id in {}: {e}", c.source));
+            }
+        };
+        if tenant.as_ref().is_some_and(|prev| *prev != t) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the tenant named by the header, path and subdomain disagree",
+            );
+        }
+        tenant = Some(t);
+    }
+
+    // 2. Who is asking.
+    let principal = match bearer(headers) {
+        Err(()) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the Authorization header must be `Bearer <token>`"),
+        Ok(None) => None,
+        Ok(Some(token)) => match app.tokens.verify(token) {
+            Ok(c) => Some(c),
+            Err(TokenError::Expired) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired"),
+            Err(TokenError::Invalid) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"),
+        },
+    };
+
+    // 3. The token's tenant must match the request's; with no tenant named, it decides.
+    let scope = match (&tenant, &principal) {
+        (Some(t), Some(p)) if p.tenant != t.as_str() => {
+            return refuse(StatusCode::FORBIDDEN, "FORBIDDEN", "this token was issued for another tenant");
+        }
+        (Some(t), _) => Scope::Tenant(t.clone()),
+        (None, Some(p)) if p.tenant != PLATFORM_TOKEN => match Scope::parse_token(&p.tenant) {
+            Ok(s) => s,
+            Err(_) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"),
+        },
+        (None, _) => Scope::Platform,
+    };
+    if let Scope::Tenant(t) = &scope {
+        match app.tenant_exists(t).await {
+            Ok(true) => {}
+            Ok(false) => return refuse(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant"),
+            Err(e) => {
+                tracing::error!(error = %e, "checking a tenant");
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");
+            }
+        }
+    }
+
+    // 4. The body, bounded, then parsed.
+    let bytes = match body.into_bytes_limit(MAX_BODY).await {
+        Ok(b) => b,
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "BAD_USER_INPUT", "the request body is larger than 1 MiB");
+        }
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the request body could not be read"),
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the body must be a JSON object: {\"query\": \"...\", \"variables\": {...}}",
+            );
+        }
+    };
+    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "idempotency-key must be 1 to 255 ASCII characters"),
+    };
+    let consistency = match headers.get("canopy-consistency").map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "canopy-consistency must be a number"),
+    };
+
+    // 5. Run it.
+    let ctx = RequestCtx {
+        scope,
+        principal,
+        idempotency_key,
+        consistency,
+    };
+    let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
+    for e in &mut response.errors {
+        // Parse, validation and limit errors come from async-graphql without a code.
+        let ext = e.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", "BAD_USER_INPUT");
+        }
+    }
+    let headers = response.http_headers.clone();
+    let mut out = Json(&response).into_response();
+    for (k, v) in headers.iter() {
+        out.headers_mut().insert(k.clone(), v.clone());
+    }
+    out
+}

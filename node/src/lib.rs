@@ -1,0 +1,288 @@
+//! The `canopy` node: configuration, NATS bootstrap, the HTTP/GraphQL edge, the
+//! command router, projections into SurrealDB, and the actor tree from `actors`.
+
+pub mod auth;
+pub mod config;
+pub mod edge;
+pub mod graphql;
+pub mod nats;
+pub mod projection;
+pub mod read_model;
+pub mod router;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::account::{Email, Password, PersonName};
+use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, command_subject};
+use actors::event_store::EventStore;
+use actors::hasher::{Hasher, owasp_params};
+use actors::seal::{KeyRing, MasterKey};
+use actors::tenant::{Scope, TenantId};
+use actors::tree::{Deps, NodeArgs, NodeMsg, NodeSupervisor};
+use anyhow::Context;
+use ractor::{Actor, ActorRef};
+use secrecy::ExposeSecret;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::auth::Tokens;
+use crate::graphql::CanopySchema;
+use crate::nats::ManagedNats;
+use crate::projection::{Progress, Projector};
+use crate::read_model::ReadModel;
+use crate::router::Router;
+
+/// What request handlers share.
+pub struct App {
+    pub config: Config,
+    pub nats: async_nats::Client,
+    pub store: EventStore,
+    pub read_model: ReadModel,
+    pub tokens: Tokens,
+    pub progress: Progress,
+    pub schema: CanopySchema,
+    pub node: ActorRef<NodeMsg>,
+    known_tenants: RwLock<HashSet<TenantId>>,
+}
+
+impl App {
+    /// Whether a tenant exists, from the directory read model (cached once seen:
+    /// tenants are never deleted).
+    pub async fn tenant_exists(&self, t: &TenantId) -> anyhow::Result<bool> {
+        if self.known_tenants.read().await.contains(t) {
+            return Ok(true);
+        }
+        let found = self.read_model.tenant(t).await?.is_some();
+        if found {
+            self.known_tenants.write().await.insert(t.clone());
+        }
+        Ok(found)
+    }
+
+    pub async fn readiness(&self) -> BTreeMap<&'static str, bool> {
+        let nats = self.nats.connection_state() == async_nats::connection::State::Connected;
+        let stream = nats && self.store.last_seq().await.is_ok();
+        BTreeMap::from([
+            ("nats", nats),
+            ("stream", stream),
+            ("surrealdb", self.read_model.health().await),
+            ("projections", self.progress.caught_up()),
+        ])
+    }
+}
+
+/// The parts every entry point (serve, rebuild) needs.
+pub struct Core {
+    pub nats: async_nats::Client,
+    pub managed: Option<ManagedNats>,
+    pub store: EventStore,
+    pub keys: KeyRing,
+    pub read_model: ReadModel,
+}
+
+fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    if let Some(k) = config.master_key_secret() {
+        return MasterKey::from_base64(k).context("while reading CANOPY_MASTER_KEY");
+    }
+    let path = config.data_dir.join("master.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("while reading {}", path.display()))?;
+        return MasterKey::from_base64(&text).with_context(|| format!("while reading {}", path.display()));
+    }
+    let key = MasterKey::generate();
+    write_private(&path, &key.to_base64())?;
+    tracing::info!(path = %path.display(), "created a master key; keep it safe, it unlocks every secret in the log");
+    Ok(key)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("while creating {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("while writing {}", path.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+impl Core {
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
+        let master = master_key(config)?;
+        let (url, managed) = match &config.nats_url {
+            Some(u) => (u.clone(), None),
+            None => {
+                let m = ManagedNats::start(config).await.context("while starting the managed nats-server")?;
+                (m.url.clone(), Some(m))
+            }
+        };
+        let nats = nats::connect(&url, Duration::from_secs(15)).await?;
+        let (store, keys_kv) = EventStore::open(nats.clone(), config.replicas)
+            .await
+            .context("while creating the EVENTS stream and buckets")?;
+        let keys = KeyRing::new(keys_kv, master);
+        let read_model = ReadModel::connect(config).await?;
+        Ok(Self {
+            nats,
+            managed,
+            store,
+            keys,
+            read_model,
+        })
+    }
+
+    pub async fn close(self) {
+        let _ = self.nats.flush().await;
+        drop(self.nats);
+        if let Some(m) = self.managed {
+            m.stop().await;
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves: serves HTTP on `listener`, routes
+/// commands, projects events. Tests call it with a port-0 listener.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let core = Core::open(&config).await?;
+    let result = serve(&config, &core, listener, shutdown).await;
+    core.close().await;
+    result
+}
+
+async fn serve(
+    config: &Config,
+    core: &Core,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let hasher = Hasher::new(config.hash_concurrency(), owasp_params());
+    let deps = Deps {
+        store: core.store.clone(),
+        keys: core.keys.clone(),
+        hasher,
+        snapshot_every: config.snapshot_every,
+        cache_per_tenant: config.accounts_cached_per_tenant.max(1),
+    };
+    let (node, node_handle) = Actor::spawn(
+        None,
+        NodeSupervisor,
+        NodeArgs {
+            deps,
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+        },
+    )
+    .await
+    .context("while starting the node supervisor")?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let router = Router {
+        nats: core.nats.clone(),
+        node: node.clone(),
+        timeout: Duration::from_millis(config.command_timeout_ms),
+    };
+    tasks.spawn(router.run(cancel.clone()));
+    let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());
+    let projector_cancel = cancel.clone();
+    tasks.spawn(async move {
+        projector.run(projector_cancel).await;
+        Ok(())
+    });
+    // Make sure the router's subscription is registered before anyone sends to it.
+    core.nats.flush().await.context("while subscribing to commands")?;
+
+    let tokens = Tokens::load(&core.keys, config.issuer.clone(), config.token_ttl_secs)
+        .await
+        .context("while loading the signing keys")?;
+    let app = Arc::new(App {
+        config: config.clone(),
+        nats: core.nats.clone(),
+        store: core.store.clone(),
+        read_model: core.read_model.clone(),
+        tokens,
+        progress,
+        schema: graphql::schema(),
+        node: node.clone(),
+        known_tenants: RwLock::default(),
+    });
+
+    bootstrap_admin(&app).await?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "canopy is listening: GraphiQL at http://{addr}/graphql");
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+    let served = poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(edge::routes(app.clone()), shutdown, Some(Duration::from_secs(20)))
+        .await;
+
+    // Stop taking commands, let the ones in flight finish, then stop the actors.
+    cancel.cancel();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "a background task ended with an error");
+        }
+    }
+    node.stop(Some("shutdown".into()));
+    let _ = node_handle.await;
+    served.context("while serving HTTP")?;
+    Ok(())
+}
+
+/// Creates the platform administrator from the configuration, once. The command id
+/// is derived from the email, so a restart (or a second node) is a no-op retry.
+async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
+    let (Some(email), Some(password)) = (&app.config.bootstrap_admin_email, &app.config.bootstrap_admin_password) else {
+        return Ok(());
+    };
+    let email = Email::parse(email).context("CANOPY_BOOTSTRAP_ADMIN_EMAIL is not a valid email")?;
+    let password =
+        Password::parse(password.expose_secret()).context("CANOPY_BOOTSTRAP_ADMIN_PASSWORD must have 8 to 128 characters")?;
+    let command_id = format!("bootstrap-admin-{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, email.normalized().as_bytes()).simple());
+    let request = AccountRequest::Register {
+        email,
+        password,
+        firstname: PersonName::parse("Platform").expect("constant"),
+        lastname: PersonName::parse("Administrator").expect("constant"),
+    };
+    let body = serde_json::to_vec(&CommandEnvelope { command_id, request })?;
+    let reply = app
+        .nats
+        .request(command_subject(&Scope::Platform, "account"), body.into())
+        .await
+        .context("while creating the bootstrap administrator")?;
+    match serde_json::from_slice::<CommandResult<AccountReply>>(&reply.payload)? {
+        Ok(AccountReply::Registered { seq, .. }) => {
+            app.progress.wait_for(seq, Duration::from_secs(10)).await;
+            tracing::info!("platform administrator ready");
+        }
+        Ok(other) => anyhow::bail!("unexpected reply creating the administrator: {other:?}"),
+        // The email already belongs to an administrator created earlier with another
+        // password: keep that account, never overwrite it from the environment.
+        Err(f) if f.code == "BAD_USER_INPUT" => tracing::info!("platform administrator already exists"),
+        Err(f) => anyhow::bail!("creating the bootstrap administrator failed: {f}"),
+    }
+    Ok(())
+}
+
+/// `canopy projections rebuild`: drop every read model and replay the log.
+pub async fn rebuild_projections(config: &Config) -> anyhow::Result<u64> {
+    let core = Core::open(config).await?;
+    let result = projection::rebuild(&core.read_model, &core.store, &core.keys).await;
+    core.close().await;
+    result
+}

@@ -1,0 +1,268 @@
+//! The projector: follows the `EVENTS` stream in order and writes read models into
+//! SurrealDB, one database per tenant, each change in the same transaction as that
+//! database's checkpoint. Mutations wait on its progress for read-your-writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actors::event_store::{EventStore, STREAM, Stored, decode};
+use actors::seal::{KeyRing, Sealed, SealError};
+use actors::tenant::Scope;
+use async_nats::jetstream::consumer;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::read_model::{ReadModel, Statement, db_name};
+
+/// How far the projector has got: the stream sequence of the last applied event.
+#[derive(Clone)]
+pub struct Progress {
+    rx: watch::Receiver<u64>,
+    caught_up: Arc<AtomicBool>,
+}
+
+impl Progress {
+    /// Waits until events up to `seq` are in the read models, or the timeout passes.
+    /// Returns whether they are.
+    pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.rx.clone();
+        matches!(tokio::time::timeout(timeout, rx.wait_for(|v| *v >= seq)).await, Ok(Ok(_)))
+    }
+
+    pub fn applied(&self) -> u64 {
+        *self.rx.borrow()
+    }
+
+    /// True once the projector has applied everything that was in the log when it started.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+}
+
+pub struct Projector {
+    rm: ReadModel,
+    store: EventStore,
+    keys: KeyRing,
+    tx: watch::Sender<u64>,
+    caught_up: Arc<AtomicBool>,
+    checkpoints: HashMap<String, u64>,
+}
+
+/// Most events applied in one transaction per database.
+const MAX_BATCH: usize = 512;
+
+impl Projector {
+    pub fn new(rm: ReadModel, store: EventStore, keys: KeyRing) -> (Self, Progress) {
+        let (tx, rx) = watch::channel(0);
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let p = Progress {
+            rx,
+            caught_up: caught_up.clone(),
+        };
+        (
+            Self {
+                rm,
+                store,
+                keys,
+                tx,
+                caught_up,
+                checkpoints: HashMap::new(),
+            },
+            p,
+        )
+    }
+
+    /// The first sequence any database still needs: the lowest checkpoint, where a
+    /// tenant database without one starts right after its tenant was created.
+    async fn start_position(&mut self) -> anyhow::Result<u64> {
+        let system = self.rm.checkpoint("system").await?;
+        self.checkpoints.insert("system".into(), system);
+        let mut low = system;
+        for t in self.rm.tenants().await? {
+            let scope = Scope::parse_token(&t.slug).map_err(|e| anyhow::anyhow!("bad slug in read model: {e}"))?;
+            let db = db_name(&scope);
+            let cp = match self.rm.checkpoint(&db).await? {
+                0 => t.created_seq,
+                n => n,
+            };
+            self.checkpoints.insert(db, cp);
+            low = low.min(cp);
+        }
+        Ok(low + 1)
+    }
+
+    /// Runs until cancelled, reconnecting after errors from where it left off.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            let result = tokio::select! {
+                r = self.follow(None) => r,
+                () = cancel.cancelled() => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "projector interrupted; resuming from its checkpoint");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Applies the whole log as it is now, then returns (for `projections rebuild`).
+    pub async fn catch_up(mut self) -> anyhow::Result<u64> {
+        let last = self.store.last_seq().await?;
+        self.follow(Some(last)).await?;
+        Ok(last)
+    }
+
+    async fn follow(&mut self, stop_at: Option<u64>) -> anyhow::Result<()> {
+        self.checkpoints.clear();
+        let start = self.start_position().await?;
+        let head = self.store.last_seq().await?;
+        self.publish_progress(start - 1, head);
+        if stop_at.is_some_and(|s| s < start) {
+            return Ok(());
+        }
+        let stream = self.store.jetstream().get_stream(STREAM).await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: "evt.>".into(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Some(first) = messages.next().await {
+            let mut batch = vec![first?];
+            while batch.len() < MAX_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(m)) => batch.push(m?),
+                    _ => break,
+                }
+            }
+            let mut stored = Vec::with_capacity(batch.len());
+            for m in &batch {
+                let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                stored.push(decode(seq, &m.payload)?);
+            }
+            let last = stored.last().map_or(0, |s| s.seq);
+            self.apply(stored).await?;
+            self.publish_progress(last, head);
+            if stop_at.is_some_and(|s| last >= s) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the event stream ended")
+    }
+
+    fn publish_progress(&self, applied: u64, head: u64) {
+        self.tx.send_replace(applied);
+        if applied >= head {
+            self.caught_up.store(true, Ordering::Release);
+        }
+    }
+
+    async fn checkpoint(&mut self, db: &str) -> anyhow::Result<u64> {
+        if let Some(cp) = self.checkpoints.get(db) {
+            return Ok(*cp);
+        }
+        let cp = self.rm.checkpoint(db).await?;
+        self.checkpoints.insert(db.to_owned(), cp);
+        Ok(cp)
+    }
+
+    async fn apply(&mut self, events: Vec<Stored>) -> anyhow::Result<()> {
+        // Group by database, keeping the log's order inside each.
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: HashMap<String, (Vec<Statement>, u64)> = HashMap::new();
+        for ev in events {
+            let scope = match Scope::parse_token(&ev.envelope.tenant) {
+                Ok(s) => s,
+                Err(_) => {
+                    tracing::warn!(seq = ev.seq, "event with an invalid tenant skipped");
+                    continue;
+                }
+            };
+            let db = db_name(&scope);
+            if ev.seq <= self.checkpoint(&db).await? {
+                continue;
+            }
+            let statements = self.statements(&ev).await?;
+            let entry = groups.entry(db.clone()).or_insert_with(|| {
+                order.push(db.clone());
+                (Vec::new(), 0)
+            });
+            entry.0.extend(statements);
+            entry.1 = ev.seq;
+        }
+        for db in order {
+            let (statements, seq) = groups.remove(&db).expect("every ordered db has a group");
+            self.rm.apply(&db, statements, seq).await?;
+            self.checkpoints.insert(db, seq);
+        }
+        Ok(())
+    }
+
+    async fn open(&self, sealed: &Sealed) -> anyhow::Result<String> {
+        match self.keys.open_string(sealed).await {
+            Ok(s) => Ok(s),
+            // The person's key was deleted: their data is erased from the log.
+            Err(SealError::MissingKey(_)) => Ok("[erased]".into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn statements(&self, ev: &Stored) -> anyhow::Result<Vec<Statement>> {
+        let env = &ev.envelope;
+        let data = &env.data;
+        let text = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let sealed = |k: &str| -> anyhow::Result<Sealed> { Ok(serde_json::from_value(data[k].clone())?) };
+        let st = |sql: &str, vars: serde_json::Value| Statement {
+            sql: sql.to_owned(),
+            vars: match vars {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+        };
+        Ok(match env.event_type.as_str() {
+            "TenantCreated" => vec![st(
+                "UPSERT type::record('tenant', $slug) CONTENT { slug: $slug, name: $name, owner_account_id: $owner, created_seq: $seq, created_at: $at }",
+                serde_json::json!({
+                    "slug": text("slug"), "name": text("name"), "owner": text("owner_account_id"),
+                    "seq": ev.seq, "at": env.occurred_at,
+                }),
+            )],
+            "AccountRegistered" => vec![st(
+                "UPSERT type::record('user', $id) CONTENT { account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at }",
+                serde_json::json!({
+                    "id": text("account_id"),
+                    "email": self.open(&sealed("email")?).await?,
+                    "first": self.open(&sealed("firstname")?).await?,
+                    "last": self.open(&sealed("lastname")?).await?,
+                    "owner": data.get("owner").and_then(|v| v.as_bool()).unwrap_or(false),
+                    "seq": ev.seq, "at": env.occurred_at,
+                }),
+            )],
+            "ProfileUpdated" => vec![st(
+                "UPDATE type::record('user', $id) SET firstname = $first, lastname = $last",
+                serde_json::json!({
+                    "id": env.aggregate_id,
+                    "first": self.open(&sealed("firstname")?).await?,
+                    "last": self.open(&sealed("lastname")?).await?,
+                }),
+            )],
+            // Claims and event types this build does not project only move the checkpoint.
+            _ => Vec::new(),
+        })
+    }
+}
+
+/// Drops every read model and rebuilds it from the log. Returns the last sequence applied.
+pub async fn rebuild(rm: &ReadModel, store: &EventStore, keys: &KeyRing) -> anyhow::Result<u64> {
+    rm.drop_all().await?;
+    let (projector, _) = Projector::new(rm.clone(), store.clone(), keys.clone());
+    projector.catch_up().await
+}

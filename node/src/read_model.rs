@@ -1,0 +1,292 @@
+//! Read models in SurrealDB: namespace `canopy`, database `system` for the tenant
+//! directory and platform administrators, and one database `t_{tenant}` per tenant.
+//! Only the projector writes here; queries only read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actors::tenant::{Scope, TenantId};
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use tokio::sync::RwLock;
+
+use crate::config::Config;
+
+pub const NAMESPACE: &str = "canopy";
+const SYSTEM_TABLES: &str = include_str!("../../schemas/surreal/system.surql");
+const ACCOUNT_TABLES: &str = include_str!("../../schemas/surreal/accounts.surql");
+
+/// The database of a scope. Slugs hold only `[a-z0-9-]`, and `-` becomes `_`, so
+/// the name is always a plain identifier and two slugs never share one.
+pub fn db_name(scope: &Scope) -> String {
+    match scope {
+        Scope::Platform => "system".to_owned(),
+        Scope::Tenant(t) => format!("t_{}", t.as_str().replace('-', "_")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("read model: {0}")]
+pub struct ReadError(String);
+
+fn read_err(e: impl std::fmt::Display) -> ReadError {
+    ReadError(e.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TenantRow {
+    pub slug: String,
+    pub name: String,
+    pub owner_account_id: String,
+    pub created_seq: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UserRow {
+    pub account_id: String,
+    pub email: String,
+    pub firstname: String,
+    pub lastname: String,
+    pub owner: bool,
+    pub seq: u64,
+    pub created_at: String,
+}
+
+/// Renames every `$name` in `sql` to `$<prefix>name`, whole names only.
+fn prefix_vars(sql: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic() || *n == '_') {
+            out.push_str(prefix);
+        }
+    }
+    out
+}
+
+/// One statement of a projection transaction, with its own variables.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    pub vars: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_prefixed_as_whole_names() {
+        assert_eq!(prefix_vars("SET a = $id, b = $idx, c = '$'", "s1_"), "SET a = $s1_id, b = $s1_idx, c = '$'");
+    }
+
+    #[test]
+    fn tenant_databases_are_plain_identifiers() {
+        let t = Scope::Tenant(TenantId::parse("acme-corp").unwrap());
+        assert_eq!(db_name(&t), "t_acme_corp");
+        assert_eq!(db_name(&Scope::Platform), "system");
+    }
+}
+
+#[derive(Clone)]
+pub struct ReadModel {
+    root: Surreal<Any>,
+    /// One session per database: a session remembers its namespace and database,
+    /// so concurrent queries for different tenants never cross.
+    sessions: Arc<RwLock<HashMap<String, Surreal<Any>>>>,
+}
+
+impl ReadModel {
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let url = match &config.surreal_url {
+            Some(u) => u.clone(),
+            None => {
+                let dir = std::path::absolute(config.data_dir.join("surreal")).context("while resolving the SurrealDB path")?;
+                format!("surrealkv://{}", dir.display())
+            }
+        };
+        let root = surrealdb::engine::any::connect(url.as_str())
+            .await
+            .with_context(|| format!("while opening SurrealDB at {}", url.split('@').next_back().unwrap_or("")))?;
+        if let (Some(user), Some(pass)) = (&config.surreal_user, &config.surreal_password) {
+            root.signin(surrealdb::opt::auth::Root {
+                username: user.clone(),
+                password: pass.expose_secret().to_owned(),
+            })
+            .await
+            .context("while signing in to SurrealDB")?;
+        }
+        let rm = Self {
+            root,
+            sessions: Arc::default(),
+        };
+        rm.session("system").await.context("while preparing the system database")?;
+        Ok(rm)
+    }
+
+    async fn session(&self, db: &str) -> Result<Surreal<Any>, ReadError> {
+        if let Some(s) = self.sessions.read().await.get(db) {
+            return Ok(s.clone());
+        }
+        let mut sessions = self.sessions.write().await;
+        if let Some(s) = sessions.get(db) {
+            return Ok(s.clone());
+        }
+        let s = self.root.clone();
+        s.use_ns(NAMESPACE).use_db(db).await.map_err(read_err)?;
+        let tables = if db == "system" {
+            format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}")
+        } else {
+            ACCOUNT_TABLES.to_owned()
+        };
+        s.query(tables).await.and_then(|r| r.check()).map_err(read_err)?;
+        sessions.insert(db.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    async fn select<T: DeserializeOwned>(
+        &self,
+        db: &str,
+        sql: &str,
+        vars: serde_json::Value,
+    ) -> Result<Vec<T>, ReadError> {
+        let s = self.session(db).await?;
+        let mut res = s.query(sql).bind(vars).await.map_err(read_err)?;
+        let rows: Vec<serde_json::Value> = res.take(0).map_err(read_err)?;
+        rows.into_iter()
+            .map(|r| serde_json::from_value(r).map_err(read_err))
+            .collect()
+    }
+
+    pub async fn health(&self) -> bool {
+        self.root.health().await.is_ok()
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, ReadError> {
+        self.select(
+            "system",
+            "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant ORDER BY slug",
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn tenant(&self, slug: &TenantId) -> Result<Option<TenantRow>, ReadError> {
+        let rows = self
+            .select(
+                "system",
+                "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant WHERE slug = $slug",
+                serde_json::json!({ "slug": slug.as_str() }),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    pub async fn user(&self, scope: &Scope, account_id: &str) -> Result<Option<UserRow>, ReadError> {
+        let rows = self
+            .select(
+                &db_name(scope),
+                "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user WHERE account_id = $id",
+                serde_json::json!({ "id": account_id }),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Up to `limit` users registered after `after_seq`, oldest first.
+    pub async fn users(&self, scope: &Scope, after_seq: u64, limit: usize) -> Result<Vec<UserRow>, ReadError> {
+        self.select(
+            &db_name(scope),
+            "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user WHERE seq > $after ORDER BY seq LIMIT $limit",
+            serde_json::json!({ "after": after_seq, "limit": limit }),
+        )
+        .await
+    }
+
+    pub async fn checkpoint(&self, db: &str) -> Result<u64, ReadError> {
+        #[derive(Deserialize)]
+        struct Cp {
+            seq: u64,
+        }
+        let rows: Vec<Cp> = self
+            .select(db, "SELECT seq FROM checkpoint:projector", serde_json::json!({}))
+            .await?;
+        Ok(rows.first().map_or(0, |c| c.seq))
+    }
+
+    /// Applies the statements and moves the checkpoint to `seq`, in one transaction:
+    /// either the read model and its checkpoint both move, or neither does.
+    pub async fn apply(&self, db: &str, statements: Vec<Statement>, seq: u64) -> Result<(), ReadError> {
+        let s = self.session(db).await?;
+        let mut sql = String::from("BEGIN TRANSACTION;\n");
+        let mut vars = serde_json::Map::new();
+        for (i, st) in statements.into_iter().enumerate() {
+            // Each statement's variables get a unique prefix inside the transaction.
+            sql.push_str(&prefix_vars(&st.sql, &format!("s{i}_")));
+            for (k, v) in st.vars {
+                vars.insert(format!("s{i}_{k}"), v);
+            }
+            sql.push_str(";\n");
+        }
+        sql.push_str("UPSERT checkpoint:projector SET seq = $checkpoint_seq;\nCOMMIT TRANSACTION;");
+        vars.insert("checkpoint_seq".into(), seq.into());
+        s.query(sql)
+            .bind(serde_json::Value::Object(vars))
+            .await
+            .and_then(|r| r.check())
+            .map_err(read_err)?;
+        Ok(())
+    }
+
+    /// Every database of the namespace, read from SurrealDB itself.
+    pub async fn databases(&self) -> Result<Vec<String>, ReadError> {
+        let s = self.session("system").await?;
+        let mut res = s.query("INFO FOR NS").await.map_err(read_err)?;
+        let info: Option<serde_json::Value> = res.take(0).map_err(read_err)?;
+        let mut names: Vec<String> = info
+            .and_then(|i| i.get("databases").and_then(|d| d.as_object()).map(|d| d.keys().cloned().collect()))
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes every read-model database, for a rebuild from the log.
+    pub async fn drop_all(&self) -> Result<(), ReadError> {
+        let dbs = self.databases().await?;
+        let mut sessions = self.sessions.write().await;
+        sessions.clear();
+        let s = self.root.clone();
+        s.use_ns(NAMESPACE).await.map_err(read_err)?;
+        for db in dbs {
+            // Names come from SurrealDB and were made by `db_name`: plain identifiers.
+            s.query(format!("REMOVE DATABASE IF EXISTS {db}"))
+                .await
+                .and_then(|r| r.check())
+                .map_err(read_err)?;
+        }
+        Ok(())
+    }
+
+    /// All read-model content, ordered, for comparing two builds.
+    pub async fn dump(&self) -> Result<serde_json::Value, ReadError> {
+        let mut out = serde_json::Map::new();
+        for db in self.databases().await? {
+            let tenants: Vec<serde_json::Value> = if db == "system" {
+                self.select(&db, "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant ORDER BY slug", serde_json::json!({})).await?
+            } else {
+                Vec::new()
+            };
+            let users: Vec<serde_json::Value> = self
+                .select(&db, "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user ORDER BY seq", serde_json::json!({}))
+                .await?;
+            out.insert(db, serde_json::json!({ "tenant": tenants, "user": users }));
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}

@@ -1,0 +1,113 @@
+//! The committed contracts in `schemas/` match the code. Run with `CANOPY_BLESS=1`
+//! to rewrite them after an intended change.
+
+use std::collections::BTreeSet;
+
+use actors::contract::event_schemas;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn bless() -> bool {
+    std::env::var("CANOPY_BLESS").is_ok_and(|v| v == "1")
+}
+
+fn compare(rel: &str, expected: &str) {
+    let path = repo_file(rel);
+    if bless() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, expected).unwrap();
+        return;
+    }
+    let found = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(found == expected, "{rel} is out of date: run `CANOPY_BLESS=1 cargo test -p canopy-node --test it contracts`");
+}
+
+#[test]
+fn the_committed_graphql_schema_matches_the_code() {
+    compare("schemas/schema.graphql", &canopy_node::graphql::schema().sdl());
+}
+
+#[test]
+fn every_event_type_has_its_committed_json_schema() {
+    let schemas = event_schemas();
+    for (name, _, schema) in &schemas {
+        compare(&format!("schemas/events/{name}.json"), &(serde_json::to_string_pretty(schema).unwrap() + "\n"));
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(repo_file("schemas/events"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: BTreeSet<String> = schemas.iter().map(|(n, _, _)| format!("{n}.json")).collect();
+    assert_eq!(on_disk, expected, "schemas/events holds a schema for no event type, or misses one");
+}
+
+#[test]
+fn the_subject_map_documents_every_event_subject_and_header() {
+    let doc = std::fs::read_to_string(repo_file("schemas/subjects.md")).unwrap();
+    for (name, aggregate, _) in event_schemas() {
+        assert!(doc.contains(&name), "subjects.md does not mention {name}");
+        assert!(doc.contains(&format!("evt.{{tenant}}.{aggregate}.")), "subjects.md does not show the {aggregate} subjects");
+    }
+    for header in [
+        "Nats-Msg-Id",
+        "Nats-Expected-Last-Subject-Sequence",
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        "Nats-Batch-Id",
+        "Nats-Batch-Sequence",
+        "Nats-Batch-Commit",
+        "cmd.{tenant}.account",
+        "cmd._system.tenant",
+        "KV `snapshots`",
+        "KV `keys`",
+    ] {
+        assert!(doc.contains(header), "subjects.md does not document {header}");
+    }
+}
+
+/// A small structural check of a value against the generated schema: required
+/// keys, no unknown keys where the schema forbids them, and `const` values.
+fn conforms(value: &Value, schema: &Value, path: &str) -> Result<(), String> {
+    if let Some(c) = schema.get("const") {
+        return if value == c { Ok(()) } else { Err(format!("{path}: expected {c}, found {value}")) };
+    }
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else { return Ok(()) };
+    let obj = value.as_object().ok_or_else(|| format!("{path}: not an object"))?;
+    for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        let k = req.as_str().unwrap();
+        if !obj.contains_key(k) {
+            return Err(format!("{path}: missing {k}"));
+        }
+    }
+    for (k, v) in obj {
+        match props.get(k) {
+            Some(s) => conforms(v, s, &format!("{path}.{k}"))?,
+            None => return Err(format!("{path}: unexpected key {k}")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_event_in_the_log_conforms_to_its_schema() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    node.register("acme", "ada@example.com", "a-good-password").await;
+    node.gql(Some("acme"), Some(&owner), "mutation { updateProfile(input: {firstname: \"O\", lastname: \"W\"}) { id } }", json!({})).await;
+
+    let schemas: std::collections::HashMap<String, Value> =
+        event_schemas().into_iter().map(|(n, _, s)| (n, s)).collect();
+    let events = all_events(&nats.url).await;
+    let mut seen = BTreeSet::new();
+    for (subject, payload) in events {
+        let v: Value = serde_json::from_slice(&payload).unwrap();
+        let t = v["type"].as_str().unwrap().to_owned();
+        let schema = schemas.get(&t).unwrap_or_else(|| panic!("event type {t} has no schema"));
+        conforms(&v, schema, &t).unwrap();
+        assert!(subject.ends_with(&format!(".{t}")), "{subject} does not end with its type");
+        assert_eq!(subject.split('.').nth(1), v["tenant"].as_str());
+        seen.insert(t);
+    }
+    assert_eq!(seen.len(), schemas.len(), "the scenario should produce every event type: {seen:?}");
+}

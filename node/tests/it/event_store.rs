@@ -1,0 +1,119 @@
+//! The event log's guarantees, checked against a real nats-server.
+
+use actors::event_store::{Envelope, EventStore, Pending, StoreErrorKind, aggregate_filter, event_subject};
+use actors::tenant::{Scope, TenantId};
+
+use crate::harness::{NatsServer, all_events};
+
+async fn store(nats: &NatsServer) -> EventStore {
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    EventStore::open(client, 1).await.unwrap().0
+}
+
+fn acme() -> Scope {
+    Scope::Tenant(TenantId::parse("acme").unwrap())
+}
+
+fn pending(id: &str, event_type: &str, expected: Option<u64>) -> Pending {
+    Pending {
+        subject: event_subject(&acme(), "account", id, event_type),
+        filter: aggregate_filter(&acme(), "account", id),
+        expected_seq: expected,
+        envelope: Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            event_type: event_type.into(),
+            tenant: "acme".into(),
+            aggregate: "account".into(),
+            aggregate_id: id.into(),
+            occurred_at: actors::event_store::now_rfc3339(),
+            command_id: "c".into(),
+            schema_version: 1,
+            data: serde_json::json!({}),
+        },
+    }
+}
+
+#[tokio::test]
+async fn two_writers_racing_on_one_aggregate_exactly_one_wins() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    let first = store.append("c0", vec![pending("a1", "AccountRegistered", Some(0))]).await.unwrap();
+
+    // Both writers saw version `first.last_seq` and append at the same time.
+    let (a, b) = tokio::join!(
+        store.append("c1", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]),
+        store.append("c2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]),
+    );
+    let outcomes = [a.is_ok(), b.is_ok()];
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "exactly one writer wins: {a:?} {b:?}");
+    let loser = if a.is_err() { a.unwrap_err() } else { b.unwrap_err() };
+    assert_eq!(loser.kind(), StoreErrorKind::Conflict);
+    assert_eq!(store.load(&aggregate_filter(&acme(), "account", "a1"), 0).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_command_id_is_stored_once() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    let once = store
+        .append("cmd-1", vec![pending("a1", "AccountRegistered", Some(0)), pending("a1", "ProfileUpdated", None)])
+        .await
+        .unwrap();
+    assert!(!once.duplicate);
+    // A retry of the same command (same ids) is acknowledged as a duplicate and
+    // stores nothing, even though its expected sequence is now stale.
+    let again = store
+        .append("cmd-1", vec![pending("a1", "AccountRegistered", Some(0)), pending("a1", "ProfileUpdated", None)])
+        .await;
+    match again {
+        Ok(a) => {
+            assert!(a.duplicate, "{a:?}");
+            assert_eq!(a.last_seq, once.last_seq);
+        }
+        Err(e) => panic!("a retried command must be recognised, got {e:?}"),
+    }
+    assert_eq!(all_events(&nats.url).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_batch_whose_second_message_fails_its_check_stores_nothing() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    store.append("c0", vec![pending("taken", "EmailReserved", Some(0))]).await.unwrap();
+    let before = all_events(&nats.url).await.len();
+
+    // The first message is fine; the second claims a subject that is not empty.
+    let err = store
+        .append("c1", vec![pending("a2", "AccountRegistered", Some(0)), pending("taken", "EmailReserved", Some(0))])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Conflict);
+    assert_eq!(all_events(&nats.url).await.len(), before, "no event of the failed batch may land");
+    assert!(store.load(&aggregate_filter(&acme(), "account", "a2"), 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn loading_an_aggregate_reads_only_its_own_events() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    for i in 0..50 {
+        store.append(&format!("c{i}"), vec![pending(&format!("a{i}"), "AccountRegistered", Some(0))]).await.unwrap();
+    }
+    let one = store.load(&aggregate_filter(&acme(), "account", "a7"), 0).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].envelope.aggregate_id, "a7");
+}
+
+#[tokio::test]
+async fn the_stream_is_configured_as_designed() {
+    let nats = NatsServer::start();
+    let _ = store(&nats).await;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let info = js.get_stream("EVENTS").await.unwrap().info().await.unwrap().config.clone();
+    assert_eq!(info.subjects, vec!["evt.>".to_string()]);
+    assert!(info.allow_atomic_publish && info.deny_delete && info.deny_purge);
+    assert!(info.duplicate_window >= std::time::Duration::from_secs(120));
+    assert_eq!(info.storage, async_nats::jetstream::stream::StorageType::File);
+    assert_eq!(info.max_age, std::time::Duration::ZERO, "events are kept forever");
+}

