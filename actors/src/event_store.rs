@@ -87,7 +87,8 @@ pub struct Pending {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
-    /// The stream sequence of the last message of the batch.
+    /// The stream sequence of the last message of the batch; 0 when a repeated
+    /// batch was refused as a duplicate without telling where the first one landed.
     pub last_seq: u64,
     /// The server had already stored this command's events (same `Nats-Msg-Id`).
     pub duplicate: bool,
@@ -123,6 +124,13 @@ impl StoreError {
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
     }
+}
+
+/// JetStream's `err_code` for "atomic publish batch contains duplicate message id".
+const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+
+fn jetstream_error_code(e: &jetstream::context::PublishError) -> Option<u64> {
+    std::error::Error::source(e)?.downcast_ref::<jetstream::Error>().map(|j| j.error_code().0)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -233,19 +241,20 @@ impl EventStore {
                 );
             }
         }
-        let ack = commit
-            .expect("the last message is the commit")
-            .await
-            .map_err(|e| match e.kind() {
-                jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    StoreError::new(StoreErrorKind::Conflict, e.to_string())
-                }
-                _ => unavailable(e),
-            })?;
-        Ok(Appended {
-            last_seq: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        match commit.expect("the last message is the commit").await {
+            Ok(ack) => Ok(Appended { last_seq: ack.sequence, duplicate: ack.duplicate }),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(StoreError::new(StoreErrorKind::Conflict, e.to_string()))
+            }
+            // The server checks a batch's message ids before its expected sequences,
+            // and refuses a batch that repeats one instead of acking it as a
+            // duplicate: this command was stored before. Its sequence is not in the
+            // answer; the caller reloads the aggregate to learn it.
+            Err(e) if jetstream_error_code(&e) == Some(BATCH_DUPLICATE_MSG_ID) => {
+                Ok(Appended { last_seq: 0, duplicate: true })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Reads one aggregate's events after `after_seq`, in order.

@@ -116,11 +116,8 @@ pub async fn execute<A: Aggregate>(
             Ok(appended) if appended.duplicate => {
                 // The same command was applied before: report what it did, from the log.
                 let fresh = load::<A>(store, scope, id).await.map_err(ExecError::Broken)?;
-                return Ok(Executed {
-                    loaded: fresh,
-                    seq: appended.last_seq,
-                    events: Vec::new(),
-                });
+                let seq = appended.last_seq.max(fresh.version);
+                return Ok(Executed { loaded: fresh, seq, events: Vec::new() });
             }
             Ok(appended) => {
                 for e in &events {

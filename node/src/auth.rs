@@ -52,12 +52,21 @@ pub struct Tokens {
     keys: HashMap<String, SigningPair>,
 }
 
+/// Picks jsonwebtoken's RustCrypto backend for the whole process. SurrealDB enables
+/// the aws-lc backend of the same crate, and with both compiled in jsonwebtoken
+/// refuses to guess; this must run before any token is signed or verified.
+pub fn install_crypto() {
+    // Err means a provider is already installed (a second node in one process).
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
 /// The name of the signing key in the `keys` bucket.
 const PRIMARY: &str = "signing.primary";
 
 impl Tokens {
     /// Loads the signing key from the key ring, creating it on first start.
     pub async fn load(keys: &KeyRing, issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
+        install_crypto();
         let seed = keys
             .secret_or_create(PRIMARY, || SigningKey::generate(&mut rand::rngs::OsRng).to_bytes().to_vec())
             .await?;

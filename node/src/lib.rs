@@ -117,6 +117,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 impl Core {
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        auth::install_crypto();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
         let master = master_key(config)?;

@@ -35,6 +35,8 @@ enum ProjectionsCmd {
     /// Drop every read model and rebuild it from the event log (stop the node first
     /// when it uses the embedded store).
     Rebuild,
+    /// Print every read model as JSON, ordered, to compare two builds.
+    Dump,
 }
 
 fn init_logging(format: &str) {
@@ -76,6 +78,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let last = canopy_node::rebuild_projections(&config).await?;
             tracing::info!(last_seq = last, "read models rebuilt from the log");
+            Ok(())
+        }
+        Cmd::Projections { action: ProjectionsCmd::Dump } => {
+            let rm = canopy_node::read_model::ReadModel::connect(&config).await?;
+            println!("{}", serde_json::to_string_pretty(&rm.dump().await?)?);
             Ok(())
         }
     }

@@ -52,26 +52,34 @@ async fn two_writers_racing_on_one_aggregate_exactly_one_wins() {
 }
 
 #[tokio::test]
-async fn the_same_command_id_is_stored_once() {
+async fn a_retried_batch_is_recognised_and_stored_once() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
-    let once = store
-        .append("cmd-1", vec![pending("a1", "AccountRegistered", Some(0)), pending("a1", "ProfileUpdated", None)])
-        .await
-        .unwrap();
+    let batch = || vec![pending("a1", "AccountRegistered", Some(0)), pending("a1", "ProfileUpdated", None)];
+    let once = store.append("cmd-1", batch()).await.unwrap();
     assert!(!once.duplicate);
-    // A retry of the same command (same ids) is acknowledged as a duplicate and
-    // stores nothing, even though its expected sequence is now stale.
-    let again = store
-        .append("cmd-1", vec![pending("a1", "AccountRegistered", Some(0)), pending("a1", "ProfileUpdated", None)])
-        .await;
-    match again {
-        Ok(a) => {
-            assert!(a.duplicate, "{a:?}");
-            assert_eq!(a.last_seq, once.last_seq);
-        }
-        Err(e) => panic!("a retried command must be recognised, got {e:?}"),
-    }
+    // The retry is recognised by its message ids, even though its expected
+    // sequence is now stale, and stores nothing.
+    let again = store.append("cmd-1", batch()).await.unwrap();
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(all_events(&nats.url).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_retried_single_event_on_fresh_state_is_acked_as_the_first() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    let first = store.append("c0", vec![pending("a1", "AccountRegistered", Some(0))]).await.unwrap();
+    let update = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap();
+    // A retry decided on the state that already holds the update expects the
+    // update's own sequence: the server acks it as a duplicate of the first.
+    let retry = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(update.last_seq))]).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.last_seq, update.last_seq);
+    // A retry with the stale expectation is a conflict, which the executor
+    // answers by reloading and deciding again (landing in the case above).
+    let stale = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap_err();
+    assert_eq!(stale.kind(), StoreErrorKind::Conflict);
     assert_eq!(all_events(&nats.url).await.len(), 2);
 }
 

@@ -27,7 +27,6 @@ pub fn repo_file(rel: &str) -> PathBuf {
 /// port with its own temporary store. Killed and removed on drop.
 pub struct NatsServer {
     child: Child,
-    pub port: u16,
     pub url: String,
     _dir: TempDir,
 }
@@ -50,7 +49,7 @@ impl NatsServer {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port, url: format!("nats://127.0.0.1:{port}"), _dir: dir }
+        Self { child, url: format!("nats://127.0.0.1:{port}"), _dir: dir }
     }
 }
 
@@ -79,7 +78,7 @@ pub struct TestNode {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    pub data: TempDir,
+    _data: TempDir,
 }
 
 impl TestNode {
@@ -97,7 +96,7 @@ impl TestNode {
             let _ = rx.await;
         }));
         let http = reqwest::Client::new();
-        let node = Self { addr, http, stop: Some(tx), handle: Some(handle), data };
+        let node = Self { addr, http, stop: Some(tx), handle: Some(handle), _data: data };
         node.wait_ready().await;
         node
     }
@@ -120,16 +119,6 @@ impl TestNode {
             assert!(Instant::now() < deadline, "node not ready in time");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    pub async fn stop(mut self) -> TempDir {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            h.await.unwrap().unwrap();
-        }
-        std::mem::replace(&mut self.data, TempDir::new().unwrap())
     }
 
     /// POSTs a GraphQL request with optional tenant header and token; returns status and body.

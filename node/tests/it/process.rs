@@ -246,22 +246,21 @@ async fn projections_rebuild_from_the_log_to_the_same_content() {
     assert_eq!(c.exit_code().await, Some(0));
     wait_port_closed(nats_port).await;
 
-    let dump = |dir: PathBuf| async move {
-        let config = canopy_node::Config { data_dir: dir, ..Default::default() };
-        let rm = canopy_node::read_model::ReadModel::connect(&config).await.unwrap();
-        rm.dump().await.unwrap()
+    let projections = |action: &str| {
+        let out = Command::new(BIN)
+            .args(["projections", action, "--nats-port", &nats_port.to_string()])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{action}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
     };
-    let before = dump(data.path().to_path_buf()).await;
+    let before: serde_json::Value = serde_json::from_str(&projections("dump")).unwrap();
     assert_eq!(before["t_acme"]["user"].as_array().map(Vec::len), Some(4), "{before}");
-
-    let status = Command::new(BIN)
-        .args(["projections", "rebuild", "--nats-port", &nats_port.to_string()])
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let after = dump(data.path().to_path_buf()).await;
+    assert_eq!(before["t_acme"]["user"][0]["firstname"], "New", "{before}");
+    projections("rebuild");
+    let after: serde_json::Value = serde_json::from_str(&projections("dump")).unwrap();
     assert_eq!(before, after);
 }
