@@ -35,14 +35,12 @@ impl Email {
         }
         let (local, domain) = s.rsplit_once('@').ok_or(InputError::InvalidEmail)?;
         let labels_ok = domain.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
-        if local.is_empty()
-            || local.len() > 64
-            || local.contains('@')
-            || !domain.contains('.')
-            || !labels_ok
-        {
+        if local.is_empty() || local.len() > 64 || local.contains('@') || !domain.contains('.') || !labels_ok {
             return Err(InputError::InvalidEmail);
         }
         Ok(Self(s.to_owned()))
@@ -202,9 +200,7 @@ pub enum AccountError {
 impl DomainError for AccountError {
     fn code(&self) -> &'static str {
         match self {
-            AccountError::EmailTaken | AccountError::AlreadyRegistered | AccountError::Input(_) => {
-                "BAD_USER_INPUT"
-            }
+            AccountError::EmailTaken | AccountError::AlreadyRegistered | AccountError::Input(_) => "BAD_USER_INPUT",
             AccountError::NotFound => "NOT_FOUND",
         }
     }
@@ -225,9 +221,7 @@ impl Aggregate for Account {
                 if state.is_registered() {
                     return Err(AccountError::AlreadyRegistered);
                 }
-                let claim = EmailReserved {
-                    account_id: r.account_id.clone(),
-                };
+                let claim = EmailReserved { account_id: r.account_id.clone() };
                 Ok(Decision {
                     events: vec![AccountEvent::AccountRegistered(AccountRegistered {
                         account_id: r.account_id.clone(),
@@ -246,10 +240,7 @@ impl Aggregate for Account {
                     }],
                 })
             }
-            AccountCommand::UpdateProfile {
-                firstname,
-                lastname,
-            } => {
+            AccountCommand::UpdateProfile { firstname, lastname } => {
                 if !state.is_registered() {
                     return Err(AccountError::NotFound);
                 }
@@ -340,23 +331,15 @@ mod tests {
 
     #[test]
     fn updating_the_profile_of_a_missing_account_is_not_found() {
-        let cmd = AccountCommand::UpdateProfile {
-            firstname: sealed("x"),
-            lastname: sealed("y"),
-        };
+        let cmd = AccountCommand::UpdateProfile { firstname: sealed("x"), lastname: sealed("y") };
         check::<Account>(&[], cmd, Err(AccountError::NotFound));
     }
 
     #[test]
     fn updating_the_profile_replaces_both_names() {
-        let cmd = AccountCommand::UpdateProfile {
-            firstname: sealed("grace"),
-            lastname: sealed("hopper"),
-        };
-        let expected = AccountEvent::ProfileUpdated(ProfileUpdated {
-            firstname: sealed("grace"),
-            lastname: sealed("hopper"),
-        });
+        let cmd = AccountCommand::UpdateProfile { firstname: sealed("grace"), lastname: sealed("hopper") };
+        let expected =
+            AccountEvent::ProfileUpdated(ProfileUpdated { firstname: sealed("grace"), lastname: sealed("hopper") });
         check::<Account>(&[registered()], cmd, Ok(vec![expected.clone()]));
         let state = crate::aggregate::replay::<Account>(&[registered(), expected]);
         assert_eq!(state.firstname, Some(sealed("grace")));
@@ -372,7 +355,18 @@ mod tests {
     #[test]
     fn malformed_emails_are_rejected() {
         let long_local = format!("{}@example.com", "a".repeat(65));
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@exa mple.com", "ada@@example.com", "ada@-x.com", &long_local] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@exa mple.com",
+            "ada@@example.com",
+            "ada@-x.com",
+            &long_local,
+        ] {
             assert_eq!(Email::parse(bad), Err(InputError::InvalidEmail), "{bad:?}");
         }
     }

@@ -24,7 +24,10 @@ pub struct AccountActor;
 pub enum AccountMsg {
     Execute(CommandEnvelope<AccountRequest>, RpcReplyPort<CommandResult<AccountReply>>),
     /// A task finished with an account; `loaded` is its fresh state, if known.
-    Finished { id: String, loaded: Option<Loaded<Account>> },
+    Finished {
+        id: String,
+        loaded: Option<Box<Loaded<Account>>>,
+    },
     /// Makes the actor panic on the next command, to exercise supervision in tests.
     #[cfg(feature = "fault-injection")]
     PanicOnNextCommand,
@@ -63,7 +66,11 @@ impl Actor for AccountActor {
     type State = AccountActorState;
     type Arguments = AccountArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<AccountMsg>, args: AccountArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AccountMsg>,
+        args: AccountArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(AccountActorState {
             scope: args.scope,
             deps: args.deps,
@@ -125,11 +132,7 @@ impl AccountActorState {
                 return;
             }
         };
-        let job = Job {
-            command_id,
-            request,
-            reply,
-        };
+        let job = Job { command_id, request, reply };
         if let Some(queue) = self.lanes.get_mut(&lane) {
             queue.push_back(job);
         } else {
@@ -145,11 +148,11 @@ impl AccountActorState {
             let (result, loaded) = run(&deps, &scope, &id, job.command_id, job.request, cached).await;
             let _ = job.reply.send(result);
             // If the actor is gone, its replacement reloads from the log.
-            let _ = myself.cast(AccountMsg::Finished { id, loaded });
+            let _ = myself.cast(AccountMsg::Finished { id, loaded: loaded.map(Box::new) });
         });
     }
 
-    fn finished(&mut self, myself: ActorRef<AccountMsg>, id: String, loaded: Option<Loaded<Account>>) {
+    fn finished(&mut self, myself: ActorRef<AccountMsg>, id: String, loaded: Option<Box<Loaded<Account>>>) {
         if let Some(l) = loaded {
             if self.cache.len() >= self.deps.cache_per_tenant {
                 let victim = self.cache.keys().next().cloned();
@@ -157,7 +160,7 @@ impl AccountActorState {
                     self.cache.remove(&v);
                 }
             }
-            self.cache.insert(id.clone(), l);
+            self.cache.insert(id.clone(), *l);
         }
         match self.lanes.get_mut(&id).and_then(VecDeque::pop_front) {
             Some(next) => self.start(myself, id, next),
@@ -188,25 +191,13 @@ async fn run(
     cached: Option<Loaded<Account>>,
 ) -> (CommandResult<AccountReply>, Option<Loaded<Account>>) {
     match request {
-        AccountRequest::Register {
-            email,
-            password,
-            firstname,
-            lastname,
-        } => {
-            let input = NewAccount {
-                account_id: id.to_owned(),
-                email,
-                password,
-                firstname,
-                lastname,
-                owner: false,
-            };
+        AccountRequest::Register { email, password, firstname, lastname } => {
+            let input = NewAccount { account_id: id.to_owned(), email, password, firstname, lastname, owner: false };
             register(deps, scope, &command_id, input, cached).await
         }
-        AccountRequest::UpdateProfile {
-            firstname, lastname, ..
-        } => update_profile(deps, scope, id, &command_id, firstname, lastname, cached).await,
+        AccountRequest::UpdateProfile { firstname, lastname, .. } => {
+            update_profile(deps, scope, id, &command_id, firstname, lastname, cached).await
+        }
         AccountRequest::Login { .. } => unreachable!("logins are dispatched without a lane"),
     }
 }
@@ -228,26 +219,22 @@ pub fn broken(what: &str, e: impl std::fmt::Display) -> CommandFailure {
 
 /// The email's claim subject in this scope.
 pub async fn email_claim_subject(deps: &Deps, scope: &Scope, email: &Email) -> Result<String, CommandFailure> {
-    let key = deps
-        .keys
-        .key(&tenant_key_name(scope))
-        .await
-        .map_err(|e| broken("reading the tenant key", e))?;
+    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
     let index = key.blind_index("email", &email.normalized());
     Ok(event_subject(scope, EMAIL_CLAIM, &index, EMAIL_RESERVED))
 }
 
 /// Hashes the password and seals the personal fields: the command `decide` sees.
-pub async fn prepare_registration(deps: &Deps, scope: &Scope, input: &NewAccount) -> Result<Registration, CommandFailure> {
+pub async fn prepare_registration(
+    deps: &Deps,
+    scope: &Scope,
+    input: &NewAccount,
+) -> Result<Registration, CommandFailure> {
     let tenant_kid = tenant_key_name(scope);
     let tenant_key = deps.keys.key(&tenant_kid).await.map_err(|e| broken("reading the tenant key", e))?;
     let person_kid = person_key_name(scope, &input.account_id);
     let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
-    let phc = deps
-        .hasher
-        .hash(&input.password)
-        .await
-        .map_err(|e| broken("hashing a password", e))?;
+    let phc = deps.hasher.hash(&input.password).await.map_err(|e| broken("hashing a password", e))?;
     Ok(Registration {
         account_id: input.account_id.clone(),
         email_index: tenant_key.blind_index("email", &input.email.normalized()),
@@ -266,20 +253,12 @@ pub async fn existing_claim(
     claim: &str,
     command_id: &str,
 ) -> Result<Option<CommandResult<AccountReply>>, CommandFailure> {
-    let stored = deps
-        .store
-        .last_on_subject(claim)
-        .await
-        .map_err(|e| broken("reading an email claim", e))?;
+    let stored = deps.store.last_on_subject(claim).await.map_err(|e| broken("reading an email claim", e))?;
     Ok(stored.map(|s| {
         if s.envelope.command_id == command_id {
-            let owner: EmailReserved = serde_json::from_value(s.envelope.data).unwrap_or(EmailReserved {
-                account_id: String::new(),
-            });
-            Ok(AccountReply::Registered {
-                account_id: owner.account_id,
-                seq: s.seq,
-            })
+            let owner: EmailReserved =
+                serde_json::from_value(s.envelope.data).unwrap_or(EmailReserved { account_id: String::new() });
+            Ok(AccountReply::Registered { account_id: owner.account_id, seq: s.seq })
         } else {
             Err(CommandFailure::rejected(&AccountError::EmailTaken))
         }
@@ -309,13 +288,7 @@ async fn register(
     let cmd = AccountCommand::Register(registration);
     match execute::<Account>(&deps.store, scope, &input.account_id, cached, command_id, &cmd, deps.snapshot_every).await
     {
-        Ok(done) => (
-            Ok(AccountReply::Registered {
-                account_id: input.account_id,
-                seq: done.seq,
-            }),
-            Some(done.loaded),
-        ),
+        Ok(done) => (Ok(AccountReply::Registered { account_id: input.account_id, seq: done.seq }), Some(done.loaded)),
         Err(ExecError::Conflict) => {
             // The batch failed a check: most likely another account took the email
             // between our look and our append.
@@ -380,28 +353,15 @@ async fn login(deps: &Deps, scope: &Scope, email: &Email, password: &Password) -
         let _ = deps.hasher.verify(password, None).await;
         return Err(CommandFailure::invalid_credentials());
     };
-    let account = load::<Account>(&deps.store, scope, &holder.account_id)
-        .await
-        .map_err(|e| broken("loading an account", e))?;
+    let account =
+        load::<Account>(&deps.store, scope, &holder.account_id).await.map_err(|e| broken("loading an account", e))?;
     let phc = match &account.state.password_hash {
-        Some(sealed) => Some(
-            deps.keys
-                .open_string(sealed)
-                .await
-                .map_err(|e| broken("opening a password hash", e))?,
-        ),
+        Some(sealed) => Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?),
         None => None,
     };
-    let ok = deps
-        .hasher
-        .verify(password, phc)
-        .await
-        .map_err(|e| broken("verifying a password", e))?;
+    let ok = deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))?;
     if ok {
-        Ok(AccountReply::LoggedIn {
-            account_id: holder.account_id,
-            owner: account.state.owner,
-        })
+        Ok(AccountReply::LoggedIn { account_id: holder.account_id, owner: account.state.owner })
     } else {
         Err(CommandFailure::invalid_credentials())
     }

@@ -33,10 +33,7 @@ pub struct Decision<E> {
 
 impl<E> Decision<E> {
     pub fn events(events: Vec<E>) -> Self {
-        Self {
-            events,
-            reservations: Vec::new(),
-        }
+        Self { events, reservations: Vec::new() }
     }
 }
 
@@ -61,11 +58,8 @@ pub fn replay<A: Aggregate>(events: &[A::Event]) -> A::State {
 /// Given these past events, when this command arrives, then expect these events
 /// (or this error).
 #[cfg(test)]
-pub(crate) fn check<A: Aggregate>(
-    given: &[A::Event],
-    when: A::Command,
-    then: Result<Vec<A::Event>, A::Error>,
-) where
+pub(crate) fn check<A: Aggregate>(given: &[A::Event], when: A::Command, then: Result<Vec<A::Event>, A::Error>)
+where
     A::Event: PartialEq + std::fmt::Debug,
     A::Error: PartialEq,
 {

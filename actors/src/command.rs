@@ -24,21 +24,9 @@ pub struct CommandEnvelope<R> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountRequest {
-    Register {
-        email: Email,
-        password: Password,
-        firstname: PersonName,
-        lastname: PersonName,
-    },
-    Login {
-        email: Email,
-        password: Password,
-    },
-    UpdateProfile {
-        account_id: String,
-        firstname: PersonName,
-        lastname: PersonName,
-    },
+    Register { email: Email, password: Password, firstname: PersonName, lastname: PersonName },
+    Login { email: Email, password: Password },
+    UpdateProfile { account_id: String, firstname: PersonName, lastname: PersonName },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,22 +40,13 @@ pub enum AccountReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TenantRequest {
-    Create {
-        slug: TenantId,
-        name: TenantName,
-        owner_email: Email,
-        owner_password: Password,
-    },
+    Create { slug: TenantId, name: TenantName, owner_email: Email, owner_password: Password },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TenantReply {
-    Created {
-        slug: TenantId,
-        owner_account_id: String,
-        seq: u64,
-    },
+    Created { slug: TenantId, owner_account_id: String, seq: u64 },
 }
 
 /// Why a command did not succeed. `code` is the GraphQL `extensions.code`; the
@@ -81,10 +60,7 @@ pub struct CommandFailure {
 
 impl CommandFailure {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            code: code.to_owned(),
-            message: message.into(),
-        }
+        Self { code: code.to_owned(), message: message.into() }
     }
 
     pub fn rejected(e: &impl crate::aggregate::DomainError) -> Self {
@@ -92,10 +68,7 @@ impl CommandFailure {
     }
 
     pub fn conflict() -> Self {
-        Self::new(
-            "CONFLICT",
-            "another change to the same data happened at the same time; retry the request",
-        )
+        Self::new("CONFLICT", "another change to the same data happened at the same time; retry the request")
     }
 
     /// Infrastructure failed. The detail goes to the log, never to the caller.

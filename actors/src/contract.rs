@@ -66,7 +66,9 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
         o.remove("title");
         o.insert(
             "description".into(),
-            json!("The claim that makes an email unique in its tenant; its subject token is a keyed hash of the email."),
+            json!(
+                "The claim that makes an email unique in its tenant; its subject token is a keyed hash of the email."
+            ),
         );
     }
     all.push((EMAIL_RESERVED.to_owned(), "email", claim));

@@ -34,11 +34,12 @@ impl Actor for DirectoryActor {
     type State = DirectoryState;
     type Arguments = Deps;
 
-    async fn pre_start(&self, _myself: ActorRef<DirectoryMsg>, deps: Deps) -> Result<DirectoryState, ActorProcessingErr> {
-        Ok(DirectoryState {
-            deps,
-            tasks: JoinSet::new(),
-        })
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<DirectoryMsg>,
+        deps: Deps,
+    ) -> Result<DirectoryState, ActorProcessingErr> {
+        Ok(DirectoryState { deps, tasks: JoinSet::new() })
     }
 
     async fn handle(
@@ -62,7 +63,11 @@ impl Actor for DirectoryActor {
     }
 }
 
-async fn existing(deps: &Deps, slug: &TenantId, command_id: &str) -> Result<Option<CommandResult<TenantReply>>, CommandFailure> {
+async fn existing(
+    deps: &Deps,
+    slug: &TenantId,
+    command_id: &str,
+) -> Result<Option<CommandResult<TenantReply>>, CommandFailure> {
     let found = deps
         .store
         .last_on_subject(&tenant_created_subject(slug))
@@ -72,11 +77,7 @@ async fn existing(deps: &Deps, slug: &TenantId, command_id: &str) -> Result<Opti
         if s.envelope.command_id == command_id {
             let created: Result<TenantCreated, _> = serde_json::from_value(s.envelope.data);
             match created {
-                Ok(c) => Ok(TenantReply::Created {
-                    slug: c.slug,
-                    owner_account_id: c.owner_account_id,
-                    seq: s.seq,
-                }),
+                Ok(c) => Ok(TenantReply::Created { slug: c.slug, owner_account_id: c.owner_account_id, seq: s.seq }),
                 Err(e) => Err(broken("decoding TenantCreated", e)),
             }
         } else {
@@ -87,12 +88,7 @@ async fn existing(deps: &Deps, slug: &TenantId, command_id: &str) -> Result<Opti
 
 async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
     let CommandEnvelope { command_id, request } = envelope;
-    let TenantRequest::Create {
-        slug,
-        name,
-        owner_email,
-        owner_password,
-    } = request;
+    let TenantRequest::Create { slug, name, owner_email, owner_password } = request;
     if let Some(answer) = existing(deps, &slug, &command_id).await? {
         return answer;
     }
@@ -111,11 +107,7 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
         },
     )
     .await?;
-    let tenant_cmd = TenantCommand::Create {
-        slug: slug.clone(),
-        name,
-        owner_account_id: owner_id.clone(),
-    };
+    let tenant_cmd = TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner_id.clone() };
     let tenant = Tenant::decide(&TenantState::default(), &tenant_cmd).map_err(|e| CommandFailure::rejected(&e))?;
     let owner = Account::decide(&Default::default(), &AccountCommand::Register(registration))
         .map_err(|e| CommandFailure::rejected(&e))?;
@@ -126,11 +118,7 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
             .map_err(|e| broken("building the owner batch", e))?,
     );
     match deps.store.append(&command_id, batch).await {
-        Ok(appended) => Ok(TenantReply::Created {
-            slug,
-            owner_account_id: owner_id,
-            seq: appended.last_seq,
-        }),
+        Ok(appended) => Ok(TenantReply::Created { slug, owner_account_id: owner_id, seq: appended.last_seq }),
         Err(e) if e.kind() == StoreErrorKind::Conflict => match existing(deps, &slug, &command_id).await? {
             Some(answer) => answer,
             None => Err(CommandFailure::conflict()),

@@ -66,11 +66,7 @@ pub fn aggregate_filter(scope: &Scope, aggregate: &str, id: &str) -> String {
 /// Aggregate ids and claim keys become subject tokens, so they are restricted to
 /// characters that can never form a wildcard or a separator.
 pub fn is_safe_token(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// One message of an atomic append.
@@ -115,10 +111,7 @@ pub struct StoreError {
 
 impl StoreError {
     pub fn new(kind: StoreErrorKind, detail: impl Into<String>) -> Self {
-        Self {
-            kind,
-            detail: detail.into(),
-        }
+        Self { kind, detail: detail.into() }
     }
 
     pub fn kind(&self) -> StoreErrorKind {
@@ -184,15 +177,7 @@ impl EventStore {
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
         let keys = open_bucket(&js, KEYS, replicas).await?;
-        Ok((
-            Self {
-                client,
-                js,
-                stream,
-                snapshots,
-            },
-            keys,
-        ))
+        Ok((Self { client, js, stream, snapshots }, keys))
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -220,25 +205,18 @@ impl EventStore {
                 headers.insert(NATS_BATCH_ID, batch_id.as_str());
                 headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
             }
-            let payload = serde_json::to_vec(&p.envelope)
-                .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+            let payload =
+                serde_json::to_vec(&p.envelope).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
             if i + 1 < n {
                 // Leading messages go out as plain core publishes; only the commit is
                 // acknowledged, and it reports the fate of the whole batch.
-                self.client
-                    .publish_with_headers(p.subject, headers, payload.into())
-                    .await
-                    .map_err(unavailable)?;
+                self.client.publish_with_headers(p.subject, headers, payload.into()).await.map_err(unavailable)?;
             } else {
                 if n > 1 {
                     headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
                 }
-                commit = Some(
-                    self.js
-                        .publish_with_headers(p.subject, headers, payload.into())
-                        .await
-                        .map_err(unavailable)?,
-                );
+                commit =
+                    Some(self.js.publish_with_headers(p.subject, headers, payload.into()).await.map_err(unavailable)?);
             }
         }
         match commit.expect("the last message is the commit").await {
@@ -266,9 +244,7 @@ impl EventStore {
                 deliver_policy: if after_seq == 0 {
                     consumer::DeliverPolicy::All
                 } else {
-                    consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: after_seq + 1,
-                    }
+                    consumer::DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 }
                 },
                 ..Default::default()
             })
@@ -360,12 +336,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Builds the envelope of a domain event.
-pub fn envelope<A: Aggregate>(
-    scope: &Scope,
-    aggregate_id: &str,
-    command_id: &str,
-    event: &A::Event,
-) -> Envelope {
+pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, command_id: &str, event: &A::Event) -> Envelope {
     let mut v = serde_json::to_value(event).expect("events serialise");
     let event_type = v["type"].as_str().expect("events are tagged with `type`").to_owned();
     let data = v["data"].take();

@@ -28,11 +28,7 @@ impl<A: Aggregate> std::fmt::Debug for Loaded<A> {
 
 impl<A: Aggregate> Default for Loaded<A> {
     fn default() -> Self {
-        Self {
-            state: A::State::default(),
-            version: 0,
-            since_snapshot: 0,
-        }
+        Self { state: A::State::default(), version: 0, since_snapshot: 0 }
     }
 }
 
@@ -45,16 +41,9 @@ pub async fn load<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> 
     if !event_store::is_safe_token(id) {
         return Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"));
     }
-    let (version, state) = store
-        .load_snapshot::<A::State>(&snapshot_key::<A>(scope, id))
-        .await?
-        .unwrap_or_default();
+    let (version, state) = store.load_snapshot::<A::State>(&snapshot_key::<A>(scope, id)).await?.unwrap_or_default();
     let events = store.load(&aggregate_filter(scope, A::NAME, id), version).await?;
-    let mut loaded = Loaded::<A> {
-        state,
-        version,
-        since_snapshot: events.len() as u64,
-    };
+    let mut loaded = Loaded::<A> { state, version, since_snapshot: events.len() as u64 };
     for stored in events {
         let event = event_of::<A>(&stored.envelope)?;
         loaded.state = A::evolve(loaded.state, &event);
@@ -104,11 +93,7 @@ pub async fn execute<A: Aggregate>(
         let Decision { events, reservations } = A::decide(&current.state, cmd).map_err(ExecError::Rejected)?;
         if events.is_empty() {
             let seq = current.version;
-            return Ok(Executed {
-                loaded: current,
-                seq,
-                events,
-            });
+            return Ok(Executed { loaded: current, seq, events });
         }
         let batch = batch_for::<A>(scope, id, current.version, command_id, &events, &reservations)
             .map_err(ExecError::Broken)?;
@@ -128,20 +113,13 @@ pub async fn execute<A: Aggregate>(
                 current.version = appended.last_seq - reservations.len() as u64;
                 current.since_snapshot += events.len() as u64;
                 if snapshot_every > 0 && current.since_snapshot >= snapshot_every {
-                    match store
-                        .save_snapshot(&snapshot_key::<A>(scope, id), current.version, &current.state)
-                        .await
-                    {
+                    match store.save_snapshot(&snapshot_key::<A>(scope, id), current.version, &current.state).await {
                         Ok(()) => current.since_snapshot = 0,
                         // A snapshot is only a cache; the log stays complete without it.
                         Err(e) => tracing::warn!(error = %e, "could not write snapshot"),
                     }
                 }
-                return Ok(Executed {
-                    loaded: current,
-                    seq: appended.last_seq,
-                    events,
-                });
+                return Ok(Executed { loaded: current, seq: appended.last_seq, events });
             }
             Err(e) if e.kind() == StoreErrorKind::Conflict => {
                 if !reservations.is_empty() {

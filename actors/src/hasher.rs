@@ -37,15 +37,9 @@ impl Hasher {
     pub fn new(concurrency: usize, params: Params) -> Self {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let dummy = argon
-            .hash_password(b"canopy-dummy-password", &salt)
-            .expect("hashing a constant cannot fail")
-            .to_string();
-        Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            params,
-            dummy: Arc::new(dummy),
-        }
+        let dummy =
+            argon.hash_password(b"canopy-dummy-password", &salt).expect("hashing a constant cannot fail").to_string();
+        Self { permits: Arc::new(Semaphore::new(concurrency.max(1))), params, dummy: Arc::new(dummy) }
     }
 
     fn argon(params: Params) -> Argon2<'static> {

@@ -41,11 +41,7 @@ impl fmt::Debug for Sealed {
 impl Sealed {
     #[cfg(test)]
     pub(crate) fn opaque_for_tests(tag: &str) -> Self {
-        Self {
-            kid: "test".into(),
-            n: tag.into(),
-            c: tag.into(),
-        }
+        Self { kid: "test".into(), n: tag.into(), c: tag.into() }
     }
 }
 
@@ -104,19 +100,13 @@ impl DataKey {
         if nonce.len() != 12 {
             return Err(SealError::Open);
         }
-        self.cipher()
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| SealError::Open)
+        self.cipher().decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| SealError::Open)
     }
 
     /// Seals `plaintext` under this key, recording `kid` as its name.
     pub fn seal(&self, kid: &str, plaintext: &[u8]) -> Sealed {
         let (n, c) = self.seal_raw(plaintext, kid.as_bytes());
-        Sealed {
-            kid: kid.to_owned(),
-            n: B64.encode(n),
-            c: B64.encode(c),
-        }
+        Sealed { kid: kid.to_owned(), n: B64.encode(n), c: B64.encode(c) }
     }
 
     pub fn open(&self, sealed: &Sealed) -> Result<Vec<u8>, SealError> {
@@ -201,20 +191,12 @@ pub fn person_key_name(scope: &Scope, account_id: &str) -> String {
 
 impl KeyRing {
     pub fn new(kv: kv::Store, master: MasterKey) -> Self {
-        Self {
-            kv,
-            master,
-            cache: Arc::default(),
-        }
+        Self { kv, master, cache: Arc::default() }
     }
 
     /// Reads a wrapped secret, or creates it with `generate` if it does not exist yet.
     /// Two nodes racing to create it agree: the KV `create` lets only one win.
-    pub async fn secret_or_create(
-        &self,
-        name: &str,
-        generate: impl FnOnce() -> Vec<u8>,
-    ) -> Result<Vec<u8>, SealError> {
+    pub async fn secret_or_create(&self, name: &str, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, SealError> {
         if let Some(bytes) = self.secret(name).await? {
             return Ok(bytes);
         }
@@ -222,21 +204,16 @@ impl KeyRing {
         let wrapped = self.master.wrap(name, &secret);
         match self.kv.create(name, wrapped.into()).await {
             Ok(_) => Ok(secret),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
-                .secret(name)
-                .await?
-                .ok_or_else(|| SealError::MissingKey(name.to_owned())),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                self.secret(name).await?.ok_or_else(|| SealError::MissingKey(name.to_owned()))
+            }
             Err(e) => Err(SealError::Store(e.to_string())),
         }
     }
 
     /// Reads and unwraps a secret, if it exists.
     pub async fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, SealError> {
-        let entry = self
-            .kv
-            .get(name)
-            .await
-            .map_err(|e| SealError::Store(e.to_string()))?;
+        let entry = self.kv.get(name).await.map_err(|e| SealError::Store(e.to_string()))?;
         match entry {
             None => Ok(None),
             Some(bytes) => self.master.unwrap(name, &bytes).map(Some),
@@ -246,11 +223,7 @@ impl KeyRing {
     /// Lists the names of stored secrets that start with `prefix`.
     pub async fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, SealError> {
         use futures::TryStreamExt;
-        let keys = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| SealError::Store(e.to_string()))?;
+        let keys = self.kv.keys().await.map_err(|e| SealError::Store(e.to_string()))?;
         let all: Vec<String> = keys.try_collect().await.map_err(|e| SealError::Store(e.to_string()))?;
         Ok(all.into_iter().filter(|k| k.starts_with(prefix)).collect())
     }
@@ -260,14 +233,9 @@ impl KeyRing {
         if let Some(k) = self.cache.read().expect("key cache lock").get(name) {
             return Ok(k.clone());
         }
-        let bytes = self
-            .secret_or_create(name, || DataKey::generate().as_bytes().to_vec())
-            .await?;
+        let bytes = self.secret_or_create(name, || DataKey::generate().as_bytes().to_vec()).await?;
         let key = DataKey::from_bytes(&bytes).ok_or(SealError::Open)?;
-        self.cache
-            .write()
-            .expect("key cache lock")
-            .insert(name.to_owned(), key.clone());
+        self.cache.write().expect("key cache lock").insert(name.to_owned(), key.clone());
         Ok(key)
     }
 
@@ -276,15 +244,9 @@ impl KeyRing {
         if let Some(k) = self.cache.read().expect("key cache lock").get(name) {
             return Ok(k.clone());
         }
-        let bytes = self
-            .secret(name)
-            .await?
-            .ok_or_else(|| SealError::MissingKey(name.to_owned()))?;
+        let bytes = self.secret(name).await?.ok_or_else(|| SealError::MissingKey(name.to_owned()))?;
         let key = DataKey::from_bytes(&bytes).ok_or(SealError::Open)?;
-        self.cache
-            .write()
-            .expect("key cache lock")
-            .insert(name.to_owned(), key.clone());
+        self.cache.write().expect("key cache lock").insert(name.to_owned(), key.clone());
         Ok(key)
     }
 

@@ -24,9 +24,7 @@ pub enum TenantIdError {
     TooLong,
     #[error("a tenant id has at least 2 characters")]
     TooShort,
-    #[error(
-        "a tenant id may only hold lowercase letters, digits and '-', and must start with a letter or digit"
-    )]
+    #[error("a tenant id may only hold lowercase letters, digits and '-', and must start with a letter or digit")]
     InvalidCharacter,
 }
 
@@ -40,9 +38,7 @@ impl TenantId {
         }
         let bytes = raw.as_bytes();
         let first_ok = bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit();
-        let rest_ok = bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+        let rest_ok = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
         if !first_ok || !rest_ok {
             return Err(TenantIdError::InvalidCharacter);
         }
@@ -91,11 +87,7 @@ impl Scope {
     }
 
     pub fn parse_token(raw: &str) -> Result<Self, TenantIdError> {
-        if raw == PLATFORM_TOKEN {
-            Ok(Scope::Platform)
-        } else {
-            TenantId::parse(raw).map(Scope::Tenant)
-        }
+        if raw == PLATFORM_TOKEN { Ok(Scope::Platform) } else { TenantId::parse(raw).map(Scope::Tenant) }
     }
 
     pub fn tenant(&self) -> Option<&TenantId> {
@@ -154,11 +146,7 @@ pub struct TenantState {
 
 #[derive(Debug, Clone)]
 pub enum TenantCommand {
-    Create {
-        slug: TenantId,
-        name: TenantName,
-        owner_account_id: String,
-    },
+    Create { slug: TenantId, name: TenantName, owner_account_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -203,11 +191,7 @@ impl Aggregate for Tenant {
 
     fn decide(state: &TenantState, cmd: &TenantCommand) -> Result<Decision<TenantEvent>, TenantError> {
         match cmd {
-            TenantCommand::Create {
-                slug,
-                name,
-                owner_account_id,
-            } => {
+            TenantCommand::Create { slug, name, owner_account_id } => {
                 if state.created {
                     return Err(TenantError::AlreadyExists);
                 }
@@ -273,19 +257,11 @@ mod tests {
     fn creating_a_new_tenant_emits_tenant_created() {
         let slug = TenantId::parse("acme").unwrap();
         let name = TenantName::parse("Acme").unwrap();
-        let cmd = TenantCommand::Create {
-            slug: slug.clone(),
-            name: name.clone(),
-            owner_account_id: "a1".into(),
-        };
+        let cmd = TenantCommand::Create { slug: slug.clone(), name: name.clone(), owner_account_id: "a1".into() };
         check::<Tenant>(
             &[],
             cmd,
-            Ok(vec![TenantEvent::TenantCreated(TenantCreated {
-                slug,
-                name,
-                owner_account_id: "a1".into(),
-            })]),
+            Ok(vec![TenantEvent::TenantCreated(TenantCreated { slug, name, owner_account_id: "a1".into() })]),
         );
     }
 
@@ -298,11 +274,7 @@ mod tests {
             name: name.clone(),
             owner_account_id: "a1".into(),
         });
-        let cmd = TenantCommand::Create {
-            slug,
-            name,
-            owner_account_id: "a2".into(),
-        };
+        let cmd = TenantCommand::Create { slug, name, owner_account_id: "a2".into() };
         check::<Tenant>(&[created], cmd, Err(TenantError::AlreadyExists));
     }
 

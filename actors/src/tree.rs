@@ -6,12 +6,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor::MessagingErr;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 
 use crate::account_actor::{AccountActor, AccountArgs, AccountMsg, broken};
-use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
+use crate::command::{
+    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest,
+};
 use crate::directory_actor::{DirectoryActor, DirectoryMsg, tenant_created_subject};
 use crate::event_store::EventStore;
 use crate::hasher::Hasher;
@@ -68,7 +70,12 @@ impl Actor for NodeSupervisor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<NodeMsg>, msg: NodeMsg, state: &mut NodeState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Tree(scope, reply) => {
                 let tree = state.tree(&myself, scope).await;
@@ -122,11 +129,7 @@ impl NodeState {
             }
             self.known.insert(scope.clone());
         }
-        let args = TenantArgs {
-            scope: scope.clone(),
-            deps: self.deps.clone(),
-            idle_timeout: self.idle_timeout,
-        };
+        let args = TenantArgs { scope: scope.clone(), deps: self.deps.clone(), idle_timeout: self.idle_timeout };
         let (tree, _) = Actor::spawn_linked(None, TenantSupervisor, args, myself.get_cell())
             .await
             .map_err(|e| broken("starting a tenant tree", e))?;
@@ -170,11 +173,12 @@ pub struct TenantState {
     idle_timer: Option<JoinHandle<Result<(), MessagingErr<TenantMsg>>>>,
 }
 
-async fn spawn_account(myself: &ActorRef<TenantMsg>, scope: &Scope, deps: &Deps) -> Result<ActorRef<AccountMsg>, ActorProcessingErr> {
-    let args = AccountArgs {
-        scope: scope.clone(),
-        deps: deps.clone(),
-    };
+async fn spawn_account(
+    myself: &ActorRef<TenantMsg>,
+    scope: &Scope,
+    deps: &Deps,
+) -> Result<ActorRef<AccountMsg>, ActorProcessingErr> {
+    let args = AccountArgs { scope: scope.clone(), deps: deps.clone() };
     let (account, _) = Actor::spawn_linked(None, AccountActor, args, myself.get_cell()).await?;
     Ok(account)
 }
@@ -184,7 +188,11 @@ impl Actor for TenantSupervisor {
     type State = TenantState;
     type Arguments = TenantArgs;
 
-    async fn pre_start(&self, myself: ActorRef<TenantMsg>, args: TenantArgs) -> Result<TenantState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        args: TenantArgs,
+    ) -> Result<TenantState, ActorProcessingErr> {
         let account = spawn_account(&myself, &args.scope, &args.deps).await?;
         let directory = match args.scope {
             Scope::Platform => {
@@ -205,7 +213,12 @@ impl Actor for TenantSupervisor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<TenantMsg>, msg: TenantMsg, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::Account(cmd, reply) => {
                 state.last_active = Instant::now();
@@ -220,7 +233,8 @@ impl Actor for TenantSupervisor {
                         let _ = d.cast(DirectoryMsg::Execute(cmd, reply));
                     }
                     None => {
-                        let _ = reply.send(Err(CommandFailure::new("NOT_FOUND", "tenants are created on the platform")));
+                        let _ =
+                            reply.send(Err(CommandFailure::new("NOT_FOUND", "tenants are created on the platform")));
                     }
                 }
             }

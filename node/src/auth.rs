@@ -67,13 +67,10 @@ impl Tokens {
     /// Loads the signing key from the key ring, creating it on first start.
     pub async fn load(keys: &KeyRing, issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
         install_crypto();
-        let seed = keys
-            .secret_or_create(PRIMARY, || SigningKey::generate(&mut rand::rngs::OsRng).to_bytes().to_vec())
-            .await?;
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("the stored signing key has the wrong length"))?;
+        let seed =
+            keys.secret_or_create(PRIMARY, || SigningKey::generate(&mut rand::rngs::OsRng).to_bytes().to_vec()).await?;
+        let seed: [u8; 32] =
+            seed.as_slice().try_into().map_err(|_| anyhow::anyhow!("the stored signing key has the wrong length"))?;
         let signing = SigningKey::from_bytes(&seed);
         let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
         let public = signing.verifying_key().to_bytes();
@@ -84,12 +81,7 @@ impl Tokens {
             decoding: DecodingKey::from_ed_components(&x)?,
             x,
         };
-        Ok(Self {
-            issuer,
-            ttl_secs: ttl_secs as i64,
-            current: kid.clone(),
-            keys: HashMap::from([(kid, pair)]),
-        })
+        Ok(Self { issuer, ttl_secs: ttl_secs as i64, current: kid.clone(), keys: HashMap::from([(kid, pair)]) })
     }
 
     pub fn issue(&self, scope: &Scope, account_id: &str) -> Result<(String, Claims), TokenError> {

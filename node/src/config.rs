@@ -124,9 +124,7 @@ impl Config {
             Some(f) => fig = fig.merge(Toml::file(f)),
             None => fig = fig.merge(Toml::file("canopy.toml")),
         }
-        fig = fig
-            .merge(Env::prefixed("CANOPY_").ignore(&["config"]))
-            .merge(Serialized::defaults(flags));
+        fig = fig.merge(Env::prefixed("CANOPY_").ignore(&["config"])).merge(Serialized::defaults(flags));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -231,10 +229,7 @@ mod tests {
 
     #[test]
     fn flags_override_the_defaults() {
-        let flags = Overrides {
-            http: Some("127.0.0.1:9999".parse().unwrap()),
-            ..Default::default()
-        };
+        let flags = Overrides { http: Some("127.0.0.1:9999".parse().unwrap()), ..Default::default() };
         let cfg = Config::load(None, &flags).unwrap();
         assert_eq!(cfg.http.port(), 9999);
         assert_eq!(cfg.issuer, "canopy");

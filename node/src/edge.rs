@@ -96,12 +96,13 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
     let mut claimed = Vec::new();
     if let Some(h) = headers.get("x-tenant-id") {
         match h.to_str() {
-            Ok(s) => claimed.push(Claimed {
-                source: "x-tenant-id",
-                raw: s.to_owned(),
-            }),
+            Ok(s) => claimed.push(Claimed { source: "x-tenant-id", raw: s.to_owned() }),
             Err(_) => {
-                return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "invalid tenant id in x-tenant-id: not ASCII");
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    "invalid tenant id in x-tenant-id: not ASCII",
+                );
             }
         }
     }
@@ -109,17 +110,18 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
         claimed.push(Claimed { source: "path", raw: p });
     }
     if let Some(s) = subdomain(headers, app.config.base_domain.as_deref()) {
-        claimed.push(Claimed {
-            source: "subdomain",
-            raw: s,
-        });
+        claimed.push(Claimed { source: "subdomain", raw: s });
     }
     let mut tenant: Option<TenantId> = None;
     for c in &claimed {
         let t = match TenantId::parse(&c.raw) {
             Ok(t) => t,
             Err(e) => {
-                return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &format!("invalid tenant id in {}: {e}", c.source));
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    &format!("invalid tenant id in {}: {e}", c.source),
+                );
             }
         };
         if tenant.as_ref().is_some_and(|prev| *prev != t) {
@@ -134,12 +136,22 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
 
     // 2. Who is asking.
     let principal = match bearer(headers) {
-        Err(()) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the Authorization header must be `Bearer <token>`"),
+        Err(()) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "the Authorization header must be `Bearer <token>`",
+            );
+        }
         Ok(None) => None,
         Ok(Some(token)) => match app.tokens.verify(token) {
             Ok(c) => Some(c),
-            Err(TokenError::Expired) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired"),
-            Err(TokenError::Invalid) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"),
+            Err(TokenError::Expired) => {
+                return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired");
+            }
+            Err(TokenError::Invalid) => {
+                return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid");
+            }
         },
     };
 
@@ -187,21 +199,25 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
     let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
-        Some(_) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "idempotency-key must be 1 to 255 ASCII characters"),
+        Some(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "idempotency-key must be 1 to 255 ASCII characters",
+            );
+        }
     };
-    let consistency = match headers.get("canopy-consistency").map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
+    let consistency = match headers
+        .get("canopy-consistency")
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
+    {
         None => None,
         Some(Some(n)) => Some(n),
         Some(None) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "canopy-consistency must be a number"),
     };
 
     // 5. Run it.
-    let ctx = RequestCtx {
-        scope,
-        principal,
-        idempotency_key,
-        consistency,
-    };
+    let ctx = RequestCtx { scope, principal, idempotency_key, consistency };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {
         // Parse, validation and limit errors come from async-graphql without a code.

@@ -32,10 +32,7 @@ pub const MAX_COMPLEXITY: usize = 500;
 pub const MAX_PAGE: i32 = 100;
 
 pub fn schema() -> CanopySchema {
-    Schema::build(Query, Mutation, EmptySubscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .finish()
+    Schema::build(Query, Mutation, EmptySubscription).limit_depth(MAX_DEPTH).limit_complexity(MAX_COMPLEXITY).finish()
 }
 
 /// Who is asking, and for which tenant; resolved by the edge before execution.
@@ -114,7 +111,8 @@ async fn send<R: Serialize, T: DeserializeOwned>(
     command_id: String,
     request: R,
 ) -> async_graphql::Result<T> {
-    let body = serde_json::to_vec(&CommandEnvelope { command_id, request }).map_err(|e| internal("encoding a command", e))?;
+    let body =
+        serde_json::to_vec(&CommandEnvelope { command_id, request }).map_err(|e| internal("encoding a command", e))?;
     let timeout = Duration::from_millis(app.config.command_timeout_ms);
     let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))
         .await
@@ -201,12 +199,7 @@ pub struct Tenant {
 
 impl From<TenantRow> for Tenant {
     fn from(r: TenantRow) -> Self {
-        Self {
-            id: r.slug.clone(),
-            slug: r.slug,
-            name: r.name,
-            created_at: r.created_at,
-        }
+        Self { id: r.slug.clone(), slug: r.slug, name: r.name, created_at: r.created_at }
     }
 }
 
@@ -225,11 +218,7 @@ fn issue(app: &App, scope: &Scope, account_id: String) -> async_graphql::Result<
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
-    Ok(AuthPayload {
-        token,
-        expires_at,
-        account_id,
-    })
+    Ok(AuthPayload { token, expires_at, account_id })
 }
 
 pub struct Query;
@@ -261,11 +250,7 @@ impl Query {
             None => 0,
         };
         consistent(app, req).await;
-        let caller = app
-            .read_model
-            .user(&req.scope, &p.sub)
-            .await
-            .map_err(|e| internal("reading a user", e))?;
+        let caller = app.read_model.user(&req.scope, &p.sub).await.map_err(|e| internal("reading a user", e))?;
         let allowed = match &req.scope {
             Scope::Platform => caller.is_some(),
             Scope::Tenant(_) => caller.is_some_and(|c| c.owner),
@@ -274,16 +259,12 @@ impl Query {
             return Err(error("FORBIDDEN", "only the tenant owner may list users"));
         }
         let limit = first as usize;
-        let mut rows = app
-            .read_model
-            .users(&req.scope, after_seq, limit + 1)
-            .await
-            .map_err(|e| internal("listing users", e))?;
+        let mut rows =
+            app.read_model.users(&req.scope, after_seq, limit + 1).await.map_err(|e| internal("listing users", e))?;
         let has_next = rows.len() > limit;
         rows.truncate(limit);
         let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges
-            .extend(rows.into_iter().map(|r| Edge::new(encode_cursor(r.seq), User::from(r))));
+        conn.edges.extend(rows.into_iter().map(|r| Edge::new(encode_cursor(r.seq), User::from(r))));
         Ok(conn)
     }
 
@@ -406,7 +387,8 @@ impl Mutation {
             owner_email: parse("ownerEmail", Email::parse(&input.owner_email))?,
             owner_password: parse("ownerPassword", Password::parse(&input.owner_password))?,
         };
-        let reply: TenantReply = send(app, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
+        let reply: TenantReply =
+            send(app, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
         let TenantReply::Created { seq, .. } = reply;
         settle(ctx, app, seq).await;
         app.read_model

@@ -134,13 +134,7 @@ impl Core {
             .context("while creating the EVENTS stream and buckets")?;
         let keys = KeyRing::new(keys_kv, master);
         let read_model = ReadModel::connect(config).await?;
-        Ok(Self {
-            nats,
-            managed,
-            store,
-            keys,
-            read_model,
-        })
+        Ok(Self { nats, managed, store, keys, read_model })
     }
 
     pub async fn close(self) {
@@ -182,10 +176,7 @@ async fn serve(
     let (node, node_handle) = Actor::spawn(
         None,
         NodeSupervisor,
-        NodeArgs {
-            deps,
-            idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
-        },
+        NodeArgs { deps, idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)) },
     )
     .await
     .context("while starting the node supervisor")?;
@@ -247,13 +238,17 @@ async fn serve(
 /// Creates the platform administrator from the configuration, once. The command id
 /// is derived from the email, so a restart (or a second node) is a no-op retry.
 async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
-    let (Some(email), Some(password)) = (&app.config.bootstrap_admin_email, &app.config.bootstrap_admin_password) else {
+    let (Some(email), Some(password)) = (&app.config.bootstrap_admin_email, &app.config.bootstrap_admin_password)
+    else {
         return Ok(());
     };
     let email = Email::parse(email).context("CANOPY_BOOTSTRAP_ADMIN_EMAIL is not a valid email")?;
-    let password =
-        Password::parse(password.expose_secret()).context("CANOPY_BOOTSTRAP_ADMIN_PASSWORD must have 8 to 128 characters")?;
-    let command_id = format!("bootstrap-admin-{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, email.normalized().as_bytes()).simple());
+    let password = Password::parse(password.expose_secret())
+        .context("CANOPY_BOOTSTRAP_ADMIN_PASSWORD must have 8 to 128 characters")?;
+    let command_id = format!(
+        "bootstrap-admin-{}",
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, email.normalized().as_bytes()).simple()
+    );
     let request = AccountRequest::Register {
         email,
         password,

@@ -73,9 +73,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("while binding {}", config.http))?;
             canopy_node::run(config, listener, terminated()).await
         }
-        Cmd::Projections {
-            action: ProjectionsCmd::Rebuild,
-        } => {
+        Cmd::Projections { action: ProjectionsCmd::Rebuild } => {
             let last = canopy_node::rebuild_projections(&config).await?;
             tracing::info!(last_seq = last, "read models rebuilt from the log");
             Ok(())

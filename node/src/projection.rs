@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actors::event_store::{EventStore, STREAM, Stored, decode};
-use actors::seal::{KeyRing, Sealed, SealError};
+use actors::seal::{KeyRing, SealError, Sealed};
 use actors::tenant::Scope;
 use async_nats::jetstream::consumer;
 use futures::{FutureExt, StreamExt};
@@ -58,21 +58,8 @@ impl Projector {
     pub fn new(rm: ReadModel, store: EventStore, keys: KeyRing) -> (Self, Progress) {
         let (tx, rx) = watch::channel(0);
         let caught_up = Arc::new(AtomicBool::new(false));
-        let p = Progress {
-            rx,
-            caught_up: caught_up.clone(),
-        };
-        (
-            Self {
-                rm,
-                store,
-                keys,
-                tx,
-                caught_up,
-                checkpoints: HashMap::new(),
-            },
-            p,
-        )
+        let p = Progress { rx, caught_up: caught_up.clone() };
+        (Self { rm, store, keys, tx, caught_up, checkpoints: HashMap::new() }, p)
     }
 
     /// The first sequence any database still needs: the lowest checkpoint, where a

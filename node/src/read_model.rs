@@ -107,7 +107,8 @@ impl ReadModel {
         let url = match &config.surreal_url {
             Some(u) => u.clone(),
             None => {
-                let dir = std::path::absolute(config.data_dir.join("surreal")).context("while resolving the SurrealDB path")?;
+                let dir = std::path::absolute(config.data_dir.join("surreal"))
+                    .context("while resolving the SurrealDB path")?;
                 format!("surrealkv://{}", dir.display())
             }
         };
@@ -122,10 +123,7 @@ impl ReadModel {
             .await
             .context("while signing in to SurrealDB")?;
         }
-        let rm = Self {
-            root,
-            sessions: Arc::default(),
-        };
+        let rm = Self { root, sessions: Arc::default() };
         rm.session("system").await.context("while preparing the system database")?;
         Ok(rm)
     }
@@ -140,11 +138,8 @@ impl ReadModel {
         }
         let s = self.root.clone();
         s.use_ns(NAMESPACE).use_db(db).await.map_err(read_err)?;
-        let tables = if db == "system" {
-            format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}")
-        } else {
-            ACCOUNT_TABLES.to_owned()
-        };
+        let tables =
+            if db == "system" { format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}") } else { ACCOUNT_TABLES.to_owned() };
         s.query(tables).await.and_then(|r| r.check()).map_err(read_err)?;
         sessions.insert(db.to_owned(), s.clone());
         Ok(s)
@@ -159,9 +154,7 @@ impl ReadModel {
         let s = self.session(db).await?;
         let mut res = s.query(sql).bind(vars).await.map_err(read_err)?;
         let rows: Vec<serde_json::Value> = res.take(0).map_err(read_err)?;
-        rows.into_iter()
-            .map(|r| serde_json::from_value(r).map_err(read_err))
-            .collect()
+        rows.into_iter().map(|r| serde_json::from_value(r).map_err(read_err)).collect()
     }
 
     pub async fn health(&self) -> bool {
@@ -214,9 +207,7 @@ impl ReadModel {
         struct Cp {
             seq: u64,
         }
-        let rows: Vec<Cp> = self
-            .select(db, "SELECT seq FROM checkpoint:projector", serde_json::json!({}))
-            .await?;
+        let rows: Vec<Cp> = self.select(db, "SELECT seq FROM checkpoint:projector", serde_json::json!({})).await?;
         Ok(rows.first().map_or(0, |c| c.seq))
     }
 
@@ -236,11 +227,7 @@ impl ReadModel {
         }
         sql.push_str("UPSERT checkpoint:projector SET seq = $checkpoint_seq;\nCOMMIT TRANSACTION;");
         vars.insert("checkpoint_seq".into(), seq.into());
-        s.query(sql)
-            .bind(serde_json::Value::Object(vars))
-            .await
-            .and_then(|r| r.check())
-            .map_err(read_err)?;
+        s.query(sql).bind(serde_json::Value::Object(vars)).await.and_then(|r| r.check()).map_err(read_err)?;
         Ok(())
     }
 
@@ -265,10 +252,7 @@ impl ReadModel {
         s.use_ns(NAMESPACE).await.map_err(read_err)?;
         for db in dbs {
             // Names come from SurrealDB and were made by `db_name`: plain identifiers.
-            s.query(format!("REMOVE DATABASE IF EXISTS {db}"))
-                .await
-                .and_then(|r| r.check())
-                .map_err(read_err)?;
+            s.query(format!("REMOVE DATABASE IF EXISTS {db}")).await.and_then(|r| r.check()).map_err(read_err)?;
         }
         Ok(())
     }
@@ -278,12 +262,21 @@ impl ReadModel {
         let mut out = serde_json::Map::new();
         for db in self.databases().await? {
             let tenants: Vec<serde_json::Value> = if db == "system" {
-                self.select(&db, "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant ORDER BY slug", serde_json::json!({})).await?
+                self.select(
+                    &db,
+                    "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant ORDER BY slug",
+                    serde_json::json!({}),
+                )
+                .await?
             } else {
                 Vec::new()
             };
             let users: Vec<serde_json::Value> = self
-                .select(&db, "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user ORDER BY seq", serde_json::json!({}))
+                .select(
+                    &db,
+                    "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user ORDER BY seq",
+                    serde_json::json!({}),
+                )
                 .await?;
             out.insert(db, serde_json::json!({ "tenant": tenants, "user": users }));
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::command::{CommandEnvelope, CommandFailure, CommandResult, COMMAND_WILDCARD};
+use actors::command::{COMMAND_WILDCARD, CommandEnvelope, CommandFailure, CommandResult};
 use actors::tenant::Scope;
 use actors::tree::{NodeMsg, TenantMsg};
 use futures::StreamExt;
@@ -54,7 +54,8 @@ impl Router {
     async fn handle(&self, msg: async_nats::Message) {
         let Some(reply) = msg.reply.clone() else { return };
         let mut parts = msg.subject.split('.');
-        let (Some("cmd"), Some(scope), Some(aggregate), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some("cmd"), Some(scope), Some(aggregate), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return;
         };
@@ -62,7 +63,9 @@ impl Router {
             Err(_) => encode::<()>(Err(CommandFailure::new("BAD_USER_INPUT", "invalid tenant in subject"))),
             Ok(scope) => match aggregate {
                 "account" => encode(self.route(scope, &msg.payload, TenantMsg::Account).await),
-                "tenant" if scope == Scope::Platform => encode(self.route(scope, &msg.payload, TenantMsg::Directory).await),
+                "tenant" if scope == Scope::Platform => {
+                    encode(self.route(scope, &msg.payload, TenantMsg::Directory).await)
+                }
                 _ => encode::<()>(Err(CommandFailure::new("NOT_FOUND", "no such aggregate"))),
             },
         };

@@ -23,7 +23,14 @@ async fn a_platform_admin_creates_a_tenant_whose_owner_can_log_in_at_once() {
     let r = node.gql(None, Some(&admin), "{ tenants { slug name } }", json!({})).await;
     assert_eq!(r["data"]["tenants"], json!([{ "slug": "acme", "name": "Acme Inc" }]), "{r}");
 
-    let r = node.gql(Some("acme"), None, LOGIN, json!({ "input": { "email": "owner@acme.test", "password": "owner-password" } })).await;
+    let r = node
+        .gql(
+            Some("acme"),
+            None,
+            LOGIN,
+            json!({ "input": { "email": "owner@acme.test", "password": "owner-password" } }),
+        )
+        .await;
     let owner = token_of(&r, "login");
     let me = node.gql(Some("acme"), Some(&owner), ME, json!({})).await;
     assert_eq!(me["data"]["me"]["email"], "Owner@Acme.test");
@@ -40,7 +47,12 @@ async fn only_a_platform_admin_may_create_or_list_tenants() {
     let r = node.gql(None, None, "{ tenants { slug } }", json!({})).await;
     assert_eq!(code(&r), "UNAUTHENTICATED", "{r}");
     let r = node
-        .gql(None, None, CREATE_TENANT, json!({ "input": { "slug": "evil", "name": "E", "ownerEmail": "e@e.test", "ownerPassword": "12345678" } }))
+        .gql(
+            None,
+            None,
+            CREATE_TENANT,
+            json!({ "input": { "slug": "evil", "name": "E", "ownerEmail": "e@e.test", "ownerPassword": "12345678" } }),
+        )
         .await;
     assert_eq!(code(&r), "UNAUTHENTICATED", "{r}");
 }
@@ -58,13 +70,25 @@ async fn register_login_and_me_within_a_tenant() {
     assert_eq!(me["data"]["me"]["firstname"], "Ada", "{me}");
     assert_eq!(me["data"]["me"]["owner"], false);
 
-    let r = node.gql(Some("acme"), None, LOGIN, json!({ "input": { "email": "ADA@example.com", "password": "analytical-engine" } })).await;
+    let r = node
+        .gql(
+            Some("acme"),
+            None,
+            LOGIN,
+            json!({ "input": { "email": "ADA@example.com", "password": "analytical-engine" } }),
+        )
+        .await;
     let again = token_of(&r, "login");
     let me2 = node.gql(Some("acme"), Some(&again), ME, json!({})).await;
     assert_eq!(me2["data"]["me"]["id"], me["data"]["me"]["id"]);
 
     let r = node
-        .gql(Some("acme"), Some(&again), "mutation { updateProfile(input: {firstname: \"Augusta\", lastname: \"King\"}) { firstname lastname } }", json!({}))
+        .gql(
+            Some("acme"),
+            Some(&again),
+            "mutation { updateProfile(input: {firstname: \"Augusta\", lastname: \"King\"}) { firstname lastname } }",
+            json!({}),
+        )
         .await;
     assert_eq!(r["data"]["updateProfile"], json!({ "firstname": "Augusta", "lastname": "King" }), "{r}");
 }
@@ -85,7 +109,14 @@ async fn emails_are_unique_per_tenant_ignoring_case_but_not_across_tenants() {
     let b = node.register("globex", "same@example.com", "password-three").await;
     let tb = token_of(&b, "register");
     // Two separate accounts: each logs in with its own password only.
-    let r = node.gql(Some("globex"), None, LOGIN, json!({ "input": { "email": "same@example.com", "password": "password-one" } })).await;
+    let r = node
+        .gql(
+            Some("globex"),
+            None,
+            LOGIN,
+            json!({ "input": { "email": "same@example.com", "password": "password-one" } }),
+        )
+        .await;
     assert_eq!(code(&r), "UNAUTHENTICATED");
     let me_b = node.gql(Some("globex"), Some(&tb), ME, json!({})).await;
     assert_ne!(me_b["data"]["me"]["id"], a["data"]["register"]["user"]["id"]);
@@ -118,7 +149,10 @@ async fn the_owner_pages_through_users_with_cursors() {
         after = users["pageInfo"]["endCursor"].clone();
     }
     assert_eq!(pages, 3);
-    assert_eq!(emails, ["owner@acme.test", "user0@example.com", "user1@example.com", "user2@example.com", "user3@example.com"]);
+    assert_eq!(
+        emails,
+        ["owner@acme.test", "user0@example.com", "user1@example.com", "user2@example.com", "user3@example.com"]
+    );
 
     let r = node.gql(Some("acme"), Some(&member), "{ users { edges { node { email } } } }", json!({})).await;
     assert_eq!(code(&r), "FORBIDDEN", "members may not list users: {r}");
@@ -131,10 +165,7 @@ async fn a_token_from_one_tenant_is_refused_on_every_other() {
     let acme_owner = node.tenant("acme", "owner@acme.test").await;
     node.tenant("globex", "owner@globex.test").await;
 
-    for (path, headers) in [
-        ("/graphql", vec![("x-tenant-id", "globex")]),
-        ("/t/globex/graphql", vec![]),
-    ] {
+    for (path, headers) in [("/graphql", vec![("x-tenant-id", "globex")]), ("/t/globex/graphql", vec![])] {
         let bearer = format!("Bearer {acme_owner}");
         let mut h = headers.clone();
         h.push(("authorization", bearer.as_str()));
@@ -157,7 +188,8 @@ async fn tokens_verify_with_the_published_jwks() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
     let token = node.tenant("acme", "owner@acme.test").await;
-    let jwks: jsonwebtoken::jwk::JwkSet = node.http.get(node.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        node.http.get(node.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
     let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("the token's key is published");
@@ -194,8 +226,22 @@ async fn an_unknown_email_and_a_wrong_password_get_the_same_answer() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
     node.tenant("acme", "owner@acme.test").await;
-    let unknown = node.gql(Some("acme"), None, LOGIN, json!({ "input": { "email": "nobody@acme.test", "password": "owner-password" } })).await;
-    let wrong = node.gql(Some("acme"), None, LOGIN, json!({ "input": { "email": "owner@acme.test", "password": "not-the-password" } })).await;
+    let unknown = node
+        .gql(
+            Some("acme"),
+            None,
+            LOGIN,
+            json!({ "input": { "email": "nobody@acme.test", "password": "owner-password" } }),
+        )
+        .await;
+    let wrong = node
+        .gql(
+            Some("acme"),
+            None,
+            LOGIN,
+            json!({ "input": { "email": "owner@acme.test", "password": "not-the-password" } }),
+        )
+        .await;
     assert_eq!(unknown["errors"], wrong["errors"]);
     assert_eq!(code(&unknown), "UNAUTHENTICATED");
 }

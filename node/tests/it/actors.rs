@@ -64,7 +64,10 @@ fn update(account_id: &str, command_id: &str, first: &str) -> CommandEnvelope<Ac
     }
 }
 
-async fn send(tree: &ActorRef<TenantMsg>, cmd: CommandEnvelope<AccountRequest>) -> CallResult<CommandResult<AccountReply>> {
+async fn send(
+    tree: &ActorRef<TenantMsg>,
+    cmd: CommandEnvelope<AccountRequest>,
+) -> CallResult<CommandResult<AccountReply>> {
     tree.call(|p| TenantMsg::Account(cmd, p), T).await.unwrap()
 }
 

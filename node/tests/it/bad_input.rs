@@ -57,7 +57,11 @@ async fn bad_requests_are_refused_with_typed_errors_and_append_nothing() {
     assert_eq!(s, 413);
     cases.push(Case { name: "body over 1 MiB", status: s, code: "BAD_USER_INPUT", response: r });
 
-    let deep = format!("{{ __schema {{ types {{ {} name {} }} }} }}", "fields { type { ofType { ".repeat(6), "} } } ".repeat(6));
+    let deep = format!(
+        "{{ __schema {{ types {{ {} name {} }} }} }}",
+        "fields { type { ofType { ".repeat(6),
+        "} } } ".repeat(6)
+    );
     let (s, r) = node.post("/graphql", &[("x-tenant-id", "acme")], json!({ "query": deep })).await;
     assert!(r["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{r}");
     cases.push(Case { name: "query too deep", status: s, code: "BAD_USER_INPUT", response: r });
@@ -83,9 +87,7 @@ async fn bad_requests_are_refused_with_typed_errors_and_append_nothing() {
         cases.push(Case { name: "bad slug in path", status: s, code: "BAD_USER_INPUT", response: r });
     }
 
-    let register = |email: &str, password: &str| {
-        json!({ "query": REGISTER, "variables": { "input": { "email": email, "password": password, "firstname": "A", "lastname": "B" } } })
-    };
+    let register = |email: &str, password: &str| json!({ "query": REGISTER, "variables": { "input": { "email": email, "password": password, "firstname": "A", "lastname": "B" } } });
     let long_password = "p".repeat(129);
     for (name, body) in [
         ("invalid email", register("not-an-email", "good-password")),
@@ -114,18 +116,33 @@ async fn bad_requests_are_refused_with_typed_errors_and_append_nothing() {
         &jsonwebtoken::EncodingKey::from_secret(b"public-key-bytes"),
     )
     .unwrap();
-    for (name, token) in [("forged token", forged), ("alg none token", none), ("HS256 token", hs), ("garbage token", "abc".into())] {
+    for (name, token) in
+        [("forged token", forged), ("alg none token", none), ("HS256 token", hs), ("garbage token", "abc".into())]
+    {
         let bearer = format!("Bearer {token}");
-        let (s, r) = node.post("/graphql", &[("x-tenant-id", "acme"), ("authorization", &bearer)], json!({ "query": ME })).await;
+        let (s, r) =
+            node.post("/graphql", &[("x-tenant-id", "acme"), ("authorization", &bearer)], json!({ "query": ME })).await;
         assert_eq!(s, 401, "{name}: {r}");
         cases.push(Case { name, status: s, code: "UNAUTHENTICATED", response: r });
     }
 
     let (s, r) = node.post("/graphql", &[("x-tenant-id", "acme")], json!({ "query": "{ nope }" })).await;
     cases.push(Case { name: "unknown field", status: s, code: "BAD_USER_INPUT", response: r });
-    let (s, r) = node.post("/graphql", &[("x-tenant-id", "acme"), ("authorization", &format!("Bearer {owner}"))], json!({ "query": "{ users(first: 1000) { edges { cursor } } }" })).await;
+    let (s, r) = node
+        .post(
+            "/graphql",
+            &[("x-tenant-id", "acme"), ("authorization", &format!("Bearer {owner}"))],
+            json!({ "query": "{ users(first: 1000) { edges { cursor } } }" }),
+        )
+        .await;
     cases.push(Case { name: "page too large", status: s, code: "BAD_USER_INPUT", response: r });
-    let (s, r) = node.post("/graphql", &[("x-tenant-id", "acme"), ("authorization", &format!("Bearer {owner}"))], json!({ "query": "{ users(after: \"bogus\") { edges { cursor } } }" })).await;
+    let (s, r) = node
+        .post(
+            "/graphql",
+            &[("x-tenant-id", "acme"), ("authorization", &format!("Bearer {owner}"))],
+            json!({ "query": "{ users(after: \"bogus\") { edges { cursor } } }" }),
+        )
+        .await;
     cases.push(Case { name: "bad cursor", status: s, code: "BAD_USER_INPUT", response: r });
 
     check(&cases);
@@ -148,7 +165,8 @@ async fn an_expired_token_is_refused() {
     // One second of life plus the five seconds of leeway for clock skew.
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
     let bearer = format!("Bearer {owner}");
-    let (s, r) = node.post("/graphql", &[("x-tenant-id", "acme"), ("authorization", &bearer)], json!({ "query": ME })).await;
+    let (s, r) =
+        node.post("/graphql", &[("x-tenant-id", "acme"), ("authorization", &bearer)], json!({ "query": ME })).await;
     assert_eq!(s, 401);
     assert_eq!(code(&r), "UNAUTHENTICATED");
     assert!(r["errors"][0]["message"].as_str().unwrap().contains("expired"), "{r}");

@@ -20,7 +20,10 @@ fn compare(rel: &str, expected: &str) {
         return;
     }
     let found = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(found == expected, "{rel} is out of date: run `CANOPY_BLESS=1 cargo test -p canopy-node --test it contracts`");
+    assert!(
+        found == expected,
+        "{rel} is out of date: run `CANOPY_BLESS=1 cargo test -p canopy-node --test it contracts`"
+    );
 }
 
 #[test]
@@ -98,7 +101,13 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
     let node = TestNode::start(&nats).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
     node.register("acme", "ada@example.com", "a-good-password").await;
-    node.gql(Some("acme"), Some(&owner), "mutation { updateProfile(input: {firstname: \"O\", lastname: \"W\"}) { id } }", json!({})).await;
+    node.gql(
+        Some("acme"),
+        Some(&owner),
+        "mutation { updateProfile(input: {firstname: \"O\", lastname: \"W\"}) { id } }",
+        json!({}),
+    )
+    .await;
 
     let schemas: std::collections::HashMap<String, Value> =
         event_schemas().into_iter().map(|(n, _, s)| (n, s)).collect();

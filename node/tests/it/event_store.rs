@@ -46,7 +46,10 @@ async fn two_writers_racing_on_one_aggregate_exactly_one_wins() {
     );
     let outcomes = [a.is_ok(), b.is_ok()];
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "exactly one writer wins: {a:?} {b:?}");
-    let loser = if a.is_err() { a.unwrap_err() } else { b.unwrap_err() };
+    let loser = match (a, b) {
+        (Err(e), _) | (_, Err(e)) => e,
+        _ => unreachable!(),
+    };
     assert_eq!(loser.kind(), StoreErrorKind::Conflict);
     assert_eq!(store.load(&aggregate_filter(&acme(), "account", "a1"), 0).await.unwrap().len(), 2);
 }

@@ -146,9 +146,8 @@ impl TestNode {
     }
 
     pub async fn admin_token(&self) -> String {
-        let r = self
-            .gql(None, None, LOGIN, json!({ "input": { "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD } }))
-            .await;
+        let r =
+            self.gql(None, None, LOGIN, json!({ "input": { "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD } })).await;
         token_of(&r, "login")
     }
 
@@ -215,10 +214,8 @@ pub async fn all_events(nats_url: &str) -> Vec<(String, Vec<u8>)> {
     if last == 0 {
         return out;
     }
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
+    let consumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
     let mut msgs = consumer.messages().await.unwrap();
     while let Some(m) = msgs.next().await {
         let m = m.unwrap();

@@ -1,10 +1,11 @@
 //! Integration tests: one binary, real nats-server, embedded SurrealDB, real nodes.
 
 mod harness;
+mod http;
 
 mod accounts;
 mod actors;
 mod bad_input;
 mod contracts;
-mod process;
 mod event_store;
+mod process;

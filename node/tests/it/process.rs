@@ -58,8 +58,15 @@ impl Canopy {
         }
     }
 
-    async fn gql(&self, tenant: Option<&str>, token: Option<&str>, query: &str, vars: serde_json::Value) -> serde_json::Value {
-        let mut req = reqwest::Client::new().post(self.url("/graphql")).json(&json!({ "query": query, "variables": vars }));
+    async fn gql(
+        &self,
+        tenant: Option<&str>,
+        token: Option<&str>,
+        query: &str,
+        vars: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut req =
+            reqwest::Client::new().post(self.url("/graphql")).json(&json!({ "query": query, "variables": vars }));
         if let Some(t) = tenant {
             req = req.header("x-tenant-id", t);
         }
@@ -111,7 +118,12 @@ async fn wait_port_closed(port: u16) {
 
 async fn users(c: &Canopy, owner: &str) -> Vec<String> {
     let r = c.gql(Some("acme"), Some(owner), "{ users(first: 100) { edges { node { email } } } }", json!({})).await;
-    r["data"]["users"]["edges"].as_array().unwrap_or_else(|| panic!("{r}")).iter().map(|e| e["node"]["email"].as_str().unwrap().to_owned()).collect()
+    r["data"]["users"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| e["node"]["email"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn login(c: &Canopy, email: &str, password: &str) -> serde_json::Value {
@@ -241,7 +253,13 @@ async fn projections_rebuild_from_the_log_to_the_same_content() {
     for i in 0..3 {
         token_of(&c.gql(Some("acme"), None, REGISTER, json!({ "input": { "email": format!("r{i}@acme.test"), "password": "rebuild-pass", "firstname": "R", "lastname": "B" } })).await, "register");
     }
-    c.gql(Some("acme"), Some(&owner), "mutation { updateProfile(input: {firstname: \"New\", lastname: \"Name\"}) { id } }", json!({})).await;
+    c.gql(
+        Some("acme"),
+        Some(&owner),
+        "mutation { updateProfile(input: {firstname: \"New\", lastname: \"Name\"}) { id } }",
+        json!({}),
+    )
+    .await;
     c.signal("-TERM");
     assert_eq!(c.exit_code().await, Some(0));
     wait_port_closed(nats_port).await;

@@ -1,0 +1,78 @@
+//! The plain HTTP endpoints: health, readiness, GraphiQL, and secrets in the log.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn readiness_follows_nats_while_health_only_says_the_process_lives() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let r = node.http.get(node.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["checks"], json!({ "nats": true, "stream": true, "surrealdb": true, "projections": true }));
+
+    drop(nats);
+    let mut not_ready = false;
+    for _ in 0..100 {
+        let r = node.http.get(node.url("/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["ready"], false);
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(not_ready, "readyz must answer 503 once NATS is gone");
+    assert_eq!(node.http.get(node.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn get_graphql_serves_graphiql_and_introspection_works() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let page = node.http.get(node.url("/graphql")).send().await.unwrap().text().await.unwrap();
+    assert!(page.to_lowercase().contains("graphiql"), "{page}");
+    // GraphiQL's introspection query must fit under the depth and complexity limits.
+    let introspection = "query { __schema { queryType { name } types { name kind fields(includeDeprecated: true) { name args { name type { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } type { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }";
+    let r = node.gql(None, None, introspection, json!({})).await;
+    assert!(r.get("errors").is_none(), "{r}");
+    assert!(r["data"]["__schema"]["types"].as_array().unwrap().len() > 10);
+}
+
+#[tokio::test]
+async fn no_password_hash_email_or_name_is_in_clear_in_the_log() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    node.tenant("acme", "owner.secret@acme.test").await;
+    let r = node
+        .gql(
+            Some("acme"),
+            None,
+            REGISTER,
+            json!({ "input": { "email": "Visible.Person@example.com", "password": "SuperSecretPassword1", "firstname": "Marguerite", "lastname": "Yourcenar" } }),
+        )
+        .await;
+    token_of(&r, "register");
+    let events = all_events(&nats.url).await;
+    assert!(events.len() >= 6);
+    for (subject, payload) in events {
+        let text = String::from_utf8(payload).unwrap().to_lowercase();
+        for secret in [
+            "supersecretpassword1",
+            "owner-password",
+            ADMIN_PASSWORD,
+            "visible.person",
+            "owner.secret",
+            "marguerite",
+            "yourcenar",
+            "argon2",
+            ADMIN_EMAIL,
+        ] {
+            assert!(!text.contains(&secret.to_lowercase()), "{subject} holds {secret:?} in clear: {text}");
+            assert!(!subject.to_lowercase().contains(&secret.to_lowercase()));
+        }
+    }
+}
