@@ -124,7 +124,9 @@ impl Config {
             Some(f) => fig = fig.merge(Toml::file(f)),
             None => fig = fig.merge(Toml::file("canopy.toml")),
         }
-        fig = fig.merge(Env::prefixed("CANOPY_").ignore(&["config"])).merge(Serialized::defaults(flags));
+        fig = fig // CANOPY_CONFIG names the file; CANOPY_BLESS is for the contract tests.
+            .merge(Env::prefixed("CANOPY_").ignore(&["config", "bless"]))
+            .merge(Serialized::defaults(flags));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)

@@ -131,11 +131,18 @@ impl Projector {
                 }
             }
             let mut stored = Vec::with_capacity(batch.len());
+            let mut last = 0;
             for m in &batch {
-                let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                stored.push(decode(seq, &m.payload)?);
+                last = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                match decode(last, &m.payload) {
+                    Ok(s) => stored.push(s),
+                    // A message that is not an envelope can never be projected; waiting
+                    // for it would stall every tenant's read models, so skip it loudly.
+                    Err(e) => {
+                        tracing::error!(seq = last, subject = %m.subject, error = %e, "skipping an undecodable event")
+                    }
+                }
             }
-            let last = stored.last().map_or(0, |s| s.seq);
             self.apply(stored).await?;
             self.publish_progress(last, head);
             if stop_at.is_some_and(|s| last >= s) {

@@ -37,7 +37,7 @@ async fn raw(node: &TestNode, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, 
     }
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();
-    (status, res.json().await.unwrap())
+    (status, serde_json::from_str(&res.text().await.unwrap()).unwrap())
 }
 
 #[tokio::test]

@@ -123,7 +123,7 @@ impl TestNode {
 
     /// POSTs a GraphQL request with optional tenant header and token; returns status and body.
     pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
-        let mut req = self.http.post(self.url(path)).json(&body);
+        let mut req = self.http.post(self.url(path)).header("content-type", "application/json").body(body.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -10,7 +10,7 @@ async fn readiness_follows_nats_while_health_only_says_the_process_lives() {
     let node = TestNode::start(&nats).await;
     let r = node.http.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(body["checks"], json!({ "nats": true, "stream": true, "surrealdb": true, "projections": true }));
 
     drop(nats);
@@ -18,7 +18,7 @@ async fn readiness_follows_nats_while_health_only_says_the_process_lives() {
     for _ in 0..100 {
         let r = node.http.get(node.url("/readyz")).send().await.unwrap();
         if r.status() == 503 {
-            let body: serde_json::Value = r.json().await.unwrap();
+            let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
             assert_eq!(body["ready"], false);
             not_ready = true;
             break;

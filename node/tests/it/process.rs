@@ -65,15 +65,17 @@ impl Canopy {
         query: &str,
         vars: serde_json::Value,
     ) -> serde_json::Value {
-        let mut req =
-            reqwest::Client::new().post(self.url("/graphql")).json(&json!({ "query": query, "variables": vars }));
+        let mut req = reqwest::Client::new()
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(json!({ "query": query, "variables": vars }).to_string());
         if let Some(t) = tenant {
             req = req.header("x-tenant-id", t);
         }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        req.send().await.unwrap().json().await.unwrap()
+        serde_json::from_str(&req.send().await.unwrap().text().await.unwrap()).unwrap()
     }
 
     fn signal(&self, sig: &str) {
@@ -193,8 +195,8 @@ async fn after_kill_9_no_answered_registration_is_lost() {
         tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(40 * i)).await;
             let body = json!({ "query": REGISTER, "variables": { "input": { "email": format!("k{i}@acme.test"), "password": "kill-nine-pass", "firstname": "K", "lastname": "N" } } });
-            let r = reqwest::Client::new().post(&url).header("x-tenant-id", "acme").json(&body).send().await.ok()?;
-            let v: serde_json::Value = r.json().await.ok()?;
+            let r = reqwest::Client::new().post(&url).header("x-tenant-id", "acme").header("content-type", "application/json").body(body.to_string()).send().await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
             v["data"]["register"]["token"].as_str().map(|_| format!("k{i}@acme.test"))
         });
     }
@@ -272,13 +274,17 @@ async fn projections_rebuild_from_the_log_to_the_same_content() {
             .env("RUST_LOG", "error")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{action}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{action}: {stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
     };
-    let before: serde_json::Value = serde_json::from_str(&projections("dump")).unwrap();
+    let json = |(stdout, stderr): (String, String)| -> serde_json::Value {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} / {stderr}"))
+    };
+    let before = json(projections("dump"));
     assert_eq!(before["t_acme"]["user"].as_array().map(Vec::len), Some(4), "{before}");
     assert_eq!(before["t_acme"]["user"][0]["firstname"], "New", "{before}");
     projections("rebuild");
-    let after: serde_json::Value = serde_json::from_str(&projections("dump")).unwrap();
+    let after = json(projections("dump"));
     assert_eq!(before, after);
 }
