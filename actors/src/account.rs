@@ -56,13 +56,6 @@ impl Email {
     }
 }
 
-// Emails are personal data: keep them out of debug output and therefore out of logs.
-impl fmt::Debug for Email {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Email(<redacted>)")
-    }
-}
-
 /// A password as typed: 8 to 128 characters (not bytes). It is never printed.
 #[derive(Clone)]
 pub struct Password(String);
@@ -78,12 +71,6 @@ impl Password {
 
     pub fn expose(&self) -> &str {
         &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
     }
 }
 
@@ -106,11 +93,19 @@ impl PersonName {
     }
 }
 
-impl fmt::Debug for PersonName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PersonName(<redacted>)")
-    }
+// Emails, passwords and names are personal data or secrets: their debug output is
+// redacted, so they cannot reach a log by accident.
+macro_rules! redacted_debug {
+    ($($t:ident),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($t), "(<redacted>)"))
+            }
+        }
+    )*};
 }
+
+redacted_debug!(Email, Password, PersonName);
 
 /// The state of one account, rebuilt from its events. Sealed fields stay sealed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
