@@ -6,6 +6,7 @@ mod http;
 mod accounts;
 mod actors;
 mod bad_input;
+mod bench;
 mod contracts;
 mod event_store;
 mod process;

@@ -1,0 +1,492 @@
+//! The benchmark: Canopy next to raw JetStream, measured in one run on one machine.
+//! It starts its own nats-server (the repository's `nats.conf`, so
+//! `sync_interval: always`), runs a real node in-process, and reports throughput
+//! and latency per scenario, each as a ratio to the raw-JetStream baseline.
+//! `canopy-bench` runs it; `--quick` runs every scenario briefly (the test suite
+//! does, to check that each one runs and returns sane numbers).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::account::PersonName;
+use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, command_subject};
+use actors::event_store::stream_config;
+use actors::tenant::{Scope, TenantId};
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::Config;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    /// Where to write the JSON report.
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub scenario: String,
+    pub concurrency: usize,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Throughput as a share of the baseline at the same concurrency.
+    pub throughput_vs_baseline: Option<f64>,
+    /// p99 as a multiple of the baseline's p99 at the same concurrency.
+    pub p99_vs_baseline: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Value,
+    pub quick: bool,
+    pub results: Vec<Stats>,
+}
+
+/// A nats-server child with its own port and store, removed on drop.
+struct NatsChild {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl NatsChild {
+    fn start(root: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = root.join("nats");
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, crate::nats::NATS_CONF)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("while starting nats-server (is it on PATH?)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, url: format!("nats://127.0.0.1:{port}"), dir })
+    }
+}
+
+impl Drop for NatsChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`.
+async fn measure<F, Fut>(scenario: &str, concurrency: usize, duration: Duration, op: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let op = op.clone();
+        workers.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                op(w, i).await?;
+                lat.push(t.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            anyhow::Ok(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        all.extend(r??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct =
+        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    Ok(Stats {
+        scenario: scenario.to_owned(),
+        concurrency,
+        ops: all.len() as u64,
+        ops_per_sec: all.len() as f64 / secs,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        throughput_vs_baseline: None,
+        p99_vs_baseline: None,
+    })
+}
+
+/// An envelope the size of a real AccountRegistered (sealed fields included).
+fn event_payload() -> Vec<u8> {
+    let sealed = json!({ "kid": "person.acme.0196f0c2-8a6e-7c1b-9d4e-3f2a1b0c9d8e", "n": "AAAAAAAAAAAAAAAA", "c": "B".repeat(48) });
+    serde_json::to_vec(&json!({
+        "id": uuid::Uuid::now_v7().to_string(), "type": "AccountRegistered", "tenant": "acme", "aggregate": "account",
+        "aggregate_id": uuid::Uuid::now_v7().to_string(), "occurred_at": "2026-11-22T00:00:00Z", "command_id": "c",
+        "schema_version": 1,
+        "data": { "account_id": "x", "email_index": "0".repeat(32), "email": sealed, "password_hash": sealed,
+                  "firstname": sealed, "lastname": sealed, "owner": false },
+    }))
+    .expect("json")
+}
+
+struct Http {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Http {
+    async fn gql(&self, tenant: Option<&str>, token: Option<&str>, query: &str, vars: Value) -> anyhow::Result<Value> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(json!({ "query": query, "variables": vars }).to_string());
+        if let Some(t) = tenant {
+            req = req.header("x-tenant-id", t);
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let v: Value = serde_json::from_str(&req.send().await?.text().await?)?;
+        if let Some(e) = v.get("errors") {
+            bail!("graphql error: {e}");
+        }
+        Ok(v)
+    }
+}
+
+const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { token } }";
+
+fn token(v: &Value, field: &str) -> anyhow::Result<String> {
+    v["data"][field]["token"].as_str().map(str::to_owned).context("no token")
+}
+
+/// A tenant's slug and an account in it, with its token.
+#[derive(Clone)]
+struct Actor {
+    tenant: String,
+    account_id: String,
+    token: String,
+}
+
+fn machine() -> Value {
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse::<u64>().ok()));
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "mem_gib": mem_kib.map(|k| (k as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    let root = std::env::temp_dir().join(format!("canopy-bench-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&root)?;
+    let result = run_in(&root, &opts).await;
+    let _ = std::fs::remove_dir_all(&root);
+    let report = result?;
+    if let Some(out) = &opts.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    Ok(report)
+}
+
+async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report> {
+    let nats = NatsChild::start(root)?;
+    let (duration, tenants, busy_accounts) =
+        if opts.quick { (Duration::from_millis(300), 2, 4) } else { (Duration::from_secs(8), 100, 64) };
+    let levels = [1usize, 64];
+
+    let config = Config {
+        nats_url: Some(nats.url.clone()),
+        surreal_url: Some("mem://".into()),
+        data_dir: root.join("node"),
+        bootstrap_admin_email: Some("bench@canopy.test".into()),
+        bootstrap_admin_password: Some("bench-admin-password".to_owned().into()),
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(crate::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let http = Http {
+        client: reqwest::Client::builder().pool_max_idle_per_host(128).build()?,
+        url: format!("http://{addr}/graphql"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.client.get(format!("http://{addr}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        if Instant::now() > deadline || node.is_finished() {
+            bail!("the node did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nc = async_nats::connect(&nats.url).await?;
+
+    let mut results = Vec::new();
+    let result = scenarios(&http, &nc, duration, tenants, busy_accounts, &levels, &mut results).await;
+    let _ = stop_tx.send(());
+    let _ = node.await;
+    result?;
+
+    // Ratios against the baseline at the same concurrency.
+    let baseline: Vec<Stats> = results.iter().filter(|s| s.scenario.starts_with('A')).cloned().collect();
+    for s in results.iter_mut().filter(|s| !s.scenario.starts_with('A')) {
+        if let Some(b) = baseline.iter().find(|b| b.concurrency == s.concurrency) {
+            s.throughput_vs_baseline = Some(s.ops_per_sec / b.ops_per_sec.max(f64::MIN_POSITIVE));
+            s.p99_vs_baseline = Some(s.p99_us as f64 / b.p99_us.max(1) as f64);
+        }
+    }
+    Ok(Report { machine: machine(), quick: opts.quick, results })
+}
+
+async fn scenarios(
+    http: &Http,
+    nc: &async_nats::Client,
+    duration: Duration,
+    tenants: usize,
+    busy_accounts: usize,
+    levels: &[usize],
+    results: &mut Vec<Stats>,
+) -> anyhow::Result<()> {
+    // A: raw JetStream publish with ack, on a stream configured like EVENTS.
+    let js = async_nats::jetstream::new(nc.clone());
+    let mut cfg = stream_config(1);
+    cfg.name = "BENCH".into();
+    cfg.subjects = vec!["bench.>".into()];
+    js.create_stream(cfg).await?;
+    let payload = bytes::Bytes::from(event_payload());
+    for &c in levels {
+        let (js, payload) = (js.clone(), payload.clone());
+        results.push(
+            measure("A raw JetStream publish+ack", c, duration, move |w, i| {
+                let (js, payload) = (js.clone(), payload.clone());
+                async move {
+                    js.publish(format!("bench.t{w}.account.{i}.AccountRegistered"), payload).await?.await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+
+    // Fixtures: tenants with their owners, and one busy tenant with many accounts.
+    let admin = token(
+        &http
+            .gql(
+                None,
+                None,
+                LOGIN,
+                json!({ "i": { "email": "bench@canopy.test", "password": "bench-admin-password" } }),
+            )
+            .await?,
+        "login",
+    )?;
+    let mut owners = Vec::with_capacity(tenants);
+    for t in 0..tenants {
+        let slug = format!("bench-{t}");
+        http.gql(
+            None,
+            Some(&admin),
+            "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id } }",
+            json!({ "i": { "slug": slug, "name": slug, "ownerEmail": format!("owner@{slug}.test"), "ownerPassword": "owner-password" } }),
+        )
+        .await?;
+        let tok = token(
+            &http
+                .gql(
+                    Some(&slug),
+                    None,
+                    LOGIN,
+                    json!({ "i": { "email": format!("owner@{slug}.test"), "password": "owner-password" } }),
+                )
+                .await?,
+            "login",
+        )?;
+        let me = http.gql(Some(&slug), Some(&tok), "{ me { id } }", json!({})).await?;
+        let account_id = me["data"]["me"]["id"].as_str().context("no id")?.to_owned();
+        owners.push(Actor { tenant: slug, account_id, token: tok });
+    }
+    let mut busy = Vec::with_capacity(busy_accounts);
+    for a in 0..busy_accounts {
+        let r = http
+            .gql(
+                Some("bench-0"),
+                None,
+                "mutation($i: RegisterInput!) { register(input: $i) { token user { id } } }",
+                json!({ "i": { "email": format!("user{a}@bench-0.test"), "password": "user-password", "firstname": "U", "lastname": "B" } }),
+            )
+            .await?;
+        busy.push(Actor {
+            tenant: "bench-0".into(),
+            account_id: r["data"]["register"]["user"]["id"].as_str().context("no id")?.to_owned(),
+            token: token(&r, "register")?,
+        });
+    }
+    let owners = Arc::new(owners);
+    let busy = Arc::new(busy);
+
+    // B and E: a profile update sent as a NATS request straight to the tenant trees.
+    let command = |nc: async_nats::Client, who: Actor, n: u64| async move {
+        let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
+        let body = serde_json::to_vec(&CommandEnvelope {
+            command_id: uuid::Uuid::now_v7().simple().to_string(),
+            request: AccountRequest::UpdateProfile {
+                account_id: who.account_id,
+                firstname: PersonName::parse(&format!("N{n}"))?,
+                lastname: PersonName::parse("Bench")?,
+            },
+        })?;
+        let reply = nc.request(command_subject(&scope, "account"), body.into()).await?;
+        match serde_json::from_slice::<CommandResult<AccountReply>>(&reply.payload)? {
+            Ok(_) => Ok(()),
+            Err(f) => bail!("command failed: {f}"),
+        }
+    };
+    for &c in levels {
+        let (nc, owners) = (nc.clone(), owners.clone());
+        results.push(
+            measure("B commands to actors (NATS)", c, duration, move |w, i| {
+                let who = owners[pick(owners.len(), c, w, i)].clone();
+                command(nc.clone(), who, i)
+            })
+            .await?,
+        );
+    }
+
+    // C: the same command as a GraphQL mutation, answered after read-your-writes.
+    for &c in levels {
+        let owners = owners.clone();
+        let client = http.client.clone();
+        let url = http.url.clone();
+        results.push(
+            measure("C mutations through GraphQL", c, duration, move |w, i| {
+                let who = owners[pick(owners.len(), c, w, i)].clone();
+                let h = Http { client: client.clone(), url: url.clone() };
+                async move {
+                    h.gql(
+                        Some(&who.tenant),
+                        Some(&who.token),
+                        "mutation($f: String!) { updateProfile(input: {firstname: $f, lastname: \"Bench\"}) { id } }",
+                        json!({ "f": format!("N{i}") }),
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+
+    // D: queries, `me` and a page of `users`.
+    for (name, query) in [
+        ("D query me", "{ me { id email } }"),
+        ("D query users page", "{ users(first: 20) { edges { node { email } } } }"),
+    ] {
+        for &c in levels {
+            let owners = owners.clone();
+            let client = http.client.clone();
+            let url = http.url.clone();
+            results.push(
+                measure(name, c, duration, move |w, i| {
+                    let who = owners[pick(owners.len(), c, w, i)].clone();
+                    let h = Http { client: client.clone(), url: url.clone() };
+                    async move {
+                        h.gql(Some(&who.tenant), Some(&who.token), query, json!({})).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
+    }
+
+    // E: one busy tenant, each worker on its own account.
+    let c = *levels.last().expect("levels");
+    let nc2 = nc.clone();
+    results.push(
+        measure("E one busy tenant (NATS)", c, duration, move |w, i| {
+            let who = busy[pick(busy.len(), c, w, i)].clone();
+            command(nc2.clone(), who, i)
+        })
+        .await?,
+    );
+    Ok(())
+}
+
+/// Gives each of `c` workers its own share of `len` fixtures (worker w takes w,
+/// w + c, w + 2c, ...), so concurrent workers never touch the same account.
+fn pick(len: usize, c: usize, w: usize, i: u64) -> usize {
+    let w = w % len;
+    let share = (len - w).div_ceil(c).max(1);
+    (w + (i as usize % share) * c) % len
+}
+
+/// Renders the report as a fixed-width table.
+pub fn table(report: &Report) -> String {
+    let mut out = format!(
+        "machine: {}\n{:<32} {:>5} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
+        report.machine, "scenario", "conc", "ops", "ops/s", "p50 µs", "p99 µs", "tput/A", "p99/A"
+    );
+    for s in &report.results {
+        let ratio = |r: Option<f64>| r.map_or("-".into(), |v| format!("{v:.2}"));
+        out.push_str(&format!(
+            "{:<32} {:>5} {:>9} {:>10.0} {:>9} {:>9} {:>10} {:>10}\n",
+            s.scenario,
+            s.concurrency,
+            s.ops,
+            s.ops_per_sec,
+            s.p50_us,
+            s.p99_us,
+            ratio(s.throughput_vs_baseline),
+            ratio(s.p99_vs_baseline)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn concurrent_workers_get_disjoint_fixtures() {
+        for (len, c) in [(100, 64), (100, 1), (4, 64), (64, 64)] {
+            let mut owner = vec![None; len];
+            for w in 0..c.min(len) {
+                for i in 0..200 {
+                    let k = pick(len, c, w, i);
+                    assert!(owner[k].is_none_or(|o| o == w), "len {len} c {c}: {k} shared");
+                    owner[k] = Some(w);
+                }
+            }
+            assert!(owner.iter().all(Option::is_some), "len {len} c {c}: every fixture is used");
+        }
+    }
+}

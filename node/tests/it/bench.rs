@@ -1,0 +1,20 @@
+//! The benchmark's quick mode runs every scenario and returns sane numbers (no
+//! timing is asserted: speed is measured by `canopy-bench`, not tested).
+
+#[tokio::test]
+async fn the_quick_benchmark_runs_every_scenario() {
+    let report = canopy_node::bench::run(canopy_node::bench::Options { quick: true, out: None }).await.unwrap();
+    let names: std::collections::BTreeSet<&str> =
+        report.results.iter().map(|s| s.scenario.split(' ').next().unwrap()).collect();
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "B", "C", "D", "E"]);
+    for s in &report.results {
+        assert!(s.ops > 0, "{} ran nothing", s.scenario);
+        assert!(s.ops_per_sec.is_finite() && s.ops_per_sec > 0.0, "{s:?}");
+        assert!(s.p50_us <= s.p99_us, "{s:?}");
+        if !s.scenario.starts_with('A') {
+            assert!(s.throughput_vs_baseline.is_some_and(f64::is_finite), "{s:?}");
+        }
+    }
+    let table = canopy_node::bench::table(&report);
+    assert_eq!(table.lines().count(), report.results.len() + 2);
+}
