@@ -40,6 +40,8 @@ pub struct Stats {
     pub throughput_vs_baseline: Option<f64>,
     /// p99 as a multiple of the baseline's p99 at the same concurrency.
     pub p99_vs_baseline: Option<f64>,
+    /// Scenario-specific figures (memory, lag, comparison with an unloaded run).
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,7 +134,34 @@ where
         p99_us: pct(0.99),
         throughput_vs_baseline: None,
         p99_vs_baseline: None,
+        extra: Default::default(),
     })
+}
+
+/// Stats from latency samples gathered outside `measure`.
+fn from_samples(scenario: &str, mut lat: Vec<u64>, secs: f64) -> Stats {
+    lat.sort_unstable();
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    Stats {
+        scenario: scenario.to_owned(),
+        concurrency: 1,
+        ops: lat.len() as u64,
+        ops_per_sec: lat.len() as f64 / secs.max(f64::MIN_POSITIVE),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        throughput_vs_baseline: None,
+        p99_vs_baseline: None,
+        extra: Default::default(),
+    }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
 }
 
 /// An envelope the size of a real AccountRegistered (sealed fields included).
@@ -216,6 +245,9 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     let (duration, tenants, busy_accounts) =
         if opts.quick { (Duration::from_millis(300), 2, 4) } else { (Duration::from_secs(8), 100, 64) };
     let levels = [1usize, 64];
+    // The bench shares the node's master key, so its own actors (F, G) can open the
+    // keys the node created.
+    let master = actors::seal::MasterKey::generate();
 
     let config = Config {
         nats_url: Some(nats.url.clone()),
@@ -223,6 +255,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         data_dir: root.join("node"),
         bootstrap_admin_email: Some("bench@canopy.test".into()),
         bootstrap_admin_password: Some("bench-admin-password".to_owned().into()),
+        master_key: Some(master.to_base64().into()),
         ..Config::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -250,14 +283,15 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     let nc = async_nats::connect(&nats.url).await?;
 
     let mut results = Vec::new();
-    let result = scenarios(&http, &nc, duration, tenants, busy_accounts, &levels, &mut results).await;
+    let fixture = Fixture { quick: opts.quick, master, metrics: format!("http://{addr}/metrics") };
+    let result = scenarios(&http, &nc, &fixture, duration, tenants, busy_accounts, &levels, &mut results).await;
     let _ = stop_tx.send(());
     let _ = node.await;
     result?;
 
     // Ratios against the baseline at the same concurrency.
     let baseline: Vec<Stats> = results.iter().filter(|s| s.scenario.starts_with('A')).cloned().collect();
-    for s in results.iter_mut().filter(|s| !s.scenario.starts_with('A')) {
+    for s in results.iter_mut().filter(|s| ["B", "C", "D", "E", "I"].iter().any(|p| s.scenario.starts_with(p))) {
         if let Some(b) = baseline.iter().find(|b| b.concurrency == s.concurrency) {
             s.throughput_vs_baseline = Some(s.ops_per_sec / b.ops_per_sec.max(f64::MIN_POSITIVE));
             s.p99_vs_baseline = Some(s.p99_us as f64 / b.p99_us.max(1) as f64);
@@ -266,9 +300,17 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     Ok(Report { machine: machine(), quick: opts.quick, results })
 }
 
+struct Fixture {
+    quick: bool,
+    master: actors::seal::MasterKey,
+    metrics: String,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn scenarios(
     http: &Http,
     nc: &async_nats::Client,
+    fixture: &Fixture,
     duration: Duration,
     tenants: usize,
     busy_accounts: usize,
@@ -404,6 +446,24 @@ async fn scenarios(
         );
     }
 
+    // H: projection lag while C ran (the node's lag window covers the last 5 s).
+    let metrics = http.client.get(&fixture.metrics).send().await?.text().await?;
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut h = from_samples("H projection lag during C", Vec::new(), 1.0);
+    h.concurrency = *levels.last().expect("levels");
+    h.ops = gauge("canopy_projection_lag_seconds_count") as u64;
+    h.ops_per_sec = 0.0;
+    h.p50_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.5\"}") * 1e6) as u64;
+    h.p99_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.99\"}") * 1e6) as u64;
+    results.push(h);
+
     // D: queries, `me` and a page of `users`.
     for (name, query) in [
         ("D query me", "{ me { id email } }"),
@@ -437,6 +497,181 @@ async fn scenarios(
         })
         .await?,
     );
+
+    // I: the quiet tenant's `me` while another tenant takes a flood of logins.
+    let unloaded = results.iter().find(|s| s.scenario == "D query me" && s.concurrency == 1).map(|s| s.p99_us);
+    let quiet = owners[0].clone();
+    let noisy = owners[owners.len() - 1].clone();
+    let flood_until = Instant::now() + duration;
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let h = Http { client: http.client.clone(), url: http.url.clone() };
+        let noisy = noisy.clone();
+        flood.spawn(async move {
+            while Instant::now() < flood_until {
+                let email = format!("owner@{}.test", noisy.tenant);
+                let _ = h
+                    .gql(
+                        Some(&noisy.tenant),
+                        None,
+                        LOGIN,
+                        json!({ "i": { "email": email, "password": "owner-password" } }),
+                    )
+                    .await;
+            }
+        });
+    }
+    let (client, url) = (http.client.clone(), http.url.clone());
+    let mut i_stats = measure("I query me, neighbour floods logins", 1, duration, move |_, _| {
+        let h = Http { client: client.clone(), url: url.clone() };
+        let quiet = quiet.clone();
+        async move {
+            h.gql(Some(&quiet.tenant), Some(&quiet.token), "{ me { id email } }", json!({})).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    while flood.join_next().await.is_some() {}
+    if let Some(u) = unloaded {
+        i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / u.max(1) as f64);
+    }
+    results.push(i_stats);
+
+    activation(nc, fixture, owners[0].clone(), results).await?;
+    memory(nc, fixture, results).await?;
+    Ok(())
+}
+
+async fn bench_deps(
+    nc: &async_nats::Client,
+    fixture: &Fixture,
+    snapshot_every: u64,
+) -> anyhow::Result<actors::tree::Deps> {
+    let (store, keys) = actors::event_store::EventStore::open(nc.clone(), 1).await?;
+    Ok(actors::tree::Deps {
+        store,
+        keys: actors::seal::KeyRing::new(keys, fixture.master.clone()),
+        hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),
+        snapshot_every,
+        cache_per_tenant: 1000,
+    })
+}
+
+/// F: the time to start a cold tenant tree and load an account with N events,
+/// from its snapshot plus newer events, or from its first event.
+async fn activation(
+    nc: &async_nats::Client,
+    fixture: &Fixture,
+    owner: Actor,
+    results: &mut Vec<Stats>,
+) -> anyhow::Result<()> {
+    use actors::account::Account;
+    use actors::tree::{NodeArgs, NodeMsg, NodeSupervisor};
+    use ractor::Actor as _;
+
+    let sizes: &[u64] = if fixture.quick { &[20, 200] } else { &[100, 10_000] };
+    let rounds = if fixture.quick { 3 } else { 20 };
+    let deps = bench_deps(nc, fixture, 100).await?;
+    let scope = Scope::Tenant(TenantId::parse(&owner.tenant)?);
+    for &n in sizes {
+        // Bring the owner's account to n events (the earlier scenarios wrote some).
+        let have =
+            actors::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?.since_snapshot;
+        let mut pending = tokio::task::JoinSet::new();
+        for k in have..n {
+            let nc = nc.clone();
+            let who = owner.clone();
+            pending.spawn(async move {
+                let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
+                let body = serde_json::to_vec(&CommandEnvelope {
+                    command_id: uuid::Uuid::now_v7().simple().to_string(),
+                    request: AccountRequest::UpdateProfile {
+                        account_id: who.account_id,
+                        firstname: PersonName::parse(&format!("F{k}"))?,
+                        lastname: PersonName::parse("Bench")?,
+                    },
+                })?;
+                nc.request(command_subject(&scope, "account"), body.into()).await?;
+                anyhow::Ok(())
+            });
+            if pending.len() >= 32 {
+                pending.join_next().await.transpose()?.transpose()?;
+            }
+        }
+        while let Some(r) = pending.join_next().await {
+            r??;
+        }
+        for snapshot in [true, false] {
+            let mut lat = Vec::with_capacity(rounds);
+            let started = Instant::now();
+            for _ in 0..rounds {
+                let (node, handle) = NodeSupervisor::spawn(
+                    None,
+                    NodeSupervisor,
+                    NodeArgs { deps: deps.clone(), idle_timeout: Duration::from_secs(600) },
+                )
+                .await?;
+                let t = Instant::now();
+                match node.call(|p| NodeMsg::Tree(scope.clone(), p), Some(Duration::from_secs(10))).await? {
+                    ractor::rpc::CallResult::Success(Ok(_)) => {}
+                    _ => bail!("no tree for {scope}"),
+                }
+                let loaded = if snapshot {
+                    actors::executor::load::<Account>(&deps.store, &scope, &owner.account_id).await?
+                } else {
+                    actors::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?
+                };
+                lat.push(t.elapsed().as_micros() as u64);
+                if !loaded.state.is_registered() {
+                    bail!("activation loaded an empty account");
+                }
+                node.stop(None);
+                let _ = handle.await;
+            }
+            let label = format!("F activation {n} events, {}", if snapshot { "snapshot" } else { "no snapshot" });
+            let mut st = from_samples(&label, lat, started.elapsed().as_secs_f64());
+            st.extra.insert("events".into(), n as f64);
+            results.push(st);
+        }
+    }
+    Ok(())
+}
+
+/// G: resident memory per live idle tenant tree, and after they passivate.
+async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<Stats>) -> anyhow::Result<()> {
+    use actors::tree::{TenantArgs, TenantSupervisor};
+    use ractor::Actor as _;
+
+    let trees = if fixture.quick { 200 } else { 10_000 };
+    let deps = bench_deps(nc, fixture, 100).await?;
+    let before = rss_bytes();
+    let started = Instant::now();
+    let mut live = Vec::with_capacity(trees);
+    for t in 0..trees {
+        let args = TenantArgs {
+            scope: Scope::Tenant(TenantId::parse(&format!("mem-{t}"))?),
+            deps: deps.clone(),
+            idle_timeout: Duration::from_secs(3600),
+        };
+        live.push(TenantSupervisor::spawn(None, TenantSupervisor, args).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let with_trees = rss_bytes();
+    for (tree, _) in &live {
+        tree.stop(Some("passivate".into()));
+    }
+    for (_, handle) in live {
+        let _ = handle.await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_bytes();
+    let mut st = from_samples("G memory per idle tenant tree", Vec::new(), started.elapsed().as_secs_f64());
+    st.concurrency = trees;
+    st.ops = trees as u64;
+    st.extra.insert("kib_per_live_tree".into(), with_trees.saturating_sub(before) as f64 / 1024.0 / trees as f64);
+    st.extra
+        .insert("kib_per_tree_after_passivation".into(), after.saturating_sub(before) as f64 / 1024.0 / trees as f64);
+    results.push(st);
     Ok(())
 }
 
@@ -451,13 +686,13 @@ fn pick(len: usize, c: usize, w: usize, i: u64) -> usize {
 /// Renders the report as a fixed-width table.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "machine: {}\n{:<32} {:>5} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10}\n",
-        report.machine, "scenario", "conc", "ops", "ops/s", "p50 µs", "p99 µs", "tput/A", "p99/A"
+        "machine: {}\n{:<40} {:>6} {:>9} {:>10} {:>9} {:>9} {:>7} {:>7}  {}\n",
+        report.machine, "scenario", "conc", "ops", "ops/s", "p50 µs", "p99 µs", "tput/A", "p99/A", "other"
     );
     for s in &report.results {
         let ratio = |r: Option<f64>| r.map_or("-".into(), |v| format!("{v:.2}"));
         out.push_str(&format!(
-            "{:<32} {:>5} {:>9} {:>10.0} {:>9} {:>9} {:>10} {:>10}\n",
+            "{:<40} {:>6} {:>9} {:>10.0} {:>9} {:>9} {:>7} {:>7}  {}\n",
             s.scenario,
             s.concurrency,
             s.ops,
@@ -465,7 +700,8 @@ pub fn table(report: &Report) -> String {
             s.p50_us,
             s.p99_us,
             ratio(s.throughput_vs_baseline),
-            ratio(s.p99_vs_baseline)
+            ratio(s.p99_vs_baseline),
+            s.extra.iter().map(|(k, v)| format!("{k}={v:.2}")).collect::<Vec<_>>().join(" ")
         ));
     }
     out

@@ -22,6 +22,7 @@ pub fn routes(app: Arc<App>) -> impl poem::Endpoint {
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/.well-known/jwks.json", get(jwks))
+        .at("/metrics", get(metrics))
         .at("/graphql", get(graphiql).post(graphql_root))
         .at("/t/:tenant/graphql", get(graphiql).post(graphql_tenant))
         .data(app)
@@ -44,6 +45,31 @@ async fn readyz(Data(app): Data<&Arc<App>>) -> Response {
     let ready = checks.values().all(|v| *v);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
+}
+
+/// A few gauges in the Prometheus text format.
+#[handler]
+async fn metrics(Data(app): Data<&Arc<App>>) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP canopy_projection_applied_seq Stream sequence of the last event in the read models.\n");
+    out.push_str("# TYPE canopy_projection_applied_seq gauge\n");
+    out.push_str(&format!("canopy_projection_applied_seq {}\n", app.progress.applied()));
+    out.push_str(
+        "# HELP canopy_projection_lag_seconds From stored in JetStream to committed in SurrealDB, last 5 s.\n",
+    );
+    out.push_str("# TYPE canopy_projection_lag_seconds summary\n");
+    let (p50, p99, n) = app.progress.lag().map_or((0.0, 0.0, 0), |(a, b, n)| (a.as_secs_f64(), b.as_secs_f64(), n));
+    out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.5\"}} {p50}\n"));
+    out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.99\"}} {p99}\n"));
+    out.push_str(&format!("canopy_projection_lag_seconds_count {n}\n"));
+    let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
+        Ok(ractor::rpc::CallResult::Success(n)) => n,
+        _ => 0,
+    };
+    out.push_str("# HELP canopy_tenant_trees Tenant trees running on this node.\n");
+    out.push_str("# TYPE canopy_tenant_trees gauge\n");
+    out.push_str(&format!("canopy_tenant_trees {trees}\n"));
+    out
 }
 
 #[handler]

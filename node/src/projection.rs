@@ -2,10 +2,10 @@
 //! SurrealDB, one database per tenant, each change in the same transaction as that
 //! database's checkpoint. Mutations wait on its progress for read-your-writes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actors::event_store::{EventStore, STREAM, Stored, decode};
 use actors::seal::{KeyRing, SealError, Sealed};
@@ -22,6 +22,28 @@ use crate::read_model::{ReadModel, Statement, db_name};
 pub struct Progress {
     rx: watch::Receiver<u64>,
     caught_up: Arc<AtomicBool>,
+    lag: Arc<Mutex<LagWindow>>,
+}
+
+/// How long events took from being stored in JetStream to being committed in
+/// SurrealDB, over the last few seconds.
+#[derive(Default)]
+struct LagWindow {
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+/// The span of the lag window.
+const LAG_WINDOW: Duration = Duration::from_secs(5);
+
+impl LagWindow {
+    fn record(&mut self, now: Instant, lag: Duration) {
+        self.samples.push_back((now, lag));
+        while self.samples.front().is_some_and(|(t, _)| now.duration_since(*t) > LAG_WINDOW)
+            || self.samples.len() > 100_000
+        {
+            self.samples.pop_front();
+        }
+    }
 }
 
 impl Progress {
@@ -40,6 +62,20 @@ impl Progress {
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
+
+    /// The p50 and p99 projection lag over the last five seconds, and the sample count.
+    pub fn lag(&self) -> Option<(Duration, Duration, usize)> {
+        let window = self.lag.lock().expect("lag window lock");
+        let now = Instant::now();
+        let mut lags: Vec<Duration> =
+            window.samples.iter().filter(|(t, _)| now.duration_since(*t) <= LAG_WINDOW).map(|(_, l)| *l).collect();
+        if lags.is_empty() {
+            return None;
+        }
+        lags.sort_unstable();
+        let at = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+        Some((at(0.50), at(0.99), lags.len()))
+    }
 }
 
 pub struct Projector {
@@ -48,6 +84,7 @@ pub struct Projector {
     keys: KeyRing,
     tx: watch::Sender<u64>,
     caught_up: Arc<AtomicBool>,
+    lag: Arc<Mutex<LagWindow>>,
     checkpoints: HashMap<String, u64>,
 }
 
@@ -58,8 +95,9 @@ impl Projector {
     pub fn new(rm: ReadModel, store: EventStore, keys: KeyRing) -> (Self, Progress) {
         let (tx, rx) = watch::channel(0);
         let caught_up = Arc::new(AtomicBool::new(false));
-        let p = Progress { rx, caught_up: caught_up.clone() };
-        (Self { rm, store, keys, tx, caught_up, checkpoints: HashMap::new() }, p)
+        let lag = Arc::new(Mutex::new(LagWindow::default()));
+        let p = Progress { rx, caught_up: caught_up.clone(), lag: lag.clone() };
+        (Self { rm, store, keys, tx, caught_up, lag, checkpoints: HashMap::new() }, p)
     }
 
     /// The first sequence any database still needs: the lowest checkpoint, where a
@@ -131,9 +169,12 @@ impl Projector {
                 }
             }
             let mut stored = Vec::with_capacity(batch.len());
+            let mut published = Vec::with_capacity(batch.len());
             let mut last = 0;
             for m in &batch {
-                last = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                last = info.stream_sequence;
+                published.push(info.published);
                 match decode(last, &m.payload) {
                     Ok(s) => stored.push(s),
                     // A message that is not an envelope can never be projected; waiting
@@ -144,12 +185,24 @@ impl Projector {
                 }
             }
             self.apply(stored).await?;
+            self.record_lag(&published);
             self.publish_progress(last, head);
             if stop_at.is_some_and(|s| last >= s) {
                 return Ok(());
             }
         }
         anyhow::bail!("the event stream ended")
+    }
+
+    /// Records, for each event just committed, how long ago JetStream stored it.
+    fn record_lag(&self, published: &[time::OffsetDateTime]) {
+        let now = time::OffsetDateTime::now_utc();
+        let at = Instant::now();
+        let mut window = self.lag.lock().expect("lag window lock");
+        for p in published {
+            let lag = (now - *p).try_into().unwrap_or(Duration::ZERO);
+            window.record(at, lag);
+        }
     }
 
     fn publish_progress(&self, applied: u64, head: u64) {

@@ -6,15 +6,23 @@ async fn the_quick_benchmark_runs_every_scenario() {
     let report = canopy_node::bench::run(canopy_node::bench::Options { quick: true, out: None }).await.unwrap();
     let names: std::collections::BTreeSet<&str> =
         report.results.iter().map(|s| s.scenario.split(' ').next().unwrap()).collect();
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "B", "C", "D", "E"]);
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "B", "C", "D", "E", "F", "G", "H", "I"]);
     for s in &report.results {
         assert!(s.ops > 0, "{} ran nothing", s.scenario);
-        assert!(s.ops_per_sec.is_finite() && s.ops_per_sec > 0.0, "{s:?}");
         assert!(s.p50_us <= s.p99_us, "{s:?}");
-        if !s.scenario.starts_with('A') {
+        if ["A", "B", "C", "D", "E", "F", "I"].iter().any(|p| s.scenario.starts_with(p)) {
+            assert!(s.ops_per_sec.is_finite() && s.ops_per_sec > 0.0, "{s:?}");
+        }
+        if ["B", "C", "D", "E", "I"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.throughput_vs_baseline.is_some_and(f64::is_finite), "{s:?}");
         }
     }
+    let g = report.results.iter().find(|s| s.scenario.starts_with('G')).unwrap();
+    assert!(g.extra["kib_per_live_tree"].is_finite());
+    let i = report.results.iter().find(|s| s.scenario.starts_with('I')).unwrap();
+    assert!(i.extra["p99_vs_unloaded"] > 0.0);
+    // F covers both sizes, with and without a snapshot.
+    assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('F')).count(), 4);
     let table = canopy_node::bench::table(&report);
     assert_eq!(table.lines().count(), report.results.len() + 2);
 }
