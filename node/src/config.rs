@@ -47,7 +47,7 @@ pub struct Config {
     pub bootstrap_admin_password: Option<SecretString>,
     /// Replicas of the stream and buckets: 1 on one server, 3 on a NATS cluster.
     pub replicas: usize,
-    /// How many argon2 hashes may run at once (0: the number of cores).
+    /// How many argon2 hashes may run at once (0: the number of cores less one, at least 1).
     pub hash_concurrency: usize,
     /// Snapshot an aggregate after this many events.
     pub snapshot_every: u64,
@@ -152,7 +152,9 @@ impl Config {
 
     pub fn hash_concurrency(&self) -> usize {
         if self.hash_concurrency == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
+            // Leave one core to everything else, so that a login flood on one
+            // tenant cannot take all the CPU from the others.
+            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
         } else {
             self.hash_concurrency
         }

@@ -188,6 +188,7 @@ async fn serve(
         nats: core.nats.clone(),
         node: node.clone(),
         timeout: Duration::from_millis(config.command_timeout_ms),
+        trees: Arc::default(),
     };
     tasks.spawn(router.run(cancel.clone()));
     let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());

@@ -2,6 +2,7 @@
 //! tree, then answers on the reply subject. Every command takes this path, even on
 //! one node, so the edge never talks to actors directly.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,10 @@ use actors::tenant::Scope;
 use actors::tree::{NodeMsg, TenantMsg};
 use futures::StreamExt;
 use ractor::rpc::CallResult;
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorRef, ActorStatus, RpcReplyPort};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{RwLock, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,8 @@ pub struct Router {
     pub nats: async_nats::Client,
     pub node: ActorRef<NodeMsg>,
     pub timeout: Duration,
+    /// Trees seen recently; a stopped one is replaced on its next command.
+    pub trees: Arc<RwLock<HashMap<Scope, ActorRef<TenantMsg>>>>,
 }
 
 impl Router {
@@ -87,28 +90,53 @@ impl Router {
         let cmd: CommandEnvelope<R> = serde_json::from_slice(payload)
             .map_err(|e| CommandFailure::new("BAD_USER_INPUT", format!("malformed command: {e}")))?;
         // A tree may stop (idle) between lookup and delivery; then ask again once.
+        // Retrying is safe: the command id makes a second delivery a no-op.
         for attempt in 0..2 {
-            let tree = match self.node.call(|port| NodeMsg::Tree(scope.clone(), port), Some(self.timeout)).await {
-                Ok(CallResult::Success(t)) => t?,
-                _ => return Err(CommandFailure::internal()),
-            };
+            let tree = self.tree(&scope).await?;
             match tree.call(|port| wrap(cmd.clone(), port), Some(self.timeout)).await {
                 Ok(CallResult::Success(result)) => return result,
                 Ok(CallResult::Timeout) => {
                     tracing::error!(tenant = %scope, "command timed out in the tenant tree");
                     return Err(CommandFailure::internal());
                 }
-                // The actor died with our reply port: the command may or may not have
-                // been applied, and a retry with the same command id is safe.
+                // Our reply port was dropped. If the tree is passivating, it dropped the
+                // command with it: ask for a fresh tree. If it is running, the actor
+                // handling the command failed; the caller may retry with the same id.
+                Ok(CallResult::SenderError) if attempt == 0 && tree.get_status() != ActorStatus::Running => {
+                    self.forget(&scope, &tree).await;
+                }
                 Ok(CallResult::SenderError) => {
                     tracing::error!(tenant = %scope, "the actor handling a command stopped");
                     return Err(CommandFailure::internal());
                 }
-                Err(_) if attempt == 0 => continue,
+                Err(_) if attempt == 0 => self.forget(&scope, &tree).await,
                 Err(_) => return Err(CommandFailure::internal()),
             }
         }
         Err(CommandFailure::internal())
+    }
+
+    /// The tenant's tree: from the cache, or from the NodeSupervisor (which starts
+    /// it). The cache keeps the NodeSupervisor off the path of every command.
+    async fn tree(&self, scope: &Scope) -> CommandResult<ActorRef<TenantMsg>> {
+        if let Some(t) = self.trees.read().await.get(scope)
+            && t.get_status() == ActorStatus::Running
+        {
+            return Ok(t.clone());
+        }
+        let tree = match self.node.call(|port| NodeMsg::Tree(scope.clone(), port), Some(self.timeout)).await {
+            Ok(CallResult::Success(t)) => t?,
+            _ => return Err(CommandFailure::internal()),
+        };
+        self.trees.write().await.insert(scope.clone(), tree.clone());
+        Ok(tree)
+    }
+
+    async fn forget(&self, scope: &Scope, stale: &ActorRef<TenantMsg>) {
+        let mut trees = self.trees.write().await;
+        if trees.get(scope).is_some_and(|t| t.get_id() == stale.get_id()) {
+            trees.remove(scope);
+        }
     }
 }
 

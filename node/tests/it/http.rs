@@ -76,3 +76,38 @@ async fn no_password_hash_email_or_name_is_in_clear_in_the_log() {
         }
     }
 }
+
+async fn live_trees(node: &TestNode) -> u64 {
+    let text = node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("canopy_tenant_trees ")).unwrap_or_else(|| panic!("{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn commands_after_a_tree_passivated_start_it_again() {
+    let nats = NatsServer::start();
+    let data = tempfile::TempDir::new().unwrap();
+    let mut config = test_config(&nats, data.path());
+    config.idle_timeout_secs = 1;
+    let node = TestNode::start_with(config, data).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let update = |first: &'static str| {
+        format!("mutation {{ updateProfile(input: {{firstname: \"{first}\", lastname: \"X\"}}) {{ firstname }} }}")
+    };
+    let r = node.gql(Some("acme"), Some(&owner), &update("One"), json!({})).await;
+    assert_eq!(r["data"]["updateProfile"]["firstname"], "One", "{r}");
+    assert!(live_trees(&node).await >= 1);
+    let mut idle = false;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if live_trees(&node).await == 0 {
+            idle = true;
+            break;
+        }
+    }
+    assert!(idle, "idle trees must passivate");
+    // The router still holds the stopped tree; the command must reach a new one.
+    let r = node.gql(Some("acme"), Some(&owner), &update("Two"), json!({})).await;
+    assert_eq!(r["data"]["updateProfile"]["firstname"], "Two", "{r}");
+    assert!(live_trees(&node).await >= 1);
+}
