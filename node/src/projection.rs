@@ -245,30 +245,12 @@ impl Projector {
             entry.0.extend(statements);
             entry.1 = ev.seq;
         }
-        // Databases are independent, so their transactions run at once: a batch that
-        // touches 64 tenants costs about one transaction, not 64 in a row. Each
-        // database's checkpoint still moves only with its own writes.
-        let rm = &self.rm;
-        let applied = futures::future::join_all(order.into_iter().map(|db| {
+        for db in order {
             let (statements, seq) = groups.remove(&db).expect("every ordered db has a group");
-            async move { rm.apply(&db, statements, seq).await.map(|()| (db, seq)) }
-        }))
-        .await;
-        let mut first_error = None;
-        for r in applied {
-            match r {
-                Ok((db, seq)) => {
-                    self.checkpoints.insert(db, seq);
-                }
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
+            self.rm.apply(&db, statements, seq).await?;
+            self.checkpoints.insert(db, seq);
         }
-        match first_error {
-            // The projector restarts from the lowest checkpoint; databases that
-            // committed skip what they already have.
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     async fn open(&self, sealed: &Sealed) -> anyhow::Result<String> {
