@@ -189,18 +189,35 @@ async fn after_kill_9_no_answered_registration_is_lost() {
 
     // Registrations keep arriving while the node and its nats-server are killed.
     let url = c.url("/graphql");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..24 {
-        let url = url.clone();
+        let (url, done) = (url.clone(), done.clone());
         tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(40 * i)).await;
             let body = json!({ "query": REGISTER, "variables": { "input": { "email": format!("k{i}@acme.test"), "password": "kill-nine-pass", "firstname": "K", "lastname": "N" } } });
-            let r = reqwest::Client::new().post(&url).header("x-tenant-id", "acme").header("content-type", "application/json").body(body.to_string()).send().await.ok()?;
+            let r = reqwest::Client::new()
+                .post(&url)
+                .header("x-tenant-id", "acme")
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .ok()?;
             let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
-            v["data"]["register"]["token"].as_str().map(|_| format!("k{i}@acme.test"))
+            let answered = v["data"]["register"]["token"].as_str().map(|_| format!("k{i}@acme.test"));
+            if answered.is_some() {
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            answered
         });
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill once a few registrations were answered and others are still in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "no registration was answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A power cut for the server: SIGKILL, so only what was fsynced survives.
     let pid = std::fs::read_to_string(data.path().join("nats/nats-server.pid")).unwrap();
     assert!(Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap().success());
