@@ -26,6 +26,8 @@ pub struct Options {
     pub quick: bool,
     /// Where to write the JSON report.
     pub out: Option<PathBuf>,
+    /// Run only these scenarios (letters, e.g. `AC`); all when unset.
+    pub only: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -283,7 +285,12 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     let nc = async_nats::connect(&nats.url).await?;
 
     let mut results = Vec::new();
-    let fixture = Fixture { quick: opts.quick, master, metrics: format!("http://{addr}/metrics") };
+    let fixture = Fixture {
+        quick: opts.quick,
+        master,
+        metrics: format!("http://{addr}/metrics"),
+        only: opts.only.as_ref().map(|o| o.to_uppercase()),
+    };
     let result = scenarios(&http, &nc, &fixture, duration, tenants, busy_accounts, &levels, &mut results).await;
     let _ = stop_tx.send(());
     let _ = node.await;
@@ -304,6 +311,13 @@ struct Fixture {
     quick: bool,
     master: actors::seal::MasterKey,
     metrics: String,
+    only: Option<String>,
+}
+
+impl Fixture {
+    fn wants(&self, scenario: char) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(scenario))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -324,7 +338,7 @@ async fn scenarios(
     cfg.subjects = vec!["bench.>".into()];
     js.create_stream(cfg).await?;
     let payload = bytes::Bytes::from(event_payload());
-    for &c in levels {
+    for &c in levels.iter().filter(|_| fixture.wants('A')) {
         let (js, payload) = (js.clone(), payload.clone());
         results.push(
             measure("A raw JetStream publish+ack", c, duration, move |w, i| {
@@ -411,7 +425,7 @@ async fn scenarios(
             Err(f) => bail!("command failed: {f}"),
         }
     };
-    for &c in levels {
+    for &c in levels.iter().filter(|_| fixture.wants('B')) {
         let (nc, owners) = (nc.clone(), owners.clone());
         results.push(
             measure("B commands to actors (NATS)", c, duration, move |w, i| {
@@ -423,7 +437,7 @@ async fn scenarios(
     }
 
     // C: the same command as a GraphQL mutation, answered after read-your-writes.
-    for &c in levels {
+    for &c in levels.iter().filter(|_| fixture.wants('C')) {
         let owners = owners.clone();
         let client = http.client.clone();
         let url = http.url.clone();
@@ -447,29 +461,31 @@ async fn scenarios(
     }
 
     // H: projection lag while C ran (the node's lag window covers the last 5 s).
-    let metrics = http.client.get(&fixture.metrics).send().await?.text().await?;
-    let gauge = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    let mut h = from_samples("H projection lag during C", Vec::new(), 1.0);
-    h.concurrency = *levels.last().expect("levels");
-    h.ops = gauge("canopy_projection_lag_seconds_count") as u64;
-    h.ops_per_sec = 0.0;
-    h.p50_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.5\"}") * 1e6) as u64;
-    h.p99_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.99\"}") * 1e6) as u64;
-    results.push(h);
+    if fixture.wants('H') {
+        let metrics = http.client.get(&fixture.metrics).send().await?.text().await?;
+        let gauge = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let mut h = from_samples("H projection lag during C", Vec::new(), 1.0);
+        h.concurrency = *levels.last().expect("levels");
+        h.ops = gauge("canopy_projection_lag_seconds_count") as u64;
+        h.ops_per_sec = 0.0;
+        h.p50_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.5\"}") * 1e6) as u64;
+        h.p99_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.99\"}") * 1e6) as u64;
+        results.push(h);
+    }
 
     // D: queries, `me` and a page of `users`.
     for (name, query) in [
         ("D query me", "{ me { id email } }"),
         ("D query users page", "{ users(first: 20) { edges { node { email } } } }"),
     ] {
-        for &c in levels {
+        for &c in levels.iter().filter(|_| fixture.wants('D')) {
             let owners = owners.clone();
             let client = http.client.clone();
             let url = http.url.clone();
@@ -490,55 +506,63 @@ async fn scenarios(
     // E: one busy tenant, each worker on its own account.
     let c = *levels.last().expect("levels");
     let nc2 = nc.clone();
-    results.push(
-        measure("E one busy tenant (NATS)", c, duration, move |w, i| {
-            let who = busy[pick(busy.len(), c, w, i)].clone();
-            command(nc2.clone(), who, i)
-        })
-        .await?,
-    );
+    if fixture.wants('E') {
+        results.push(
+            measure("E one busy tenant (NATS)", c, duration, move |w, i| {
+                let who = busy[pick(busy.len(), c, w, i)].clone();
+                command(nc2.clone(), who, i)
+            })
+            .await?,
+        );
+    }
 
     // I: the quiet tenant's `me` while another tenant takes a flood of logins.
-    let unloaded = results.iter().find(|s| s.scenario == "D query me" && s.concurrency == 1).map(|s| s.p99_us);
-    let quiet = owners[0].clone();
-    let noisy = owners[owners.len() - 1].clone();
-    let flood_until = Instant::now() + duration;
-    let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let h = Http { client: http.client.clone(), url: http.url.clone() };
-        let noisy = noisy.clone();
-        flood.spawn(async move {
-            while Instant::now() < flood_until {
-                let email = format!("owner@{}.test", noisy.tenant);
-                let _ = h
-                    .gql(
-                        Some(&noisy.tenant),
-                        None,
-                        LOGIN,
-                        json!({ "i": { "email": email, "password": "owner-password" } }),
-                    )
-                    .await;
-            }
-        });
-    }
-    let (client, url) = (http.client.clone(), http.url.clone());
-    let mut i_stats = measure("I query me, neighbour floods logins", 1, duration, move |_, _| {
-        let h = Http { client: client.clone(), url: url.clone() };
-        let quiet = quiet.clone();
-        async move {
-            h.gql(Some(&quiet.tenant), Some(&quiet.token), "{ me { id email } }", json!({})).await?;
-            Ok(())
+    if fixture.wants('I') {
+        let unloaded = results.iter().find(|s| s.scenario == "D query me" && s.concurrency == 1).map(|s| s.p99_us);
+        let quiet = owners[0].clone();
+        let noisy = owners[owners.len() - 1].clone();
+        let flood_until = Instant::now() + duration;
+        let mut flood = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let h = Http { client: http.client.clone(), url: http.url.clone() };
+            let noisy = noisy.clone();
+            flood.spawn(async move {
+                while Instant::now() < flood_until {
+                    let email = format!("owner@{}.test", noisy.tenant);
+                    let _ = h
+                        .gql(
+                            Some(&noisy.tenant),
+                            None,
+                            LOGIN,
+                            json!({ "i": { "email": email, "password": "owner-password" } }),
+                        )
+                        .await;
+                }
+            });
         }
-    })
-    .await?;
-    while flood.join_next().await.is_some() {}
-    if let Some(u) = unloaded {
-        i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / u.max(1) as f64);
+        let (client, url) = (http.client.clone(), http.url.clone());
+        let mut i_stats = measure("I query me, neighbour floods logins", 1, duration, move |_, _| {
+            let h = Http { client: client.clone(), url: url.clone() };
+            let quiet = quiet.clone();
+            async move {
+                h.gql(Some(&quiet.tenant), Some(&quiet.token), "{ me { id email } }", json!({})).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        while flood.join_next().await.is_some() {}
+        if let Some(u) = unloaded {
+            i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / u.max(1) as f64);
+        }
+        results.push(i_stats);
     }
-    results.push(i_stats);
 
-    activation(nc, fixture, owners[0].clone(), results).await?;
-    memory(nc, fixture, results).await?;
+    if fixture.wants('F') {
+        activation(nc, fixture, owners[0].clone(), results).await?;
+    }
+    if fixture.wants('G') {
+        memory(nc, fixture, results).await?;
+    }
     Ok(())
 }
 

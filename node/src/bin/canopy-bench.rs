@@ -14,6 +14,9 @@ struct Cli {
     /// Write the JSON report here.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
+    /// Run only these scenarios, by letter (for example `AC` while profiling C).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[tokio::main]
@@ -23,8 +26,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let report =
-        canopy_node::bench::run(canopy_node::bench::Options { quick: cli.quick, out: Some(cli.out.clone()) }).await?;
+    let report = canopy_node::bench::run(canopy_node::bench::Options {
+        quick: cli.quick,
+        out: Some(cli.out.clone()),
+        only: cli.only,
+    })
+    .await?;
     print!("{}", canopy_node::bench::table(&report));
     eprintln!("report written to {}", cli.out.display());
     Ok(())

@@ -3,7 +3,8 @@
 
 #[tokio::test]
 async fn the_quick_benchmark_runs_every_scenario() {
-    let report = canopy_node::bench::run(canopy_node::bench::Options { quick: true, out: None }).await.unwrap();
+    let report =
+        canopy_node::bench::run(canopy_node::bench::Options { quick: true, out: None, only: None }).await.unwrap();
     let names: std::collections::BTreeSet<&str> =
         report.results.iter().map(|s| s.scenario.split(' ').next().unwrap()).collect();
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "B", "C", "D", "E", "F", "G", "H", "I"]);
