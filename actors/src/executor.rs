@@ -42,26 +42,29 @@ pub async fn load<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> 
         return Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"));
     }
     let (version, state) = store.load_snapshot::<A::State>(&snapshot_key::<A>(scope, id)).await?.unwrap_or_default();
-    let events = store.load(&aggregate_filter(scope, A::NAME, id), version).await?;
-    let mut loaded = Loaded::<A> { state, version, since_snapshot: events.len() as u64 };
-    for stored in events {
-        let event = event_of::<A>(&stored.envelope)?;
-        loaded.state = A::evolve(loaded.state, &event);
-        loaded.version = stored.seq;
-    }
-    Ok(loaded)
+    fold(store, scope, id, Loaded { state, version, since_snapshot: 0 }).await
 }
 
 /// Loads an aggregate from its first event, ignoring any snapshot: what a load
 /// costs without one, and a check that snapshot plus tail gives the same state.
 pub async fn replay_all<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> Result<Loaded<A>, StoreError> {
-    let events = store.load(&aggregate_filter(scope, A::NAME, id), 0).await?;
-    let mut loaded = Loaded::<A> { since_snapshot: events.len() as u64, ..Loaded::default() };
+    fold(store, scope, id, Loaded::default()).await
+}
+
+/// Applies the aggregate's events after `from.version` to `from`.
+async fn fold<A: Aggregate>(
+    store: &EventStore,
+    scope: &Scope,
+    id: &str,
+    mut from: Loaded<A>,
+) -> Result<Loaded<A>, StoreError> {
+    let events = store.load(&aggregate_filter(scope, A::NAME, id), from.version).await?;
+    from.since_snapshot += events.len() as u64;
     for stored in events {
-        loaded.state = A::evolve(loaded.state, &event_of::<A>(&stored.envelope)?);
-        loaded.version = stored.seq;
+        from.state = A::evolve(from.state, &event_of::<A>(&stored.envelope)?);
+        from.version = stored.seq;
     }
-    Ok(loaded)
+    Ok(from)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -65,8 +65,8 @@ const PRIMARY: &str = "signing.primary";
 
 impl Tokens {
     /// Loads the signing key from the key ring, creating it on first start.
+    /// Expects `install_crypto` to have run (`Core::open` does it first).
     pub async fn load(keys: &KeyRing, issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
-        install_crypto();
         let seed =
             keys.secret_or_create(PRIMARY, || SigningKey::generate(&mut rand::rngs::OsRng).to_bytes().to_vec()).await?;
         let seed: [u8; 32] =

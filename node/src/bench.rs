@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,48 +52,6 @@ pub struct Report {
     pub results: Vec<Stats>,
 }
 
-/// A nats-server child with its own port and store, removed on drop.
-struct NatsChild {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl NatsChild {
-    fn start(root: &std::path::Path) -> anyhow::Result<Self> {
-        let dir = root.join("nats");
-        std::fs::create_dir_all(&dir)?;
-        let conf = dir.join("nats.conf");
-        std::fs::write(&conf, crate::nats::NATS_CONF)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.join("store"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("while starting nats-server (is it on PATH?)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, url: format!("nats://127.0.0.1:{port}"), dir })
-    }
-}
-
-impl Drop for NatsChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`.
 async fn measure<F, Fut>(scenario: &str, concurrency: usize, duration: Duration, op: F) -> anyhow::Result<Stats>
 where
@@ -123,21 +80,9 @@ where
     while let Some(r) = workers.join_next().await {
         all.extend(r??);
     }
-    let secs = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct =
-        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
-    Ok(Stats {
-        scenario: scenario.to_owned(),
-        concurrency,
-        ops: all.len() as u64,
-        ops_per_sec: all.len() as f64 / secs,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        throughput_vs_baseline: None,
-        p99_vs_baseline: None,
-        extra: Default::default(),
-    })
+    let mut stats = from_samples(scenario, all, start.elapsed().as_secs_f64());
+    stats.concurrency = concurrency;
+    Ok(stats)
 }
 
 /// Stats from latency samples gathered outside `measure`.
@@ -179,6 +124,7 @@ fn event_payload() -> Vec<u8> {
     .expect("json")
 }
 
+#[derive(Clone)]
 struct Http {
     client: reqwest::Client,
     url: String,
@@ -243,10 +189,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report> {
-    let nats = NatsChild::start(root)?;
+    let nats = crate::nats::LocalNats::start()?;
     let (duration, tenants, busy_accounts) =
         if opts.quick { (Duration::from_millis(300), 2, 4) } else { (Duration::from_secs(8), 100, 64) };
-    let levels = [1usize, 64];
     // The bench shares the node's master key, so its own actors (F, G) can open the
     // keys the node created.
     let master = actors::seal::MasterKey::generate();
@@ -287,11 +232,15 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     let mut results = Vec::new();
     let fixture = Fixture {
         quick: opts.quick,
+        duration,
+        tenants,
+        busy_accounts,
+        levels: [1, 64],
         master,
         metrics: format!("http://{addr}/metrics"),
         only: opts.only.as_ref().map(|o| o.to_uppercase()),
     };
-    let result = scenarios(&http, &nc, &fixture, duration, tenants, busy_accounts, &levels, &mut results).await;
+    let result = scenarios(&http, &nc, &fixture, &mut results).await;
     let _ = stop_tx.send(());
     let _ = node.await;
     result?;
@@ -307,8 +256,14 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     Ok(Report { machine: machine(), quick: opts.quick, results })
 }
 
+/// What one run measures and with what: sizes, the shared master key, the node's
+/// metrics URL and the scenario filter.
 struct Fixture {
     quick: bool,
+    duration: Duration,
+    tenants: usize,
+    busy_accounts: usize,
+    levels: [usize; 2],
     master: actors::seal::MasterKey,
     metrics: String,
     only: Option<String>,
@@ -320,17 +275,13 @@ impl Fixture {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn scenarios(
     http: &Http,
     nc: &async_nats::Client,
     fixture: &Fixture,
-    duration: Duration,
-    tenants: usize,
-    busy_accounts: usize,
-    levels: &[usize],
     results: &mut Vec<Stats>,
 ) -> anyhow::Result<()> {
+    let Fixture { duration, tenants, busy_accounts, levels, .. } = *fixture;
     // A: raw JetStream publish with ack, on a stream configured like EVENTS.
     let js = async_nats::jetstream::new(nc.clone());
     let mut cfg = stream_config(1);
@@ -409,28 +360,12 @@ async fn scenarios(
     let busy = Arc::new(busy);
 
     // B and E: a profile update sent as a NATS request straight to the tenant trees.
-    let command = |nc: async_nats::Client, who: Actor, n: u64| async move {
-        let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
-        let body = serde_json::to_vec(&CommandEnvelope {
-            command_id: uuid::Uuid::now_v7().simple().to_string(),
-            request: AccountRequest::UpdateProfile {
-                account_id: who.account_id,
-                firstname: PersonName::parse(&format!("N{n}"))?,
-                lastname: PersonName::parse("Bench")?,
-            },
-        })?;
-        let reply = nc.request(command_subject(&scope, "account"), body.into()).await?;
-        match serde_json::from_slice::<CommandResult<AccountReply>>(&reply.payload)? {
-            Ok(_) => Ok(()),
-            Err(f) => bail!("command failed: {f}"),
-        }
-    };
     for &c in levels.iter().filter(|_| fixture.wants('B')) {
         let (nc, owners) = (nc.clone(), owners.clone());
         results.push(
             measure("B commands to actors (NATS)", c, duration, move |w, i| {
                 let who = owners[pick(owners.len(), c, w, i)].clone();
-                command(nc.clone(), who, i)
+                update_profile(nc.clone(), who, i)
             })
             .await?,
         );
@@ -438,13 +373,11 @@ async fn scenarios(
 
     // C: the same command as a GraphQL mutation, answered after read-your-writes.
     for &c in levels.iter().filter(|_| fixture.wants('C')) {
-        let owners = owners.clone();
-        let client = http.client.clone();
-        let url = http.url.clone();
+        let (owners, http) = (owners.clone(), http.clone());
         results.push(
             measure("C mutations through GraphQL", c, duration, move |w, i| {
                 let who = owners[pick(owners.len(), c, w, i)].clone();
-                let h = Http { client: client.clone(), url: url.clone() };
+                let h = http.clone();
                 async move {
                     h.gql(
                         Some(&who.tenant),
@@ -486,13 +419,11 @@ async fn scenarios(
         ("D query users page", "{ users(first: 20) { edges { node { email } } } }"),
     ] {
         for &c in levels.iter().filter(|_| fixture.wants('D')) {
-            let owners = owners.clone();
-            let client = http.client.clone();
-            let url = http.url.clone();
+            let (owners, http) = (owners.clone(), http.clone());
             results.push(
                 measure(name, c, duration, move |w, i| {
                     let who = owners[pick(owners.len(), c, w, i)].clone();
-                    let h = Http { client: client.clone(), url: url.clone() };
+                    let h = http.clone();
                     async move {
                         h.gql(Some(&who.tenant), Some(&who.token), query, json!({})).await?;
                         Ok(())
@@ -510,7 +441,7 @@ async fn scenarios(
         results.push(
             measure("E one busy tenant (NATS)", c, duration, move |w, i| {
                 let who = busy[pick(busy.len(), c, w, i)].clone();
-                command(nc2.clone(), who, i)
+                update_profile(nc2.clone(), who, i)
             })
             .await?,
         );
@@ -524,8 +455,7 @@ async fn scenarios(
         let flood_until = Instant::now() + duration;
         let mut flood = tokio::task::JoinSet::new();
         for _ in 0..64 {
-            let h = Http { client: http.client.clone(), url: http.url.clone() };
-            let noisy = noisy.clone();
+            let (h, noisy) = (http.clone(), noisy.clone());
             flood.spawn(async move {
                 while Instant::now() < flood_until {
                     let email = format!("owner@{}.test", noisy.tenant);
@@ -540,10 +470,9 @@ async fn scenarios(
                 }
             });
         }
-        let (client, url) = (http.client.clone(), http.url.clone());
+        let h = http.clone();
         let mut i_stats = measure("I query me, neighbour floods logins", 1, duration, move |_, _| {
-            let h = Http { client: client.clone(), url: url.clone() };
-            let quiet = quiet.clone();
+            let (h, quiet) = (h.clone(), quiet.clone());
             async move {
                 h.gql(Some(&quiet.tenant), Some(&quiet.token), "{ me { id email } }", json!({})).await?;
                 Ok(())
@@ -603,21 +532,7 @@ async fn activation(
             actors::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?.since_snapshot;
         let mut pending = tokio::task::JoinSet::new();
         for k in have..n {
-            let nc = nc.clone();
-            let who = owner.clone();
-            pending.spawn(async move {
-                let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
-                let body = serde_json::to_vec(&CommandEnvelope {
-                    command_id: uuid::Uuid::now_v7().simple().to_string(),
-                    request: AccountRequest::UpdateProfile {
-                        account_id: who.account_id,
-                        firstname: PersonName::parse(&format!("F{k}"))?,
-                        lastname: PersonName::parse("Bench")?,
-                    },
-                })?;
-                nc.request(command_subject(&scope, "account"), body.into()).await?;
-                anyhow::Ok(())
-            });
+            pending.spawn(update_profile(nc.clone(), owner.clone(), k));
             if pending.len() >= 32 {
                 pending.join_next().await.transpose()?.transpose()?;
             }
@@ -697,6 +612,25 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
         .insert("kib_per_tree_after_passivation".into(), after.saturating_sub(before) as f64 / 1024.0 / trees as f64);
     results.push(st);
     Ok(())
+}
+
+/// A profile update for `who`, sent as a NATS request to the tenant's tree: the
+/// cheap account command of B, E and F.
+async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::Result<()> {
+    let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
+    let body = serde_json::to_vec(&CommandEnvelope {
+        command_id: uuid::Uuid::now_v7().simple().to_string(),
+        request: AccountRequest::UpdateProfile {
+            account_id: who.account_id,
+            firstname: PersonName::parse(&format!("N{n}"))?,
+            lastname: PersonName::parse("Bench")?,
+        },
+    })?;
+    let reply = nc.request(command_subject(&scope, "account"), body.into()).await?;
+    match serde_json::from_slice::<CommandResult<AccountReply>>(&reply.payload)? {
+        Ok(_) => Ok(()),
+        Err(f) => bail!("command failed: {f}"),
+    }
 }
 
 /// Gives each of `c` workers its own share of `len` fixtures (worker w takes w,

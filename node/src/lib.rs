@@ -184,12 +184,7 @@ async fn serve(
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let router = Router {
-        nats: core.nats.clone(),
-        node: node.clone(),
-        timeout: Duration::from_millis(config.command_timeout_ms),
-        trees: Arc::default(),
-    };
+    let router = Router::new(core.nats.clone(), node.clone(), Duration::from_millis(config.command_timeout_ms));
     tasks.spawn(router.run(cancel.clone()));
     let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());
     let projector_cancel = cancel.clone();

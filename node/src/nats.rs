@@ -156,6 +156,50 @@ pub async fn connect(url: &str, wait: Duration) -> anyhow::Result<async_nats::Cl
     Ok(client)
 }
 
+/// A throwaway nats-server for tests and the benchmark: `nats.conf`, a free port
+/// on 127.0.0.1, its own store in a temporary directory. Killed and removed on drop.
+pub struct LocalNats {
+    child: std::process::Child,
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl LocalNats {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("canopy-nats-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, NATS_CONF)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))?;
+        let me = Self { child, url: format!("nats://127.0.0.1:{port}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not start on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

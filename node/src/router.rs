@@ -23,14 +23,18 @@ const IN_FLIGHT: usize = 4096;
 
 #[derive(Clone)]
 pub struct Router {
-    pub nats: async_nats::Client,
-    pub node: ActorRef<NodeMsg>,
-    pub timeout: Duration,
+    nats: async_nats::Client,
+    node: ActorRef<NodeMsg>,
+    timeout: Duration,
     /// Trees seen recently; a stopped one is replaced on its next command.
-    pub trees: Arc<RwLock<HashMap<Scope, ActorRef<TenantMsg>>>>,
+    trees: Arc<RwLock<HashMap<Scope, ActorRef<TenantMsg>>>>,
 }
 
 impl Router {
+    pub fn new(nats: async_nats::Client, node: ActorRef<NodeMsg>, timeout: Duration) -> Self {
+        Self { nats, node, timeout, trees: Arc::default() }
+    }
+
     /// Runs until cancelled, then waits for the commands already taken to finish.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut sub = self.nats.queue_subscribe(COMMAND_WILDCARD, "canopy-router".into()).await?;

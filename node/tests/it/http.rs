@@ -56,7 +56,7 @@ async fn no_password_hash_email_or_name_is_in_clear_in_the_log() {
         )
         .await;
     token_of(&r, "register");
-    let events = all_events(&nats.url).await;
+    let events = all_events(nats.url()).await;
     assert!(events.len() >= 6);
     for (subject, payload) in events {
         let text = String::from_utf8(payload).unwrap().to_lowercase();
@@ -86,10 +86,7 @@ async fn live_trees(node: &TestNode) -> u64 {
 #[tokio::test]
 async fn commands_after_a_tree_passivated_start_it_again() {
     let nats = NatsServer::start();
-    let data = tempfile::TempDir::new().unwrap();
-    let mut config = test_config(&nats, data.path());
-    config.idle_timeout_secs = 1;
-    let node = TestNode::start_with(config, data).await;
+    let node = TestNode::start_configured(&nats, |c| c.idle_timeout_secs = 1).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
     let update = |first: &'static str| {
         format!("mutation {{ updateProfile(input: {{firstname: \"{first}\", lastname: \"X\"}}) {{ firstname }} }}")

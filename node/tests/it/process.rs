@@ -65,17 +65,7 @@ impl Canopy {
         query: &str,
         vars: serde_json::Value,
     ) -> serde_json::Value {
-        let mut req = reqwest::Client::new()
-            .post(self.url("/graphql"))
-            .header("content-type", "application/json")
-            .body(json!({ "query": query, "variables": vars }).to_string());
-        if let Some(t) = tenant {
-            req = req.header("x-tenant-id", t);
-        }
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        serde_json::from_str(&req.send().await.unwrap().text().await.unwrap()).unwrap()
+        graphql(&reqwest::Client::new(), &self.url("/graphql"), tenant, token, query, vars).await
     }
 
     fn signal(&self, sig: &str) {
