@@ -2,6 +2,7 @@
 //! so a login flood on one tenant cannot starve the runtime for every other one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -25,6 +26,8 @@ pub fn owasp_params() -> Params {
 #[derive(Clone, Debug)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    /// Hashes running on the blocking pool right now.
+    running: Arc<AtomicUsize>,
     params: Params,
     /// Verified against when an email is unknown, so that the answer takes as long
     /// as a wrong password would.
@@ -39,19 +42,46 @@ impl Hasher {
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let dummy =
             argon.hash_password(b"canopy-dummy-password", &salt).expect("hashing a constant cannot fail").to_string();
-        Self { permits: Arc::new(Semaphore::new(concurrency.max(1))), params, dummy: Arc::new(dummy) }
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            running: Arc::default(),
+            params,
+            dummy: Arc::new(dummy),
+        }
     }
 
     fn argon(params: Params) -> Argon2<'static> {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
+    /// How many hashes or verifications are running on the blocking pool now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free: argon2 never runs on
+    /// the async runtime, and never more than `concurrency` at once.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
+        let running = self.running.clone();
+        tokio::task::spawn_blocking(move || {
+            running.fetch_add(1, Ordering::SeqCst);
+            let out = work();
+            running.fetch_sub(1, Ordering::SeqCst);
+            out
+        })
+        .await
+        .map_err(|_| HashError::Failed)?
+    }
+
     /// Hashes a password into a PHC string (algorithm, parameters, salt and hash).
     pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
         let pw = password.expose().to_owned();
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Self::argon(params)
                 .hash_password(pw.as_bytes(), &salt)
@@ -59,17 +89,15 @@ impl Hasher {
                 .map_err(|_| HashError::Failed)
         })
         .await
-        .map_err(|_| HashError::Failed)?
     }
 
     /// Checks a password against a PHC string. `None` verifies against a dummy hash
     /// and returns false, taking the same time as a real check.
     pub async fn verify(&self, password: &Password, phc: Option<String>) -> Result<bool, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|_| HashError::Closed)?;
         let pw = password.expose().to_owned();
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.as_str().to_owned());
-        tokio::task::spawn_blocking(move || {
+        self.off_runtime(move || {
             let parsed = PasswordHash::new(&phc).map_err(|_| HashError::Failed)?;
             // The parameters come from the PHC string, so old hashes still verify
             // after the parameters are raised.
@@ -77,7 +105,6 @@ impl Hasher {
             Ok(ok && known)
         })
         .await
-        .map_err(|_| HashError::Failed)?
     }
 }
 
@@ -94,6 +121,29 @@ mod tests {
         assert!(h.verify(&pw, Some(phc.clone())).await.unwrap());
         assert!(!h.verify(&Password::parse("wrong horse").unwrap(), Some(phc)).await.unwrap());
         assert!(!h.verify(&pw, None).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_hashes_run_at_once_than_the_bound() {
+        for bound in [1usize, 2] {
+            let h = Hasher::new(bound, owasp_params());
+            let pw = Password::parse("correct horse").unwrap();
+            let mut hashes = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let (h, pw) = (h.clone(), pw.clone());
+                hashes.spawn(async move { h.hash(&pw).await.map(|_| ()) });
+            }
+            let mut peak = 0;
+            while !hashes.is_empty() {
+                peak = peak.max(h.running());
+                if let Some(done) = hashes.try_join_next() {
+                    done.unwrap().unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(peak >= 1, "the sampler never saw a hash running");
+            assert!(peak <= bound, "{peak} hashes ran at once with a bound of {bound}");
+        }
     }
 
     #[test]
