@@ -232,6 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_sets_options_and_flags_beat_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("canopy.toml");
+        std::fs::write(&file, "http = \"127.0.0.1:7001\"\nidle_timeout_secs = 42\n").unwrap();
+        let cfg = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!((cfg.http.port(), cfg.idle_timeout_secs), (7001, 42));
+        let flags = Overrides { http: Some("127.0.0.1:7002".parse().unwrap()), ..Default::default() };
+        let cfg = Config::load(Some(&file), &flags).unwrap();
+        assert_eq!((cfg.http.port(), cfg.idle_timeout_secs), (7002, 42));
+        std::fs::write(&file, "no_such_option = 1\n").unwrap();
+        assert!(Config::load(Some(&file), &Overrides::default()).is_err(), "unknown keys are refused");
+        assert!(Config::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).is_err());
+    }
+
+    #[test]
     fn flags_override_the_defaults() {
         let flags = Overrides { http: Some("127.0.0.1:9999".parse().unwrap()), ..Default::default() };
         let cfg = Config::load(None, &flags).unwrap();
