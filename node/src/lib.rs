@@ -147,6 +147,24 @@ impl Core {
     }
 }
 
+/// Turns off backtrace capture in library errors unless `RUST_LIB_BACKTRACE` asks
+/// for it. SurrealDB builds `anyhow` errors on paths it takes for every upsert,
+/// and with `RUST_BACKTRACE=1` in the environment each one walked the stack: up
+/// to a third of the projector's cost per event (BENCHMARKS.md). Panics keep
+/// their backtraces, which `RUST_BACKTRACE` alone governs.
+///
+/// Call it first thing in `main`, before any thread starts: it sets a variable of
+/// this process's environment. The one `unsafe` of the workspace: the standard
+/// library offers no other way to set a variable the dependencies will read.
+#[allow(unsafe_code)]
+pub fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called at the start of `main`, while the process has one thread,
+        // so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// Runs a node until `shutdown` resolves: serves HTTP on `listener`, routes
 /// commands, projects events. Tests call it with a port-0 listener.
 pub async fn run(
@@ -188,8 +206,24 @@ async fn serve(
     tasks.spawn(router.run(cancel.clone()));
     let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());
     let projector_cancel = cancel.clone();
+    // The projector gets a thread and a runtime of its own: embedded SurrealDB runs
+    // a query's whole plan inside the caller's poll, and a batch's transaction held
+    // a shared worker for milliseconds, stalling the NATS connection and the
+    // commands queued behind it. The OS now shares the cores between them instead.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new().name("canopy-projector".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => {
+                rt.block_on(projector.run(projector_cancel));
+                drop(rt);
+            }
+            Err(e) => tracing::error!(error = %e, "could not start the projector's runtime"),
+        }
+        let _ = done_tx.send(());
+    })?;
+    // `run` waits for the projector like for its other tasks (a panic drops the sender).
     tasks.spawn(async move {
-        projector.run(projector_cancel).await;
+        let _ = done_rx.await;
         Ok(())
     });
     // Make sure the router's subscription is registered before anyone sends to it.

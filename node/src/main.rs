@@ -61,9 +61,12 @@ async fn terminated() {
     tracing::info!("shutting down");
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> anyhow::Result<()> {
+    canopy_node::quiet_library_backtraces();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(Cli::parse()))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &cli.overrides)?;
     init_logging(&config.log_format);
     tracing::info!(config = %config.redacted(), "effective configuration");

@@ -70,6 +70,13 @@ fn prefix_vars(sql: &str, prefix: &str) -> String {
     out
 }
 
+/// The statements of one database in a projector batch.
+#[derive(Debug, Clone)]
+pub struct DbChanges {
+    pub db: String,
+    pub statements: Vec<Statement>,
+}
+
 /// One statement of a projection transaction, with its own variables.
 #[derive(Debug, Clone)]
 pub struct Statement {
@@ -86,6 +93,48 @@ mod tests {
         assert_eq!(prefix_vars("SET a = $id, b = $idx, c = '$'", "s1_"), "SET a = $s1_id, b = $s1_idx, c = '$'");
     }
 
+    async fn memory_model() -> ReadModel {
+        let config = Config { surreal_url: Some("mem://".into()), ..Config::default() };
+        ReadModel::connect(&config).await.unwrap()
+    }
+
+    fn user(id: &str, seq: u64) -> Statement {
+        let vars = serde_json::json!({ "id": id, "seq": seq });
+        Statement {
+            sql: format!(
+                "UPSERT user:⟨{id}⟩ CONTENT {{ account_id: $id, email: 'e', firstname: 'f', lastname: 'l', owner: false, seq: $seq, created_at: 't' }} RETURN NONE"
+            ),
+            vars: vars.as_object().unwrap().clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_batch_moves_every_database_and_the_checkpoint_together() {
+        let rm = memory_model().await;
+        let (a, b) =
+            (Scope::Tenant(TenantId::parse("alpha").unwrap()), Scope::Tenant(TenantId::parse("beta").unwrap()));
+        let ok = vec![
+            DbChanges { db: db_name(&a), statements: vec![user("a1", 5)] },
+            DbChanges { db: db_name(&b), statements: vec![user("b1", 6)] },
+        ];
+        rm.apply(ok, 7).await.unwrap();
+        assert_eq!(rm.checkpoint().await.unwrap(), 7);
+        assert!(rm.user(&a, "a1").await.unwrap().is_some() && rm.user(&b, "b1").await.unwrap().is_some());
+
+        // The second database's statement breaks its schema (`seq` is an int): the
+        // first database's change and the checkpoint must not move either.
+        let mut broken = user("b2", 9);
+        broken.vars.insert("seq".into(), "not a number".into());
+        let bad = vec![
+            DbChanges { db: db_name(&a), statements: vec![user("a2", 8)] },
+            DbChanges { db: db_name(&b), statements: vec![broken] },
+        ];
+        assert!(rm.apply(bad, 9).await.is_err());
+        assert_eq!(rm.checkpoint().await.unwrap(), 7);
+        assert!(rm.user(&a, "a2").await.unwrap().is_none(), "a failed batch left a change behind");
+        assert!(rm.user(&b, "b2").await.unwrap().is_none());
+    }
+
     #[test]
     fn tenant_databases_are_plain_identifiers() {
         let t = Scope::Tenant(TenantId::parse("acme-corp").unwrap());
@@ -100,6 +149,9 @@ pub struct ReadModel {
     /// One session per database: a session remembers its namespace and database,
     /// so concurrent queries for different tenants never cross.
     sessions: Arc<RwLock<HashMap<String, Surreal<Any>>>>,
+    /// The projector's own session: its queries switch databases with `USE DB`,
+    /// which would move any session they ran on.
+    projector: Surreal<Any>,
 }
 
 impl ReadModel {
@@ -123,7 +175,9 @@ impl ReadModel {
             .await
             .context("while signing in to SurrealDB")?;
         }
-        let rm = Self { root, sessions: Arc::default() };
+        let projector = root.clone();
+        projector.use_ns(NAMESPACE).use_db("system").await.context("while opening the projector session")?;
+        let rm = Self { root, sessions: Arc::default(), projector };
         rm.session("system").await.context("while preparing the system database")?;
         Ok(rm)
     }
@@ -202,32 +256,50 @@ impl ReadModel {
         .await
     }
 
-    pub async fn checkpoint(&self, db: &str) -> Result<u64, ReadError> {
+    /// The projector's position: the last stream sequence in the read models.
+    pub async fn checkpoint(&self) -> Result<u64, ReadError> {
         #[derive(Deserialize)]
         struct Cp {
             seq: u64,
         }
-        let rows: Vec<Cp> = self.select(db, "SELECT seq FROM checkpoint:projector", serde_json::json!({})).await?;
+        let rows: Vec<Cp> =
+            self.select("system", "SELECT seq FROM checkpoint:projector", serde_json::json!({})).await?;
         Ok(rows.first().map_or(0, |c| c.seq))
     }
 
-    /// Applies the statements and moves the checkpoint to `seq`, in one transaction:
-    /// either the read model and its checkpoint both move, or neither does.
-    pub async fn apply(&self, db: &str, statements: Vec<Statement>, seq: u64) -> Result<(), ReadError> {
-        let s = self.session(db).await?;
+    /// Applies every database's statements and moves the projector's checkpoint to
+    /// `seq`, in one transaction: the read models and the checkpoint move together,
+    /// or nothing does. One query and one checkpoint write per projector batch,
+    /// however many tenants it touches: per-query and per-database overhead was
+    /// most of the projector's cost when a batch spread one event each over many
+    /// tenant databases.
+    pub async fn apply(&self, changes: Vec<DbChanges>, seq: u64) -> Result<(), ReadError> {
         let mut sql = String::from("BEGIN TRANSACTION;\n");
         let mut vars = serde_json::Map::new();
-        for (i, st) in statements.into_iter().enumerate() {
-            // Each statement's variables get a unique prefix inside the transaction.
-            sql.push_str(&prefix_vars(&st.sql, &format!("s{i}_")));
-            for (k, v) in st.vars {
-                vars.insert(format!("s{i}_{k}"), v);
+        let mut n = 0;
+        for change in changes {
+            // Defines the database's tables on first use (cached afterwards).
+            self.session(&change.db).await?;
+            // Names are made by `db_name`: plain identifiers, safe to splice.
+            sql.push_str(&format!("USE DB {};\n", change.db));
+            for st in change.statements {
+                // Each statement's variables get a unique prefix inside the transaction.
+                sql.push_str(&prefix_vars(&st.sql, &format!("s{n}_")));
+                for (k, v) in st.vars {
+                    vars.insert(format!("s{n}_{k}"), v);
+                }
+                sql.push_str(";\n");
+                n += 1;
             }
-            sql.push_str(";\n");
         }
-        sql.push_str("UPSERT checkpoint:projector SET seq = $checkpoint_seq;\nCOMMIT TRANSACTION;");
+        sql.push_str("USE DB system;\nUPSERT checkpoint:projector SET seq = $checkpoint_seq;\nCOMMIT TRANSACTION;");
         vars.insert("checkpoint_seq".into(), seq.into());
-        s.query(sql).bind(serde_json::Value::Object(vars)).await.and_then(|r| r.check()).map_err(read_err)?;
+        self.projector
+            .query(sql)
+            .bind(serde_json::Value::Object(vars))
+            .await
+            .and_then(|r| r.check())
+            .map_err(read_err)?;
         Ok(())
     }
 

@@ -19,9 +19,12 @@ struct Cli {
     only: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> anyhow::Result<()> {
+    canopy_node::quiet_library_backtraces();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench(Cli::parse()))
+}
+
+async fn bench(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
