@@ -52,13 +52,33 @@ pub struct Report {
     pub results: Vec<Stats>,
 }
 
-/// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`.
-async fn measure<F, Fut>(scenario: &str, concurrency: usize, duration: Duration, op: F) -> anyhow::Result<Stats>
+/// Latencies (µs) of one or more measured stretches, and their total length.
+#[derive(Default)]
+struct Samples {
+    lat: Vec<u64>,
+    secs: f64,
+}
+
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        self.lat.extend(other.lat);
+        self.secs += other.secs;
+    }
+
+    fn stats(self, scenario: &str, concurrency: usize) -> Stats {
+        let mut stats = from_samples(scenario, self.lat, self.secs);
+        stats.concurrency = concurrency;
+        stats
+    }
+}
+
+/// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`, with each
+/// worker's `i` counting up from `first`.
+async fn sample<F, Fut>(concurrency: usize, duration: Duration, first: u64, op: &Arc<F>) -> anyhow::Result<Samples>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let op = Arc::new(op);
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -66,7 +86,7 @@ where
         let op = op.clone();
         workers.spawn(async move {
             let mut lat = Vec::new();
-            let mut i = 0;
+            let mut i = first;
             while Instant::now() < deadline {
                 let t = Instant::now();
                 op(w, i).await?;
@@ -80,9 +100,79 @@ where
     while let Some(r) = workers.join_next().await {
         all.extend(r??);
     }
-    let mut stats = from_samples(scenario, all, start.elapsed().as_secs_f64());
-    stats.concurrency = concurrency;
-    Ok(stats)
+    Ok(Samples { lat: all, secs: start.elapsed().as_secs_f64() })
+}
+
+/// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`.
+async fn measure<F, Fut>(scenario: &str, concurrency: usize, duration: Duration, op: F) -> anyhow::Result<Stats>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    Ok(sample(concurrency, duration, 0, &Arc::new(op)).await?.stats(scenario, concurrency))
+}
+
+/// How many slices a paired measurement alternates between its two sides.
+const SLICES: u32 = 4;
+
+/// Runs the two sides of a paired measurement in alternating slices (base, op, op,
+/// base, base, op, ...), `duration` in all for each, so that both see the same
+/// disk. On this kind of machine fsync latency drifts by a third within minutes,
+/// more than the differences being measured, so a baseline taken a minute earlier
+/// would decide the ratio. `run(true, k)` runs slice `k` of the measured side,
+/// `run(false, k)` of the baseline.
+async fn paired<R, Fut>(duration: Duration, mut run: R) -> anyhow::Result<(Samples, Samples)>
+where
+    R: FnMut(bool, Duration, u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<Samples>>,
+{
+    let slice = duration / SLICES;
+    let (mut base, mut op) = (Samples::default(), Samples::default());
+    for k in 0..u64::from(SLICES) {
+        let order = if k % 2 == 0 { [false, true] } else { [true, false] };
+        for measured in order {
+            // Offsets keep `i` unique across slices (the baseline's subjects use it).
+            let s = run(measured, slice, k * 1_000_000_000).await?;
+            if measured { op.add(s) } else { base.add(s) }
+        }
+    }
+    Ok((base, op))
+}
+
+/// Measures `op` against the raw-JetStream baseline `base` in alternating slices
+/// (see `paired`), and reports op's throughput and p99 as ratios to that baseline.
+async fn measure_against<B, BFut, F, Fut>(
+    scenario: &str,
+    concurrency: usize,
+    duration: Duration,
+    base: &Arc<B>,
+    op: F,
+) -> anyhow::Result<Stats>
+where
+    B: Fn(usize, u64) -> BFut + Send + Sync + 'static,
+    BFut: Future<Output = anyhow::Result<()>> + Send,
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let (base, op) = paired(duration, |measured, slice, first| {
+        let (base, op) = (base.clone(), op.clone());
+        async move {
+            if measured {
+                sample(concurrency, slice, first, &op).await
+            } else {
+                sample(concurrency, slice, first, &base).await
+            }
+        }
+    })
+    .await?;
+    let base = base.stats("paired baseline", concurrency);
+    let mut st = op.stats(scenario, concurrency);
+    st.throughput_vs_baseline = Some(st.ops_per_sec / base.ops_per_sec.max(f64::MIN_POSITIVE));
+    st.p99_vs_baseline = Some(st.p99_us as f64 / base.p99_us.max(1) as f64);
+    st.extra.insert("paired_A_ops_per_sec".into(), base.ops_per_sec);
+    st.extra.insert("paired_A_p99_us".into(), base.p99_us as f64);
+    Ok(st)
 }
 
 /// Stats from latency samples gathered outside `measure`.
@@ -247,7 +337,8 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
 
     // Ratios against the baseline at the same concurrency.
     let baseline: Vec<Stats> = results.iter().filter(|s| s.scenario.starts_with('A')).cloned().collect();
-    for s in results.iter_mut().filter(|s| ["B", "C", "D", "E", "I"].iter().any(|p| s.scenario.starts_with(p))) {
+    // B, C and E carry ratios to their paired baseline already; D gets them here.
+    for s in results.iter_mut().filter(|s| s.scenario.starts_with('D')) {
         if let Some(b) = baseline.iter().find(|b| b.concurrency == s.concurrency) {
             s.throughput_vs_baseline = Some(s.ops_per_sec / b.ops_per_sec.max(f64::MIN_POSITIVE));
             s.p99_vs_baseline = Some(s.p99_us as f64 / b.p99_us.max(1) as f64);
@@ -289,18 +380,16 @@ async fn scenarios(
     cfg.subjects = vec!["bench.>".into()];
     js.create_stream(cfg).await?;
     let payload = bytes::Bytes::from(event_payload());
-    for &c in levels.iter().filter(|_| fixture.wants('A')) {
+    let publish = Arc::new(move |w: usize, i: u64| {
         let (js, payload) = (js.clone(), payload.clone());
-        results.push(
-            measure("A raw JetStream publish+ack", c, duration, move |w, i| {
-                let (js, payload) = (js.clone(), payload.clone());
-                async move {
-                    js.publish(format!("bench.t{w}.account.{i}.AccountRegistered"), payload).await?.await?;
-                    Ok(())
-                }
-            })
-            .await?,
-        );
+        async move {
+            js.publish(format!("bench.t{w}.account.{i}.AccountRegistered"), payload).await?.await?;
+            anyhow::Ok(())
+        }
+    });
+    for &c in levels.iter().filter(|_| fixture.wants('A')) {
+        let s = sample(c, duration, 0, &publish).await?;
+        results.push(s.stats("A raw JetStream publish+ack", c));
     }
 
     // Fixtures: tenants with their owners, and one busy tenant with many accounts.
@@ -363,7 +452,7 @@ async fn scenarios(
     for &c in levels.iter().filter(|_| fixture.wants('B')) {
         let (nc, owners) = (nc.clone(), owners.clone());
         results.push(
-            measure("B commands to actors (NATS)", c, duration, move |w, i| {
+            measure_against("B commands to actors (NATS)", c, duration, &publish, move |w, i| {
                 let who = owners[pick(owners.len(), c, w, i)].clone();
                 update_profile(nc.clone(), who, i)
             })
@@ -375,7 +464,7 @@ async fn scenarios(
     for &c in levels.iter().filter(|_| fixture.wants('C')) {
         let (owners, http) = (owners.clone(), http.clone());
         results.push(
-            measure("C mutations through GraphQL", c, duration, move |w, i| {
+            measure_against("C mutations through GraphQL", c, duration, &publish, move |w, i| {
                 let who = owners[pick(owners.len(), c, w, i)].clone();
                 let h = http.clone();
                 async move {
@@ -439,7 +528,7 @@ async fn scenarios(
     let nc2 = nc.clone();
     if fixture.wants('E') {
         results.push(
-            measure("E one busy tenant (NATS)", c, duration, move |w, i| {
+            measure_against("E one busy tenant (NATS)", c, duration, &publish, move |w, i| {
                 let who = busy[pick(busy.len(), c, w, i)].clone();
                 update_profile(nc2.clone(), who, i)
             })
@@ -447,42 +536,50 @@ async fn scenarios(
         );
     }
 
-    // I: the quiet tenant's `me` while another tenant takes a flood of logins.
+    // I: the quiet tenant's `me` while another tenant takes a flood of logins,
+    // against the same query unloaded, in alternating slices.
     if fixture.wants('I') {
-        let unloaded = results.iter().find(|s| s.scenario == "D query me" && s.concurrency == 1).map(|s| s.p99_us);
         let quiet = owners[0].clone();
         let noisy = owners[owners.len() - 1].clone();
-        let flood_until = Instant::now() + duration;
-        let mut flood = tokio::task::JoinSet::new();
-        for _ in 0..64 {
-            let (h, noisy) = (http.clone(), noisy.clone());
-            flood.spawn(async move {
-                while Instant::now() < flood_until {
-                    let email = format!("owner@{}.test", noisy.tenant);
-                    let _ = h
-                        .gql(
-                            Some(&noisy.tenant),
-                            None,
-                            LOGIN,
-                            json!({ "i": { "email": email, "password": "owner-password" } }),
-                        )
-                        .await;
-                }
-            });
-        }
         let h = http.clone();
-        let mut i_stats = measure("I query me, neighbour floods logins", 1, duration, move |_, _| {
+        let me = Arc::new(move |_: usize, _: u64| {
             let (h, quiet) = (h.clone(), quiet.clone());
             async move {
                 h.gql(Some(&quiet.tenant), Some(&quiet.token), "{ me { id email } }", json!({})).await?;
                 Ok(())
             }
+        });
+        let (unloaded, loaded) = paired(duration, |flooded, slice, first| {
+            let (me, http, noisy) = (me.clone(), http.clone(), noisy.clone());
+            async move {
+                let flood_until = Instant::now() + slice;
+                let mut flood = tokio::task::JoinSet::new();
+                for _ in 0..if flooded { 64 } else { 0 } {
+                    let (h, noisy) = (http.clone(), noisy.clone());
+                    flood.spawn(async move {
+                        while Instant::now() < flood_until {
+                            let email = format!("owner@{}.test", noisy.tenant);
+                            let _ = h
+                                .gql(
+                                    Some(&noisy.tenant),
+                                    None,
+                                    LOGIN,
+                                    json!({ "i": { "email": email, "password": "owner-password" } }),
+                                )
+                                .await;
+                        }
+                    });
+                }
+                let s = sample(1, slice, first, &me).await;
+                while flood.join_next().await.is_some() {}
+                s
+            }
         })
         .await?;
-        while flood.join_next().await.is_some() {}
-        if let Some(u) = unloaded {
-            i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / u.max(1) as f64);
-        }
+        let unloaded = unloaded.stats("I unloaded", 1);
+        let mut i_stats = loaded.stats("I query me, neighbour floods logins", 1);
+        i_stats.extra.insert("unloaded_p99_us".into(), unloaded.p99_us as f64);
+        i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / unloaded.p99_us.max(1) as f64);
         results.push(i_stats);
     }
 
