@@ -193,6 +193,16 @@ fn from_samples(scenario: &str, mut lat: Vec<u64>, secs: f64) -> Stats {
     }
 }
 
+/// A value from the node's Prometheus text, 0 when absent.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Resident memory of this process, in bytes.
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -460,6 +470,11 @@ async fn scenarios(
         );
     }
 
+    // The projector's batch counters before C, for H's events per batch.
+    let before_c = {
+        let metrics = http.client.get(&fixture.metrics).send().await?.text().await?;
+        (gauge(&metrics, "canopy_projection_batches_total"), gauge(&metrics, "canopy_projection_events_total"))
+    };
     // C: the same command as a GraphQL mutation, answered after read-your-writes.
     for &c in levels.iter().filter(|_| fixture.wants('C')) {
         let (owners, http) = (owners.clone(), http.clone());
@@ -485,20 +500,16 @@ async fn scenarios(
     // H: projection lag while C ran (the node's lag window covers the last 5 s).
     if fixture.wants('H') {
         let metrics = http.client.get(&fixture.metrics).send().await?.text().await?;
-        let gauge = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let gauge = |name: &str| gauge(&metrics, name);
         let mut h = from_samples("H projection lag during C", Vec::new(), 1.0);
         h.concurrency = *levels.last().expect("levels");
         h.ops = gauge("canopy_projection_lag_seconds_count") as u64;
         h.ops_per_sec = 0.0;
         h.p50_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.5\"}") * 1e6) as u64;
         h.p99_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.99\"}") * 1e6) as u64;
+        let (batches, events) =
+            (gauge("canopy_projection_batches_total") - before_c.0, gauge("canopy_projection_events_total") - before_c.1);
+        h.extra.insert("events_per_batch".into(), events / batches.max(1.0));
         results.push(h);
     }
 

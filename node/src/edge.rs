@@ -62,6 +62,13 @@ async fn metrics(Data(app): Data<&Arc<App>>) -> String {
     out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.5\"}} {p50}\n"));
     out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.99\"}} {p99}\n"));
     out.push_str(&format!("canopy_projection_lag_seconds_count {n}\n"));
+    let (batches, events) = app.progress.counts();
+    out.push_str("# HELP canopy_projection_batches_total Projector batches committed (one transaction each).\n");
+    out.push_str("# TYPE canopy_projection_batches_total counter\n");
+    out.push_str(&format!("canopy_projection_batches_total {batches}\n"));
+    out.push_str("# HELP canopy_projection_events_total Events in the committed projector batches.\n");
+    out.push_str("# TYPE canopy_projection_events_total counter\n");
+    out.push_str(&format!("canopy_projection_events_total {events}\n"));
     let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
         Ok(ractor::rpc::CallResult::Success(n)) => n,
         _ => 0,

@@ -81,6 +81,8 @@ impl App {
 /// The parts every entry point (serve, rebuild) needs.
 pub struct Core {
     pub nats: async_nats::Client,
+    /// Where `nats` connected, for components that want a connection of their own.
+    pub nats_url: String,
     pub managed: Option<ManagedNats>,
     pub store: EventStore,
     pub keys: KeyRing,
@@ -135,7 +137,7 @@ impl Core {
             .context("while creating the EVENTS stream and buckets")?;
         let keys = KeyRing::new(keys_kv, master);
         let read_model = ReadModel::connect(config).await?;
-        Ok(Self { nats, managed, store, keys, read_model })
+        Ok(Self { nats, nats_url: url, managed, store, keys, read_model })
     }
 
     pub async fn close(self) {
@@ -145,6 +147,11 @@ impl Core {
             m.stop().await;
         }
     }
+}
+
+async fn own_store(url: &str, replicas: usize) -> anyhow::Result<EventStore> {
+    let client = nats::connect(url, Duration::from_secs(15)).await?;
+    Ok(EventStore::open(client, replicas).await?.0)
 }
 
 /// Turns off backtrace capture in library errors unless `RUST_LIB_BACKTRACE` asks
@@ -211,10 +218,19 @@ async fn serve(
     // a shared worker for milliseconds, stalling the NATS connection and the
     // commands queued behind it. The OS now shares the cores between them instead.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (url, replicas) = (core.nats_url.clone(), config.replicas);
     std::thread::Builder::new().name("canopy-projector".into()).spawn(move || {
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => {
-                rt.block_on(projector.run(projector_cancel));
+                rt.block_on(async move {
+                    // A connection of its own, driven by this thread: the stream's
+                    // deliveries no longer queue in the connection task that carries
+                    // commands, appends and their acks.
+                    match own_store(&url, replicas).await {
+                        Ok(store) => projector.with_store(store).run(projector_cancel).await,
+                        Err(e) => tracing::error!(error = %e, "the projector could not connect to NATS"),
+                    }
+                });
                 drop(rt);
             }
             Err(e) => tracing::error!(error = %e, "could not start the projector's runtime"),

@@ -3,7 +3,7 @@
 //! database's checkpoint. Mutations wait on its progress for read-your-writes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,14 @@ pub struct Progress {
     rx: watch::Receiver<u64>,
     caught_up: Arc<AtomicBool>,
     lag: Arc<Mutex<LagWindow>>,
+    counts: Arc<Counts>,
+}
+
+/// Batches committed and events they held, since the node started.
+#[derive(Default)]
+struct Counts {
+    batches: AtomicU64,
+    events: AtomicU64,
 }
 
 /// How long events took from being stored in JetStream to being committed in
@@ -63,6 +71,11 @@ impl Progress {
         self.caught_up.load(Ordering::Acquire)
     }
 
+    /// Batches committed and the events in them, since the node started.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.counts.batches.load(Ordering::Relaxed), self.counts.events.load(Ordering::Relaxed))
+    }
+
     /// The p50 and p99 projection lag over the last five seconds, and the sample count.
     pub fn lag(&self) -> Option<(Duration, Duration, usize)> {
         let window = self.lag.lock().expect("lag window lock");
@@ -85,6 +98,7 @@ pub struct Projector {
     tx: watch::Sender<u64>,
     caught_up: Arc<AtomicBool>,
     lag: Arc<Mutex<LagWindow>>,
+    counts: Arc<Counts>,
 }
 
 /// Most events applied in one transaction per database.
@@ -95,8 +109,15 @@ impl Projector {
         let (tx, rx) = watch::channel(0);
         let caught_up = Arc::new(AtomicBool::new(false));
         let lag = Arc::new(Mutex::new(LagWindow::default()));
-        let p = Progress { rx, caught_up: caught_up.clone(), lag: lag.clone() };
-        (Self { rm, store, keys, tx, caught_up, lag }, p)
+        let counts = Arc::new(Counts::default());
+        let p = Progress { rx, caught_up: caught_up.clone(), lag: lag.clone(), counts: counts.clone() };
+        (Self { rm, store, keys, tx, caught_up, lag, counts }, p)
+    }
+
+    /// Reads the log through `store` (a connection of the projector's own).
+    pub fn with_store(mut self, store: EventStore) -> Self {
+        self.store = store;
+        self
     }
 
     /// Runs until cancelled, reconnecting after errors from where it left off.
@@ -165,6 +186,8 @@ impl Projector {
             }
             self.apply(stored, last).await?;
             self.record_lag(&published);
+            self.counts.batches.fetch_add(1, Ordering::Relaxed);
+            self.counts.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.publish_progress(last, head);
             if stop_at.is_some_and(|s| last >= s) {
                 return Ok(());
