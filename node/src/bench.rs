@@ -507,8 +507,10 @@ async fn scenarios(
         h.ops_per_sec = 0.0;
         h.p50_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.5\"}") * 1e6) as u64;
         h.p99_us = (gauge("canopy_projection_lag_seconds{quantile=\"0.99\"}") * 1e6) as u64;
-        let (batches, events) =
-            (gauge("canopy_projection_batches_total") - before_c.0, gauge("canopy_projection_events_total") - before_c.1);
+        let (batches, events) = (
+            gauge("canopy_projection_batches_total") - before_c.0,
+            gauge("canopy_projection_events_total") - before_c.1,
+        );
         h.extra.insert("events_per_batch".into(), events / batches.max(1.0));
         results.push(h);
     }
