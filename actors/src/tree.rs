@@ -274,6 +274,8 @@ impl Actor for TenantSupervisor {
             t.abort();
         }
         myself.stop_children_and_wait(Some("tenant tree stopping".into()), Some(Duration::from_secs(10))).await;
+        // Passivation must give the tree's memory back, not only free it.
+        crate::memory::release_soon();
         Ok(())
     }
 }

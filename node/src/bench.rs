@@ -203,14 +203,6 @@ fn gauge(metrics: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Resident memory of this process, in bytes.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
-}
-
 /// An envelope the size of a real AccountRegistered (sealed fields included).
 fn event_payload() -> Vec<u8> {
     let sealed = json!({ "kid": "person.acme.0196f0c2-8a6e-7c1b-9d4e-3f2a1b0c9d8e", "n": "AAAAAAAAAAAAAAAA", "c": "B".repeat(48) });
@@ -693,7 +685,10 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
 
     let trees = if fixture.quick { 200 } else { 10_000 };
     let deps = bench_deps(nc, fixture, 100).await?;
-    let before = rss_bytes();
+    // Start from a heap with nothing free in it, so the trees cannot reuse memory
+    // freed by earlier scenarios and look smaller than they are.
+    actors::memory::release_now();
+    let before = actors::memory::resident_bytes();
     let started = Instant::now();
     let mut live = Vec::with_capacity(trees);
     for t in 0..trees {
@@ -705,15 +700,16 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
         live.push(TenantSupervisor::spawn(None, TenantSupervisor, args).await?);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let with_trees = rss_bytes();
+    let with_trees = actors::memory::resident_bytes();
     for (tree, _) in &live {
         tree.stop(Some("passivate".into()));
     }
     for (_, handle) in live {
         let _ = handle.await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_bytes();
+    // The stopped trees hand their memory back after `memory::DELAY`.
+    tokio::time::sleep(actors::memory::DELAY + Duration::from_millis(500)).await;
+    let after = actors::memory::resident_bytes();
     let mut st = from_samples("G memory per idle tenant tree", Vec::new(), started.elapsed().as_secs_f64());
     st.concurrency = trees;
     st.ops = trees as u64;
