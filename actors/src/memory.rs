@@ -5,35 +5,15 @@
 //! allocator keeps the freed chunks in its per-thread arenas: they are free for
 //! the process, but still resident, so a node that passivated its tenants showed
 //! the same RSS as one holding them (BENCHMARKS.md, G). `malloc_trim` hands the
-//! free pages of every arena back. It walks the heaps under their locks, so it
-//! runs on a blocking thread, at most once per [`DELAY`] however many trees stop.
+//! free pages of every arena back. The NodeSupervisor calls it [`DELAY`] after a
+//! tree stops, once however many trees stop meanwhile, on a blocking thread: it
+//! walks the heaps under their locks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long after a tree stops the memory is released: trees passivate in waves
 /// (idle timeouts started together end together), and one trim covers a wave.
 pub const DELAY: Duration = Duration::from_secs(1);
-
-static PENDING: AtomicBool = AtomicBool::new(false);
-
-/// Schedules [`release_now`] on the current tokio runtime, unless one is already
-/// scheduled. Called when a tenant tree stops.
-pub fn release_soon() {
-    if PENDING.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        PENDING.store(false, Ordering::Release);
-        return;
-    };
-    rt.spawn(async {
-        tokio::time::sleep(DELAY).await;
-        // Cleared before the trim: a tree that stops while it runs gets a trim of its own.
-        PENDING.store(false, Ordering::Release);
-        let _ = tokio::task::spawn_blocking(release_now).await;
-    });
-}
 
 /// Returns the allocator's free pages to the OS. True if any memory was released.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -39,6 +39,8 @@ pub enum NodeMsg {
     Tree(Scope, RpcReplyPort<CommandResult<ActorRef<TenantMsg>>>),
     /// How many tenant trees are running.
     LiveTrees(RpcReplyPort<usize>),
+    /// Hands the memory of stopped trees back to the OS.
+    ReleaseMemory,
 }
 
 pub struct NodeArgs {
@@ -53,6 +55,8 @@ pub struct NodeState {
     scopes: HashMap<ActorId, Scope>,
     /// Tenants known to exist; a tenant is never deleted, so this only grows.
     known: HashSet<Scope>,
+    /// The pending `ReleaseMemory`, if a tree stopped since the last one.
+    release: Option<JoinHandle<Result<(), MessagingErr<NodeMsg>>>>,
 }
 
 impl Actor for NodeSupervisor {
@@ -67,6 +71,7 @@ impl Actor for NodeSupervisor {
             trees: HashMap::new(),
             scopes: HashMap::new(),
             known: HashSet::from([Scope::Platform]),
+            release: None,
         })
     }
 
@@ -84,28 +89,37 @@ impl Actor for NodeSupervisor {
             NodeMsg::LiveTrees(reply) => {
                 let _ = reply.send(state.trees.len());
             }
+            NodeMsg::ReleaseMemory => {
+                state.release = None;
+                // Awaited, so no task outlives the supervisor; a trim takes milliseconds
+                // and commands reach running trees without passing through here.
+                let _ = tokio::task::spawn_blocking(crate::memory::release_now).await;
+            }
         }
         Ok(())
     }
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<NodeMsg>,
+        myself: ActorRef<NodeMsg>,
         evt: SupervisionEvent,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => state.forget(&cell, reason),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => state.forget(&myself, &cell, reason),
             SupervisionEvent::ActorFailed(cell, err) => {
                 tracing::error!(error = %err, "a tenant tree failed; it restarts on its next command");
-                state.forget(&cell, None);
+                state.forget(&myself, &cell, None);
             }
             _ => {}
         }
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<NodeMsg>, _state: &mut NodeState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, myself: ActorRef<NodeMsg>, state: &mut NodeState) -> Result<(), ActorProcessingErr> {
+        if let Some(r) = state.release.take() {
+            r.abort();
+        }
         myself.stop_children_and_wait(Some("node stopping".into()), Some(Duration::from_secs(10))).await;
         Ok(())
     }
@@ -138,10 +152,15 @@ impl NodeState {
         Ok(tree)
     }
 
-    fn forget(&mut self, cell: &ActorCell, reason: Option<String>) {
+    fn forget(&mut self, myself: &ActorRef<NodeMsg>, cell: &ActorCell, reason: Option<String>) {
         if let Some(scope) = self.scopes.remove(&cell.get_id()) {
             tracing::debug!(tenant = %scope, reason = reason.as_deref().unwrap_or(""), "tenant tree stopped");
             self.trees.remove(&scope);
+        }
+        // Passivation must give the tree's memory back to the OS, not only free it;
+        // one release covers every tree that stops before it runs.
+        if self.release.is_none() {
+            self.release = Some(myself.send_after(crate::memory::DELAY, || NodeMsg::ReleaseMemory));
         }
     }
 }
@@ -274,8 +293,6 @@ impl Actor for TenantSupervisor {
             t.abort();
         }
         myself.stop_children_and_wait(Some("tenant tree stopping".into()), Some(Duration::from_secs(10))).await;
-        // Passivation must give the tree's memory back, not only free it.
-        crate::memory::release_soon();
         Ok(())
     }
 }

@@ -678,13 +678,22 @@ async fn activation(
     Ok(())
 }
 
-/// G: resident memory per live idle tenant tree, and after they passivate.
+/// G: resident memory per live idle tenant tree, and after they passivate. The
+/// trees are children of a NodeSupervisor, which releases their memory when they
+/// stop, as in a node (they are spawned directly: 10,000 real tenants would take
+/// 10,000 owner registrations to create).
 async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<Stats>) -> anyhow::Result<()> {
-    use actors::tree::{TenantArgs, TenantSupervisor};
+    use actors::tree::{NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
     use ractor::Actor as _;
 
     let trees = if fixture.quick { 200 } else { 10_000 };
     let deps = bench_deps(nc, fixture, 100).await?;
+    let (node, node_handle) = NodeSupervisor::spawn(
+        None,
+        NodeSupervisor,
+        NodeArgs { deps: deps.clone(), idle_timeout: Duration::from_secs(3600) },
+    )
+    .await?;
     // Start from a heap with nothing free in it, so the trees cannot reuse memory
     // freed by earlier scenarios and look smaller than they are.
     actors::memory::release_now();
@@ -697,7 +706,7 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
             deps: deps.clone(),
             idle_timeout: Duration::from_secs(3600),
         };
-        live.push(TenantSupervisor::spawn(None, TenantSupervisor, args).await?);
+        live.push(TenantSupervisor::spawn_linked(None, TenantSupervisor, args, node.get_cell()).await?);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let with_trees = actors::memory::resident_bytes();
@@ -707,9 +716,11 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
     for (_, handle) in live {
         let _ = handle.await;
     }
-    // The stopped trees hand their memory back after `memory::DELAY`.
+    // The node hands the stopped trees' memory back `memory::DELAY` after they stop.
     tokio::time::sleep(actors::memory::DELAY + Duration::from_millis(500)).await;
     let after = actors::memory::resident_bytes();
+    node.stop(None);
+    let _ = node_handle.await;
     let mut st = from_samples("G memory per idle tenant tree", Vec::new(), started.elapsed().as_secs_f64());
     st.concurrency = trees;
     st.ops = trees as u64;

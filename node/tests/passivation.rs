@@ -1,0 +1,61 @@
+//! Passivated tenant trees give their memory back to the OS. A binary of its own:
+//! resident memory is per process, and the integration tests running beside it
+//! in `it` would blur the figures.
+
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
+
+use std::time::Duration;
+
+use actors::memory::{DELAY, release_now, resident_bytes};
+use actors::tenant::{Scope, TenantId};
+use actors::tree::{Deps, NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
+use canopy_node::nats::LocalNats;
+use ractor::Actor;
+
+const TREES: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_of_stopped_trees_leaves_the_process() {
+    let nats = LocalNats::start().expect("nats-server");
+    let nc = async_nats::connect(&nats.url).await.expect("connect");
+    let (store, keys) = actors::event_store::EventStore::open(nc, 1).await.expect("stream");
+    let deps = Deps {
+        store,
+        keys: actors::seal::KeyRing::new(keys, actors::seal::MasterKey::generate()),
+        hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),
+        snapshot_every: 100,
+        cache_per_tenant: 1000,
+    };
+    let idle = Duration::from_secs(3600);
+    let (node, node_handle) =
+        Actor::spawn(None, NodeSupervisor, NodeArgs { deps: deps.clone(), idle_timeout: idle }).await.expect("node");
+
+    release_now();
+    let before = resident_bytes();
+    let mut trees = Vec::with_capacity(TREES);
+    for t in 0..TREES {
+        let scope = Scope::Tenant(TenantId::parse(&format!("mem-{t}")).expect("slug"));
+        let args = TenantArgs { scope, deps: deps.clone(), idle_timeout: idle };
+        trees.push(Actor::spawn_linked(None, TenantSupervisor, args, node.get_cell()).await.expect("tree"));
+    }
+    let live = resident_bytes().saturating_sub(before);
+    assert!(live > 16 * 1024 * 1024, "{TREES} trees should take some memory, took {} KiB", live / 1024);
+
+    for (tree, _) in &trees {
+        tree.stop(Some("passivate".into()));
+    }
+    for (_, handle) in trees {
+        handle.await.expect("tree stopped");
+    }
+    // Nothing runs now but the NodeSupervisor's release, due `DELAY` after the first stop.
+    tokio::time::sleep(DELAY + Duration::from_millis(1500)).await;
+    let left = resident_bytes().saturating_sub(before);
+    assert!(
+        left < live / 2,
+        "passivation kept {} of the trees' {} KiB resident",
+        left / 1024,
+        live / 1024
+    );
+    node.stop(None);
+    node_handle.await.expect("node stopped");
+}
