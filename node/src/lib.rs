@@ -161,8 +161,8 @@ async fn own_store(url: &str, replicas: usize) -> anyhow::Result<EventStore> {
 /// their backtraces, which `RUST_BACKTRACE` alone governs.
 ///
 /// Call it first thing in `main`, before any thread starts: it sets a variable of
-/// this process's environment. The one `unsafe` of the workspace: the standard
-/// library offers no other way to set a variable the dependencies will read.
+/// this process's environment. `unsafe` because the standard library offers no
+/// other way to set a variable the dependencies will read.
 #[allow(unsafe_code)]
 pub fn quiet_library_backtraces() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
