@@ -393,6 +393,33 @@ async fn scenarios(
         let s = sample(c, duration, 0, &publish).await?;
         results.push(s.stats("A raw JetStream publish+ack", c));
     }
+    // A': A with the checks every Canopy append carries (a message id for dedupe,
+    // the expected last sequence of the aggregate's subjects), on 100 aggregates
+    // written over and over as in B, measured against A: the cost of the
+    // optimistic concurrency check that DESIGN.md requires, inside nats-server.
+    let last: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new((0..100).map(|_| Default::default()).collect());
+    for &c in levels.iter().filter(|_| fixture.wants('A')) {
+        let (js, payload, last) =
+            (async_nats::jetstream::new(nc.clone()), bytes::Bytes::from(event_payload()), last.clone());
+        let checked = move |w: usize, i: u64| {
+            let (js, payload, last) = (js.clone(), payload.clone(), last.clone());
+            async move {
+                use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+                use std::sync::atomic::Ordering;
+                // Each worker owns its aggregates, so no check ever fails.
+                let a = pick(last.len(), c, w, i);
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(NATS_MESSAGE_ID, uuid::Uuid::now_v7().simple().to_string().as_str());
+                h.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, last[a].load(Ordering::Acquire).to_string().as_str());
+                h.insert(actors::event_store::EXPECTED_SUBJECT_HEADER, format!("bench.t{a}.account.a{a}.*").as_str());
+                let subject = format!("bench.t{a}.account.a{a}.ProfileUpdated");
+                let ack = js.publish_with_headers(subject, h, payload).await?.await?;
+                last[a].store(ack.sequence, Ordering::Release);
+                anyhow::Ok(())
+            }
+        };
+        results.push(measure_against("A' publish+ack with Canopy's checks", c, duration, &publish, checked).await?);
+    }
 
     // Fixtures: tenants with their owners, and one busy tenant with many accounts.
     let admin = token(

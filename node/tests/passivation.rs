@@ -50,12 +50,7 @@ async fn the_memory_of_stopped_trees_leaves_the_process() {
     // Nothing runs now but the NodeSupervisor's release, due `DELAY` after the first stop.
     tokio::time::sleep(DELAY + Duration::from_millis(1500)).await;
     let left = resident_bytes().saturating_sub(before);
-    assert!(
-        left < live / 2,
-        "passivation kept {} of the trees' {} KiB resident",
-        left / 1024,
-        live / 1024
-    );
+    assert!(left < live / 2, "passivation kept {} of the trees' {} KiB resident", left / 1024, live / 1024);
     node.stop(None);
     node_handle.await.expect("node stopped");
 }
