@@ -104,12 +104,6 @@ pub struct Projector {
 /// Most events applied in one transaction per database.
 const MAX_BATCH: usize = 512;
 
-/// How long a batch waits for more events while they arrive together. A batch's
-/// transaction and checkpoint cost about as much as three events, so under load
-/// small batches spent more CPU on commits than on the events, CPU that the
-/// appends (and nats-server) on the same cores needed (BENCHMARKS.md).
-const LINGER: Duration = Duration::from_millis(2);
-
 impl Projector {
     pub fn new(rm: ReadModel, store: EventStore, keys: KeyRing) -> (Self, Progress) {
         let (tx, rx) = watch::channel(0);
@@ -166,27 +160,14 @@ impl Projector {
             })
             .await?;
         let mut messages = consumer.messages().await?;
-        let mut previous = 0;
         while let Some(first) = messages.next().await {
             let mut batch = vec![first?];
-            // Linger only while events arrive together (the last batch held more than
-            // one): a lone command's read-your-writes is never held back.
-            let linger = (previous > 1).then(|| tokio::time::Instant::now() + LINGER);
             while batch.len() < MAX_BATCH {
-                let next = match (messages.next().now_or_never(), linger) {
-                    (Some(next), _) => next,
-                    (None, Some(until)) => match tokio::time::timeout_at(until, messages.next()).await {
-                        Ok(next) => next,
-                        Err(_) => break,
-                    },
-                    (None, None) => break,
-                };
-                match next {
-                    Some(m) => batch.push(m?),
-                    None => break,
+                match messages.next().now_or_never() {
+                    Some(Some(m)) => batch.push(m?),
+                    _ => break,
                 }
             }
-            previous = batch.len();
             let mut stored = Vec::with_capacity(batch.len());
             let mut published = Vec::with_capacity(batch.len());
             let mut last = 0;
