@@ -57,7 +57,11 @@ impl Hasher {
                     // The lock is held only while waiting for the next job.
                     let job = queue.lock().map(|q| q.recv());
                     match job {
-                        Ok(Ok(job)) => job(),
+                        // A panicking job drops its reply (the caller gets `Failed`);
+                        // the thread lives on, so the pool never shrinks.
+                        Ok(Ok(job)) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
                         _ => return,
                     }
                 }
