@@ -98,10 +98,8 @@ impl Hasher {
         let running = self.running.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            running.fetch_add(1, Ordering::SeqCst);
-            let out = work();
-            running.fetch_sub(1, Ordering::SeqCst);
-            let _ = tx.send(out);
+            let _running = Running::enter(running);
+            let _ = tx.send(work());
         });
         self.jobs.send(job).map_err(|_| HashError::Closed)?;
         // A job dropped unrun (its thread panicked or is gone) ends as a failure.
@@ -136,6 +134,22 @@ impl Hasher {
             Ok(ok && known)
         })
         .await
+    }
+}
+
+/// Counts a job as running until it ends, even if it panics.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn enter(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
