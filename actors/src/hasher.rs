@@ -31,7 +31,7 @@ pub struct Hasher {
     permits: Arc<Semaphore>,
     /// The hashing threads' queue; they exit when the last clone is dropped.
     jobs: std::sync::mpsc::Sender<Job>,
-    /// Hashes running on the blocking pool right now.
+    /// Hashes running on the hashing threads right now.
     running: Arc<AtomicUsize>,
     params: Params,
     /// Verified against when an email is unknown, so that the answer takes as long
@@ -83,7 +83,7 @@ impl Hasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
     }
 
-    /// How many hashes or verifications are running on the blocking pool now.
+    /// How many hashes or verifications are running on the hashing threads now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
     }
