@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::event_store::{EventStore, STREAM, Stored, decode, is_safe_token};
+use actors::event_store::{EventStore, STREAM, Stored, decode};
 use actors::seal::{KeyRing, SealError, Sealed};
 use actors::tenant::Scope;
 use async_nats::jetstream::consumer;
@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::read_model::{DbChanges, ReadModel, Statement, db_name};
+use crate::read_model::{DbChanges, ReadModel, Statement, db_name, record_id};
 
 /// How far the projector has got: the stream sequence of the last applied event.
 #[derive(Clone)]
@@ -318,28 +318,9 @@ impl Projector {
     }
 }
 
-/// A record id literal, `table:⟨key⟩`, for a key that is a safe subject token
-/// (letters, digits, `-`, `_`): such a key can never close the brackets.
-fn record_id(table: &str, key: &str) -> Option<String> {
-    is_safe_token(key).then(|| format!("{table}:⟨{key}⟩"))
-}
-
 /// Drops every read model and rebuilds it from the log. Returns the last sequence applied.
 pub async fn rebuild(rm: &ReadModel, store: &EventStore, keys: &KeyRing) -> anyhow::Result<u64> {
     rm.drop_all().await?;
     let (projector, _) = Projector::new(rm.clone(), store.clone(), keys.clone());
     projector.catch_up().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::record_id;
-
-    #[test]
-    fn record_ids_are_literals_only_for_safe_keys() {
-        assert_eq!(record_id("user", "0196f0c2-8a6e_7c1b").as_deref(), Some("user:⟨0196f0c2-8a6e_7c1b⟩"));
-        for bad in ["", "a⟩; DELETE user; ⟨", "a b", "a`b", "a:b", "a.b", &"x".repeat(129)] {
-            assert_eq!(record_id("user", bad), None, "{bad:?} must be refused");
-        }
-    }
 }
