@@ -2,7 +2,9 @@
 //! `EVENTS` stream. Appends are atomic batches guarded by expected subject
 //! sequences and deduplicated by `Nats-Msg-Id`; loads read one aggregate's subjects.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::header::{
@@ -154,6 +156,47 @@ pub struct EventStore {
     js: jetstream::Context,
     stream: stream::Stream,
     snapshots: kv::Store,
+    acks: AckClock,
+}
+
+/// When this node received the acknowledgement of each event it appended, until
+/// the local projector takes it: the start of "from ack to read model", the
+/// projection lag a writer waiting for read-your-writes sees. Shared by every
+/// clone of the store; events appended by other nodes are not in it.
+#[derive(Clone, Default)]
+pub struct AckClock {
+    acked: Arc<Mutex<HashMap<u64, Instant>>>,
+}
+
+/// Acks remembered at most (≈ 3 MiB): if the projector stops taking them, new
+/// ones are not recorded rather than memory growing.
+const ACK_CLOCK_CAPACITY: usize = 100_000;
+
+impl AckClock {
+    /// Records that the events `first..=last` were acknowledged now.
+    pub fn acked(&self, first: u64, last: u64) {
+        let now = Instant::now();
+        let mut acked = self.acked.lock().expect("ack clock lock");
+        for seq in first..=last {
+            if acked.len() >= ACK_CLOCK_CAPACITY {
+                return;
+            }
+            acked.insert(seq, now);
+        }
+    }
+
+    /// When `seq` was acknowledged here, if it was; forgets it.
+    pub fn take(&self, seq: u64) -> Option<Instant> {
+        self.acked.lock().expect("ack clock lock").remove(&seq)
+    }
+
+    pub fn len(&self) -> usize {
+        self.acked.lock().expect("ack clock lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl std::fmt::Debug for EventStore {
@@ -177,7 +220,12 @@ impl EventStore {
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
         let keys = open_bucket(&js, KEYS, replicas).await?;
-        Ok((Self { client, js, stream, snapshots }, keys))
+        Ok((Self { client, js, stream, snapshots, acks: AckClock::default() }, keys))
+    }
+
+    /// The ack times of the events appended through this store (and its clones).
+    pub fn acks(&self) -> AckClock {
+        self.acks.clone()
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -220,7 +268,12 @@ impl EventStore {
             }
         }
         match commit.expect("the last message is the commit").await {
-            Ok(ack) => Ok(Appended { last_seq: ack.sequence, duplicate: ack.duplicate }),
+            Ok(ack) => {
+                if !ack.duplicate {
+                    self.acks.acked(ack.sequence.saturating_sub(n as u64 - 1), ack.sequence);
+                }
+                Ok(Appended { last_seq: ack.sequence, duplicate: ack.duplicate })
+            }
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 Err(StoreError::new(StoreErrorKind::Conflict, e.to_string()))
             }
@@ -405,4 +458,22 @@ pub fn batch_for<A: Aggregate>(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_clock_hands_each_ack_out_once_and_stays_bounded() {
+        let clock = AckClock::default();
+        clock.acked(5, 7);
+        assert!(clock.take(4).is_none());
+        assert!(clock.take(6).is_some());
+        assert!(clock.take(6).is_none(), "taken once");
+        assert_eq!(clock.len(), 2);
+        // A projector that stopped taking acks cannot make it grow without bound.
+        clock.acked(100, 100 + 2 * ACK_CLOCK_CAPACITY as u64);
+        assert_eq!(clock.len(), ACK_CLOCK_CAPACITY);
+    }
 }

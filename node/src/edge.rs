@@ -62,6 +62,14 @@ async fn metrics(Data(app): Data<&Arc<App>>) -> String {
     out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.5\"}} {p50}\n"));
     out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.99\"}} {p99}\n"));
     out.push_str(&format!("canopy_projection_lag_seconds_count {n}\n"));
+    out.push_str(
+        "# HELP canopy_projection_ack_lag_seconds From this node's append ack to committed in SurrealDB (read-your-writes wait), last 5 s.\n",
+    );
+    out.push_str("# TYPE canopy_projection_ack_lag_seconds summary\n");
+    let (p50, p99, n) = app.progress.ack_lag().map_or((0.0, 0.0, 0), |(a, b, n)| (a.as_secs_f64(), b.as_secs_f64(), n));
+    out.push_str(&format!("canopy_projection_ack_lag_seconds{{quantile=\"0.5\"}} {p50}\n"));
+    out.push_str(&format!("canopy_projection_ack_lag_seconds{{quantile=\"0.99\"}} {p99}\n"));
+    out.push_str(&format!("canopy_projection_ack_lag_seconds_count {n}\n"));
     let (batches, events) = app.progress.counts();
     out.push_str("# HELP canopy_projection_batches_total Projector batches committed (one transaction each).\n");
     out.push_str("# TYPE canopy_projection_batches_total counter\n");

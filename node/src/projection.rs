@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::event_store::{EventStore, STREAM, Stored, decode};
+use actors::event_store::{AckClock, EventStore, STREAM, Stored, decode};
 use actors::seal::{KeyRing, SealError, Sealed};
 use actors::tenant::Scope;
 use async_nats::jetstream::consumer;
@@ -23,6 +23,7 @@ pub struct Progress {
     rx: watch::Receiver<u64>,
     caught_up: Arc<AtomicBool>,
     lag: Arc<Mutex<LagWindow>>,
+    ack_lag: Arc<Mutex<LagWindow>>,
     counts: Arc<Counts>,
 }
 
@@ -33,8 +34,9 @@ struct Counts {
     events: AtomicU64,
 }
 
-/// How long events took from being stored in JetStream to being committed in
-/// SurrealDB, over the last few seconds.
+/// Projection lags over the last few seconds: from stored in JetStream (the
+/// stream's timestamp), or from the ack this node received for its own appends,
+/// to committed in SurrealDB.
 #[derive(Default)]
 struct LagWindow {
     samples: VecDeque<(Instant, Duration)>,
@@ -51,6 +53,19 @@ impl LagWindow {
         {
             self.samples.pop_front();
         }
+    }
+
+    /// The p50 and p99 over the window, and the sample count.
+    fn quantiles(&self) -> Option<(Duration, Duration, usize)> {
+        let now = Instant::now();
+        let mut lags: Vec<Duration> =
+            self.samples.iter().filter(|(t, _)| now.duration_since(*t) <= LAG_WINDOW).map(|(_, l)| *l).collect();
+        if lags.is_empty() {
+            return None;
+        }
+        lags.sort_unstable();
+        let at = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+        Some((at(0.50), at(0.99), lags.len()))
     }
 }
 
@@ -76,18 +91,16 @@ impl Progress {
         (self.counts.batches.load(Ordering::Relaxed), self.counts.events.load(Ordering::Relaxed))
     }
 
-    /// The p50 and p99 projection lag over the last five seconds, and the sample count.
+    /// The p50 and p99 projection lag from stored in JetStream, over the last five
+    /// seconds, and the sample count.
     pub fn lag(&self) -> Option<(Duration, Duration, usize)> {
-        let window = self.lag.lock().expect("lag window lock");
-        let now = Instant::now();
-        let mut lags: Vec<Duration> =
-            window.samples.iter().filter(|(t, _)| now.duration_since(*t) <= LAG_WINDOW).map(|(_, l)| *l).collect();
-        if lags.is_empty() {
-            return None;
-        }
-        lags.sort_unstable();
-        let at = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
-        Some((at(0.50), at(0.99), lags.len()))
+        self.lag.lock().expect("lag window lock").quantiles()
+    }
+
+    /// The same from the ack this node received for its own appends: how long a
+    /// writer waits for read-your-writes after its append is acknowledged.
+    pub fn ack_lag(&self) -> Option<(Duration, Duration, usize)> {
+        self.ack_lag.lock().expect("lag window lock").quantiles()
     }
 }
 
@@ -98,6 +111,9 @@ pub struct Projector {
     tx: watch::Sender<u64>,
     caught_up: Arc<AtomicBool>,
     lag: Arc<Mutex<LagWindow>>,
+    ack_lag: Arc<Mutex<LagWindow>>,
+    /// Ack times of the events this node appended (from the appending store).
+    acks: AckClock,
     counts: Arc<Counts>,
 }
 
@@ -109,12 +125,21 @@ impl Projector {
         let (tx, rx) = watch::channel(0);
         let caught_up = Arc::new(AtomicBool::new(false));
         let lag = Arc::new(Mutex::new(LagWindow::default()));
+        let ack_lag = Arc::new(Mutex::new(LagWindow::default()));
         let counts = Arc::new(Counts::default());
-        let p = Progress { rx, caught_up: caught_up.clone(), lag: lag.clone(), counts: counts.clone() };
-        (Self { rm, store, keys, tx, caught_up, lag, counts }, p)
+        let p = Progress {
+            rx,
+            caught_up: caught_up.clone(),
+            lag: lag.clone(),
+            ack_lag: ack_lag.clone(),
+            counts: counts.clone(),
+        };
+        let acks = store.acks();
+        (Self { rm, store, keys, tx, caught_up, lag, ack_lag, acks, counts }, p)
     }
 
-    /// Reads the log through `store` (a connection of the projector's own).
+    /// Reads the log through `store` (a connection of the projector's own). The
+    /// ack times still come from the store given to `new`, the one that appends.
     pub fn with_store(mut self, store: EventStore) -> Self {
         self.store = store;
         self
@@ -170,10 +195,12 @@ impl Projector {
             }
             let mut stored = Vec::with_capacity(batch.len());
             let mut published = Vec::with_capacity(batch.len());
+            let mut seqs = Vec::with_capacity(batch.len());
             let mut last = 0;
             for m in &batch {
                 let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
                 last = info.stream_sequence;
+                seqs.push(last);
                 published.push(info.published);
                 match decode(last, &m.payload) {
                     Ok(s) => stored.push(s),
@@ -185,7 +212,7 @@ impl Projector {
                 }
             }
             self.apply(stored, last).await?;
-            self.record_lag(&published);
+            self.record_lag(&published, &seqs);
             self.counts.batches.fetch_add(1, Ordering::Relaxed);
             self.counts.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.publish_progress(last, head);
@@ -196,14 +223,23 @@ impl Projector {
         anyhow::bail!("the event stream ended")
     }
 
-    /// Records, for each event just committed, how long ago JetStream stored it.
-    fn record_lag(&self, published: &[time::OffsetDateTime]) {
+    /// Records, for each event just committed, how long ago JetStream stored it
+    /// and, for this node's own appends, how long ago their ack arrived.
+    fn record_lag(&self, published: &[time::OffsetDateTime], seqs: &[u64]) {
         let now = time::OffsetDateTime::now_utc();
         let at = Instant::now();
-        let mut window = self.lag.lock().expect("lag window lock");
-        for p in published {
-            let lag = (now - *p).try_into().unwrap_or(Duration::ZERO);
-            window.record(at, lag);
+        {
+            let mut window = self.lag.lock().expect("lag window lock");
+            for p in published {
+                let lag = (now - *p).try_into().unwrap_or(Duration::ZERO);
+                window.record(at, lag);
+            }
+        }
+        let mut window = self.ack_lag.lock().expect("lag window lock");
+        for seq in seqs {
+            if let Some(acked) = self.acks.take(*seq) {
+                window.record(at, at.saturating_duration_since(acked));
+            }
         }
     }
 

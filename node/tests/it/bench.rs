@@ -22,6 +22,9 @@ async fn the_quick_benchmark_runs_every_scenario() {
             assert!(s.extra["paired_A_ops_per_sec"] > 0.0, "{s:?}");
         }
     }
+    // H is measured from this node's acks, and from the stream's timestamps.
+    let h = report.results.iter().find(|s| s.scenario.starts_with('H')).unwrap();
+    assert!(h.extra["stored_p99_us"] > 0.0 && h.extra["stored_p50_us"] <= h.extra["stored_p99_us"], "{h:?}");
     let g = report.results.iter().find(|s| s.scenario.starts_with('G')).unwrap();
     assert!(g.extra["kib_per_live_tree"].is_finite());
     let i = report.results.iter().find(|s| s.scenario.starts_with('I')).unwrap();

@@ -83,6 +83,37 @@ async fn live_trees(node: &TestNode) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+fn metric(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_projection_lag_is_measured_from_the_ack_of_this_nodes_appends() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    for first in ["One", "Two", "Three"] {
+        let q =
+            format!("mutation {{ updateProfile(input: {{firstname: \"{first}\", lastname: \"X\"}}) {{ firstname }} }}");
+        let r = node.gql(Some("acme"), Some(&owner), &q, json!({})).await;
+        assert_eq!(r["data"]["updateProfile"]["firstname"], first, "{r}");
+    }
+    let text = node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // Every mutation waited for its own event: each was acked here and projected.
+    assert!(metric(&text, "canopy_projection_ack_lag_seconds_count") >= 3.0, "{text}");
+    let (p50, p99) = (
+        metric(&text, "canopy_projection_ack_lag_seconds{quantile=\"0.5\"}"),
+        metric(&text, "canopy_projection_ack_lag_seconds{quantile=\"0.99\"}"),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{text}");
+    // The lag from the stream's timestamp covers at least as many events.
+    assert!(
+        metric(&text, "canopy_projection_lag_seconds_count")
+            >= metric(&text, "canopy_projection_ack_lag_seconds_count")
+    );
+}
+
 #[tokio::test]
 async fn commands_after_a_tree_passivated_start_it_again() {
     let nats = NatsServer::start();
