@@ -190,12 +190,9 @@ impl AckClock {
         self.acked.lock().expect("ack clock lock").remove(&seq)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.acked.lock().expect("ack clock lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -47,6 +47,13 @@ async fn readyz(Data(app): Data<&Arc<App>>) -> Response {
     (status, Json(serde_json::json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
+/// A Prometheus summary of a lag window: its p50 and p99 in seconds, and its count.
+fn summary(out: &mut String, name: &str, help: &str, lag: Option<(std::time::Duration, std::time::Duration, usize)>) {
+    let (p50, p99, n) = lag.map_or((0.0, 0.0, 0), |(a, b, n)| (a.as_secs_f64(), b.as_secs_f64(), n));
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} summary\n"));
+    out.push_str(&format!("{name}{{quantile=\"0.5\"}} {p50}\n{name}{{quantile=\"0.99\"}} {p99}\n{name}_count {n}\n"));
+}
+
 /// A few gauges in the Prometheus text format.
 #[handler]
 async fn metrics(Data(app): Data<&Arc<App>>) -> String {
@@ -54,22 +61,18 @@ async fn metrics(Data(app): Data<&Arc<App>>) -> String {
     out.push_str("# HELP canopy_projection_applied_seq Stream sequence of the last event in the read models.\n");
     out.push_str("# TYPE canopy_projection_applied_seq gauge\n");
     out.push_str(&format!("canopy_projection_applied_seq {}\n", app.progress.applied()));
-    out.push_str(
-        "# HELP canopy_projection_lag_seconds From stored in JetStream to committed in SurrealDB, last 5 s.\n",
+    summary(
+        &mut out,
+        "canopy_projection_lag_seconds",
+        "From stored in JetStream to committed in SurrealDB, last 5 s.",
+        app.progress.lag(),
     );
-    out.push_str("# TYPE canopy_projection_lag_seconds summary\n");
-    let (p50, p99, n) = app.progress.lag().map_or((0.0, 0.0, 0), |(a, b, n)| (a.as_secs_f64(), b.as_secs_f64(), n));
-    out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.5\"}} {p50}\n"));
-    out.push_str(&format!("canopy_projection_lag_seconds{{quantile=\"0.99\"}} {p99}\n"));
-    out.push_str(&format!("canopy_projection_lag_seconds_count {n}\n"));
-    out.push_str(
-        "# HELP canopy_projection_ack_lag_seconds From this node's append ack to committed in SurrealDB (read-your-writes wait), last 5 s.\n",
+    summary(
+        &mut out,
+        "canopy_projection_ack_lag_seconds",
+        "From this node's append ack to committed in SurrealDB (read-your-writes wait), last 5 s.",
+        app.progress.ack_lag(),
     );
-    out.push_str("# TYPE canopy_projection_ack_lag_seconds summary\n");
-    let (p50, p99, n) = app.progress.ack_lag().map_or((0.0, 0.0, 0), |(a, b, n)| (a.as_secs_f64(), b.as_secs_f64(), n));
-    out.push_str(&format!("canopy_projection_ack_lag_seconds{{quantile=\"0.5\"}} {p50}\n"));
-    out.push_str(&format!("canopy_projection_ack_lag_seconds{{quantile=\"0.99\"}} {p99}\n"));
-    out.push_str(&format!("canopy_projection_ack_lag_seconds_count {n}\n"));
     let (batches, events) = app.progress.counts();
     out.push_str("# HELP canopy_projection_batches_total Projector batches committed (one transaction each).\n");
     out.push_str("# TYPE canopy_projection_batches_total counter\n");

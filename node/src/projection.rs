@@ -194,14 +194,13 @@ impl Projector {
                 }
             }
             let mut stored = Vec::with_capacity(batch.len());
-            let mut published = Vec::with_capacity(batch.len());
-            let mut seqs = Vec::with_capacity(batch.len());
+            // (sequence, stored at) of each event, for the lag windows.
+            let mut marks = Vec::with_capacity(batch.len());
             let mut last = 0;
             for m in &batch {
                 let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
                 last = info.stream_sequence;
-                seqs.push(last);
-                published.push(info.published);
+                marks.push((last, info.published));
                 match decode(last, &m.payload) {
                     Ok(s) => stored.push(s),
                     // A message that is not an envelope can never be projected; waiting
@@ -212,7 +211,7 @@ impl Projector {
                 }
             }
             self.apply(stored, last).await?;
-            self.record_lag(&published, &seqs);
+            self.record_lag(&marks);
             self.counts.batches.fetch_add(1, Ordering::Relaxed);
             self.counts.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.publish_progress(last, head);
@@ -225,20 +224,15 @@ impl Projector {
 
     /// Records, for each event just committed, how long ago JetStream stored it
     /// and, for this node's own appends, how long ago their ack arrived.
-    fn record_lag(&self, published: &[time::OffsetDateTime], seqs: &[u64]) {
+    fn record_lag(&self, marks: &[(u64, time::OffsetDateTime)]) {
         let now = time::OffsetDateTime::now_utc();
         let at = Instant::now();
-        {
-            let mut window = self.lag.lock().expect("lag window lock");
-            for p in published {
-                let lag = (now - *p).try_into().unwrap_or(Duration::ZERO);
-                window.record(at, lag);
-            }
-        }
-        let mut window = self.ack_lag.lock().expect("lag window lock");
-        for seq in seqs {
-            if let Some(acked) = self.acks.take(*seq) {
-                window.record(at, at.saturating_duration_since(acked));
+        let mut stored = self.lag.lock().expect("lag window lock");
+        let mut acked = self.ack_lag.lock().expect("lag window lock");
+        for (seq, published) in marks {
+            stored.record(at, (now - *published).try_into().unwrap_or(Duration::ZERO));
+            if let Some(t) = self.acks.take(*seq) {
+                acked.record(at, at.saturating_duration_since(t));
             }
         }
     }
