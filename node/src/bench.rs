@@ -115,13 +115,40 @@ where
 /// How many slices a paired measurement alternates between its two sides.
 const SLICES: u32 = 4;
 
+/// Waits, between the slices of a paired measurement, until the node's projector
+/// has applied everything in `EVENTS`: otherwise the backlog a slice of commands
+/// leaves behind is projected during the next slice, which is the baseline's half
+/// the time, and the ratio would flatter the commands.
+struct Drain {
+    js: async_nats::jetstream::Context,
+    client: reqwest::Client,
+    metrics: String,
+}
+
+impl Drain {
+    async fn wait(&self) -> anyhow::Result<()> {
+        let head = self.js.get_stream(actors::event_store::STREAM).await?.info().await?.state.last_sequence;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metrics = self.client.get(&self.metrics).send().await?.text().await?;
+            if gauge(&metrics, "canopy_projection_applied_seq") as u64 >= head {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the projector did not reach sequence {head} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// Runs the two sides of a paired measurement in alternating slices (base, op, op,
 /// base, base, op, ...), `duration` in all for each, so that both see the same
 /// disk. On this kind of machine fsync latency drifts by a third within minutes,
 /// more than the differences being measured, so a baseline taken a minute earlier
 /// would decide the ratio. `run(true, k)` runs slice `k` of the measured side,
-/// `run(false, k)` of the baseline.
-async fn paired<R, Fut>(duration: Duration, mut run: R) -> anyhow::Result<(Samples, Samples)>
+/// `run(false, k)` of the baseline. Each slice starts with the projector idle.
+async fn paired<R, Fut>(duration: Duration, drain: &Drain, mut run: R) -> anyhow::Result<(Samples, Samples)>
 where
     R: FnMut(bool, Duration, u64) -> Fut,
     Fut: Future<Output = anyhow::Result<Samples>>,
@@ -133,6 +160,7 @@ where
         for measured in order {
             // Offsets keep `i` unique across slices (the baseline's subjects use it).
             let s = run(measured, slice, k * 1_000_000_000).await?;
+            drain.wait().await?;
             if measured { op.add(s) } else { base.add(s) }
         }
     }
@@ -145,6 +173,7 @@ async fn measure_against<B, BFut, F, Fut>(
     scenario: &str,
     concurrency: usize,
     duration: Duration,
+    drain: &Drain,
     base: &Arc<B>,
     op: F,
 ) -> anyhow::Result<Stats>
@@ -155,7 +184,7 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
     let op = Arc::new(op);
-    let (base, op) = paired(duration, |measured, slice, first| {
+    let (base, op) = paired(duration, drain, |measured, slice, first| {
         let (base, op) = (base.clone(), op.clone());
         async move {
             if measured {
@@ -377,6 +406,7 @@ async fn scenarios(
     let Fixture { duration, tenants, busy_accounts, levels, .. } = *fixture;
     // A: raw JetStream publish with ack, on a stream configured like EVENTS.
     let js = async_nats::jetstream::new(nc.clone());
+    let drain = Drain { js: js.clone(), client: http.client.clone(), metrics: fixture.metrics.clone() };
     let mut cfg = stream_config(1);
     cfg.name = "BENCH".into();
     cfg.subjects = vec!["bench.>".into()];
@@ -419,7 +449,9 @@ async fn scenarios(
                 anyhow::Ok(())
             }
         };
-        results.push(measure_against("A' publish+ack with Canopy's checks", c, duration, &publish, checked).await?);
+        results.push(
+            measure_against("A' publish+ack with Canopy's checks", c, duration, &drain, &publish, checked).await?,
+        );
     }
 
     // Fixtures: tenants with their owners, and one busy tenant with many accounts.
@@ -482,7 +514,7 @@ async fn scenarios(
     for &c in levels.iter().filter(|_| fixture.wants('B')) {
         let (nc, owners) = (nc.clone(), owners.clone());
         results.push(
-            measure_against("B commands to actors (NATS)", c, duration, &publish, move |w, i| {
+            measure_against("B commands to actors (NATS)", c, duration, &drain, &publish, move |w, i| {
                 let who = owners[pick(owners.len(), c, w, i)].clone();
                 update_profile(nc.clone(), who, i)
             })
@@ -499,7 +531,7 @@ async fn scenarios(
     for &c in levels.iter().filter(|_| fixture.wants('C')) {
         let (owners, http) = (owners.clone(), http.clone());
         results.push(
-            measure_against("C mutations through GraphQL", c, duration, &publish, move |w, i| {
+            measure_against("C mutations through GraphQL", c, duration, &drain, &publish, move |w, i| {
                 let who = owners[pick(owners.len(), c, w, i)].clone();
                 let h = http.clone();
                 async move {
@@ -566,7 +598,7 @@ async fn scenarios(
     let nc2 = nc.clone();
     if fixture.wants('E') {
         results.push(
-            measure_against("E one busy tenant (NATS)", c, duration, &publish, move |w, i| {
+            measure_against("E one busy tenant (NATS)", c, duration, &drain, &publish, move |w, i| {
                 let who = busy[pick(busy.len(), c, w, i)].clone();
                 update_profile(nc2.clone(), who, i)
             })
@@ -587,7 +619,7 @@ async fn scenarios(
                 Ok(())
             }
         });
-        let (unloaded, loaded) = paired(duration, |flooded, slice, first| {
+        let (unloaded, loaded) = paired(duration, &drain, |flooded, slice, first| {
             let (me, http, noisy) = (me.clone(), http.clone(), noisy.clone());
             async move {
                 let flood_until = Instant::now() + slice;

@@ -80,6 +80,14 @@ async fn metrics(Data(app): Data<&Arc<App>>) -> String {
     out.push_str("# HELP canopy_projection_events_total Events in the committed projector batches.\n");
     out.push_str("# TYPE canopy_projection_events_total counter\n");
     out.push_str(&format!("canopy_projection_events_total {events}\n"));
+    out.push_str("# HELP canopy_read_model_reads_total Queries that read the read models, since start.\n");
+    out.push_str("# TYPE canopy_read_model_reads_total counter\n");
+    out.push_str(&format!("canopy_read_model_reads_total {}\n", app.read_model.reads()));
+    let (hits, misses) = app.documents.counts();
+    out.push_str("# HELP canopy_graphql_documents_total GraphQL documents of up to 16 KiB, by whether their parse was remembered.\n");
+    out.push_str("# TYPE canopy_graphql_documents_total counter\n");
+    out.push_str(&format!("canopy_graphql_documents_total{{parse=\"remembered\"}} {hits}\n"));
+    out.push_str(&format!("canopy_graphql_documents_total{{parse=\"parsed\"}} {misses}\n"));
     let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
         Ok(ractor::rpc::CallResult::Success(n)) => n,
         _ => 0,
@@ -230,7 +238,7 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
         }
         Err(_) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the request body could not be read"),
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+    let mut request: async_graphql::Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(_) => {
             return refuse(
@@ -261,6 +269,7 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
     };
 
     // 5. Run it.
+    app.documents.prepare(&mut request);
     let ctx = RequestCtx { scope, principal, idempotency_key, consistency };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {

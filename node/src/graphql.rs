@@ -2,6 +2,7 @@
 //! NATS to the tenant's tree, and answer once their events are projected.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actors::account::{Email, InputError, Password, PersonName};
@@ -11,6 +12,7 @@ use actors::command::{
 };
 use actors::tenant::{Scope, TenantId, TenantName};
 use async_graphql::connection::{Connection, Edge};
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{
     ComplexObject, Context, EmptySubscription, ErrorExtensions, InputObject, Object, Schema, SimpleObject,
 };
@@ -33,6 +35,66 @@ pub const MAX_PAGE: i32 = 100;
 
 pub fn schema() -> CanopySchema {
     Schema::build(Query, Mutation, EmptySubscription).limit_depth(MAX_DEPTH).limit_complexity(MAX_COMPLEXITY).finish()
+}
+
+/// The most text a remembered document may have; longer ones are parsed each time.
+const DOCUMENT_MAX_LEN: usize = 16 * 1024;
+/// The text the remembered documents may add up to (their trees are a few times larger).
+const DOCUMENTS_MAX_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Parsed GraphQL documents, by their text. Clients send the same few documents
+/// over and over with different variables, and parsing was a measurable share of a
+/// mutation's CPU. Only the parse is skipped: the depth, complexity and directive
+/// limits and validation still run on every request.
+pub struct Documents {
+    parsed: quick_cache::sync::Cache<String, ExecutableDocument, TextWeight>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Clone)]
+struct TextWeight;
+
+impl quick_cache::Weighter<String, ExecutableDocument> for TextWeight {
+    fn weight(&self, text: &String, _: &ExecutableDocument) -> u64 {
+        text.len() as u64 + 1
+    }
+}
+
+impl Default for Documents {
+    fn default() -> Self {
+        Self {
+            parsed: quick_cache::sync::Cache::with_weighter(4096, DOCUMENTS_MAX_BYTES, TextWeight),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Documents {
+    /// Gives `request` its parsed document: the remembered one, or a fresh parse
+    /// that is remembered when it succeeds. A text that does not parse is left to
+    /// `execute`, which reports the syntax error.
+    pub fn prepare(&self, request: &mut async_graphql::Request) {
+        if request.query.len() > DOCUMENT_MAX_LEN {
+            return;
+        }
+        if let Some(doc) = self.parsed.get(request.query.as_str()) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            request.set_parsed_query(doc);
+            return;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        if let Ok(doc) = request.parsed_query() {
+            let doc = doc.clone();
+            self.parsed.insert(request.query.clone(), doc);
+        }
+    }
+
+    /// (hits, misses) since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
 }
 
 /// Who is asking, and for which tenant; resolved by the edge before execution.
@@ -153,38 +215,78 @@ pub struct AuthPayload {
 #[ComplexObject]
 impl AuthPayload {
     /// The signed-in account.
-    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
-        let (app, req) = parts(ctx);
+    async fn user(&self, ctx: &Context<'_>) -> User {
+        let (_, req) = parts(ctx);
         let scope = match &req.principal {
             Some(p) => Scope::parse_token(&p.tenant).unwrap_or(req.scope.clone()),
             None => req.scope.clone(),
         };
-        load_user(app, &scope, &self.account_id).await
+        // Its actor has just registered or authenticated it.
+        User::known(&scope, &self.account_id)
+    }
+}
+
+/// An account, read from its tenant's read model. Where a command has just
+/// succeeded for the account, the answer starts from its id alone and reads the
+/// row on the first field that needs it: a mutation that selects only `id` (read-
+/// your-writes already waited for) costs no SurrealDB query.
+pub struct User {
+    id: String,
+    scope: Scope,
+    row: tokio::sync::OnceCell<UserRow>,
+}
+
+impl User {
+    /// An account known to exist (a command for it just succeeded), read lazily.
+    fn known(scope: &Scope, account_id: &str) -> Self {
+        Self { id: account_id.to_owned(), scope: scope.clone(), row: tokio::sync::OnceCell::new() }
+    }
+
+    fn from_row(scope: &Scope, row: UserRow) -> Self {
+        Self { id: row.account_id.clone(), scope: scope.clone(), row: tokio::sync::OnceCell::from(row) }
+    }
+
+    /// The read-model row, read once however many fields ask for it.
+    async fn row(&self, ctx: &Context<'_>) -> async_graphql::Result<&UserRow> {
+        self.row
+            .get_or_try_init(|| async {
+                let (app, _) = parts(ctx);
+                app.read_model
+                    .user(&self.scope, &self.id)
+                    .await
+                    .map_err(|e| internal("reading a user", e))?
+                    .ok_or_else(|| error("NOT_FOUND", "no such account"))
+            })
+            .await
     }
 }
 
 /// An account as others see it.
-#[derive(SimpleObject)]
-pub struct User {
-    id: String,
-    email: String,
-    firstname: String,
-    lastname: String,
-    /// True for the tenant's owner.
-    owner: bool,
-    created_at: String,
-}
+#[Object]
+impl User {
+    async fn id(&self) -> &str {
+        &self.id
+    }
 
-impl From<UserRow> for User {
-    fn from(r: UserRow) -> Self {
-        Self {
-            id: r.account_id,
-            email: r.email,
-            firstname: r.firstname,
-            lastname: r.lastname,
-            owner: r.owner,
-            created_at: r.created_at,
-        }
+    async fn email(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.email)
+    }
+
+    async fn firstname(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.firstname)
+    }
+
+    async fn lastname(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.lastname)
+    }
+
+    /// True for the tenant's owner.
+    async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        Ok(self.row(ctx).await?.owner)
+    }
+
+    async fn created_at(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.created_at)
     }
 }
 
@@ -203,12 +305,13 @@ impl From<TenantRow> for Tenant {
     }
 }
 
+/// Reads an account now, for `me`: a token can outlive its account's read model row.
 async fn load_user(app: &App, scope: &Scope, account_id: &str) -> async_graphql::Result<User> {
     app.read_model
         .user(scope, account_id)
         .await
         .map_err(|e| internal("reading a user", e))?
-        .map(User::from)
+        .map(|row| User::from_row(scope, row))
         .ok_or_else(|| error("NOT_FOUND", "no such account"))
 }
 
@@ -264,7 +367,7 @@ impl Query {
         let has_next = rows.len() > limit;
         rows.truncate(limit);
         let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().map(|r| Edge::new(encode_cursor(r.seq), User::from(r))));
+        conn.edges.extend(rows.into_iter().map(|r| Edge::new(encode_cursor(r.seq), User::from_row(&req.scope, r))));
         Ok(conn)
     }
 
@@ -373,7 +476,7 @@ impl Mutation {
             return Err(internal("unexpected reply", "updateProfile"));
         };
         settle(ctx, app, seq).await;
-        load_user(app, &req.scope, &p.sub).await
+        Ok(User::known(&req.scope, &p.sub))
     }
 
     /// Creates a tenant and its owner account (platform administrators only).

@@ -48,6 +48,7 @@ pub struct App {
     pub tokens: Tokens,
     pub progress: Progress,
     pub schema: CanopySchema,
+    pub documents: graphql::Documents,
     pub node: ActorRef<NodeMsg>,
     known_tenants: RwLock<HashSet<TenantId>>,
 }
@@ -256,6 +257,7 @@ async fn serve(
         tokens,
         progress,
         schema: graphql::schema(),
+        documents: graphql::Documents::default(),
         node: node.clone(),
         known_tenants: RwLock::default(),
     });

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actors::event_store::is_safe_token;
 use actors::tenant::{Scope, TenantId};
@@ -185,6 +186,8 @@ pub struct ReadModel {
     /// The projector's own session: its queries switch databases with `USE DB`,
     /// which would move any session they ran on.
     projector: Surreal<Any>,
+    /// Reads sent to SurrealDB since start (`/metrics`).
+    reads: Arc<AtomicU64>,
 }
 
 impl ReadModel {
@@ -210,7 +213,7 @@ impl ReadModel {
         }
         let projector = root.clone();
         projector.use_ns(NAMESPACE).use_db("system").await.context("while opening the projector session")?;
-        let rm = Self { root, sessions: Arc::default(), projector };
+        let rm = Self { root, sessions: Arc::default(), projector, reads: Arc::default() };
         rm.session("system").await.context("while preparing the system database")?;
         Ok(rm)
     }
@@ -239,9 +242,15 @@ impl ReadModel {
         vars: serde_json::Value,
     ) -> Result<Vec<T>, ReadError> {
         let s = self.session(db).await?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let mut res = s.query(sql).bind(vars).await.map_err(read_err)?;
         let rows: Vec<serde_json::Value> = res.take(0).map_err(read_err)?;
         rows.into_iter().map(|r| serde_json::from_value(r).map_err(read_err)).collect()
+    }
+
+    /// How many reads were sent to SurrealDB since start.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     pub async fn health(&self) -> bool {

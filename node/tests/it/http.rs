@@ -138,3 +138,77 @@ async fn commands_after_a_tree_passivated_start_it_again() {
     assert_eq!(r["data"]["updateProfile"]["firstname"], "Two", "{r}");
     assert!(live_trees(&node).await >= 1);
 }
+
+async fn metrics_text(node: &TestNode) -> String {
+    node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_mutation_reads_the_read_model_only_for_the_fields_it_selects() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let reads = |text: &str| metric(text, "canopy_read_model_reads_total");
+    let me = node.gql(Some("acme"), Some(&owner), "{ me { id } }", json!({})).await;
+    let id = me["data"]["me"]["id"].as_str().expect("me").to_owned();
+
+    let before = reads(&metrics_text(&node).await);
+    let q = "mutation { updateProfile(input: {firstname: \"Ada\", lastname: \"L\"}) { id } }";
+    let r = node.gql(Some("acme"), Some(&owner), q, json!({})).await;
+    assert_eq!(r["data"]["updateProfile"]["id"], id.as_str(), "{r}");
+    let after_id_only = reads(&metrics_text(&node).await);
+    assert_eq!(after_id_only, before, "an answer of only `id` needs no read");
+
+    let q = "mutation { updateProfile(input: {firstname: \"Grace\", lastname: \"H\"}) { id firstname lastname email owner createdAt } }";
+    let r = node.gql(Some("acme"), Some(&owner), q, json!({})).await;
+    let u = &r["data"]["updateProfile"];
+    // Read-your-writes still holds for the fields that are read.
+    assert_eq!((u["firstname"].as_str(), u["lastname"].as_str()), (Some("Grace"), Some("H")), "{r}");
+    assert_eq!((u["email"].as_str(), u["owner"].as_bool()), (Some("owner@acme.test"), Some(true)), "{r}");
+    assert!(u["createdAt"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+    // Six fields, one read.
+    assert_eq!(reads(&metrics_text(&node).await), after_id_only + 1.0);
+}
+
+/// `{ __schema { types { fields { type { ofType { ... { name } } } } } } }`, `depth` levels deep.
+fn introspection_of_depth(depth: usize) -> String {
+    let inner = depth - 4;
+    format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {}name{} }} }} }} }} }}",
+        "ofType { ".repeat(inner),
+        " }".repeat(inner)
+    )
+}
+
+#[tokio::test]
+async fn a_document_is_parsed_once_but_its_limits_are_checked_on_every_request() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let remembered = |text: &str| metric(text, "canopy_graphql_documents_total{parse=\"remembered\"}");
+
+    let first = remembered(&metrics_text(&node).await);
+    for _ in 0..2 {
+        let r = node.gql(Some("acme"), Some(&owner), "{ me { email } }", json!({})).await;
+        assert_eq!(r["data"]["me"]["email"], "owner@acme.test", "{r}");
+    }
+    let second = remembered(&metrics_text(&node).await);
+    assert_eq!(second, first + 1.0, "the second request reused the first one's parse");
+
+    // Too deep: refused the second time too, though its parse was remembered.
+    let deep = introspection_of_depth(canopy_node::graphql::MAX_DEPTH + 2);
+    for _ in 0..2 {
+        let r = node.gql(Some("acme"), Some(&owner), &deep, json!({})).await;
+        assert!(r["data"].is_null(), "{r}");
+        assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{r}");
+        assert!(r["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{r}");
+    }
+    assert_eq!(remembered(&metrics_text(&node).await), second + 1.0);
+
+    // A syntax error is reported each time and never remembered.
+    for _ in 0..2 {
+        let r = node.gql(Some("acme"), Some(&owner), "{ me { email ", json!({})).await;
+        assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{r}");
+    }
+    assert_eq!(remembered(&metrics_text(&node).await), second + 1.0);
+}
