@@ -127,7 +127,8 @@ struct Drain {
 
 impl Drain {
     async fn wait(&self) -> anyhow::Result<()> {
-        let head = self.js.get_stream(actors::event_store::STREAM).await?.info().await?.state.last_sequence;
+        // `get_stream` fetches the stream's info; its cached copy is current.
+        let head = self.js.get_stream(actors::event_store::STREAM).await?.cached_info().state.last_sequence;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let metrics = self.client.get(&self.metrics).send().await?.text().await?;

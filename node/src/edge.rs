@@ -54,13 +54,26 @@ fn summary(out: &mut String, name: &str, help: &str, lag: Option<(std::time::Dur
     out.push_str(&format!("{name}{{quantile=\"0.5\"}} {p50}\n{name}{{quantile=\"0.99\"}} {p99}\n{name}_count {n}\n"));
 }
 
+/// One metric family: its help and type lines, then one sample per label set
+/// (`""` for none).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, value) in samples {
+        out.push_str(&format!("{name}{labels} {value}\n"));
+    }
+}
+
 /// A few gauges in the Prometheus text format.
 #[handler]
 async fn metrics(Data(app): Data<&Arc<App>>) -> String {
     let mut out = String::new();
-    out.push_str("# HELP canopy_projection_applied_seq Stream sequence of the last event in the read models.\n");
-    out.push_str("# TYPE canopy_projection_applied_seq gauge\n");
-    out.push_str(&format!("canopy_projection_applied_seq {}\n", app.progress.applied()));
+    family(
+        &mut out,
+        "canopy_projection_applied_seq",
+        "gauge",
+        "Stream sequence of the last event in the read models.",
+        &[("", app.progress.applied())],
+    );
     summary(
         &mut out,
         "canopy_projection_lag_seconds",
@@ -74,27 +87,40 @@ async fn metrics(Data(app): Data<&Arc<App>>) -> String {
         app.progress.ack_lag(),
     );
     let (batches, events) = app.progress.counts();
-    out.push_str("# HELP canopy_projection_batches_total Projector batches committed (one transaction each).\n");
-    out.push_str("# TYPE canopy_projection_batches_total counter\n");
-    out.push_str(&format!("canopy_projection_batches_total {batches}\n"));
-    out.push_str("# HELP canopy_projection_events_total Events in the committed projector batches.\n");
-    out.push_str("# TYPE canopy_projection_events_total counter\n");
-    out.push_str(&format!("canopy_projection_events_total {events}\n"));
-    out.push_str("# HELP canopy_read_model_reads_total Queries that read the read models, since start.\n");
-    out.push_str("# TYPE canopy_read_model_reads_total counter\n");
-    out.push_str(&format!("canopy_read_model_reads_total {}\n", app.read_model.reads()));
-    let (hits, misses) = app.documents.counts();
-    out.push_str("# HELP canopy_graphql_documents_total GraphQL documents of up to 16 KiB, by whether their parse was remembered.\n");
-    out.push_str("# TYPE canopy_graphql_documents_total counter\n");
-    out.push_str(&format!("canopy_graphql_documents_total{{parse=\"remembered\"}} {hits}\n"));
-    out.push_str(&format!("canopy_graphql_documents_total{{parse=\"parsed\"}} {misses}\n"));
+    family(
+        &mut out,
+        "canopy_projection_batches_total",
+        "counter",
+        "Projector batches committed (one transaction each).",
+        &[("", batches)],
+    );
+    family(
+        &mut out,
+        "canopy_projection_events_total",
+        "counter",
+        "Events in the committed projector batches.",
+        &[("", events)],
+    );
+    family(
+        &mut out,
+        "canopy_read_model_reads_total",
+        "counter",
+        "Queries that read the read models, since start.",
+        &[("", app.read_model.reads())],
+    );
+    let (remembered, parsed) = app.documents.counts();
+    family(
+        &mut out,
+        "canopy_graphql_documents_total",
+        "counter",
+        "GraphQL documents of up to 16 KiB, by whether their parse was remembered.",
+        &[("{parse=\"remembered\"}", remembered), ("{parse=\"parsed\"}", parsed)],
+    );
     let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
         Ok(ractor::rpc::CallResult::Success(n)) => n,
         _ => 0,
     };
-    out.push_str("# HELP canopy_tenant_trees Tenant trees running on this node.\n");
-    out.push_str("# TYPE canopy_tenant_trees gauge\n");
-    out.push_str(&format!("canopy_tenant_trees {trees}\n"));
+    family(&mut out, "canopy_tenant_trees", "gauge", "Tenant trees running on this node.", &[("", trees as u64)]);
     out
 }
 

@@ -91,7 +91,7 @@ impl Documents {
         }
     }
 
-    /// (hits, misses) since start.
+    /// Documents whose parse was (remembered, parsed anew) since start.
     pub fn counts(&self) -> (u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }

@@ -77,9 +77,12 @@ async fn no_password_hash_email_or_name_is_in_clear_in_the_log() {
     }
 }
 
+async fn metrics_text(node: &TestNode) -> String {
+    node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
 async fn live_trees(node: &TestNode) -> u64 {
-    let text = node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    metric(&text, "canopy_tenant_trees") as u64
+    metric(&metrics_text(node).await, "canopy_tenant_trees") as u64
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -98,7 +101,7 @@ async fn the_projection_lag_is_measured_from_the_ack_of_this_nodes_appends() {
         let r = node.gql(Some("acme"), Some(&owner), &q, json!({})).await;
         assert_eq!(r["data"]["updateProfile"]["firstname"], first, "{r}");
     }
-    let text = node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = metrics_text(&node).await;
     // Every mutation waited for its own event: each was acked here and projected.
     assert!(metric(&text, "canopy_projection_ack_lag_seconds_count") >= 3.0, "{text}");
     let (p50, p99) = (
@@ -137,10 +140,6 @@ async fn commands_after_a_tree_passivated_start_it_again() {
     let r = node.gql(Some("acme"), Some(&owner), &update("Two"), json!({})).await;
     assert_eq!(r["data"]["updateProfile"]["firstname"], "Two", "{r}");
     assert!(live_trees(&node).await >= 1);
-}
-
-async fn metrics_text(node: &TestNode) -> String {
-    node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test]
