@@ -128,3 +128,32 @@ async fn the_stream_is_configured_as_designed() {
     assert_eq!(info.storage, async_nats::jetstream::stream::StorageType::File);
     assert_eq!(info.max_age, std::time::Duration::ZERO, "events are kept forever");
 }
+
+#[tokio::test]
+async fn a_long_history_loads_whole_and_in_order_across_pages_without_leaving_a_consumer() {
+    let nats = NatsServer::start();
+    let store = store(&nats).await;
+    // 2,400 events of `long` interleaved with 2,400 of `other`, in atomic batches of
+    // 400: more than two pages of direct gets (1,000 each) for either filter.
+    for b in 0..12 {
+        let batch =
+            (0..400).map(|i| pending(if i % 2 == 0 { "long" } else { "other" }, "ProfileUpdated", None)).collect();
+        store.append(&format!("batch{b}"), batch).await.unwrap();
+    }
+    let long = store.load(&aggregate_filter(&acme(), "account", "long"), 0).await.unwrap();
+    assert_eq!(long.len(), 2_400);
+    assert!(long.iter().all(|e| e.envelope.aggregate_id == "long"), "another aggregate's event was loaded");
+    assert!(long.windows(2).all(|w| w[0].seq < w[1].seq), "events out of order");
+
+    // From a point in the middle of the second page: exactly the events after it.
+    let after = long[1_499].seq;
+    let tail = store.load(&aggregate_filter(&acme(), "account", "long"), after).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), long[1_500..].iter().map(|e| e.seq).collect::<Vec<_>>());
+    // After the last event, and for an aggregate that never existed: nothing.
+    assert!(store.load(&aggregate_filter(&acme(), "account", "long"), long[2_399].seq).await.unwrap().is_empty());
+    assert!(store.load(&aggregate_filter(&acme(), "account", "nobody"), 0).await.unwrap().is_empty());
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = async_nats::jetstream::new(client).get_stream("EVENTS").await.unwrap();
+    assert_eq!(events.info().await.unwrap().state.consumer_count, 0, "a load left a consumer on the stream");
+}
