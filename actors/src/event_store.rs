@@ -27,12 +27,6 @@ pub const KEYS: &str = "keys";
 pub const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 /// Every envelope this build writes carries this schema version.
 pub const SCHEMA_VERSION: u32 = 1;
-/// Events a load asks for in its direct get (the server allows up to 1,000): more
-/// than a snapshot's tail (`snapshot_every`, 100 by default) usually holds; longer
-/// histories stream the rest through a consumer.
-const LOAD_PAGE: usize = 256;
-/// How long a load waits for each answer from the server.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server remembers a `Nats-Msg-Id`: retries inside it are applied once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
 
@@ -132,10 +126,6 @@ const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
 
 fn jetstream_error_code(e: &jetstream::context::PublishError) -> Option<u64> {
     std::error::Error::source(e)?.downcast_ref::<jetstream::Error>().map(|j| j.error_code().0)
-}
-
-fn header_u64(msg: &async_nats::Message, name: &str) -> Option<u64> {
-    msg.headers.as_ref()?.get(name)?.as_str().parse().ok()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -295,40 +285,28 @@ impl EventStore {
         }
     }
 
-    /// Reads one aggregate's events after `after_seq`, in order. The usual load (a
-    /// snapshot's short tail) is one batched direct get: no consumer. An ordered
-    /// consumer per load cost a JetStream API call to create, and stayed on the
-    /// stream for 30 s after the load, where the server matched every new event
-    /// against it (the bench saw 100-270 of them on `EVENTS` after activating 100
-    /// tenants). Beyond the first page a consumer streams the rest about twice as
-    /// fast as further direct gets (10,000 events: ~95 against ~200 ms), and is
-    /// deleted as soon as it is read. On a replicated stream a follower may answer
-    /// a direct get a little behind the leader: a load is only ever the base of a
-    /// decision, and the append's expected sequence refuses one made on stale state.
+    /// Reads one aggregate's events after `after_seq`, in order, through an ordered
+    /// consumer that is deleted as soon as it has delivered the last one. Left
+    /// alone, async-nats gives it 30 s of inactivity before the server removes it,
+    /// and meanwhile nats-server matches every new event against it: the bench
+    /// found 100-270 of them on `EVENTS` after activating 100 tenants. (Batched
+    /// direct gets were tried instead: faster for a tail at the end of the stream,
+    /// slower for the usual case of an account's events spread among other
+    /// tenants', where the server counts the pending events again for each one.)
     pub async fn load(&self, filter: &str, after_seq: u64) -> Result<Vec<Stored>, StoreError> {
-        let (mut out, more) = self.load_page(filter, after_seq + 1).await?;
-        if more && let Some(last) = out.last() {
-            let from = last.seq + 1;
-            out.extend(self.load_streamed(filter, from).await?);
-        }
-        Ok(out)
-    }
-
-    /// Every event on `filter` from sequence `from`, through an ordered consumer
-    /// that is deleted once it has delivered the last one.
-    async fn load_streamed(&self, filter: &str, from: u64) -> Result<Vec<Stored>, StoreError> {
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 },
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
         let name = consumer.cached_info().name.clone();
-        let mut out = Vec::with_capacity(consumer.cached_info().num_pending as usize);
-        if consumer.cached_info().num_pending > 0 {
+        let pending = consumer.cached_info().num_pending;
+        let mut out = Vec::with_capacity(pending as usize);
+        if pending > 0 {
             let mut messages = consumer.messages().await.map_err(unavailable)?;
             while let Some(msg) = messages.next().await {
                 let msg = msg.map_err(unavailable)?;
@@ -340,51 +318,10 @@ impl EventStore {
                 }
             }
         }
-        // Left alone it would stay for 30 s; the events are read either way.
         if let Err(e) = self.stream.delete_consumer(&name).await {
             tracing::debug!(error = %e, "could not delete a load's consumer; it expires by itself");
         }
         Ok(out)
-    }
-
-    /// One direct-get batch: up to `LOAD_PAGE` events on `filter` from sequence
-    /// `from`, and whether more match after them.
-    async fn load_page(&self, filter: &str, from: u64) -> Result<(Vec<Stored>, bool), StoreError> {
-        let inbox = self.client.new_inbox();
-        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(unavailable)?;
-        let request = serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": LOAD_PAGE });
-        self.client
-            .publish_with_reply(format!("$JS.API.DIRECT.GET.{STREAM}"), inbox, request.to_string().into())
-            .await
-            .map_err(unavailable)?;
-        let mut page = Vec::new();
-        loop {
-            let msg = match tokio::time::timeout(LOAD_TIMEOUT, replies.next()).await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Err(unavailable("the connection closed during a load")),
-                Err(_) => return Err(unavailable("no answer to a load")),
-            };
-            match msg.status.map(|s| s.as_u16()) {
-                // Nothing (more) on the filter from `from` on.
-                Some(404) => return Ok((page, false)),
-                // End of batch: the header says how many matching events remain.
-                Some(204) => {
-                    let pending = header_u64(&msg, "Nats-Num-Pending").unwrap_or(0);
-                    return Ok((page, pending > 0));
-                }
-                Some(code) => {
-                    return Err(unavailable(format!(
-                        "load refused: {code} {}",
-                        msg.description.as_deref().unwrap_or("")
-                    )));
-                }
-                None => {
-                    let seq = header_u64(&msg, "Nats-Sequence")
-                        .ok_or_else(|| StoreError::new(StoreErrorKind::Corrupt, "a loaded event has no sequence"))?;
-                    page.push(decode(seq, &msg.payload)?);
-                }
-            }
-        }
     }
 
     /// The last message stored on an exact subject, if any (a point read).
