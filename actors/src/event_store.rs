@@ -318,9 +318,13 @@ impl EventStore {
                 }
             }
         }
-        if let Err(e) = self.stream.delete_consumer(&name).await {
-            tracing::debug!(error = %e, "could not delete a load's consumer; it expires by itself");
-        }
+        // Off the caller's path: an activation should not wait for the clean-up.
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                tracing::debug!(error = %e, "could not delete a load's consumer; it expires by itself");
+            }
+        });
         Ok(out)
     }
 
