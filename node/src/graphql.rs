@@ -248,16 +248,7 @@ impl User {
 
     /// The read-model row, read once however many fields ask for it.
     async fn row(&self, ctx: &Context<'_>) -> async_graphql::Result<&UserRow> {
-        self.row
-            .get_or_try_init(|| async {
-                let (app, _) = parts(ctx);
-                app.read_model
-                    .user(&self.scope, &self.id)
-                    .await
-                    .map_err(|e| internal("reading a user", e))?
-                    .ok_or_else(|| error("NOT_FOUND", "no such account"))
-            })
-            .await
+        self.row.get_or_try_init(|| user_row(parts(ctx).0, &self.scope, &self.id)).await
     }
 }
 
@@ -305,14 +296,18 @@ impl From<TenantRow> for Tenant {
     }
 }
 
-/// Reads an account now, for `me`: a token can outlive its account's read model row.
-async fn load_user(app: &App, scope: &Scope, account_id: &str) -> async_graphql::Result<User> {
+/// An account's read-model row; NOT_FOUND when it has none.
+async fn user_row(app: &App, scope: &Scope, account_id: &str) -> async_graphql::Result<UserRow> {
     app.read_model
         .user(scope, account_id)
         .await
         .map_err(|e| internal("reading a user", e))?
-        .map(|row| User::from_row(scope, row))
         .ok_or_else(|| error("NOT_FOUND", "no such account"))
+}
+
+/// Reads an account now, for `me`: a token can outlive its account's read model row.
+async fn load_user(app: &App, scope: &Scope, account_id: &str) -> async_graphql::Result<User> {
+    Ok(User::from_row(scope, user_row(app, scope, account_id).await?))
 }
 
 fn issue(app: &App, scope: &Scope, account_id: String) -> async_graphql::Result<AuthPayload> {

@@ -81,8 +81,13 @@ async fn metrics_text(node: &TestNode) -> String {
     node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
+/// One sample of the node's /metrics, read now.
+async fn node_metric(node: &TestNode, name: &str) -> f64 {
+    metric(&metrics_text(node).await, name)
+}
+
 async fn live_trees(node: &TestNode) -> u64 {
-    metric(&metrics_text(node).await, "canopy_tenant_trees") as u64
+    node_metric(node, "canopy_tenant_trees").await as u64
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -147,15 +152,15 @@ async fn a_mutation_reads_the_read_model_only_for_the_fields_it_selects() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
-    let reads = |text: &str| metric(text, "canopy_read_model_reads_total");
+    const READS: &str = "canopy_read_model_reads_total";
     let me = node.gql(Some("acme"), Some(&owner), "{ me { id } }", json!({})).await;
     let id = me["data"]["me"]["id"].as_str().expect("me").to_owned();
 
-    let before = reads(&metrics_text(&node).await);
+    let before = node_metric(&node, READS).await;
     let q = "mutation { updateProfile(input: {firstname: \"Ada\", lastname: \"L\"}) { id } }";
     let r = node.gql(Some("acme"), Some(&owner), q, json!({})).await;
     assert_eq!(r["data"]["updateProfile"]["id"], id.as_str(), "{r}");
-    let after_id_only = reads(&metrics_text(&node).await);
+    let after_id_only = node_metric(&node, READS).await;
     assert_eq!(after_id_only, before, "an answer of only `id` needs no read");
 
     let q = "mutation { updateProfile(input: {firstname: \"Grace\", lastname: \"H\"}) { id firstname lastname email owner createdAt } }";
@@ -166,7 +171,7 @@ async fn a_mutation_reads_the_read_model_only_for_the_fields_it_selects() {
     assert_eq!((u["email"].as_str(), u["owner"].as_bool()), (Some("owner@acme.test"), Some(true)), "{r}");
     assert!(u["createdAt"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
     // Six fields, one read.
-    assert_eq!(reads(&metrics_text(&node).await), after_id_only + 1.0);
+    assert_eq!(node_metric(&node, READS).await, after_id_only + 1.0);
 }
 
 /// `{ __schema { types { fields { type { ofType { ... { name } } } } } } }`, `depth` levels deep.
@@ -184,14 +189,14 @@ async fn a_document_is_parsed_once_but_its_limits_are_checked_on_every_request()
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
-    let remembered = |text: &str| metric(text, "canopy_graphql_documents_total{parse=\"remembered\"}");
+    const REMEMBERED: &str = "canopy_graphql_documents_total{parse=\"remembered\"}";
 
-    let first = remembered(&metrics_text(&node).await);
+    let first = node_metric(&node, REMEMBERED).await;
     for _ in 0..2 {
         let r = node.gql(Some("acme"), Some(&owner), "{ me { email } }", json!({})).await;
         assert_eq!(r["data"]["me"]["email"], "owner@acme.test", "{r}");
     }
-    let second = remembered(&metrics_text(&node).await);
+    let second = node_metric(&node, REMEMBERED).await;
     assert_eq!(second, first + 1.0, "the second request reused the first one's parse");
 
     // Too deep: refused the second time too, though its parse was remembered.
@@ -202,12 +207,12 @@ async fn a_document_is_parsed_once_but_its_limits_are_checked_on_every_request()
         assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{r}");
         assert!(r["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{r}");
     }
-    assert_eq!(remembered(&metrics_text(&node).await), second + 1.0);
+    assert_eq!(node_metric(&node, REMEMBERED).await, second + 1.0);
 
     // A syntax error is reported each time and never remembered.
     for _ in 0..2 {
         let r = node.gql(Some("acme"), Some(&owner), "{ me { email ", json!({})).await;
         assert_eq!(r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{r}");
     }
-    assert_eq!(remembered(&metrics_text(&node).await), second + 1.0);
+    assert_eq!(node_metric(&node, REMEMBERED).await, second + 1.0);
 }
