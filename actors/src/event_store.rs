@@ -150,8 +150,15 @@ pub fn stream_config(replicas: usize) -> stream::Config {
     }
 }
 
+/// Cheap to clone: every tenant tree and every command task holds one, and the
+/// handles inside (two streams' cached info, the JetStream context) are kilobytes
+/// of allocations each (BENCHMARKS.md, G).
 #[derive(Clone)]
 pub struct EventStore {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
@@ -217,16 +224,16 @@ impl EventStore {
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
         let keys = open_bucket(&js, KEYS, replicas).await?;
-        Ok((Self { client, js, stream, snapshots, acks: AckClock::default() }, keys))
+        Ok((Self { inner: Arc::new(StoreInner { client, js, stream, snapshots, acks: AckClock::default() }) }, keys))
     }
 
     /// The ack times of the events appended through this store (and its clones).
     pub fn acks(&self) -> AckClock {
-        self.acks.clone()
+        self.inner.acks.clone()
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
+        &self.inner.js
     }
 
     /// Appends the messages as one atomic batch: all land, or none. Each message is
@@ -255,19 +262,28 @@ impl EventStore {
             if i + 1 < n {
                 // Leading messages go out as plain core publishes; only the commit is
                 // acknowledged, and it reports the fate of the whole batch.
-                self.client.publish_with_headers(p.subject, headers, payload.into()).await.map_err(unavailable)?;
+                self.inner
+                    .client
+                    .publish_with_headers(p.subject, headers, payload.into())
+                    .await
+                    .map_err(unavailable)?;
             } else {
                 if n > 1 {
                     headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
                 }
-                commit =
-                    Some(self.js.publish_with_headers(p.subject, headers, payload.into()).await.map_err(unavailable)?);
+                commit = Some(
+                    self.inner
+                        .js
+                        .publish_with_headers(p.subject, headers, payload.into())
+                        .await
+                        .map_err(unavailable)?,
+                );
             }
         }
         match commit.expect("the last message is the commit").await {
             Ok(ack) => {
                 if !ack.duplicate {
-                    self.acks.acked(ack.sequence.saturating_sub(n as u64 - 1), ack.sequence);
+                    self.inner.acks.acked(ack.sequence.saturating_sub(n as u64 - 1), ack.sequence);
                 }
                 Ok(Appended { last_seq: ack.sequence, duplicate: ack.duplicate })
             }
@@ -295,6 +311,7 @@ impl EventStore {
     /// tenants', where the server counts the pending events again for each one.)
     pub async fn load(&self, filter: &str, after_seq: u64) -> Result<Vec<Stored>, StoreError> {
         let consumer = self
+            .inner
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter.to_owned(),
@@ -319,7 +336,7 @@ impl EventStore {
             }
         }
         // Off the caller's path: an activation should not wait for the clean-up.
-        let stream = self.stream.clone();
+        let stream = self.inner.stream.clone();
         tokio::spawn(async move {
             if let Err(e) = stream.delete_consumer(&name).await {
                 tracing::debug!(error = %e, "could not delete a load's consumer; it expires by itself");
@@ -330,7 +347,7 @@ impl EventStore {
 
     /// The last message stored on an exact subject, if any (a point read).
     pub async fn last_on_subject(&self, subject: &str) -> Result<Option<Stored>, StoreError> {
-        match self.stream.direct_get_last_for_subject(subject).await {
+        match self.inner.stream.direct_get_last_for_subject(subject).await {
             Ok(m) => decode(m.sequence, &m.payload).map(Some),
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(unavailable(e)),
@@ -339,7 +356,7 @@ impl EventStore {
 
     /// The sequence of the newest event in the stream (0 when empty).
     pub async fn last_seq(&self) -> Result<u64, StoreError> {
-        let mut s = self.stream.clone();
+        let mut s = self.inner.stream.clone();
         let info = s.info().await.map_err(unavailable)?;
         Ok(info.state.last_sequence)
     }
@@ -348,7 +365,7 @@ impl EventStore {
         &self,
         key: &str,
     ) -> Result<Option<(u64, S)>, StoreError> {
-        let Some(bytes) = self.snapshots.get(key).await.map_err(unavailable)? else {
+        let Some(bytes) = self.inner.snapshots.get(key).await.map_err(unavailable)? else {
             return Ok(None);
         };
         match serde_json::from_slice::<Snapshot<S>>(&bytes) {
@@ -362,7 +379,7 @@ impl EventStore {
     pub async fn save_snapshot<S: Serialize>(&self, key: &str, seq: u64, state: &S) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&Snapshot { seq, state })
             .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
-        self.snapshots.put(key, bytes.into()).await.map_err(unavailable)?;
+        self.inner.snapshots.put(key, bytes.into()).await.map_err(unavailable)?;
         Ok(())
     }
 }

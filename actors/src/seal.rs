@@ -170,7 +170,9 @@ impl MasterKey {
 /// unwrapped in memory.
 #[derive(Clone)]
 pub struct KeyRing {
-    kv: kv::Store,
+    /// Shared: every tenant tree and every command task holds a clone of the key
+    /// ring, and a `kv::Store` carries its stream's whole cached info.
+    kv: Arc<kv::Store>,
     master: MasterKey,
     cache: Arc<RwLock<HashMap<String, DataKey>>>,
 }
@@ -191,7 +193,7 @@ pub fn person_key_name(scope: &Scope, account_id: &str) -> String {
 
 impl KeyRing {
     pub fn new(kv: kv::Store, master: MasterKey) -> Self {
-        Self { kv, master, cache: Arc::default() }
+        Self { kv: Arc::new(kv), master, cache: Arc::default() }
     }
 
     /// Reads a wrapped secret, or creates it with `generate` if it does not exist yet.
