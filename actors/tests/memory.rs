@@ -26,7 +26,7 @@ fn freed_small_allocations_leave_the_process_once_released() {
         freed / MIB
     );
 
-    assert!(release_now(), "malloc_trim released nothing");
+    release_now();
     let released = resident_bytes();
     assert!(
         released + 48 * MIB < freed,

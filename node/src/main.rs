@@ -7,6 +7,13 @@ use anyhow::Context;
 use canopy_node::config::{Config, Overrides};
 use clap::{Parser, Subcommand};
 
+// jemalloc rather than glibc's allocator: a node's many short-lived command tasks
+// allocate and free on every worker, and glibc's per-thread arenas cost 15-25% of
+// command throughput and kept a stopped tree's pages (BENCHMARKS.md, changes 14).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "canopy", version, about = "A multi-tenant SaaS backend on a NATS event mesh")]
 struct Cli {

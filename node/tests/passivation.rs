@@ -12,6 +12,11 @@ use actors::tree::{Deps, NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor}
 use canopy_node::nats::LocalNats;
 use ractor::Actor;
 
+// The allocator `canopy` ships with: the release must work on it (the glibc path
+// is covered by `actors/tests/memory.rs`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const TREES: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
