@@ -7,9 +7,10 @@ use anyhow::Context;
 use canopy_node::config::{Config, Overrides};
 use clap::{Parser, Subcommand};
 
-// jemalloc rather than glibc's allocator: a node's many short-lived command tasks
-// allocate and free on every worker, and glibc's per-thread arenas cost 15-25% of
-// command throughput and kept a stopped tree's pages (BENCHMARKS.md, changes 14).
+// jemalloc rather than glibc's allocator: a node's many short-lived tasks allocate
+// on one worker and free on another, and with glibc's per-thread arenas queries ran
+// at half the rate and commands 15-25 % slower when the disk is not the limit
+// (BENCHMARKS.md, change 15).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
