@@ -4,10 +4,10 @@
 //! on whichever tokio worker ran them. When thousands of trees stop, the
 //! allocator keeps the freed pages: they are free for the process, but still
 //! resident, so a node that passivated its tenants showed the same RSS as one
-//! holding them (BENCHMARKS.md, G). The binaries we ship (`canopy`,
-//! `canopy-bench`) allocate with jemalloc, which gives dirty pages back only after
-//! its decay time (10 s) and only when it runs again; a purge of every arena
-//! hands them back now. Binaries on glibc's allocator (the test binaries) keep
+//! holding them (BENCHMARKS.md, G). Every binary built on `canopy_node`
+//! (`canopy`, `canopy-bench`, the node's tests) allocates with jemalloc, which
+//! gives dirty pages back only after its decay time (10 s) and only when it runs
+//! again; a purge of every arena hands them back now. Binaries on glibc's allocator (`actors`' own tests) keep
 //! freed chunks in per-thread arenas; `malloc_trim` hands those back. The release
 //! does both, so it works whichever allocator the binary chose. The
 //! NodeSupervisor calls it [`DELAY`] after a tree stops, once however many trees
@@ -20,20 +20,22 @@ use std::time::Duration;
 pub const DELAY: Duration = Duration::from_secs(1);
 
 /// Returns the allocators' free pages to the OS.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 pub fn release_now() {
-    // SAFETY: malloc_trim(3) only takes the allocator's own locks and touches no
-    // memory of ours; any thread may call it at any time.
-    unsafe { libc::malloc_trim(0) };
+    trim_glibc();
     purge_jemalloc();
 }
 
-/// Other allocators than glibc's (musl's, macOS's) return free pages on their own.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn release_now() {
-    purge_jemalloc();
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_glibc() {
+    // SAFETY: malloc_trim(3) only takes the allocator's own locks and touches no
+    // memory of ours; any thread may call it at any time.
+    unsafe { libc::malloc_trim(0) };
 }
+
+/// Other C allocators (musl's, macOS's) return free pages on their own.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_glibc() {}
 
 #[cfg(not(target_env = "msvc"))]
 #[allow(unsafe_code)]

@@ -7,14 +7,6 @@ use anyhow::Context;
 use canopy_node::config::{Config, Overrides};
 use clap::{Parser, Subcommand};
 
-// jemalloc rather than glibc's allocator: a node's many short-lived tasks allocate
-// on one worker and free on another, and with glibc's per-thread arenas queries ran
-// at half the rate and commands 15-25 % slower when the disk is not the limit
-// (BENCHMARKS.md, change 15).
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(name = "canopy", version, about = "A multi-tenant SaaS backend on a NATS event mesh")]
 struct Cli {

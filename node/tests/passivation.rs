@@ -1,6 +1,8 @@
 //! Passivated tenant trees give their memory back to the OS. A binary of its own:
 //! resident memory is per process, and the integration tests running beside it
-//! in `it` would blur the figures.
+//! in `it` would blur the figures. It allocates with jemalloc, as `canopy` does
+//! (the global allocator comes with `canopy_node`); `actors/tests/memory.rs`
+//! covers the release on glibc's allocator.
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
@@ -11,11 +13,6 @@ use actors::tenant::{Scope, TenantId};
 use actors::tree::{Deps, NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
 use canopy_node::nats::LocalNats;
 use ractor::Actor;
-
-// The allocator `canopy` ships with: the release must work on it (the glibc path
-// is covered by `actors/tests/memory.rs`).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const TREES: usize = 2_000;
 

@@ -5,11 +5,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-// The allocator `canopy` ships with, so G measures what a node holds.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(name = "canopy-bench", about = "Benchmark Canopy against raw JetStream on this machine")]
 struct Cli {
