@@ -7,11 +7,12 @@
 //! holding them (BENCHMARKS.md, G). Every binary built on `canopy_node`
 //! (`canopy`, `canopy-bench`, the node's tests) allocates with jemalloc, which
 //! gives dirty pages back only after its decay time (10 s) and only when it runs
-//! again; a purge of every arena hands them back now. Binaries on glibc's allocator (`actors`' own tests) keep
-//! freed chunks in per-thread arenas; `malloc_trim` hands those back. The release
-//! does both, so it works whichever allocator the binary chose. The
-//! NodeSupervisor calls it [`DELAY`] after a tree stops, once however many trees
-//! stop meanwhile, on a blocking thread: both walk the heaps under their locks.
+//! again; a purge of every arena hands them back now. Binaries on glibc's
+//! allocator (`actors`' own tests) keep freed chunks in per-thread arenas;
+//! `malloc_trim` hands those back. The release does both, so it works whichever
+//! allocator the binary chose. The NodeSupervisor calls it [`DELAY`] after a
+//! tree stops, once however many trees stop meanwhile, on a blocking thread:
+//! both walk the heaps under their locks.
 
 use std::time::Duration;
 
