@@ -43,6 +43,20 @@ pub struct Stats {
     pub p99_vs_baseline: Option<f64>,
     /// Scenario-specific figures (memory, lag, comparison with an unloaded run).
     pub extra: std::collections::BTreeMap<String, f64>,
+    /// When each measured stretch ran, so that a profile recorded around the
+    /// bench can be split by scenario and side (`scripts/perf-slices.py`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+}
+
+/// One stretch of a measurement, on `CLOCK_MONOTONIC` in seconds: the clock
+/// `perf` stamps its samples with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    /// `measured`, or `baseline` for the paired side (`unloaded` in I).
+    pub side: &'static str,
+    pub start: f64,
+    pub end: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,24 +66,43 @@ pub struct Report {
     pub results: Vec<Stats>,
 }
 
-/// Latencies (µs) of one or more measured stretches, and their total length.
+/// Latencies (µs) of one or more measured stretches, their total length, and
+/// when each stretch ran (monotonic seconds).
 #[derive(Default)]
 struct Samples {
     lat: Vec<u64>,
     secs: f64,
+    windows: Vec<(f64, f64)>,
 }
 
 impl Samples {
     fn add(&mut self, other: Samples) {
         self.lat.extend(other.lat);
         self.secs += other.secs;
+        self.windows.extend(other.windows);
     }
 
     fn stats(self, scenario: &str, concurrency: usize) -> Stats {
         let mut stats = from_samples(scenario, self.lat, self.secs);
         stats.concurrency = concurrency;
+        stats.windows = windows("measured", &self.windows);
         stats
     }
+}
+
+fn windows(side: &'static str, spans: &[(f64, f64)]) -> Vec<Window> {
+    spans.iter().map(|&(start, end)| Window { side, start, end }).collect()
+}
+
+/// Seconds on `CLOCK_MONOTONIC`. `Instant` reads the same clock but does not
+/// expose it, and the windows must line up with `perf`'s timestamps.
+#[allow(unsafe_code)]
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`, with each
@@ -79,7 +112,7 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let start = Instant::now();
+    let (start, since) = (Instant::now(), monotonic());
     let deadline = start + duration;
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
@@ -100,7 +133,7 @@ where
     while let Some(r) = workers.join_next().await {
         all.extend(r??);
     }
-    Ok(Samples { lat: all, secs: start.elapsed().as_secs_f64() })
+    Ok(Samples { lat: all, secs: start.elapsed().as_secs_f64(), windows: vec![(since, monotonic())] })
 }
 
 /// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`.
@@ -196,8 +229,10 @@ where
         }
     })
     .await?;
+    let base_windows = base.windows.clone();
     let base = base.stats("paired baseline", concurrency);
     let mut st = op.stats(scenario, concurrency);
+    st.windows.extend(windows("baseline", &base_windows));
     st.throughput_vs_baseline = Some(st.ops_per_sec / base.ops_per_sec.max(f64::MIN_POSITIVE));
     st.p99_vs_baseline = Some(st.p99_us as f64 / base.p99_us.max(1) as f64);
     st.extra.insert("paired_A_ops_per_sec".into(), base.ops_per_sec);
@@ -220,6 +255,7 @@ fn from_samples(scenario: &str, mut lat: Vec<u64>, secs: f64) -> Stats {
         throughput_vs_baseline: None,
         p99_vs_baseline: None,
         extra: Default::default(),
+        windows: Vec::new(),
     }
 }
 
@@ -649,8 +685,10 @@ async fn scenarios(
             }
         })
         .await?;
+        let unloaded_windows = unloaded.windows.clone();
         let unloaded = unloaded.stats("I unloaded", 1);
         let mut i_stats = loaded.stats("I query me, neighbour floods logins", 1);
+        i_stats.windows.extend(windows("unloaded", &unloaded_windows));
         i_stats.extra.insert("unloaded_p99_us".into(), unloaded.p99_us as f64);
         i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / unloaded.p99_us.max(1) as f64);
         results.push(i_stats);

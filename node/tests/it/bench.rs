@@ -31,6 +31,31 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert!(i.extra["p99_vs_unloaded"] > 0.0 && i.extra["unloaded_p99_us"] > 0.0, "{i:?}");
     // F covers both sizes, with and without a snapshot.
     assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('F')).count(), 4);
+    // Every measured stretch says when it ran, for splitting a profile by slice:
+    // paired scenarios in alternating slices of each side, the others in one.
+    let mut all = Vec::new();
+    for s in &report.results {
+        let count = |side: &str| s.windows.iter().filter(|w| w.side == side).count();
+        let paired = ["A'", "B", "C", "E"].iter().any(|p| s.scenario.starts_with(p));
+        if paired {
+            assert_eq!((count("measured"), count("baseline"), s.windows.len()), (4, 4, 8), "{s:?}");
+        } else if s.scenario.starts_with('I') {
+            assert_eq!((count("measured"), count("unloaded"), s.windows.len()), (4, 4, 8), "{s:?}");
+        } else if s.scenario.starts_with("A ") || s.scenario.starts_with('D') {
+            assert_eq!((count("measured"), s.windows.len()), (1, 1), "{s:?}");
+        }
+        if !s.windows.is_empty() {
+            // The windows and `ops_per_sec` time the same stretches.
+            let measured: f64 = s.windows.iter().filter(|w| w.side == "measured").map(|w| w.end - w.start).sum();
+            let secs = s.ops as f64 / s.ops_per_sec;
+            assert!((measured - secs).abs() < 0.05 * secs + 0.01, "{measured} s in windows, {secs} s measured: {s:?}");
+        }
+        all.extend(s.windows.iter().map(|w| (w.start, w.end)));
+    }
+    // Scenarios and slices run one after another: no two windows overlap.
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(all.iter().all(|(start, end)| start < end), "{all:?}");
+    assert!(all.windows(2).all(|p| p[0].1 <= p[1].0), "overlapping windows: {all:?}");
     let table = canopy_node::bench::table(&report);
     assert_eq!(table.lines().count(), report.results.len() + 2);
 }
