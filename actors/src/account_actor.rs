@@ -4,7 +4,9 @@
 //! owns. Accounts are loaded lazily from a snapshot and the log.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinSet;
 
@@ -14,7 +16,7 @@ use crate::account::{
 };
 use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
 use crate::event_store::{event_subject, is_safe_token};
-use crate::executor::{ExecError, Loaded, execute, load};
+use crate::executor::{ExecError, Loaded, execute, load, refresh};
 use crate::seal::{person_key_name, tenant_key_name};
 use crate::tenant::Scope;
 use crate::tree::Deps;
@@ -27,6 +29,14 @@ pub enum AccountMsg {
     Finished {
         id: String,
         loaded: Option<Box<Loaded<Account>>>,
+    },
+    /// The cached state of an account, if no command is running on it (for logins,
+    /// which run outside the lanes).
+    Cached(String, RpcReplyPort<Option<Box<Loaded<Account>>>>),
+    /// A state a login read, to keep unless a newer one is known.
+    Remember {
+        id: String,
+        loaded: Box<Loaded<Account>>,
     },
     /// Makes the actor panic on the next command, to exercise supervision in tests.
     #[cfg(feature = "fault-injection")]
@@ -97,6 +107,10 @@ impl Actor for AccountActor {
                 state.dispatch(myself, envelope, reply);
             }
             AccountMsg::Finished { id, loaded } => state.finished(myself, id, loaded),
+            AccountMsg::Cached(id, reply) => {
+                let _ = reply.send(state.cache.get(&id).cloned().map(Box::new));
+            }
+            AccountMsg::Remember { id, loaded } => state.remember(id, *loaded),
             #[cfg(feature = "fault-injection")]
             AccountMsg::PanicOnNextCommand => state.panic_next = true,
         }
@@ -126,7 +140,7 @@ impl AccountActorState {
                 let (deps, scope) = (self.deps.clone(), self.scope.clone());
                 let (email, password) = (email.clone(), password.clone());
                 self.tasks.spawn(async move {
-                    let _ = reply.send(login(&deps, &scope, &email, &password).await);
+                    let _ = reply.send(login(&deps, &scope, &email, &password, &myself).await);
                 });
                 self.reap();
                 return;
@@ -154,13 +168,7 @@ impl AccountActorState {
 
     fn finished(&mut self, myself: ActorRef<AccountMsg>, id: String, loaded: Option<Box<Loaded<Account>>>) {
         if let Some(l) = loaded {
-            if self.cache.len() >= self.deps.cache_per_tenant {
-                let victim = self.cache.keys().next().cloned();
-                if let Some(v) = victim {
-                    self.cache.remove(&v);
-                }
-            }
-            self.cache.insert(id.clone(), *l);
+            self.keep(id.clone(), *l);
         }
         match self.lanes.get_mut(&id).and_then(VecDeque::pop_front) {
             Some(next) => self.start(myself, id, next),
@@ -169,6 +177,25 @@ impl AccountActorState {
             }
         }
         self.reap();
+    }
+
+    fn remember(&mut self, id: String, loaded: Loaded<Account>) {
+        // A running command's result is newer, and is kept when it finishes; a
+        // cached state may also have moved on since the login read its own.
+        if self.lanes.contains_key(&id) || self.cache.get(&id).is_some_and(|c| c.version >= loaded.version) {
+            return;
+        }
+        self.keep(id, loaded);
+    }
+
+    fn keep(&mut self, id: String, loaded: Loaded<Account>) {
+        if !self.cache.contains_key(&id) && self.cache.len() >= self.deps.cache_per_tenant {
+            let victim = self.cache.keys().next().cloned();
+            if let Some(v) = victim {
+                self.cache.remove(&v);
+            }
+        }
+        self.cache.insert(id, loaded);
     }
 
     fn reap(&mut self) {
@@ -340,7 +367,16 @@ async fn update_profile(
     }
 }
 
-async fn login(deps: &Deps, scope: &Scope, email: &Email, password: &Password) -> CommandResult<AccountReply> {
+/// How long a login waits for its own actor to hand over a cached account.
+const ASK_CACHE: Duration = Duration::from_secs(5);
+
+async fn login(
+    deps: &Deps,
+    scope: &Scope,
+    email: &Email,
+    password: &Password,
+    actor: &ActorRef<AccountMsg>,
+) -> CommandResult<AccountReply> {
     let claim = email_claim_subject(deps, scope, email).await?;
     let holder = deps
         .store
@@ -353,16 +389,25 @@ async fn login(deps: &Deps, scope: &Scope, email: &Email, password: &Password) -
         let _ = deps.hasher.verify(password, None).await;
         return Err(CommandFailure::invalid_credentials());
     };
-    let account =
-        load::<Account>(&deps.store, scope, &holder.account_id).await.map_err(|e| broken("loading an account", e))?;
+    // The actor's cached state, checked against the log's newest sequence for the
+    // account, spares nats-server a consumer for every login; a password changed
+    // anywhere is still seen, since the check reads the log itself.
+    let id = holder.account_id;
+    let cached = match actor.call(|port| AccountMsg::Cached(id.clone(), port), Some(ASK_CACHE)).await {
+        Ok(CallResult::Success(cached)) => cached,
+        _ => None,
+    };
+    let account = match cached {
+        Some(c) => refresh::<Account>(&deps.store, scope, &id, *c).await,
+        None => load::<Account>(&deps.store, scope, &id).await,
+    }
+    .map_err(|e| broken("loading an account", e))?;
+    let owner = account.state.owner;
     let phc = match &account.state.password_hash {
         Some(sealed) => Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?),
         None => None,
     };
+    let _ = actor.cast(AccountMsg::Remember { id: id.clone(), loaded: Box::new(account) });
     let ok = deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))?;
-    if ok {
-        Ok(AccountReply::LoggedIn { account_id: holder.account_id, owner: account.state.owner })
-    } else {
-        Err(CommandFailure::invalid_credentials())
-    }
+    if ok { Ok(AccountReply::LoggedIn { account_id: id, owner }) } else { Err(CommandFailure::invalid_credentials()) }
 }

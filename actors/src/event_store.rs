@@ -354,6 +354,16 @@ impl EventStore {
         }
     }
 
+    /// The sequence of the newest event on `filter`, which may end in a wildcard
+    /// (0 when there is none): one point read, where a load needs a consumer.
+    pub async fn last_seq_on(&self, filter: &str) -> Result<u64, StoreError> {
+        match self.inner.stream.direct_get_last_for_subject(filter).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// The sequence of the newest event in the stream (0 when empty).
     pub async fn last_seq(&self) -> Result<u64, StoreError> {
         let mut s = self.inner.stream.clone();

@@ -45,6 +45,27 @@ pub async fn load<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> 
     fold(store, scope, id, Loaded { state, version, since_snapshot: 0 }).await
 }
 
+/// Brings a cached state up to date: one point read of the aggregate's newest
+/// sequence, and a read of the newer events only if there are any. A load's
+/// ordered consumer makes nats-server search the stream's blocks for the
+/// aggregate's subjects, which grows with the stream (BENCHMARKS.md, eighth
+/// session: half of nats-server's CPU during a login flood); a cached state that
+/// is still current needs none of it.
+pub async fn refresh<A: Aggregate>(
+    store: &EventStore,
+    scope: &Scope,
+    id: &str,
+    cached: Loaded<A>,
+) -> Result<Loaded<A>, StoreError> {
+    if !event_store::is_safe_token(id) {
+        return Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"));
+    }
+    if store.last_seq_on(&aggregate_filter(scope, A::NAME, id)).await? <= cached.version {
+        return Ok(cached);
+    }
+    fold(store, scope, id, cached).await
+}
+
 /// Loads an aggregate from its first event, ignoring any snapshot: what a load
 /// costs without one, and a check that snapshot plus tail gives the same state.
 pub async fn replay_all<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> Result<Loaded<A>, StoreError> {

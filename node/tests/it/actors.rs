@@ -17,15 +17,23 @@ use crate::harness::NatsServer;
 const T: Option<Duration> = Some(Duration::from_secs(20));
 
 async fn node(nats: &NatsServer, idle: Duration) -> ActorRef<NodeMsg> {
+    spawn(deps(nats, 100).await, idle).await
+}
+
+/// What a node's trees share; two nodes given clones of it share one log and keys.
+async fn deps(nats: &NatsServer, snapshot_every: u64) -> Deps {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let (store, keys) = EventStore::open(client, 1).await.unwrap();
-    let deps = Deps {
+    Deps {
         store,
         keys: KeyRing::new(keys, MasterKey::generate()),
         hasher: Hasher::new(2, owasp_params()),
-        snapshot_every: 100,
+        snapshot_every,
         cache_per_tenant: 100,
-    };
+    }
+}
+
+async fn spawn(deps: Deps, idle: Duration) -> ActorRef<NodeMsg> {
     Actor::spawn(None, NodeSupervisor, NodeArgs { deps, idle_timeout: idle }).await.unwrap().0
 }
 
@@ -173,19 +181,9 @@ async fn commands_on_one_account_apply_in_order_and_on_many_accounts_concurrentl
 #[tokio::test]
 async fn a_restarted_node_loads_an_account_from_its_snapshot_and_the_newer_events() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let (store, keys) = EventStore::open(client, 1).await.unwrap();
-    let deps = Deps {
-        store: store.clone(),
-        keys: KeyRing::new(keys, MasterKey::generate()),
-        hasher: Hasher::new(2, owasp_params()),
-        snapshot_every: 3,
-        cache_per_tenant: 100,
-    };
-    let spawn = |deps: Deps| async move {
-        Actor::spawn(None, NodeSupervisor, NodeArgs { deps, idle_timeout: Duration::from_secs(60) }).await.unwrap().0
-    };
-    let node = spawn(deps.clone()).await;
+    let deps = deps(&nats, 3).await;
+    let store = deps.store.clone();
+    let node = spawn(deps.clone(), Duration::from_secs(60)).await;
     let owner = create_tenant(&node, "acme").await;
     let acme_scope = Scope::Tenant(TenantId::parse("acme").unwrap());
     let acme = tree(&node, acme_scope.clone()).await;
@@ -209,7 +207,68 @@ async fn a_restarted_node_loads_an_account_from_its_snapshot_and_the_newer_event
     assert_eq!(replayed.version, full.version);
     assert_eq!(replayed.state, full.state);
 
-    let node = spawn(deps).await;
+    let node = spawn(deps, Duration::from_secs(60)).await;
     let acme = tree(&node, acme_scope).await;
     assert!(matches!(send(&acme, update(&owner, "after", "After")).await, CallResult::Success(Ok(_))));
+}
+
+fn login(slug: &str) -> CommandEnvelope<AccountRequest> {
+    CommandEnvelope {
+        command_id: format!("login-{}", uuid::Uuid::now_v7()),
+        request: AccountRequest::Login {
+            email: Email::parse(&format!("owner@{slug}.test")).unwrap(),
+            password: Password::parse("owner-password").unwrap(),
+        },
+    }
+}
+
+/// The next consumer-created advisory for `EVENTS`, if one comes within `wait`.
+async fn consumer_created(sub: &mut async_nats::Subscriber, wait: Duration) -> Option<String> {
+    use futures::StreamExt;
+    tokio::time::timeout(wait, sub.next()).await.ok().flatten().map(|m| m.subject.to_string())
+}
+
+#[tokio::test]
+async fn a_login_uses_the_actors_current_account_and_reads_the_log_only_for_newer_events() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let deps = deps(&nats, 100).await;
+    let node = spawn(deps.clone(), Duration::from_secs(60)).await;
+    let owner = create_tenant(&node, "acme").await;
+    let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
+    let acme = tree(&node, scope.clone()).await;
+    // The update leaves the account in the actor's cache.
+    assert!(matches!(send(&acme, update(&owner, "u1", "First")).await, CallResult::Success(Ok(_))));
+
+    // A load reads the account's events through a consumer on EVENTS; nats-server
+    // announces each one it creates.
+    let mut created = client.subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.EVENTS.>").await.unwrap();
+    client.flush().await.unwrap();
+    for _ in 0..3 {
+        match send(&acme, login("acme")).await {
+            CallResult::Success(Ok(AccountReply::LoggedIn { account_id, owner: true })) => {
+                assert_eq!(account_id, owner)
+            }
+            other => panic!("login failed: {other:?}"),
+        }
+    }
+    let seen = consumer_created(&mut created, Duration::from_millis(500)).await;
+    assert_eq!(seen, None, "a login read events the actor already held");
+
+    // Another writer (a second node's tree) appends to the account: the cached
+    // state is behind the log now, and the next login must read the newer event.
+    let other = spawn(deps, Duration::from_secs(60)).await;
+    let other_acme = tree(&other, scope).await;
+    assert!(matches!(send(&other_acme, update(&owner, "u2", "Second")).await, CallResult::Success(Ok(_))));
+    while consumer_created(&mut created, Duration::from_millis(200)).await.is_some() {}
+    assert!(matches!(send(&acme, login("acme")).await, CallResult::Success(Ok(AccountReply::LoggedIn { .. }))));
+    assert!(
+        consumer_created(&mut created, Duration::from_secs(2)).await.is_some(),
+        "a login trusted a cached account that the log had moved past"
+    );
+    // The state the login read is kept: the next one reads nothing again, and
+    // commands on this node go on from it.
+    assert!(matches!(send(&acme, login("acme")).await, CallResult::Success(Ok(AccountReply::LoggedIn { .. }))));
+    assert_eq!(consumer_created(&mut created, Duration::from_millis(500)).await, None);
+    assert!(matches!(send(&acme, update(&owner, "u3", "Third")).await, CallResult::Success(Ok(_))));
 }
