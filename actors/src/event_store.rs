@@ -347,19 +347,22 @@ impl EventStore {
 
     /// The last message stored on an exact subject, if any (a point read).
     pub async fn last_on_subject(&self, subject: &str) -> Result<Option<Stored>, StoreError> {
-        match self.inner.stream.direct_get_last_for_subject(subject).await {
-            Ok(m) => decode(m.sequence, &m.payload).map(Some),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unavailable(e)),
-        }
+        self.direct_last(subject).await?.map(|m| decode(m.sequence, &m.payload)).transpose()
     }
 
     /// The sequence of the newest event on `filter`, which may end in a wildcard
     /// (0 when there is none): one point read, where a load needs a consumer.
     pub async fn last_seq_on(&self, filter: &str) -> Result<u64, StoreError> {
-        match self.inner.stream.direct_get_last_for_subject(filter).await {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+        Ok(self.direct_last(filter).await?.map_or(0, |m| m.sequence))
+    }
+
+    async fn direct_last(
+        &self,
+        subject: &str,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, StoreError> {
+        match self.inner.stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
     }

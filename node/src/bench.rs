@@ -85,13 +85,9 @@ impl Samples {
     fn stats(self, scenario: &str, concurrency: usize) -> Stats {
         let mut stats = from_samples(scenario, self.lat, self.secs);
         stats.concurrency = concurrency;
-        stats.windows = windows("measured", &self.windows);
+        stats.windows = self.windows.iter().map(|&(start, end)| Window { side: "measured", start, end }).collect();
         stats
     }
-}
-
-fn windows(side: &'static str, spans: &[(f64, f64)]) -> Vec<Window> {
-    spans.iter().map(|&(start, end)| Window { side, start, end }).collect()
 }
 
 /// Seconds on `CLOCK_MONOTONIC`. `Instant` reads the same clock but does not
@@ -229,10 +225,9 @@ where
         }
     })
     .await?;
-    let base_windows = base.windows.clone();
     let base = base.stats("paired baseline", concurrency);
     let mut st = op.stats(scenario, concurrency);
-    st.windows.extend(windows("baseline", &base_windows));
+    st.windows.extend(base.windows.iter().map(|w| Window { side: "baseline", ..w.clone() }));
     st.throughput_vs_baseline = Some(st.ops_per_sec / base.ops_per_sec.max(f64::MIN_POSITIVE));
     st.p99_vs_baseline = Some(st.p99_us as f64 / base.p99_us.max(1) as f64);
     st.extra.insert("paired_A_ops_per_sec".into(), base.ops_per_sec);
@@ -685,10 +680,9 @@ async fn scenarios(
             }
         })
         .await?;
-        let unloaded_windows = unloaded.windows.clone();
         let unloaded = unloaded.stats("I unloaded", 1);
         let mut i_stats = loaded.stats("I query me, neighbour floods logins", 1);
-        i_stats.windows.extend(windows("unloaded", &unloaded_windows));
+        i_stats.windows.extend(unloaded.windows.iter().map(|w| Window { side: "unloaded", ..w.clone() }));
         i_stats.extra.insert("unloaded_p99_us".into(), unloaded.p99_us as f64);
         i_stats.extra.insert("p99_vs_unloaded".into(), i_stats.p99_us as f64 / unloaded.p99_us.max(1) as f64);
         results.push(i_stats);
