@@ -13,6 +13,36 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Aggregate, Decision, DomainError, Reservation};
 use crate::seal::Sealed;
 
+/// An account's id: a UUID in its canonical lowercase hyphenated form (ids are
+/// derived from command ids with UUID v5). It becomes a subject token, a key
+/// name and a record id, so nothing else parses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn parse(raw: &str) -> Result<Self, InputError> {
+        match uuid::Uuid::try_parse(raw) {
+            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
+            _ => Err(InputError::InvalidAccountId),
+        }
+    }
+
+    /// The id of a new account: a UUID v5 of `seed`.
+    pub fn derived(seed: &str) -> Self {
+        Self(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An email address as typed, trimmed. Uniqueness uses `normalized()`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Email(String);
@@ -25,6 +55,8 @@ pub enum InputError {
     InvalidPasswordLength,
     #[error("a name has 1 to 100 characters and no control characters")]
     InvalidName,
+    #[error("this is not an account id")]
+    InvalidAccountId,
 }
 
 impl Email {
@@ -338,6 +370,15 @@ mod tests {
         check::<Account>(&[registered()], cmd, Ok(vec![expected.clone()]));
         let state = crate::aggregate::replay::<Account>(&[registered(), expected]);
         assert_eq!(state.firstname, Some(sealed("grace")));
+    }
+
+    #[test]
+    fn account_ids_are_canonical_uuids_only() {
+        let id = AccountId::derived("acme/account/c1");
+        assert_eq!(AccountId::parse(id.as_str()), Ok(id.clone()));
+        for bad in ["", "a1", "*", "evt.>", &id.as_str().to_uppercase(), &id.as_str().replace('-', "")] {
+            assert_eq!(AccountId::parse(bad), Err(InputError::InvalidAccountId), "{bad:?}");
+        }
     }
 
     #[test]

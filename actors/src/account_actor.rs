@@ -11,11 +11,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinSet;
 
 use crate::account::{
-    Account, AccountCommand, AccountError, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password, PersonName,
-    Registration,
+    Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password,
+    PersonName, Registration,
 };
-use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
-use crate::event_store::{event_subject, is_safe_token};
+use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandId, CommandResult};
+use crate::event_store::{Stamp, Stored, event_subject};
 use crate::executor::{ExecError, Loaded, execute, load, refresh};
 use crate::seal::{person_key_name, tenant_key_name};
 use crate::tenant::Scope;
@@ -49,7 +49,9 @@ pub struct AccountArgs {
 }
 
 struct Job {
-    command_id: String,
+    command_id: CommandId,
+    /// What the request's digest is computed over (`CommandEnvelope::digest_input`).
+    digest_input: String,
     request: AccountRequest,
     reply: RpcReplyPort<CommandResult<AccountReply>>,
 }
@@ -67,8 +69,22 @@ pub struct AccountActorState {
 
 /// A registration's account id follows from its command id, so a retried
 /// registration lands on the same aggregate and is recognised as a retry.
-pub fn account_id_for(scope: &Scope, command_id: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{scope}/account/{command_id}").as_bytes()).to_string()
+pub fn account_id_for(scope: &Scope, command_id: &CommandId) -> AccountId {
+    AccountId::derived(&format!("{scope}/account/{command_id}"))
+}
+
+/// The account a login for an unknown email reads instead: an id no account
+/// can have (registrations derive theirs from command ids), the same one for
+/// the same email, so that the login takes exactly the path of a known one.
+fn decoy_account(scope: &Scope, email_index: &str) -> AccountId {
+    AccountId::derived(&format!("{scope}/no-account/{email_index}"))
+}
+
+/// The keyed digest of a request: HMAC-SHA256 under the scope's data key, so
+/// log readers learn nothing from it (the request holds personal data).
+pub async fn request_digest(deps: &Deps, scope: &Scope, digest_input: &str) -> Result<String, CommandFailure> {
+    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
+    Ok(key.blind_index("request", digest_input))
 }
 
 impl Actor for AccountActor {
@@ -125,12 +141,15 @@ impl AccountActorState {
         envelope: CommandEnvelope<AccountRequest>,
         reply: RpcReplyPort<CommandResult<AccountReply>>,
     ) {
-        let CommandEnvelope { command_id, request } = envelope;
+        let digest_input = envelope.digest_input();
+        let CommandEnvelope { command_id, principal, request } = envelope;
         let lane = match &request {
             AccountRequest::Register { .. } => account_id_for(&self.scope, &command_id),
             AccountRequest::UpdateProfile { account_id, .. } => {
-                if !is_safe_token(account_id) {
-                    let _ = reply.send(Err(CommandFailure::rejected(&AccountError::NotFound)));
+                // Only the account itself changes its profile; checked here, where
+                // the decision is made, whoever sent the command.
+                if principal.account_in(&self.scope) != Some(account_id) {
+                    let _ = reply.send(Err(CommandFailure::forbidden("you may only change your own profile")));
                     return;
                 }
                 account_id.clone()
@@ -146,7 +165,8 @@ impl AccountActorState {
                 return;
             }
         };
-        let job = Job { command_id, request, reply };
+        let lane = lane.as_str().to_owned();
+        let job = Job { command_id, digest_input, request, reply };
         if let Some(queue) = self.lanes.get_mut(&lane) {
             queue.push_back(job);
         } else {
@@ -159,7 +179,8 @@ impl AccountActorState {
         let cached = self.cache.remove(&id);
         let (deps, scope) = (self.deps.clone(), self.scope.clone());
         self.tasks.spawn(async move {
-            let (result, loaded) = run(&deps, &scope, &id, job.command_id, job.request, cached).await;
+            let (result, loaded) =
+                run(&deps, &scope, &id, job.command_id, &job.digest_input, job.request, cached).await;
             let _ = job.reply.send(result);
             // If the actor is gone, its replacement reloads from the log.
             let _ = myself.cast(AccountMsg::Finished { id, loaded: loaded.map(Box::new) });
@@ -213,17 +234,23 @@ async fn run(
     deps: &Deps,
     scope: &Scope,
     id: &str,
-    command_id: String,
+    command_id: CommandId,
+    digest_input: &str,
     request: AccountRequest,
     cached: Option<Loaded<Account>>,
 ) -> (CommandResult<AccountReply>, Option<Loaded<Account>>) {
+    let stamp = match request_digest(deps, scope, digest_input).await {
+        Ok(digest) => Stamp { command_id, digest },
+        Err(e) => return (Err(e), cached),
+    };
     match request {
         AccountRequest::Register { email, password, firstname, lastname } => {
-            let input = NewAccount { account_id: id.to_owned(), email, password, firstname, lastname, owner: false };
-            register(deps, scope, &command_id, input, cached).await
+            let account_id = account_id_for(scope, &stamp.command_id);
+            let input = NewAccount { account_id, email, password, firstname, lastname, owner: false };
+            register(deps, scope, &stamp, input, cached).await
         }
         AccountRequest::UpdateProfile { firstname, lastname, .. } => {
-            update_profile(deps, scope, id, &command_id, firstname, lastname, cached).await
+            update_profile(deps, scope, id, &stamp, firstname, lastname, cached).await
         }
         AccountRequest::Login { .. } => unreachable!("logins are dispatched without a lane"),
     }
@@ -231,7 +258,7 @@ async fn run(
 
 /// Input for a new account, before hashing and sealing.
 pub struct NewAccount {
-    pub account_id: String,
+    pub account_id: AccountId,
     pub email: Email,
     pub password: Password,
     pub firstname: PersonName,
@@ -259,11 +286,11 @@ pub async fn prepare_registration(
 ) -> Result<Registration, CommandFailure> {
     let tenant_kid = tenant_key_name(scope);
     let tenant_key = deps.keys.key(&tenant_kid).await.map_err(|e| broken("reading the tenant key", e))?;
-    let person_kid = person_key_name(scope, &input.account_id);
+    let person_kid = person_key_name(scope, input.account_id.as_str());
     let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
     let phc = deps.hasher.hash(&input.password).await.map_err(|e| broken("hashing a password", e))?;
     Ok(Registration {
-        account_id: input.account_id.clone(),
+        account_id: input.account_id.as_str().to_owned(),
         email_index: tenant_key.blind_index("email", &input.email.normalized()),
         email: person_key.seal(&person_kid, input.email.as_str().as_bytes()),
         password_hash: tenant_key.seal(&tenant_kid, phc.as_bytes()),
@@ -273,29 +300,55 @@ pub async fn prepare_registration(
     })
 }
 
-/// What an existing claim means for a registration: the same command seen again
-/// (answer as before), or another account holding the email.
+/// What an existing claim means for a registration: the same command seen
+/// again, or another account holding the email. A repeat of the command is
+/// answered only if it is the same request (digest) and proves the password
+/// again: repeating someone's idempotency key must not sign anyone in.
 pub async fn existing_claim(
     deps: &Deps,
+    scope: &Scope,
     claim: &str,
-    command_id: &str,
+    stamp: &Stamp,
+    password: &Password,
 ) -> Result<Option<CommandResult<AccountReply>>, CommandFailure> {
     let stored = deps.store.last_on_subject(claim).await.map_err(|e| broken("reading an email claim", e))?;
-    Ok(stored.map(|s| {
-        if s.envelope.command_id == command_id {
-            let owner: EmailReserved =
-                serde_json::from_value(s.envelope.data).unwrap_or(EmailReserved { account_id: String::new() });
-            Ok(AccountReply::Registered { account_id: owner.account_id, seq: s.seq })
-        } else {
-            Err(CommandFailure::rejected(&AccountError::EmailTaken))
-        }
-    }))
+    let Some(stored) = stored else { return Ok(None) };
+    if stored.envelope.command_id != stamp.command_id.as_str() {
+        return Ok(Some(Err(CommandFailure::rejected(&AccountError::EmailTaken))));
+    }
+    Ok(Some(replayed_registration(deps, scope, &stored, stamp, password).await))
+}
+
+/// Answers a repeated registration whose claim is `claim`.
+async fn replayed_registration(
+    deps: &Deps,
+    scope: &Scope,
+    claim: &Stored,
+    stamp: &Stamp,
+    password: &Password,
+) -> CommandResult<AccountReply> {
+    if claim.envelope.request_digest != stamp.digest {
+        return Err(CommandFailure::reused_id());
+    }
+    let owner: EmailReserved =
+        serde_json::from_value(claim.envelope.data.clone()).map_err(|e| broken("decoding an email claim", e))?;
+    let account =
+        load::<Account>(&deps.store, scope, &owner.account_id).await.map_err(|e| broken("loading an account", e))?;
+    let phc = match &account.state.password_hash {
+        Some(sealed) => Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?),
+        None => None,
+    };
+    match deps.hasher.verify(password, phc).await {
+        Ok(true) => Ok(AccountReply::Registered { account_id: owner.account_id, seq: claim.seq }),
+        Ok(false) => Err(CommandFailure::reused_id()),
+        Err(e) => Err(broken("verifying a password", e)),
+    }
 }
 
 async fn register(
     deps: &Deps,
     scope: &Scope,
-    command_id: &str,
+    stamp: &Stamp,
     input: NewAccount,
     cached: Option<Loaded<Account>>,
 ) -> (CommandResult<AccountReply>, Option<Loaded<Account>>) {
@@ -303,7 +356,7 @@ async fn register(
         Ok(c) => c,
         Err(e) => return (Err(e), cached),
     };
-    match existing_claim(deps, &claim, command_id).await {
+    match existing_claim(deps, scope, &claim, stamp, &input.password).await {
         Ok(Some(answer)) => return (answer, cached),
         Ok(None) => {}
         Err(e) => return (Err(e), cached),
@@ -313,21 +366,46 @@ async fn register(
         Err(e) => return (Err(e), cached),
     };
     let cmd = AccountCommand::Register(registration);
-    match execute::<Account>(&deps.store, scope, &input.account_id, cached, command_id, &cmd, deps.snapshot_every).await
-    {
-        Ok(done) => (Ok(AccountReply::Registered { account_id: input.account_id, seq: done.seq }), Some(done.loaded)),
+    let id = input.account_id.as_str();
+    match execute::<Account>(&deps.store, scope, id, cached, stamp, &cmd, deps.snapshot_every).await {
+        // A batch seen before was refused as a duplicate without storing anything:
+        // answer it as the repeat it is, from its claim.
+        Ok(done) if done.replayed => {
+            let answer = match existing_claim(deps, scope, &claim, stamp, &input.password).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => Err(CommandFailure::conflict()),
+                Err(e) => Err(e),
+            };
+            (answer, Some(done.loaded))
+        }
+        Ok(done) => (
+            Ok(AccountReply::Registered { account_id: input.account_id.to_string(), seq: done.seq }),
+            Some(done.loaded),
+        ),
         Err(ExecError::Conflict) => {
             // The batch failed a check: most likely another account took the email
             // between our look and our append.
-            let answer = match existing_claim(deps, &claim, command_id).await {
+            let answer = match existing_claim(deps, scope, &claim, stamp, &input.password).await {
                 Ok(Some(answer)) => answer,
                 Ok(None) => Err(CommandFailure::conflict()),
                 Err(e) => Err(e),
             };
             (answer, None)
         }
-        Err(ExecError::Rejected(e)) => (Err(CommandFailure::rejected(&e)), None),
-        Err(ExecError::Broken(e)) => (Err(broken("appending a registration", e)), None),
+        // The account's id derives from the command id, so an account already
+        // there means the id was used for another email: a different request.
+        Err(ExecError::Rejected(AccountError::AlreadyRegistered)) => (Err(CommandFailure::reused_id()), None),
+        Err(e) => (Err(failure(e, "appending a registration")), None),
+    }
+}
+
+/// The failure a command reports for an executor error.
+pub fn failure(e: ExecError<AccountError>, what: &str) -> CommandFailure {
+    match e {
+        ExecError::Conflict => CommandFailure::conflict(),
+        ExecError::ReusedId => CommandFailure::reused_id(),
+        ExecError::Rejected(e) => CommandFailure::rejected(&e),
+        ExecError::Broken(e) => broken(what, e),
     }
 }
 
@@ -335,7 +413,7 @@ async fn update_profile(
     deps: &Deps,
     scope: &Scope,
     id: &str,
-    command_id: &str,
+    stamp: &Stamp,
     firstname: PersonName,
     lastname: PersonName,
     cached: Option<Loaded<Account>>,
@@ -359,17 +437,20 @@ async fn update_profile(
         firstname: key.seal(&kid, firstname.as_str().as_bytes()),
         lastname: key.seal(&kid, lastname.as_str().as_bytes()),
     };
-    match execute::<Account>(&deps.store, scope, id, Some(current), command_id, &cmd, deps.snapshot_every).await {
+    match execute::<Account>(&deps.store, scope, id, Some(current), stamp, &cmd, deps.snapshot_every).await {
         Ok(done) => (Ok(AccountReply::Updated { seq: done.seq }), Some(done.loaded)),
-        Err(ExecError::Conflict) => (Err(CommandFailure::conflict()), None),
-        Err(ExecError::Rejected(e)) => (Err(CommandFailure::rejected(&e)), None),
-        Err(ExecError::Broken(e)) => (Err(broken("appending a profile update", e)), None),
+        Err(e) => (Err(failure(e, "appending a profile update")), None),
     }
 }
 
 /// How long a login waits for its own actor to hand over a cached account.
 const ASK_CACHE: Duration = Duration::from_secs(5);
 
+/// A login reads the same things for a known and an unknown email, in the
+/// same order, up to the hash comparison: the claim, then an account (the
+/// holder, or for an unknown email a decoy no account can be) from the actor's
+/// cache checked against the log, or loaded. Only the data differ, so neither
+/// the time nor the reads tell whether an email has an account.
 async fn login(
     deps: &Deps,
     scope: &Scope,
@@ -377,22 +458,22 @@ async fn login(
     password: &Password,
     actor: &ActorRef<AccountMsg>,
 ) -> CommandResult<AccountReply> {
-    let claim = email_claim_subject(deps, scope, email).await?;
+    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
+    let email_index = key.blind_index("email", &email.normalized());
+    let claim = event_subject(scope, EMAIL_CLAIM, &email_index, EMAIL_RESERVED);
     let holder = deps
         .store
         .last_on_subject(&claim)
         .await
         .map_err(|e| broken("reading an email claim", e))?
         .and_then(|s| serde_json::from_value::<EmailReserved>(s.envelope.data).ok());
-    let Some(holder) = holder else {
-        // Unknown email: spend the same time as a wrong password would.
-        let _ = deps.hasher.verify(password, None).await;
-        return Err(CommandFailure::invalid_credentials());
+    let id = match &holder {
+        Some(h) => h.account_id.clone(),
+        None => decoy_account(scope, &email_index).to_string(),
     };
     // The actor's cached state, checked against the log's newest sequence for the
     // account, spares nats-server a consumer for every login; a password changed
     // anywhere is still seen, since the check reads the log itself.
-    let id = holder.account_id;
     let cached = match actor.call(|port| AccountMsg::Cached(id.clone(), port), Some(ASK_CACHE)).await {
         Ok(CallResult::Success(cached)) => cached,
         _ => None,
@@ -403,11 +484,17 @@ async fn login(
     }
     .map_err(|e| broken("loading an account", e))?;
     let owner = account.state.owner;
-    let phc = match &account.state.password_hash {
-        Some(sealed) => Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?),
-        None => None,
+    let phc = match (&holder, &account.state.password_hash) {
+        (Some(_), Some(sealed)) => {
+            Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?)
+        }
+        _ => None,
     };
     let _ = actor.cast(AccountMsg::Remember { id: id.clone(), loaded: Box::new(account) });
+    // With no hash, `verify` compares against a dummy one: the same work.
     let ok = deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))?;
-    if ok { Ok(AccountReply::LoggedIn { account_id: id, owner }) } else { Err(CommandFailure::invalid_credentials()) }
+    match (ok, holder) {
+        (true, Some(_)) => Ok(AccountReply::LoggedIn { account_id: id, owner }),
+        _ => Err(CommandFailure::invalid_credentials()),
+    }
 }

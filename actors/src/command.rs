@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::{Email, Password, PersonName};
+use crate::account::{AccountId, Email, Password, PersonName};
 use crate::tenant::{Scope, TenantId, TenantName};
 
 pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
@@ -14,11 +14,88 @@ pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
 /// The subject the command router listens on.
 pub const COMMAND_WILDCARD: &str = "cmd.*.*";
 
+/// A command's id: 1 to 64 ASCII letters, digits, `-` or `_`. It becomes part of
+/// `Nats-Msg-Id` headers and of derived aggregate ids, so nothing else can pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CommandId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a command id has 1 to 64 characters, each a letter, a digit, '-' or '_'")]
+pub struct InvalidCommandId;
+
+impl CommandId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidCommandId> {
+        let ok =
+            (1..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok { Ok(Self(raw.to_owned())) } else { Err(InvalidCommandId) }
+    }
+
+    /// A fresh, unique id (UUID v7, 32 hex characters).
+    pub fn fresh() -> Self {
+        Self(uuid::Uuid::now_v7().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CommandId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who sends a command, as the edge authenticated them. Actors check it where
+/// a decision depends on who asks; a command without one does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Principal {
+    /// Nobody signed in: registration and login.
+    Anonymous,
+    /// A signed-in account of `scope` (the platform's accounts are its administrators).
+    Account { scope: Scope, account_id: AccountId },
+}
+
+impl Principal {
+    pub fn is_platform_admin(&self) -> bool {
+        matches!(self, Principal::Account { scope: Scope::Platform, .. })
+    }
+
+    /// The account acting, if it belongs to `scope`.
+    pub fn account_in(&self, scope: &Scope) -> Option<&AccountId> {
+        match self {
+            Principal::Account { scope: s, account_id } if s == scope => Some(account_id),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandEnvelope<R> {
-    /// Chosen by the caller; a retry with the same id is applied once.
-    pub command_id: String,
+    /// Chosen by the caller; a retry with the same id is applied once, and a
+    /// reuse of the id for another request is refused.
+    pub command_id: CommandId,
+    pub principal: Principal,
     pub request: R,
+}
+
+/// Request fields that are secrets: left out of a request's digest, which is
+/// stored in the log (a replay proves them again instead).
+const SECRET_FIELDS: [&str; 2] = ["password", "owner_password"];
+
+impl<R: Serialize> CommandEnvelope<R> {
+    /// What a request's digest is computed over: the principal and the request
+    /// without its secrets, as canonical JSON (serde_json orders object keys).
+    pub fn digest_input(&self) -> String {
+        let mut request = serde_json::to_value(&self.request).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut request {
+            for secret in SECRET_FIELDS {
+                fields.remove(secret);
+            }
+        }
+        serde_json::json!({ "principal": self.principal, "request": request }).to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,7 +103,7 @@ pub struct CommandEnvelope<R> {
 pub enum AccountRequest {
     Register { email: Email, password: Password, firstname: PersonName, lastname: PersonName },
     Login { email: Email, password: Password },
-    UpdateProfile { account_id: String, firstname: PersonName, lastname: PersonName },
+    UpdateProfile { account_id: AccountId, firstname: PersonName, lastname: PersonName },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +160,16 @@ impl CommandFailure {
     pub fn invalid_credentials() -> Self {
         Self::new("UNAUTHENTICATED", "invalid email or password")
     }
+
+    /// The command id was used before for a request with other content (as
+    /// Stripe answers a reused idempotency key).
+    pub fn reused_id() -> Self {
+        Self::new("CONFLICT", "idempotency key reused with a different request")
+    }
+
+    pub fn forbidden(message: &str) -> Self {
+        Self::new("FORBIDDEN", message)
+    }
 }
 
 /// What goes back on the reply subject.
@@ -106,6 +193,8 @@ macro_rules! string_wire {
     };
 }
 
+string_wire!(CommandId, as_str);
+string_wire!(AccountId, as_str);
 string_wire!(Email, as_str);
 string_wire!(Password, expose);
 string_wire!(PersonName, as_str);
@@ -114,16 +203,51 @@ string_wire!(PersonName, as_str);
 mod tests {
     use super::*;
 
+    const ANONYMOUS: &str = r#""principal":{"kind":"anonymous"}"#;
+
     #[test]
     fn a_command_with_an_invalid_email_does_not_decode() {
-        let raw = r#"{"command_id":"c1","request":{"kind":"login","email":"nope","password":"12345678"}}"#;
-        assert!(serde_json::from_str::<CommandEnvelope<AccountRequest>>(raw).is_err());
+        let raw = format!(
+            r#"{{"command_id":"c1",{ANONYMOUS},"request":{{"kind":"login","email":"nope","password":"12345678"}}}}"#
+        );
+        assert!(serde_json::from_str::<CommandEnvelope<AccountRequest>>(&raw).is_err());
+        let ok = raw.replace("nope", "a@b.co");
+        assert!(serde_json::from_str::<CommandEnvelope<AccountRequest>>(&ok).is_ok());
+        let without_principal = ok.replace(&format!("{ANONYMOUS},"), "");
+        assert!(serde_json::from_str::<CommandEnvelope<AccountRequest>>(&without_principal).is_err());
+    }
+
+    #[test]
+    fn command_ids_that_could_reach_a_subject_or_header_do_not_parse() {
+        let long = "x".repeat(65);
+        for bad in ["", "a.b", "a*", "a>", "a b", "a\r\nb", "ä", long.as_str()] {
+            assert!(CommandId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(CommandId::parse(&"x".repeat(64)).is_ok());
+        assert!(CommandId::parse(CommandId::fresh().as_str()).is_ok());
+    }
+
+    #[test]
+    fn the_digest_input_leaves_secrets_out_but_binds_everything_else() {
+        let login = |email: &str, password: &str| CommandEnvelope {
+            command_id: CommandId::parse("c1").unwrap(),
+            principal: Principal::Anonymous,
+            request: AccountRequest::Login {
+                email: Email::parse(email).unwrap(),
+                password: Password::parse(password).unwrap(),
+            },
+        };
+        let a = login("a@b.co", "first-password");
+        assert!(!a.digest_input().contains("first-password"));
+        assert_eq!(a.digest_input(), login("a@b.co", "other-password").digest_input());
+        assert_ne!(a.digest_input(), login("z@b.co", "first-password").digest_input());
     }
 
     #[test]
     fn commands_round_trip_through_json() {
         let cmd = CommandEnvelope {
-            command_id: "c1".into(),
+            command_id: CommandId::parse("c1").unwrap(),
+            principal: Principal::Anonymous,
             request: AccountRequest::Login {
                 email: Email::parse("a@b.co").unwrap(),
                 password: Password::parse("12345678").unwrap(),

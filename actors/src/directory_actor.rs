@@ -6,10 +6,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinSet;
 
 use crate::account::{Account, AccountCommand};
-use crate::account_actor::{NewAccount, account_id_for, broken, prepare_registration};
+use crate::account_actor::{NewAccount, account_id_for, broken, prepare_registration, request_digest};
 use crate::aggregate::Aggregate;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
-use crate::event_store::{StoreErrorKind, batch_for, event_subject};
+use crate::event_store::{Stamp, StoreErrorKind, batch_for, event_subject};
 use crate::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
 use crate::tree::Deps;
 
@@ -63,10 +63,12 @@ impl Actor for DirectoryActor {
     }
 }
 
+/// What an existing tenant means for a creation: the same command seen again
+/// (answered as before, if it is the same request), or a taken slug.
 async fn existing(
     deps: &Deps,
     slug: &TenantId,
-    command_id: &str,
+    stamp: &Stamp,
 ) -> Result<Option<CommandResult<TenantReply>>, CommandFailure> {
     let found = deps
         .store
@@ -74,7 +76,10 @@ async fn existing(
         .await
         .map_err(|e| broken("reading the tenant directory", e))?;
     Ok(found.map(|s| {
-        if s.envelope.command_id == command_id {
+        if s.envelope.command_id == stamp.command_id.as_str() {
+            if s.envelope.request_digest != stamp.digest {
+                return Err(CommandFailure::reused_id());
+            }
             let created: Result<TenantCreated, _> = serde_json::from_value(s.envelope.data);
             match created {
                 Ok(c) => Ok(TenantReply::Created { slug: c.slug, owner_account_id: c.owner_account_id, seq: s.seq }),
@@ -87,13 +92,19 @@ async fn existing(
 }
 
 async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
-    let CommandEnvelope { command_id, request } = envelope;
+    // Checked here too, not only at the edge: whoever reaches `cmd._system.tenant`.
+    if !envelope.principal.is_platform_admin() {
+        return Err(CommandFailure::forbidden("only a platform administrator may create tenants"));
+    }
+    let digest = request_digest(deps, &Scope::Platform, &envelope.digest_input()).await?;
+    let CommandEnvelope { command_id, request, .. } = envelope;
+    let stamp = Stamp { command_id, digest };
     let TenantRequest::Create { slug, name, owner_email, owner_password } = request;
-    if let Some(answer) = existing(deps, &slug, &command_id).await? {
+    if let Some(answer) = existing(deps, &slug, &stamp).await? {
         return answer;
     }
     let scope = Scope::Tenant(slug.clone());
-    let owner_id = account_id_for(&scope, &command_id);
+    let owner_id = account_id_for(&scope, &stamp.command_id);
     let registration = prepare_registration(
         deps,
         &scope,
@@ -107,19 +118,25 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
         },
     )
     .await?;
-    let tenant_cmd = TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner_id.clone() };
+    let tenant_cmd = TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner_id.to_string() };
     let tenant = Tenant::decide(&TenantState::default(), &tenant_cmd).map_err(|e| CommandFailure::rejected(&e))?;
     let owner = Account::decide(&Default::default(), &AccountCommand::Register(registration))
         .map_err(|e| CommandFailure::rejected(&e))?;
-    let mut batch = batch_for::<Tenant>(&Scope::Platform, slug.as_str(), 0, &command_id, &tenant.events, &[])
+    let mut batch = batch_for::<Tenant>(&Scope::Platform, slug.as_str(), 0, &stamp, &tenant.events, &[])
         .map_err(|e| broken("building the tenant batch", e))?;
     batch.extend(
-        batch_for::<Account>(&scope, &owner_id, 0, &command_id, &owner.events, &owner.reservations)
+        batch_for::<Account>(&scope, owner_id.as_str(), 0, &stamp, &owner.events, &owner.reservations)
             .map_err(|e| broken("building the owner batch", e))?,
     );
-    match deps.store.append(&command_id, batch).await {
-        Ok(appended) => Ok(TenantReply::Created { slug, owner_account_id: owner_id, seq: appended.last_seq }),
-        Err(e) if e.kind() == StoreErrorKind::Conflict => match existing(deps, &slug, &command_id).await? {
+    match deps.store.append(&stamp.command_id, batch).await {
+        Ok(appended) if appended.duplicate => match existing(deps, &slug, &stamp).await? {
+            Some(answer) => answer,
+            None => Err(CommandFailure::conflict()),
+        },
+        Ok(appended) => {
+            Ok(TenantReply::Created { slug, owner_account_id: owner_id.to_string(), seq: appended.last_seq })
+        }
+        Err(e) if e.kind() == StoreErrorKind::Conflict => match existing(deps, &slug, &stamp).await? {
             Some(answer) => answer,
             None => Err(CommandFailure::conflict()),
         },

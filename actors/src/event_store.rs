@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::aggregate::{Aggregate, Reservation};
+use crate::command::CommandId;
 use crate::tenant::Scope;
 
 pub const STREAM: &str = "EVENTS";
@@ -46,6 +47,11 @@ pub struct Envelope {
     pub occurred_at: String,
     /// The id of the command that produced the event.
     pub command_id: String,
+    /// A keyed digest (HMAC-SHA256 under the tenant's data key, 32 hex
+    /// characters) of the command's principal and request without its secrets:
+    /// a later command with the same id and another digest is refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_digest: String,
     pub schema_version: u32,
     pub data: serde_json::Value,
 }
@@ -69,6 +75,14 @@ pub fn aggregate_filter(scope: &Scope, aggregate: &str, id: &str) -> String {
 /// characters that can never form a wildcard or a separator.
 pub fn is_safe_token(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The command an append belongs to: its id (the `Nats-Msg-Id` of its events)
+/// and the digest of its request (stored in each envelope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub command_id: CommandId,
+    pub digest: String,
 }
 
 /// One message of an atomic append.
@@ -164,6 +178,7 @@ struct StoreInner {
     stream: stream::Stream,
     snapshots: kv::Store,
     acks: AckClock,
+    reads: std::sync::atomic::AtomicU64,
 }
 
 /// When this node received the acknowledgement of each event it appended, until
@@ -224,7 +239,8 @@ impl EventStore {
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
         let keys = open_bucket(&js, KEYS, replicas).await?;
-        Ok((Self { inner: Arc::new(StoreInner { client, js, stream, snapshots, acks: AckClock::default() }) }, keys))
+        let inner = StoreInner { client, js, stream, snapshots, acks: AckClock::default(), reads: Default::default() };
+        Ok((Self { inner: Arc::new(inner) }, keys))
     }
 
     /// The ack times of the events appended through this store (and its clones).
@@ -239,7 +255,7 @@ impl EventStore {
     /// Appends the messages as one atomic batch: all land, or none. Each message is
     /// checked against its own expected subject sequence, and carries
     /// `Nats-Msg-Id = {command_id}:{n}` so a retried command is stored once.
-    pub async fn append(&self, command_id: &str, batch: Vec<Pending>) -> Result<Appended, StoreError> {
+    pub async fn append(&self, command_id: &CommandId, batch: Vec<Pending>) -> Result<Appended, StoreError> {
         let n = batch.len();
         if n == 0 {
             return Err(StoreError::new(StoreErrorKind::InvalidId, "empty batch"));
@@ -310,6 +326,7 @@ impl EventStore {
     /// slower for the usual case of an account's events spread among other
     /// tenants', where the server counts the pending events again for each one.)
     pub async fn load(&self, filter: &str, after_seq: u64) -> Result<Vec<Stored>, StoreError> {
+        self.inner.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let consumer = self
             .inner
             .stream
@@ -345,6 +362,22 @@ impl EventStore {
         Ok(out)
     }
 
+    /// The event stored at `seq`, if any (a point read).
+    pub async fn get(&self, seq: u64) -> Result<Option<Stored>, StoreError> {
+        self.inner.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.inner.stream.direct_get(seq).await {
+            Ok(m) => decode(m.sequence, &m.payload).map(Some),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Reads of the log since start: point reads and loads (each a consumer),
+    /// for tests that compare the work two paths do.
+    pub fn reads(&self) -> u64 {
+        self.inner.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The last message stored on an exact subject, if any (a point read).
     pub async fn last_on_subject(&self, subject: &str) -> Result<Option<Stored>, StoreError> {
         self.direct_last(subject).await?.map(|m| decode(m.sequence, &m.payload)).transpose()
@@ -360,6 +393,7 @@ impl EventStore {
         &self,
         subject: &str,
     ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, StoreError> {
+        self.inner.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.inner.stream.direct_get_last_for_subject(subject).await {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
@@ -426,7 +460,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Builds the envelope of a domain event.
-pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, command_id: &str, event: &A::Event) -> Envelope {
+pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, stamp: &Stamp, event: &A::Event) -> Envelope {
     let mut v = serde_json::to_value(event).expect("events serialise");
     let event_type = v["type"].as_str().expect("events are tagged with `type`").to_owned();
     let data = v["data"].take();
@@ -437,7 +471,8 @@ pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, command_id: &st
         aggregate: A::NAME.to_owned(),
         aggregate_id: aggregate_id.to_owned(),
         occurred_at: now_rfc3339(),
-        command_id: command_id.to_owned(),
+        command_id: stamp.command_id.as_str().to_owned(),
+        request_digest: stamp.digest.clone(),
         schema_version: SCHEMA_VERSION,
         data,
     }
@@ -455,7 +490,7 @@ pub fn batch_for<A: Aggregate>(
     scope: &Scope,
     aggregate_id: &str,
     version: u64,
-    command_id: &str,
+    stamp: &Stamp,
     events: &[A::Event],
     reservations: &[Reservation],
 ) -> Result<Vec<Pending>, StoreError> {
@@ -465,7 +500,7 @@ pub fn batch_for<A: Aggregate>(
     let filter = aggregate_filter(scope, A::NAME, aggregate_id);
     let mut out = Vec::with_capacity(events.len() + reservations.len());
     for (i, e) in events.iter().enumerate() {
-        let envelope = envelope::<A>(scope, aggregate_id, command_id, e);
+        let envelope = envelope::<A>(scope, aggregate_id, stamp, e);
         out.push(Pending {
             subject: event_subject(scope, A::NAME, aggregate_id, &envelope.event_type),
             filter: filter.clone(),
@@ -488,7 +523,8 @@ pub fn batch_for<A: Aggregate>(
                 aggregate: r.aggregate.to_owned(),
                 aggregate_id: r.key.clone(),
                 occurred_at: now_rfc3339(),
-                command_id: command_id.to_owned(),
+                command_id: stamp.command_id.as_str().to_owned(),
+                request_digest: stamp.digest.clone(),
                 schema_version: SCHEMA_VERSION,
                 data: r.data.clone(),
             },

@@ -3,7 +3,9 @@
 //! conflict it reloads and decides again, a bounded number of times.
 
 use crate::aggregate::{Aggregate, Decision};
-use crate::event_store::{self, EventStore, StoreError, StoreErrorKind, aggregate_filter, batch_for, event_of};
+use crate::event_store::{
+    self, EventStore, Stamp, StoreError, StoreErrorKind, Stored, aggregate_filter, batch_for, event_of,
+};
 use crate::tenant::Scope;
 
 /// An aggregate's state as of `version`, the stream sequence of its last event.
@@ -100,6 +102,9 @@ pub enum ExecError<E: std::error::Error + 'static> {
     /// Someone else wrote first, after every retry (or a claim was already taken).
     #[error("conflict")]
     Conflict,
+    /// The command's id was used before for a request with another digest.
+    #[error("command id reused with a different request")]
+    ReusedId,
     #[error("store: {0}")]
     Broken(StoreError),
 }
@@ -110,6 +115,28 @@ pub struct Executed<A: Aggregate> {
     pub seq: u64,
     /// The events this call appended (empty when the command was a retry).
     pub events: Vec<A::Event>,
+    /// The command had been applied before (a retry with the same id and digest).
+    pub replayed: bool,
+}
+
+/// The first stored event of the command `stamp` names: the one at `seq` when
+/// the server said where the duplicate landed, else found in the aggregate's
+/// history (a repeated batch is refused without its sequence).
+async fn first_event_of<A: Aggregate>(
+    store: &EventStore,
+    scope: &Scope,
+    id: &str,
+    stamp: &Stamp,
+    seq: u64,
+) -> Result<Option<Stored>, StoreError> {
+    let matches = |s: &Stored| s.envelope.command_id == stamp.command_id.as_str();
+    if seq > 0
+        && let Some(s) = store.get(seq).await?
+        && matches(&s)
+    {
+        return Ok(Some(s));
+    }
+    Ok(store.load(&aggregate_filter(scope, A::NAME, id), 0).await?.into_iter().find(matches))
 }
 
 /// How often a conflicting command is decided again on fresh state.
@@ -122,7 +149,7 @@ pub async fn execute<A: Aggregate>(
     scope: &Scope,
     id: &str,
     mut loaded: Option<Loaded<A>>,
-    command_id: &str,
+    stamp: &Stamp,
     cmd: &A::Command,
     snapshot_every: u64,
 ) -> Result<Executed<A>, ExecError<A::Error>> {
@@ -134,16 +161,22 @@ pub async fn execute<A: Aggregate>(
         let Decision { events, reservations } = A::decide(&current.state, cmd).map_err(ExecError::Rejected)?;
         if events.is_empty() {
             let seq = current.version;
-            return Ok(Executed { loaded: current, seq, events });
+            return Ok(Executed { loaded: current, seq, events, replayed: false });
         }
-        let batch = batch_for::<A>(scope, id, current.version, command_id, &events, &reservations)
-            .map_err(ExecError::Broken)?;
-        match store.append(command_id, batch).await {
+        let batch =
+            batch_for::<A>(scope, id, current.version, stamp, &events, &reservations).map_err(ExecError::Broken)?;
+        match store.append(&stamp.command_id, batch).await {
             Ok(appended) if appended.duplicate => {
-                // The same command was applied before: report what it did, from the log.
+                // The same command id was applied before: it is a retry only if the
+                // request is the same; then report what it did, from the log.
                 let fresh = load::<A>(store, scope, id).await.map_err(ExecError::Broken)?;
+                let first =
+                    first_event_of::<A>(store, scope, id, stamp, appended.last_seq).await.map_err(ExecError::Broken)?;
+                if first.is_some_and(|f| f.envelope.request_digest != stamp.digest) {
+                    return Err(ExecError::ReusedId);
+                }
                 let seq = appended.last_seq.max(fresh.version);
-                return Ok(Executed { loaded: fresh, seq, events: Vec::new() });
+                return Ok(Executed { loaded: fresh, seq, events: Vec::new(), replayed: true });
             }
             Ok(appended) => {
                 for e in &events {
@@ -160,7 +193,7 @@ pub async fn execute<A: Aggregate>(
                         Err(e) => tracing::warn!(error = %e, "could not write snapshot"),
                     }
                 }
-                return Ok(Executed { loaded: current, seq: appended.last_seq, events });
+                return Ok(Executed { loaded: current, seq: appended.last_seq, events, replayed: false });
             }
             Err(e) if e.kind() == StoreErrorKind::Conflict => {
                 if !reservations.is_empty() {

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::account::PersonName;
-use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, command_subject};
+use actors::account::{AccountId, PersonName};
+use actors::command::{
+    AccountReply, AccountRequest, CommandEnvelope, CommandId, CommandResult, Principal, command_subject,
+};
 use actors::event_store::stream_config;
 use actors::tenant::{Scope, TenantId};
 use anyhow::{Context, bail};
@@ -351,6 +353,10 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
 
     let config = Config {
         nats_url: Some(nats.url.clone()),
+        nats_creds: match nats.credentials() {
+            crate::nats::Credentials::CredsFile(path) => Some(path),
+            _ => None,
+        },
         surreal_url: Some("mem://".into()),
         data_dir: root.join("node"),
         bootstrap_admin_email: Some("bench@canopy.test".into()),
@@ -380,7 +386,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let nc = async_nats::connect(&nats.url).await?;
+    let nc = nats.client().await?;
 
     let mut results = Vec::new();
     let fixture = Fixture {
@@ -835,10 +841,12 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
 /// cheap account command of B, E and F.
 async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::Result<()> {
     let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
+    let account_id = AccountId::parse(&who.account_id)?;
     let body = serde_json::to_vec(&CommandEnvelope {
-        command_id: uuid::Uuid::now_v7().simple().to_string(),
+        command_id: CommandId::fresh(),
+        principal: Principal::Account { scope: scope.clone(), account_id: account_id.clone() },
         request: AccountRequest::UpdateProfile {
-            account_id: who.account_id,
+            account_id,
             firstname: PersonName::parse(&format!("N{n}"))?,
             lastname: PersonName::parse("Bench")?,
         },

@@ -9,6 +9,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::nats::{Credentials, Tls, split_url_credentials};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -22,6 +24,21 @@ pub struct Config {
     pub nats_port: u16,
     /// The nats-server binary for the managed server.
     pub nats_server_bin: String,
+    /// Credentials for an external NATS (at most one kind; a managed server
+    /// uses the credentials Canopy generates): a user and password (also
+    /// accepted in the URL as `nats://user:password@host`), a token, an nkey
+    /// seed, or a `.creds` file.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<SecretString>,
+    pub nats_token: Option<SecretString>,
+    pub nats_nkey_seed: Option<SecretString>,
+    pub nats_creds: Option<PathBuf>,
+    /// The certificate authority of an external NATS's TLS certificate (PEM);
+    /// setting it requires TLS, as a `tls://` URL does.
+    pub nats_ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM), for a NATS that verifies clients.
+    pub nats_tls_cert: Option<PathBuf>,
+    pub nats_tls_key: Option<PathBuf>,
     /// `mem://`, `surrealkv://path` or `ws://host:port`; unset uses surrealkv under the data dir.
     pub surreal_url: Option<String>,
     /// User and password for a remote SurrealDB (`ws://`), if it requires them.
@@ -55,6 +72,11 @@ pub struct Config {
     pub accounts_cached_per_tenant: usize,
     /// `text` or `json` log lines.
     pub log_format: String,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: Option<SecretString>,
+    /// Whether GraphQL introspection (and the GraphiQL page) is served; turn it
+    /// off in production to keep the schema's shape to the documented SDL.
+    pub introspection: bool,
 }
 
 impl Default for Config {
@@ -65,6 +87,14 @@ impl Default for Config {
             nats_url: None,
             nats_port: 4222,
             nats_server_bin: "nats-server".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_nkey_seed: None,
+            nats_creds: None,
+            nats_ca_file: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             surreal_url: None,
             surreal_user: None,
             surreal_password: None,
@@ -82,6 +112,8 @@ impl Default for Config {
             snapshot_every: 100,
             accounts_cached_per_tenant: 1000,
             log_format: "text".into(),
+            metrics_token: None,
+            introspection: true,
         }
     }
 }
@@ -147,7 +179,48 @@ impl Config {
         if !["text", "json"].contains(&self.log_format.as_str()) {
             return Err(ConfigError("log_format is `text` or `json`".into()));
         }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            return Err(ConfigError("set both nats_tls_cert and nats_tls_key, or neither".into()));
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
+            return Err(ConfigError("metrics_token must have at least 16 characters".into()));
+        }
+        self.external_nats()?;
         Ok(())
+    }
+
+    /// The external NATS's address without credentials, how to authenticate to
+    /// it, and its TLS settings; `None` when Canopy manages its nats-server.
+    pub fn external_nats(&self) -> Result<Option<(String, Credentials, Tls)>, ConfigError> {
+        let Some(raw) = &self.nats_url else { return Ok(None) };
+        let (url, in_url) = split_url_credentials(raw);
+        let mut given: Vec<Credentials> = in_url.into_iter().collect();
+        match (&self.nats_user, &self.nats_password) {
+            (Some(u), Some(p)) => given.push(Credentials::UserPassword(u.clone(), p.clone())),
+            (None, None) => {}
+            _ => return Err(ConfigError("set both nats_user and nats_password, or neither".into())),
+        }
+        if let Some(t) = &self.nats_token {
+            given.push(Credentials::Token(t.clone()));
+        }
+        if let Some(s) = &self.nats_nkey_seed {
+            given.push(Credentials::NkeySeed(s.clone()));
+        }
+        if let Some(f) = &self.nats_creds {
+            given.push(Credentials::CredsFile(f.clone()));
+        }
+        if given.len() > 1 {
+            return Err(ConfigError(format!(
+                "NATS credentials are given {} ways ({}); give one",
+                given.len(),
+                given.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let tls = Tls {
+            ca_file: self.nats_ca_file.clone(),
+            client_cert: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
+        };
+        Ok(Some((url, given.pop().unwrap_or(Credentials::None), tls)))
     }
 
     pub fn hash_concurrency(&self) -> usize {
@@ -168,6 +241,12 @@ impl Config {
             "data_dir": self.data_dir,
             "nats_url": self.nats_url.as_deref().map(redact_url).unwrap_or_else(|| format!("managed (127.0.0.1:{})", self.nats_port)),
             "nats_server_bin": self.nats_server_bin,
+            "nats_credentials": match self.external_nats() {
+                Ok(Some((_, c, _))) => format!("{c:?}"),
+                _ => "generated (managed nats-server)".to_owned(),
+            },
+            "nats_ca_file": self.nats_ca_file,
+            "nats_tls_cert": self.nats_tls_cert,
             "surreal_url": self.surreal_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded surrealkv".into()),
             "surreal_user": self.surreal_user,
             "surreal_password": secret(&self.surreal_password),
@@ -185,6 +264,8 @@ impl Config {
             "snapshot_every": self.snapshot_every,
             "accounts_cached_per_tenant": self.accounts_cached_per_tenant,
             "log_format": self.log_format,
+            "metrics_token": secret(&self.metrics_token),
+            "introspection": self.introspection,
         })
     }
 
@@ -193,14 +274,15 @@ impl Config {
     }
 }
 
-/// Hides a password in `scheme://user:password@host`.
-fn redact_url(url: &str) -> String {
+/// Hides a password in `scheme://user:password@host`, and a token in
+/// `scheme://token@host`.
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
                 Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
+                None => format!("{}<redacted>{}", &url[..s + 3], &url[at..]),
             }
         }
         _ => url.to_owned(),
@@ -214,7 +296,22 @@ mod tests {
     #[test]
     fn passwords_in_urls_are_redacted() {
         assert_eq!(redact_url("nats://u:secret@h:4222"), "nats://u:<redacted>@h:4222");
+        assert_eq!(redact_url("nats://tok3n@h:4222"), "nats://<redacted>@h:4222");
         assert_eq!(redact_url("ws://h:8000"), "ws://h:8000");
+    }
+
+    #[test]
+    fn nats_credentials_are_given_one_way_only() {
+        let url = |u: &str| Config { nats_url: Some(u.into()), ..Config::default() };
+        let (plain, creds, _) = url("nats://u:p@h:4222").external_nats().unwrap().unwrap();
+        assert_eq!(plain, "nats://h:4222");
+        assert!(matches!(creds, Credentials::UserPassword(..)));
+        let twice = Config { nats_token: Some("t".to_owned().into()), ..url("nats://u:p@h:4222") };
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(err.contains("2 ways") && !err.contains(":p@"), "{err}");
+        assert!(Config::default().external_nats().unwrap().is_none(), "unset: managed");
+        let shown = url("nats://u:hunter2hunter2@h:4222").redacted().to_string();
+        assert!(!shown.contains("hunter2hunter2"), "{shown}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use poem::http::{HeaderMap, StatusCode};
 use poem::web::{Data, Html, Json, Path};
 use poem::{Body, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
 
+use secrecy::ExposeSecret;
+
 use crate::App;
 use crate::auth::TokenError;
 use crate::graphql::RequestCtx;
@@ -63,9 +65,29 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
     }
 }
 
-/// A few gauges in the Prometheus text format.
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bearer(headers).ok().flatten().is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
+}
+
+/// A few gauges in the Prometheus text format; with `metrics_token` set, only
+/// for requests that carry it.
 #[handler]
-async fn metrics(Data(app): Data<&Arc<App>>) -> String {
+async fn metrics(req: &Request, Data(app): Data<&Arc<App>>) -> Response {
+    if let Some(token) = &app.config.metrics_token
+        && !bearer_matches(req.headers(), token.expose_secret())
+    {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "/metrics needs `Authorization: Bearer <metrics_token>`",
+        );
+    }
+    metrics_text(app).await.into_response()
+}
+
+async fn metrics_text(app: &App) -> String {
     let mut out = String::new();
     family(
         &mut out,
@@ -129,9 +151,17 @@ fn jwks(Data(app): Data<&Arc<App>>) -> Json<serde_json::Value> {
     Json(app.tokens.jwks())
 }
 
+/// GraphiQL needs introspection; where it is off, the page is not served either.
 #[handler]
-fn graphiql(req: &Request) -> Html<String> {
-    Html(GraphiQLSource::build().endpoint(req.uri().path()).finish())
+fn graphiql(req: &Request, Data(app): Data<&Arc<App>>) -> Response {
+    if !app.config.introspection {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "GraphiQL is off (introspection = false); POST GraphQL requests here",
+        );
+    }
+    Html(GraphiQLSource::build().endpoint(req.uri().path()).finish()).into_response()
 }
 
 #[handler]

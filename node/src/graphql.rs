@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actors::account::{Email, InputError, Password, PersonName};
+use actors::account::{AccountId, Email, InputError, Password, PersonName};
 use actors::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest,
-    command_subject,
+    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandId, CommandResult, Principal, TenantReply,
+    TenantRequest, command_subject,
 };
 use actors::tenant::{Scope, TenantId, TenantName};
 use async_graphql::connection::{Connection, Edge};
@@ -34,7 +34,14 @@ pub const MAX_COMPLEXITY: usize = 500;
 pub const MAX_PAGE: i32 = 100;
 
 pub fn schema() -> CanopySchema {
-    Schema::build(Query, Mutation, EmptySubscription).limit_depth(MAX_DEPTH).limit_complexity(MAX_COMPLEXITY).finish()
+    schema_with(true)
+}
+
+/// The schema, with introspection (`__schema`, `__type`) answered or refused.
+pub fn schema_with(introspection: bool) -> CanopySchema {
+    let builder =
+        Schema::build(Query, Mutation, EmptySubscription).limit_depth(MAX_DEPTH).limit_complexity(MAX_COMPLEXITY);
+    if introspection { builder.finish() } else { builder.disable_introspection().finish() }
 }
 
 /// The most text a remembered document may have; longer ones are parsed each time.
@@ -153,28 +160,38 @@ fn platform_admin(req: &RequestCtx) -> async_graphql::Result<&Claims> {
 }
 
 /// The command id: derived from the idempotency key when there is one (so a retry
-/// maps to the same command), else fresh.
-fn command_id(req: &RequestCtx, operation: &str) -> String {
+/// maps to the same command; the actor refuses it if the request differs), else fresh.
+fn command_id(req: &RequestCtx, operation: &str) -> CommandId {
     match &req.idempotency_key {
         Some(key) => {
             let who = req.principal.as_ref().map_or("anonymous", |p| p.sub.as_str());
             let digest = Sha256::digest(format!("{}\0{who}\0{operation}\0{key}", req.scope).as_bytes());
-            digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            CommandId::parse(&hex).expect("32 hex characters are a command id")
         }
-        None => uuid::Uuid::now_v7().simple().to_string(),
+        None => CommandId::fresh(),
     }
+}
+
+/// The principal a command carries: the verified token's account, or nobody.
+fn command_principal(req: &RequestCtx) -> async_graphql::Result<Principal> {
+    let Some(p) = &req.principal else { return Ok(Principal::Anonymous) };
+    let scope = Scope::parse_token(&p.tenant).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
+    let account_id = AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
+    Ok(Principal::Account { scope, account_id })
 }
 
 /// Sends a command to the owning tree over NATS and decodes the typed answer.
 async fn send<R: Serialize, T: DeserializeOwned>(
     app: &App,
+    req: &RequestCtx,
     scope: &Scope,
     aggregate: &str,
-    command_id: String,
+    command_id: CommandId,
     request: R,
 ) -> async_graphql::Result<T> {
-    let body =
-        serde_json::to_vec(&CommandEnvelope { command_id, request }).map_err(|e| internal("encoding a command", e))?;
+    let envelope = CommandEnvelope { command_id, principal: command_principal(req)?, request };
+    let body = serde_json::to_vec(&envelope).map_err(|e| internal("encoding a command", e))?;
     let timeout = Duration::from_millis(app.config.command_timeout_ms);
     let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))
         .await
@@ -433,7 +450,7 @@ impl Mutation {
             firstname: parse("firstname", PersonName::parse(&input.firstname))?,
             lastname: parse("lastname", PersonName::parse(&input.lastname))?,
         };
-        let reply: AccountReply = send(app, &req.scope, "account", command_id(req, "register"), request).await?;
+        let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "register"), request).await?;
         let AccountReply::Registered { account_id, seq } = reply else {
             return Err(internal("unexpected reply", "register"));
         };
@@ -450,7 +467,7 @@ impl Mutation {
             return Err(failure(CommandFailure::invalid_credentials()));
         };
         let request = AccountRequest::Login { email, password };
-        let reply: AccountReply = send(app, &req.scope, "account", command_id(req, "login"), request).await?;
+        let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "login"), request).await?;
         let AccountReply::LoggedIn { account_id, .. } = reply else {
             return Err(internal("unexpected reply", "login"));
         };
@@ -462,11 +479,12 @@ impl Mutation {
         let (app, req) = parts(ctx);
         let p = principal(req)?;
         let request = AccountRequest::UpdateProfile {
-            account_id: p.sub.clone(),
+            account_id: AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?,
             firstname: parse("firstname", PersonName::parse(&input.firstname))?,
             lastname: parse("lastname", PersonName::parse(&input.lastname))?,
         };
-        let reply: AccountReply = send(app, &req.scope, "account", command_id(req, "updateProfile"), request).await?;
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "updateProfile"), request).await?;
         let AccountReply::Updated { seq } = reply else {
             return Err(internal("unexpected reply", "updateProfile"));
         };
@@ -486,7 +504,7 @@ impl Mutation {
             owner_password: parse("ownerPassword", Password::parse(&input.owner_password))?,
         };
         let reply: TenantReply =
-            send(app, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
+            send(app, req, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
         let TenantReply::Created { seq, .. } = reply;
         settle(ctx, app, seq).await;
         app.read_model

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::account::{Email, Password, PersonName};
-use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, command_subject};
+use actors::command::{
+    AccountReply, AccountRequest, CommandEnvelope, CommandId, CommandResult, Principal, command_subject,
+};
 use actors::event_store::EventStore;
 use actors::hasher::{Hasher, owasp_params};
 use actors::seal::{KeyRing, MasterKey};
@@ -91,8 +93,10 @@ impl App {
 /// The parts every entry point (serve, rebuild) needs.
 pub struct Core {
     pub nats: async_nats::Client,
-    /// Where `nats` connected, for components that want a connection of their own.
+    /// Where and how `nats` connected, for components that want a connection of their own.
     pub nats_url: String,
+    pub nats_credentials: nats::Credentials,
+    pub nats_tls: nats::Tls,
     pub managed: Option<ManagedNats>,
     pub store: EventStore,
     pub keys: KeyRing,
@@ -114,7 +118,8 @@ fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     Ok(key)
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes a new file that only its owner may read.
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -134,20 +139,20 @@ impl Core {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
         let master = master_key(config)?;
-        let (url, managed) = match &config.nats_url {
-            Some(u) => (u.clone(), None),
+        let (url, creds, tls, managed) = match config.external_nats()? {
+            Some((url, creds, tls)) => (url, creds, tls, None),
             None => {
                 let m = ManagedNats::start(config).await.context("while starting the managed nats-server")?;
-                (m.url.clone(), Some(m))
+                (m.url.clone(), nats::Credentials::CredsFile(m.creds.clone()), nats::Tls::default(), Some(m))
             }
         };
-        let nats = nats::connect(&url, Duration::from_secs(15)).await?;
+        let nats = nats::connect(&url, &creds, &tls, Duration::from_secs(15)).await?;
         let (store, keys_kv) = EventStore::open(nats.clone(), config.replicas)
             .await
             .context("while creating the EVENTS stream and buckets")?;
         let keys = KeyRing::new(keys_kv, master);
         let read_model = ReadModel::connect(config).await?;
-        Ok(Self { nats, nats_url: url, managed, store, keys, read_model })
+        Ok(Self { nats, nats_url: url, nats_credentials: creds, nats_tls: tls, managed, store, keys, read_model })
     }
 
     pub async fn close(self) {
@@ -159,8 +164,13 @@ impl Core {
     }
 }
 
-async fn own_store(url: &str, replicas: usize) -> anyhow::Result<EventStore> {
-    let client = nats::connect(url, Duration::from_secs(15)).await?;
+async fn own_store(
+    url: &str,
+    creds: &nats::Credentials,
+    tls: &nats::Tls,
+    replicas: usize,
+) -> anyhow::Result<EventStore> {
+    let client = nats::connect(url, creds, tls, Duration::from_secs(15)).await?;
     Ok(EventStore::open(client, replicas).await?.0)
 }
 
@@ -229,6 +239,7 @@ async fn serve(
     // commands queued behind it. The OS now shares the cores between them instead.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let (url, replicas) = (core.nats_url.clone(), config.replicas);
+    let (creds, tls) = (core.nats_credentials.clone(), core.nats_tls.clone());
     std::thread::Builder::new().name("canopy-projector".into()).spawn(move || {
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => {
@@ -236,7 +247,7 @@ async fn serve(
                     // A connection of its own, driven by this thread: the stream's
                     // deliveries no longer queue in the connection task that carries
                     // commands, appends and their acks.
-                    match own_store(&url, replicas).await {
+                    match own_store(&url, &creds, &tls, replicas).await {
                         Ok(store) => projector.with_store(store).run(projector_cancel).await,
                         Err(e) => tracing::error!(error = %e, "the projector could not connect to NATS"),
                     }
@@ -265,7 +276,7 @@ async fn serve(
         read_model: core.read_model.clone(),
         tokens,
         progress,
-        schema: graphql::schema(),
+        schema: graphql::schema_with(config.introspection),
         documents: graphql::Documents::default(),
         node: node.clone(),
         known_tenants: RwLock::default(),
@@ -303,17 +314,18 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
     let email = Email::parse(email).context("CANOPY_BOOTSTRAP_ADMIN_EMAIL is not a valid email")?;
     let password = Password::parse(password.expose_secret())
         .context("CANOPY_BOOTSTRAP_ADMIN_PASSWORD must have 8 to 128 characters")?;
-    let command_id = format!(
+    let command_id = CommandId::parse(&format!(
         "bootstrap-admin-{}",
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, email.normalized().as_bytes()).simple()
-    );
+    ))
+    .expect("a prefix and 32 hex characters are a command id");
     let request = AccountRequest::Register {
         email,
         password,
         firstname: PersonName::parse("Platform").expect("constant"),
         lastname: PersonName::parse("Administrator").expect("constant"),
     };
-    let body = serde_json::to_vec(&CommandEnvelope { command_id, request })?;
+    let body = serde_json::to_vec(&CommandEnvelope { command_id, principal: Principal::Anonymous, request })?;
     let reply = app
         .nats
         .request(command_subject(&Scope::Platform, "account"), body.into())
@@ -325,12 +337,36 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
             tracing::info!("platform administrator ready");
         }
         Ok(other) => anyhow::bail!("unexpected reply creating the administrator: {other:?}"),
-        // The email already belongs to an administrator created earlier with another
-        // password: keep that account, never overwrite it from the environment.
-        Err(f) if f.code == "BAD_USER_INPUT" => tracing::info!("platform administrator already exists"),
+        // The email already belongs to an administrator created earlier (or with
+        // another password since): keep that account, never overwrite it from the
+        // environment.
+        Err(f) if f.code == "BAD_USER_INPUT" || f.code == "CONFLICT" => {
+            tracing::info!("platform administrator already exists")
+        }
         Err(f) => anyhow::bail!("creating the bootstrap administrator failed: {f}"),
     }
     Ok(())
+}
+
+/// `canopy nats credentials --read-events`: a read-only credential for the event
+/// log, all of it or one tenant's. The first one asks NATS to create the
+/// readers' mirror, so the node's nats-server must be running.
+pub async fn reader_credentials(
+    config: &Config,
+    auth_dir: &Path,
+    tenant: Option<&TenantId>,
+    expires_in_days: Option<u32>,
+) -> anyhow::Result<String> {
+    let auth = nats::auth::NatsAuth::load(auth_dir)?;
+    let (url, tls) = match config.external_nats()? {
+        Some((url, _, tls)) => (url, tls),
+        None => (format!("nats://127.0.0.1:{}", config.nats_port), nats::Tls::default()),
+    };
+    nats::auth::ensure_reader_mirror(&url, &auth, &tls, config.replicas)
+        .await
+        .context("while preparing the readers' copy of the log (is the node running?)")?;
+    let expires = expires_in_days.map(|d| time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(d) * 86_400);
+    auth.reader_creds(tenant, expires)
 }
 
 /// `canopy projections rebuild`: drop every read model and replay the log.

@@ -1,5 +1,5 @@
 //! The `canopy` command line: `serve` runs a node, `projections rebuild` rebuilds
-//! the read models from the event log.
+//! the read models from the event log, `nats` manages NATS credentials.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,42 @@ enum Cmd {
     Projections {
         #[command(subcommand)]
         action: ProjectionsCmd,
+    },
+    /// NATS authentication: keys, the server's authorization, credentials.
+    Nats {
+        #[command(subcommand)]
+        action: NatsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NatsCmd {
+    /// Create the NATS keys (kept if present) and write the server's `auth.conf`
+    /// and the node's `canopy.creds` into DIR, for a nats-server that Canopy does
+    /// not start itself (docker-compose). With --store, an existing JetStream
+    /// store written before authentication is moved into the nodes' account.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Print a credential (a `.creds` file) for NATS clients.
+    Credentials {
+        /// A read-only credential for the event log: consumers on the readers'
+        /// mirror `EVENTS`, nothing else. The node must be running (its NATS is
+        /// asked to create the mirror on first use).
+        #[arg(long, required = true)]
+        read_events: bool,
+        /// Only this tenant's events (`evt.{tenant}.>`).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The credential stops working after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        /// The directory with the NATS keys [default: <data_dir>/nats/auth].
+        #[arg(long)]
+        auth_dir: Option<PathBuf>,
     },
 }
 
@@ -80,6 +116,29 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Cmd::Projections { action: ProjectionsCmd::Rebuild } => {
             let last = canopy_node::rebuild_projections(&config).await?;
             tracing::info!(last_seq = last, "read models rebuilt from the log");
+            Ok(())
+        }
+        Cmd::Nats { action: NatsCmd::Init { dir, store } } => {
+            let auth = canopy_node::nats::auth::NatsAuth::load_or_create(&dir)?;
+            auth.write_server_files()?;
+            if let Some(store) = store {
+                auth.adopt_unauthenticated_store(&store)?;
+            }
+            tracing::info!(dir = %dir.display(), "NATS keys, auth.conf and canopy.creds are ready");
+            Ok(())
+        }
+        Cmd::Nats { action: NatsCmd::Credentials { read_events: _, tenant, expires_in_days, auth_dir } } => {
+            let tenant = tenant
+                .map(|t| actors::tenant::TenantId::parse(&t).with_context(|| format!("--tenant {t:?}")))
+                .transpose()?;
+            let dir = auth_dir.unwrap_or_else(|| canopy_node::nats::auth_dir(&config.data_dir));
+            let creds = canopy_node::reader_credentials(&config, &dir, tenant.as_ref(), expires_in_days).await?;
+            print!("{creds}");
+            eprintln!(
+                "Save it as reader.creds and read stream EVENTS with an ordered consumer named by you{}, using inbox prefix {}.",
+                tenant.as_ref().map_or(String::new(), |t| format!(" and filtered to evt.{t}.>")),
+                canopy_node::nats::auth::reader_inbox_prefix(tenant.as_ref()),
+            );
             Ok(())
         }
         Cmd::Projections { action: ProjectionsCmd::Dump } => {

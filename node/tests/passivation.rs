@@ -19,7 +19,7 @@ const TREES: usize = 2_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_of_stopped_trees_leaves_the_process() {
     let nats = LocalNats::start().expect("nats-server");
-    let nc = async_nats::connect(&nats.url).await.expect("connect");
+    let nc = nats.client().await.expect("connect");
     let (store, keys) = actors::event_store::EventStore::open(nc, 1).await.expect("stream");
     let deps = Deps {
         store,

@@ -43,7 +43,7 @@ async fn bad_requests_are_refused_with_typed_errors_and_append_nothing() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
-    let before = last_seq(nats.url()).await;
+    let before = last_seq(&nats).await;
     let mut cases = Vec::new();
 
     let (s, r) = raw(&node, &[("x-tenant-id", "acme")], b"{\"query\": ".to_vec()).await;
@@ -150,7 +150,7 @@ async fn bad_requests_are_refused_with_typed_errors_and_append_nothing() {
     cases.push(Case { name: "bad cursor", status: s, want_status: 200, code: "BAD_USER_INPUT", response: r });
 
     check(&cases);
-    assert_eq!(last_seq(nats.url()).await, before, "bad input must append nothing");
+    assert_eq!(last_seq(&nats).await, before, "bad input must append nothing");
 
     // And the node still serves.
     assert_eq!(node.http.get(node.url("/healthz")).send().await.unwrap().status(), 200);

@@ -111,7 +111,7 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
 
     let schemas: std::collections::HashMap<String, Value> =
         event_schemas().into_iter().map(|(n, _, s)| (n, s)).collect();
-    let events = all_events(nats.url()).await;
+    let events = all_events(&nats).await;
     let mut seen = BTreeSet::new();
     for (subject, payload) in events {
         let v: Value = serde_json::from_slice(&payload).unwrap();

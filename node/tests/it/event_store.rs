@@ -6,8 +6,12 @@ use actors::tenant::{Scope, TenantId};
 use crate::harness::{NatsServer, all_events};
 
 async fn store(nats: &NatsServer) -> EventStore {
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.client().await;
     EventStore::open(client, 1).await.unwrap().0
+}
+
+fn cid(raw: &str) -> actors::command::CommandId {
+    actors::command::CommandId::parse(raw).unwrap()
 }
 
 fn acme() -> Scope {
@@ -27,6 +31,7 @@ fn pending(id: &str, event_type: &str, expected: Option<u64>) -> Pending {
             aggregate_id: id.into(),
             occurred_at: actors::event_store::now_rfc3339(),
             command_id: "c".into(),
+            request_digest: String::new(),
             schema_version: 1,
             data: serde_json::json!({}),
         },
@@ -37,12 +42,13 @@ fn pending(id: &str, event_type: &str, expected: Option<u64>) -> Pending {
 async fn two_writers_racing_on_one_aggregate_exactly_one_wins() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
-    let first = store.append("c0", vec![pending("a1", "AccountRegistered", Some(0))]).await.unwrap();
+    let first = store.append(&cid("c0"), vec![pending("a1", "AccountRegistered", Some(0))]).await.unwrap();
 
     // Both writers saw version `first.last_seq` and append at the same time.
+    let (c1, c2) = (cid("c1"), cid("c2"));
     let (a, b) = tokio::join!(
-        store.append("c1", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]),
-        store.append("c2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]),
+        store.append(&c1, vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]),
+        store.append(&c2, vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]),
     );
     let outcomes = [a.is_ok(), b.is_ok()];
     assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "exactly one writer wins: {a:?} {b:?}");
@@ -59,47 +65,53 @@ async fn a_retried_batch_is_recognised_and_stored_once() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
     let batch = || vec![pending("a1", "AccountRegistered", Some(0)), pending("a1", "ProfileUpdated", None)];
-    let once = store.append("cmd-1", batch()).await.unwrap();
+    let once = store.append(&cid("cmd-1"), batch()).await.unwrap();
     assert!(!once.duplicate);
     // The retry is recognised by its message ids, even though its expected
     // sequence is now stale, and stores nothing.
-    let again = store.append("cmd-1", batch()).await.unwrap();
+    let again = store.append(&cid("cmd-1"), batch()).await.unwrap();
     assert!(again.duplicate, "{again:?}");
-    assert_eq!(all_events(nats.url()).await.len(), 2);
+    assert_eq!(all_events(&nats).await.len(), 2);
 }
 
 #[tokio::test]
 async fn a_retried_single_event_on_fresh_state_is_acked_as_the_first() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
-    let first = store.append("c0", vec![pending("a1", "AccountRegistered", Some(0))]).await.unwrap();
-    let update = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap();
+    let first = store.append(&cid("c0"), vec![pending("a1", "AccountRegistered", Some(0))]).await.unwrap();
+    let update =
+        store.append(&cid("cmd-2"), vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap();
     // A retry decided on the state that already holds the update expects the
     // update's own sequence: the server acks it as a duplicate of the first.
-    let retry = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(update.last_seq))]).await.unwrap();
+    let retry =
+        store.append(&cid("cmd-2"), vec![pending("a1", "ProfileUpdated", Some(update.last_seq))]).await.unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.last_seq, update.last_seq);
     // A retry with the stale expectation is a conflict, which the executor
     // answers by reloading and deciding again (landing in the case above).
-    let stale = store.append("cmd-2", vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap_err();
+    let stale =
+        store.append(&cid("cmd-2"), vec![pending("a1", "ProfileUpdated", Some(first.last_seq))]).await.unwrap_err();
     assert_eq!(stale.kind(), StoreErrorKind::Conflict);
-    assert_eq!(all_events(nats.url()).await.len(), 2);
+    assert_eq!(all_events(&nats).await.len(), 2);
 }
 
 #[tokio::test]
 async fn a_batch_whose_second_message_fails_its_check_stores_nothing() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
-    store.append("c0", vec![pending("taken", "EmailReserved", Some(0))]).await.unwrap();
-    let before = all_events(nats.url()).await.len();
+    store.append(&cid("c0"), vec![pending("taken", "EmailReserved", Some(0))]).await.unwrap();
+    let before = all_events(&nats).await.len();
 
     // The first message is fine; the second claims a subject that is not empty.
     let err = store
-        .append("c1", vec![pending("a2", "AccountRegistered", Some(0)), pending("taken", "EmailReserved", Some(0))])
+        .append(
+            &cid("c1"),
+            vec![pending("a2", "AccountRegistered", Some(0)), pending("taken", "EmailReserved", Some(0))],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Conflict);
-    assert_eq!(all_events(nats.url()).await.len(), before, "no event of the failed batch may land");
+    assert_eq!(all_events(&nats).await.len(), before, "no event of the failed batch may land");
     assert!(store.load(&aggregate_filter(&acme(), "account", "a2"), 0).await.unwrap().is_empty());
 }
 
@@ -108,7 +120,10 @@ async fn loading_an_aggregate_reads_only_its_own_events() {
     let nats = NatsServer::start();
     let store = store(&nats).await;
     for i in 0..50 {
-        store.append(&format!("c{i}"), vec![pending(&format!("a{i}"), "AccountRegistered", Some(0))]).await.unwrap();
+        store
+            .append(&cid(&format!("c{i}")), vec![pending(&format!("a{i}"), "AccountRegistered", Some(0))])
+            .await
+            .unwrap();
     }
     let one = store.load(&aggregate_filter(&acme(), "account", "a7"), 0).await.unwrap();
     assert_eq!(one.len(), 1);
@@ -119,7 +134,7 @@ async fn loading_an_aggregate_reads_only_its_own_events() {
 async fn the_stream_is_configured_as_designed() {
     let nats = NatsServer::start();
     let _ = store(&nats).await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.client().await;
     let js = async_nats::jetstream::new(client);
     let info = js.get_stream("EVENTS").await.unwrap().info().await.unwrap().config.clone();
     assert_eq!(info.subjects, vec!["evt.>".to_string()]);
@@ -137,7 +152,7 @@ async fn a_long_history_loads_whole_and_in_order_without_leaving_a_consumer() {
     for b in 0..12 {
         let batch =
             (0..400).map(|i| pending(if i % 2 == 0 { "long" } else { "other" }, "ProfileUpdated", None)).collect();
-        store.append(&format!("batch{b}"), batch).await.unwrap();
+        store.append(&cid(&format!("batch{b}")), batch).await.unwrap();
     }
     let long = store.load(&aggregate_filter(&acme(), "account", "long"), 0).await.unwrap();
     assert_eq!(long.len(), 2_400);
@@ -153,7 +168,7 @@ async fn a_long_history_loads_whole_and_in_order_without_leaving_a_consumer() {
     assert!(store.load(&aggregate_filter(&acme(), "account", "nobody"), 0).await.unwrap().is_empty());
 
     // The consumers are deleted in the background; without that they would stay 30 s.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.client().await;
     let mut events = async_nats::jetstream::new(client).get_stream("EVENTS").await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut left = events.info().await.unwrap().state.consumer_count;

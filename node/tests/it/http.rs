@@ -30,6 +30,45 @@ async fn readiness_follows_nats_while_health_only_says_the_process_lives() {
 }
 
 #[tokio::test]
+async fn metrics_and_introspection_close_when_the_configuration_says_so() {
+    const TOKEN: &str = "metrics-token-0123456789";
+    let nats = NatsServer::start();
+    let node = TestNode::start_configured(&nats, |c| {
+        c.metrics_token = Some(TOKEN.to_owned().into());
+        c.introspection = false;
+    })
+    .await;
+    let metrics = |auth: Option<&str>| {
+        let mut req = node.http.get(node.url("/metrics"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let open = metrics(None).await.unwrap();
+    assert_eq!(open.status(), 401);
+    assert!(!open.text().await.unwrap().contains("canopy_"), "metrics leaked without the token");
+    assert_eq!(metrics(Some("Bearer not-the-metrics-token")).await.unwrap().status(), 401);
+    assert_eq!(metrics(Some(TOKEN)).await.unwrap().status(), 401, "the token without `Bearer `");
+    let ok = metrics(Some(&format!("Bearer {TOKEN}"))).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await.unwrap().contains("canopy_projection_applied_seq"));
+
+    // async-graphql answers introspection fields with null when it is off.
+    let r = node.gql(None, None, "{ __schema { types { name } } }", json!({})).await;
+    assert!(r["data"]["__schema"].is_null(), "introspection answered: {r}");
+    let r = node.gql(None, None, "{ __type(name: \"User\") { fields { name } } }", json!({})).await;
+    assert!(r["data"]["__type"].is_null(), "introspection answered: {r}");
+    assert_eq!(
+        node.http.get(node.url("/graphql")).send().await.unwrap().status(),
+        404,
+        "GraphiQL without introspection"
+    );
+    // Ordinary requests still work.
+    assert!(node.admin_token().await.len() > 20);
+}
+
+#[tokio::test]
 async fn get_graphql_serves_graphiql_and_introspection_works() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
@@ -56,7 +95,7 @@ async fn no_password_hash_email_or_name_is_in_clear_in_the_log() {
         )
         .await;
     token_of(&r, "register");
-    let events = all_events(nats.url()).await;
+    let events = all_events(&nats).await;
     assert!(events.len() >= 6);
     for (subject, payload) in events {
         let text = String::from_utf8(payload).unwrap().to_lowercase();

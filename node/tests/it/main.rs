@@ -7,6 +7,8 @@ mod accounts;
 mod actors;
 mod bad_input;
 mod bench;
+mod commands;
 mod contracts;
 mod event_store;
+mod nats_auth;
 mod process;

@@ -295,3 +295,55 @@ async fn projections_rebuild_from_the_log_to_the_same_content() {
     let after = json(projections("dump"));
     assert_eq!(before, after);
 }
+
+#[tokio::test]
+async fn the_managed_nats_refuses_strangers_and_the_cli_issues_a_tenants_read_only_credential() {
+    use futures::StreamExt;
+    let data = TempDir::new().unwrap();
+    let nats_port = free_port();
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    setup_tenant(&c).await;
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    assert!(async_nats::connect(&url).await.is_err(), "an anonymous client connected to the managed nats-server");
+
+    let out = Command::new(BIN)
+        .args(["nats", "credentials", "--read-events", "--tenant", "acme", "--nats-port", &nats_port.to_string()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("_INBOX_acme"), "the inbox prefix is explained: {stderr}");
+    let creds = String::from_utf8(out.stdout).unwrap();
+    let reader = async_nats::ConnectOptions::with_credentials(&creds)
+        .unwrap()
+        .custom_inbox_prefix("_INBOX_acme")
+        .connect(&url)
+        .await
+        .unwrap();
+    let stream = async_nats::jetstream::new(reader).get_stream("EVENTS").await.unwrap();
+    // The owner's registration and email claim, once the mirror has them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let subjects = loop {
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                name: Some("cli-reader".into()),
+                filter_subject: "evt.acme.>".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut subjects = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+            subjects.push(m.subject.to_string());
+        }
+        if subjects.len() >= 2 || Instant::now() > deadline {
+            break subjects;
+        }
+    };
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(subjects.iter().all(|s| s.starts_with("evt.acme.")));
+}
