@@ -226,3 +226,9 @@ pub async fn last_seq(nats_url: &str) -> u64 {
     let js = async_nats::jetstream::new(client);
     js.get_stream("EVENTS").await.unwrap().info().await.unwrap().state.last_sequence
 }
+
+/// A plain NATS client of the test's server, for tests that publish or read on
+/// NATS themselves.
+pub async fn nats_client(nats: &NatsServer) -> async_nats::Client {
+    async_nats::connect(nats.url()).await.unwrap()
+}

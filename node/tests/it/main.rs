@@ -10,3 +10,4 @@ mod bench;
 mod contracts;
 mod event_store;
 mod process;
+mod projection;

@@ -1,0 +1,164 @@
+//! The projector against events it cannot apply, published straight onto `evt.>`
+//! by a plain NATS client.
+
+use std::time::{Duration, Instant};
+
+use actors::seal::{MasterKey, person_key_name};
+use actors::tenant::Scope;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::http::node_metric;
+
+const DEAD_LETTERS: &str = "canopy_projection_dead_letters_total";
+const APPLIED: &str = "canopy_projection_applied_seq";
+const USERS: &str = "{ users(first: 100) { edges { node { id email firstname lastname } } } }";
+
+/// A node whose master key is `master`: nodes on one NATS share the `keys`
+/// bucket, so they need the same master key to unwrap it.
+async fn node_with(nats: &NatsServer, master: &MasterKey) -> TestNode {
+    let key = master.to_base64();
+    TestNode::start_configured(nats, |c| c.master_key = Some(key.into())).await
+}
+
+/// Publishes `payload` on `subject` through JetStream; returns its stream sequence.
+async fn publish(nats: &NatsServer, subject: &str, payload: Vec<u8>) -> u64 {
+    let js = async_nats::jetstream::new(nats_client(nats).await);
+    js.publish(subject.to_owned(), payload.into()).await.unwrap().await.unwrap().sequence
+}
+
+/// An envelope as the event store writes it.
+fn envelope(tenant: &str, aggregate: &str, id: &str, event_type: &str, data: Value) -> Vec<u8> {
+    json!({
+        "id": uuid::Uuid::now_v7().to_string(), "type": event_type, "tenant": tenant,
+        "aggregate": aggregate, "aggregate_id": id, "occurred_at": "2025-01-01T00:00:00Z",
+        "command_id": "forged", "schema_version": 1, "data": data,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The data of an `AccountRegistered` whose personal fields name the key `kid`
+/// (with a ciphertext no key opens).
+fn registration(account_id: &str, kid: &str) -> Value {
+    let sealed = json!({ "kid": kid, "n": "AAAAAAAAAAAAAAAA", "c": "AAAAAAAAAAAAAAAAAAAAAAAA" });
+    json!({
+        "account_id": account_id, "email_index": "00", "email": sealed, "password_hash": sealed,
+        "firstname": sealed, "lastname": sealed, "owner": false,
+    })
+}
+
+async fn me(node: &TestNode, tenant: &str, token: &str) -> Value {
+    let r = node.gql(Some(tenant), Some(token), ME, json!({})).await;
+    assert!(r["data"]["me"].is_object(), "{r}");
+    r["data"]["me"].clone()
+}
+
+/// The ids of a tenant's users, as its owner lists them.
+async fn user_ids(node: &TestNode, tenant: &str, owner: &str) -> Vec<String> {
+    let r = node.gql(Some(tenant), Some(owner), USERS, json!({})).await;
+    let edges = r["data"]["users"]["edges"].as_array().unwrap_or_else(|| panic!("{r}"));
+    edges.iter().map(|e| e["node"]["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Waits (at most ten seconds) until the node's read models hold the log up to `seq`.
+async fn wait_applied(node: &TestNode, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (node_metric(node, APPLIED).await as u64) < seq {
+        assert!(Instant::now() < deadline, "the projector did not reach {seq}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_applied_is_set_aside_and_no_tenant_waits_for_it() {
+    let nats = NatsServer::start();
+    let master = MasterKey::generate();
+    let node = node_with(&nats, &master).await;
+    let acme_owner = node.tenant("acme", "owner@acme.test").await;
+    node.tenant("globex", "owner@globex.test").await;
+    let owner = me(&node, "acme", &acme_owner).await;
+    let owner_id = owner["id"].as_str().unwrap();
+
+    // 1. A registration whose email is in clear instead of sealed.
+    let mut data = registration("x", "x");
+    let bad_id = uuid::Uuid::new_v4().to_string();
+    data["account_id"] = bad_id.clone().into();
+    data["email"] = "plain@acme.test".into();
+    let subject = format!("evt.acme.account.{bad_id}.AccountRegistered");
+    publish(&nats, &subject, envelope("acme", "account", &bad_id, "AccountRegistered", data)).await;
+    // 2. A message that is no envelope at all.
+    let subject = format!("evt.acme.account.{}.AccountRegistered", uuid::Uuid::new_v4());
+    publish(&nats, &subject, b"not an envelope".to_vec()).await;
+    // 3. The owner's real sealed first name, tampered with: its key exists, so
+    // this is no erasure, and it must not reach the read model either.
+    let registered = format!("evt.acme.account.{owner_id}.AccountRegistered");
+    let (_, payload) = all_events(nats.url()).await.into_iter().find(|(s, _)| *s == registered).unwrap();
+    let original: Value = serde_json::from_slice(&payload).unwrap();
+    let mut firstname = original["data"]["firstname"].clone();
+    let c = firstname["c"].as_str().unwrap();
+    let flipped = if c.starts_with('A') { "B" } else { "A" };
+    firstname["c"] = format!("{flipped}{}", &c[1..]).into();
+    let data = json!({ "firstname": firstname, "lastname": original["data"]["lastname"] });
+    let subject = format!("evt.acme.account.{owner_id}.ProfileUpdated");
+    let last_bad = publish(&nats, &subject, envelope("acme", "account", owner_id, "ProfileUpdated", data)).await;
+
+    // Every tenant, the bad events' own included, keeps its read-your-writes well
+    // under the 5 s timeout a stalled projector would make each mutation wait.
+    for tenant in ["globex", "acme"] {
+        let email = format!("ada@{tenant}.test");
+        let started = Instant::now();
+        let r = node.register(tenant, &email, "password-123").await;
+        let took = started.elapsed();
+        let token = token_of(&r, "register");
+        assert!(took < Duration::from_secs(2), "register in {tenant} took {took:?}");
+        assert_eq!(me(&node, tenant, &token).await["email"], email.as_str());
+    }
+    assert!(node_metric(&node, APPLIED).await as u64 > last_bad);
+    assert_eq!(node_metric(&node, DEAD_LETTERS).await, 3.0);
+    assert_eq!(me(&node, "acme", &acme_owner).await, owner, "the tampered update changed nothing");
+
+    // A node with a new read model projects the whole log again, the bad events
+    // included, and still becomes ready (`start` waits for /readyz to answer 200).
+    drop(node);
+    let fresh = node_with(&nats, &master).await;
+    assert_eq!(node_metric(&fresh, DEAD_LETTERS).await, 3.0);
+    assert_eq!(me(&fresh, "acme", &acme_owner).await, owner);
+}
+
+#[tokio::test]
+async fn an_envelope_that_names_another_tenant_than_its_subject_lands_nowhere() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let acme_owner = node.tenant("acme", "owner@acme.test").await;
+    let globex_owner = node.tenant("globex", "owner@globex.test").await;
+
+    // Published on acme's subject, claiming to be globex's.
+    let forged = uuid::Uuid::new_v4().to_string();
+    let kid = person_key_name(&Scope::parse_token("globex").unwrap(), &forged);
+    let subject = format!("evt.acme.account.{forged}.AccountRegistered");
+    publish(&nats, &subject, envelope("globex", "account", &forged, "AccountRegistered", registration(&forged, &kid)))
+        .await;
+    // The same shape, honest about its tenant, under a person key that does not
+    // exist: a missing key is an erased person, who is projected as such.
+    let erased = uuid::Uuid::new_v4().to_string();
+    let kid = person_key_name(&Scope::parse_token("acme").unwrap(), &erased);
+    let subject = format!("evt.acme.account.{erased}.AccountRegistered");
+    let seq = publish(
+        &nats,
+        &subject,
+        envelope("acme", "account", &erased, "AccountRegistered", registration(&erased, &kid)),
+    )
+    .await;
+    wait_applied(&node, seq).await;
+
+    let globex = user_ids(&node, "globex", &globex_owner).await;
+    assert!(!globex.contains(&forged), "a forged envelope reached globex: {globex:?}");
+    let acme = user_ids(&node, "acme", &acme_owner).await;
+    assert!(!acme.contains(&forged), "{acme:?}");
+    assert!(acme.contains(&erased), "{acme:?}");
+    let r = node.gql(Some("acme"), Some(&acme_owner), USERS, json!({})).await;
+    let row = r["data"]["users"]["edges"].as_array().unwrap().iter().find(|e| e["node"]["id"] == erased.as_str());
+    assert_eq!(row.unwrap()["node"]["email"], "[erased]", "{r}");
+    assert_eq!(node_metric(&node, DEAD_LETTERS).await, 1.0);
+}
