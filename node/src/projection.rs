@@ -4,7 +4,8 @@
 //!
 //! An event it can never apply (it does not decode, disagrees with its subject, or
 //! holds a field its type cannot use) is set aside as a dead letter, so that one bad
-//! event never holds back the read models of every tenant.
+//! event never holds back the read models of every tenant. It also blanks the
+//! personal data a read model copied from a person whose key was destroyed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actors::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
-use actors::seal::{KeyRing, SealError, Sealed, person_key_name};
+use actors::seal::{KeyRing, SealError, Sealed, person_key_name, person_of_key};
 use actors::tenant::Scope;
 use async_nats::jetstream::consumer;
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::read_model::{DbChanges, DeadLetter, ReadError, ReadModel, Statement, db_name, record_id};
@@ -126,6 +128,11 @@ pub struct Projector {
     /// Ack times of the events this node appended (from the appending store).
     acks: AckClock,
     counts: Arc<Counts>,
+    /// Names of destroyed keys, from the key ring's watch (`KeyRing::forget_destroyed`).
+    destroyed: Option<mpsc::UnboundedReceiver<String>>,
+    /// Persons whose personal data is still to be blanked: kept until the blanking
+    /// commits, so a SurrealDB outage delays an erasure but never drops it.
+    unerased: Vec<(Scope, String)>,
 }
 
 /// Most events applied in one transaction per database.
@@ -138,8 +145,8 @@ pub const ERASED: &str = "[erased]";
 #[derive(Debug, thiserror::Error)]
 enum Unapplied {
     /// The event can never be applied as it is, so it is set aside. The reason
-    /// names rules and fields, never a value from the event: it reaches the log
-    /// and the read model.
+    /// names rules and fields, never a value from the event: it is written to
+    /// the node's log and to the read model.
     #[error("{0}")]
     Refused(String),
     /// Something the projector needs is unavailable: the batch is tried again later.
@@ -306,6 +313,17 @@ async fn commit(
     Ok(())
 }
 
+/// Blanks an account's personal fields, if the account has a row: `UPDATE` never
+/// creates one. Nothing for an id that is not a safe token (`person_of_key`
+/// returns none).
+fn erasure(account_id: &str) -> Option<Statement> {
+    let id = record_id("user", account_id)?;
+    Some(statement(
+        format!("UPDATE {id} SET email = $erased, firstname = $erased, lastname = $erased RETURN NONE"),
+        serde_json::json!({ "erased": ERASED }),
+    ))
+}
+
 impl Projector {
     pub fn new(rm: ReadModel, store: EventStore, keys: KeyRing) -> (Self, Progress) {
         let (tx, rx) = watch::channel(0);
@@ -321,7 +339,8 @@ impl Projector {
             counts: counts.clone(),
         };
         let acks = store.acks();
-        let projector = Self { rm, store, keys, tx, caught_up, lag, ack_lag, acks, counts };
+        let projector =
+            Self { rm, store, keys, tx, caught_up, lag, ack_lag, acks, counts, destroyed: None, unerased: Vec::new() };
         (projector, p)
     }
 
@@ -329,6 +348,13 @@ impl Projector {
     /// ack times still come from the store given to `new`, the one that appends.
     pub fn with_store(mut self, store: EventStore) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Blanks the personal data of each person whose key is named on `destroyed`
+    /// (the names `KeyRing::forget_destroyed` sends), between batches.
+    pub fn with_destroyed_keys(mut self, destroyed: mpsc::UnboundedReceiver<String>) -> Self {
+        self.destroyed = Some(destroyed);
         self
     }
 
@@ -358,6 +384,7 @@ impl Projector {
 
     async fn follow(&mut self, stop_at: Option<u64>) -> anyhow::Result<()> {
         let mut applied = self.rm.checkpoint().await?;
+        self.erase(applied).await?;
         let head = self.store.last_seq().await?;
         self.publish_progress(applied, head);
         if stop_at.is_some_and(|s| s <= applied) {
@@ -372,8 +399,34 @@ impl Projector {
             })
             .await?;
         let mut messages = consumer.messages().await?;
-        while let Some(first) = messages.next().await {
-            let first = first?;
+        loop {
+            let next = {
+                let destroyed = async {
+                    match self.destroyed.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    name = destroyed => Either::Left(name),
+                    m = messages.next() => Either::Right(m),
+                }
+            };
+            let first = match next {
+                Either::Left(Some(name)) => {
+                    self.take_destroyed(name);
+                    self.erase(applied).await?;
+                    continue;
+                }
+                // The key ring's watch has stopped: only the log is left to follow.
+                Either::Left(None) => {
+                    self.destroyed = None;
+                    continue;
+                }
+                Either::Right(Some(m)) => m?,
+                Either::Right(None) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match messages.next().now_or_never() {
@@ -420,6 +473,39 @@ impl Projector {
             );
         }
         self.counts.dead_letters.fetch_add(set_aside.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Queues the person of a destroyed key for blanking, with any other names
+    /// already waiting (up to a batch). Keys that are not a person's are ignored.
+    fn take_destroyed(&mut self, first: String) {
+        let mut names = vec![first];
+        if let Some(rx) = self.destroyed.as_mut() {
+            while names.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(name) => names.push(name),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.unerased.extend(names.iter().filter_map(|n| person_of_key(n)));
+    }
+
+    /// Blanks the personal fields of the persons waiting in `unerased`, in one
+    /// transaction that rewrites the checkpoint `applied` as it is. A person who
+    /// is not in the read model yet needs nothing: their events project as erased
+    /// once their key is gone.
+    async fn erase(&mut self, applied: u64) -> anyhow::Result<()> {
+        if self.unerased.is_empty() {
+            return Ok(());
+        }
+        let mut grouped = Grouped::default();
+        for (scope, account_id) in &self.unerased {
+            grouped.add(&db_name(scope), erasure(account_id));
+        }
+        self.rm.apply(grouped.changes, applied).await?;
+        tracing::info!(persons = self.unerased.len(), "blanked the personal data of persons whose key was destroyed");
+        self.unerased.clear();
+        Ok(())
     }
 
     /// Records, for each event just committed, how long ago JetStream stored it
@@ -676,5 +762,22 @@ mod tests {
         assert!(rm.dead_letters().await.unwrap().is_empty());
         assert_eq!(rm.checkpoint().await.unwrap(), 4);
         assert!(users(&rm).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_erasure_blanks_a_projected_person_and_creates_nobody() {
+        let rm = memory_model().await;
+        let mut set_aside = Vec::new();
+        commit(&rm, vec![user(5, false), user(6, false)], 4, &mut set_aside).await.unwrap();
+        let changes = vec![DbChanges {
+            db: db_name(&alpha()),
+            statements: vec![erasure("u5").unwrap(), erasure("u404").unwrap()],
+        }];
+        rm.apply(changes, 6).await.unwrap();
+        let u5 = rm.user(&alpha(), "u5").await.unwrap().unwrap();
+        assert_eq!([u5.email.as_str(), &u5.firstname, &u5.lastname], [ERASED; 3]);
+        assert_eq!(rm.user(&alpha(), "u6").await.unwrap().unwrap().email, "e");
+        assert_eq!(users(&rm).await, ["u5", "u6"]);
+        assert!(erasure("u1⟩; DELETE user; ⟨").is_none());
     }
 }

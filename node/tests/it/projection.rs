@@ -1,9 +1,10 @@
 //! The projector against events it cannot apply, published straight onto `evt.>`
-//! by a plain NATS client.
+//! by a plain NATS client, and against keys destroyed by another key ring.
 
 use std::time::{Duration, Instant};
 
-use actors::seal::{MasterKey, person_key_name};
+use actors::event_store::EventStore;
+use actors::seal::{KeyRing, MasterKey, SealError, person_key_name};
 use actors::tenant::Scope;
 use serde_json::{Value, json};
 
@@ -161,4 +162,69 @@ async fn an_envelope_that_names_another_tenant_than_its_subject_lands_nowhere() 
     let row = r["data"]["users"]["edges"].as_array().unwrap().iter().find(|e| e["node"]["id"] == erased.as_str());
     assert_eq!(row.unwrap()["node"]["email"], "[erased]", "{r}");
     assert_eq!(node_metric(&node, DEAD_LETTERS).await, 1.0);
+}
+
+/// A key ring on a connection of its own, as another node would have.
+async fn key_ring(nats: &NatsServer, master: &MasterKey) -> KeyRing {
+    let (_, keys) = EventStore::open(nats_client(nats).await, 1).await.unwrap();
+    KeyRing::new(keys, master.clone())
+}
+
+#[tokio::test]
+async fn a_key_destroyed_by_one_key_ring_stops_opening_on_another_that_had_it_cached() {
+    let nats = NatsServer::start();
+    let master = MasterKey::generate();
+    let (a, b) = (key_ring(&nats, &master).await, key_ring(&nats, &master).await);
+    let (tx, mut destroyed) = tokio::sync::mpsc::unbounded_channel();
+    let watching = a.clone();
+    let watch = tokio::spawn(async move { watching.forget_destroyed(tx).await });
+
+    let name = person_key_name(&Scope::parse_token("acme").unwrap(), "a1");
+    let sealed = a.key(&name).await.unwrap().seal(&name, b"Ada");
+    assert_eq!(a.open_string(&sealed).await.unwrap(), "Ada");
+    b.destroy(&name).await.unwrap();
+    // B forgot it at once; A forgets it when its watch sees the purge.
+    assert!(matches!(b.open_string(&sealed).await, Err(SealError::MissingKey(_))));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.open_string(&sealed).await.is_ok() {
+        assert!(Instant::now() < deadline, "ring A still opens a value sealed under a destroyed key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(a.open_string(&sealed).await, Err(SealError::MissingKey(_))));
+    assert_eq!(destroyed.recv().await.as_deref(), Some(name.as_str()));
+    watch.abort();
+}
+
+#[tokio::test]
+async fn a_destroyed_person_key_blanks_that_persons_data_in_the_read_model() {
+    let nats = NatsServer::start();
+    let master = MasterKey::generate();
+    let node = node_with(&nats, &master).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let token = token_of(&node.register("acme", "ada@acme.test", "password-123").await, "register");
+    let ada = me(&node, "acme", &token).await;
+    assert_eq!(ada["email"], "ada@acme.test");
+    let owner_before = me(&node, "acme", &owner).await;
+
+    let other_node = key_ring(&nats, &master).await;
+    let id = ada["id"].as_str().unwrap();
+    other_node.destroy(&person_key_name(&Scope::parse_token("acme").unwrap(), id)).await.unwrap();
+
+    let erased =
+        json!({ "id": id, "email": "[erased]", "firstname": "[erased]", "lastname": "[erased]", "owner": false });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = me(&node, "acme", &token).await;
+        if now == erased {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not erased: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(me(&node, "acme", &owner).await, owner_before, "only that person is erased");
+
+    // A node that projects the log afresh cannot open the person's fields either.
+    drop(node);
+    let fresh = node_with(&nats, &master).await;
+    assert_eq!(me(&fresh, "acme", &token).await, erased);
 }
