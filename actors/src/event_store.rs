@@ -71,6 +71,40 @@ pub fn aggregate_filter(scope: &Scope, aggregate: &str, id: &str) -> String {
     format!("evt.{}.{aggregate}.{id}.*", scope.token())
 }
 
+/// The tokens of a subject of the event log, `evt.{tenant}.{aggregate}.{id}.{EventType}`,
+/// as stored: nothing in them is parsed or checked beyond the split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSubject<'a> {
+    pub tenant: &'a str,
+    pub aggregate: &'a str,
+    pub aggregate_id: &'a str,
+    pub event_type: &'a str,
+}
+
+impl<'a> EventSubject<'a> {
+    /// Splits an event subject into its tokens; `None` for a subject of any other shape.
+    pub fn parse(subject: &'a str) -> Option<Self> {
+        let mut tokens = subject.split('.');
+        let (Some("evt"), Some(tenant), Some(aggregate), Some(aggregate_id), Some(event_type), None) =
+            (tokens.next(), tokens.next(), tokens.next(), tokens.next(), tokens.next(), tokens.next())
+        else {
+            return None;
+        };
+        Some(Self { tenant, aggregate, aggregate_id, event_type })
+    }
+
+    /// Whether an envelope names the tenant, aggregate, id and type of the subject it
+    /// was stored on. Anyone allowed to publish on `evt.>` chooses both, so a reader
+    /// that trusts one must check the other: the subject is what NATS permissions and
+    /// the append's expected-sequence checks apply to.
+    pub fn agrees_with(&self, envelope: &Envelope) -> bool {
+        envelope.tenant == self.tenant
+            && envelope.aggregate == self.aggregate
+            && envelope.aggregate_id == self.aggregate_id
+            && envelope.event_type == self.event_type
+    }
+}
+
 /// Aggregate ids and claim keys become subject tokens, so they are restricted to
 /// characters that can never form a wildcard or a separator.
 pub fn is_safe_token(id: &str) -> bool {
@@ -179,6 +213,8 @@ struct StoreInner {
     snapshots: kv::Store,
     acks: AckClock,
     reads: std::sync::atomic::AtomicU64,
+    /// Deletions of loads' consumers still running.
+    cleanup: tokio_util::task::TaskTracker,
 }
 
 /// When this node received the acknowledgement of each event it appended, until
@@ -239,8 +275,23 @@ impl EventStore {
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
         let keys = open_bucket(&js, KEYS, replicas).await?;
-        let inner = StoreInner { client, js, stream, snapshots, acks: AckClock::default(), reads: Default::default() };
+        let inner = StoreInner {
+            client,
+            js,
+            stream,
+            snapshots,
+            acks: AckClock::default(),
+            reads: Default::default(),
+            cleanup: tokio_util::task::TaskTracker::new(),
+        };
         Ok((Self { inner: Arc::new(inner) }, keys))
+    }
+
+    /// Waits for the clean-up this store (and its clones) started; call it
+    /// once the store is no longer used, before the NATS connection closes.
+    pub async fn close(&self) {
+        self.inner.cleanup.close();
+        self.inner.cleanup.wait().await;
     }
 
     /// The ack times of the events appended through this store (and its clones).
@@ -320,11 +371,11 @@ impl EventStore {
     /// Reads one aggregate's events after `after_seq`, in order, through an ordered
     /// consumer that is deleted as soon as it has delivered the last one. Left
     /// alone, async-nats gives it 30 s of inactivity before the server removes it,
-    /// and meanwhile nats-server matches every new event against it: the bench
-    /// found 100-270 of them on `EVENTS` after activating 100 tenants. (Batched
-    /// direct gets were tried instead: faster for a tail at the end of the stream,
-    /// slower for the usual case of an account's events spread among other
-    /// tenants', where the server counts the pending events again for each one.)
+    /// and meanwhile nats-server matches every new event against it (activating
+    /// 100 tenants left 100-270 of them on `EVENTS`). A consumer rather than
+    /// batched direct gets: for the usual case of an account's events spread
+    /// among other tenants', the server would count the pending events again
+    /// for each get.
     pub async fn load(&self, filter: &str, after_seq: u64) -> Result<Vec<Stored>, StoreError> {
         self.inner.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let consumer = self
@@ -353,8 +404,9 @@ impl EventStore {
             }
         }
         // Off the caller's path: an activation should not wait for the clean-up.
+        // The store owns the task, and `close` waits for it.
         let stream = self.inner.stream.clone();
-        tokio::spawn(async move {
+        self.inner.cleanup.spawn(async move {
             if let Err(e) = stream.delete_consumer(&name).await {
                 tracing::debug!(error = %e, "could not delete a load's consumer; it expires by itself");
             }
@@ -536,6 +588,55 @@ pub fn batch_for<A: Aggregate>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acme_envelope(aggregate_id: &str, event_type: &str) -> Envelope {
+        Envelope {
+            id: "e1".into(),
+            event_type: event_type.into(),
+            tenant: "acme".into(),
+            aggregate: "account".into(),
+            aggregate_id: aggregate_id.into(),
+            occurred_at: now_rfc3339(),
+            command_id: "c1".into(),
+            request_digest: String::new(),
+            schema_version: SCHEMA_VERSION,
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn an_event_subject_splits_into_its_four_tokens_and_nothing_else_does() {
+        let tenant = Scope::parse_token("acme").unwrap();
+        let subject = event_subject(&tenant, "account", "a1", "AccountRegistered");
+        assert_eq!(
+            EventSubject::parse(&subject),
+            Some(EventSubject {
+                tenant: "acme",
+                aggregate: "account",
+                aggregate_id: "a1",
+                event_type: "AccountRegistered"
+            })
+        );
+        for other in ["", "evt", "evt.acme.account.a1", "evt.acme.account.a1.X.Y", "cmd.acme.account.a1.X"] {
+            assert_eq!(EventSubject::parse(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn an_envelope_agrees_with_its_subject_only_when_every_token_matches() {
+        let subject = EventSubject::parse("evt.acme.account.a1.AccountRegistered").unwrap();
+        let envelope = acme_envelope("a1", "AccountRegistered");
+        assert!(subject.agrees_with(&envelope));
+        let forged = [
+            Envelope { tenant: "globex".into(), ..envelope.clone() },
+            Envelope { aggregate: "tenant".into(), ..envelope.clone() },
+            acme_envelope("a2", "AccountRegistered"),
+            acme_envelope("a1", "ProfileUpdated"),
+        ];
+        for env in forged {
+            assert!(!subject.agrees_with(&env), "{env:?}");
+        }
+    }
 
     #[test]
     fn the_ack_clock_hands_each_ack_out_once_and_stays_bounded() {

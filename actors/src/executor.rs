@@ -48,8 +48,8 @@ pub async fn load<A: Aggregate>(store: &EventStore, scope: &Scope, id: &str) -> 
 /// Brings a cached state up to date: one point read of the aggregate's newest
 /// sequence, and a read of the newer events only if there are any. A load's
 /// ordered consumer makes nats-server search the stream's blocks for the
-/// aggregate's subjects, which grows with the stream (BENCHMARKS.md, eighth
-/// session: half of nats-server's CPU during a login flood); a cached state that
+/// aggregate's subjects, a cost that grows with the stream (during a login
+/// flood it was half of nats-server's CPU; BENCHMARKS.md); a cached state that
 /// is still current needs none of it.
 pub async fn refresh<A: Aggregate>(
     store: &EventStore,

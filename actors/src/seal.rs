@@ -5,10 +5,14 @@
 //! name as associated data. Data keys live in the KV bucket `keys`, wrapped by the
 //! node's master key. A tenant has one data key for secrets; each person has their
 //! own key for personal fields, so deleting it erases that person from the log.
+//!
+//! A key ring caches unwrapped keys. A destroyed key must stop working on every
+//! node, so each node follows the bucket's deletions and forgets what it cached.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use base64::Engine;
@@ -20,7 +24,9 @@ use rand::RngCore;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use tokio::sync::mpsc;
 
+use crate::event_store::is_safe_token;
 use crate::tenant::Scope;
 
 /// A ciphertext as it appears in events: `kid` names the data key in the `keys`
@@ -166,6 +172,55 @@ impl MasterKey {
     }
 }
 
+/// Unwrapped data keys held in memory. A destroyed key must not outlive its
+/// destruction here: `forget` removes it, and a load that was reading the bucket
+/// while a key was forgotten does not cache what it read, since that may be the
+/// key just destroyed.
+#[derive(Default)]
+struct KeyCache {
+    inner: RwLock<CachedKeys>,
+}
+
+#[derive(Default)]
+struct CachedKeys {
+    keys: HashMap<String, DataKey>,
+    /// How many times anything was forgotten: a load compares it before and after.
+    forgotten: u64,
+}
+
+impl KeyCache {
+    fn get(&self, name: &str) -> Option<DataKey> {
+        self.inner.read().expect("key cache lock").keys.get(name).cloned()
+    }
+
+    /// Taken by a load before it reads the bucket, and handed to `insert`.
+    fn stamp(&self) -> u64 {
+        self.inner.read().expect("key cache lock").forgotten
+    }
+
+    /// Caches a key read by a load that took `stamp` first, unless a key was
+    /// forgotten since. Any forget counts, not only this name's: forgets are rare,
+    /// and the next use reads the bucket again.
+    fn insert(&self, name: &str, key: DataKey, stamp: u64) {
+        let mut cached = self.inner.write().expect("key cache lock");
+        if cached.forgotten == stamp {
+            cached.keys.insert(name.to_owned(), key);
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        let mut cached = self.inner.write().expect("key cache lock");
+        cached.keys.remove(name);
+        cached.forgotten += 1;
+    }
+
+    fn forget_all(&self) {
+        let mut cached = self.inner.write().expect("key cache lock");
+        cached.keys.clear();
+        cached.forgotten += 1;
+    }
+}
+
 /// Data keys and other wrapped secrets, stored in the `keys` KV bucket and cached
 /// unwrapped in memory.
 #[derive(Clone)]
@@ -174,7 +229,7 @@ pub struct KeyRing {
     /// ring, and a `kv::Store` carries its stream's whole cached info.
     kv: Arc<kv::Store>,
     master: MasterKey,
-    cache: Arc<RwLock<HashMap<String, DataKey>>>,
+    cache: Arc<KeyCache>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -190,6 +245,17 @@ pub fn tenant_key_name(scope: &Scope) -> String {
 pub fn person_key_name(scope: &Scope, account_id: &str) -> String {
     format!("person.{}.{}", scope.token(), account_id)
 }
+
+/// The scope and account id a person's key belongs to: the inverse of
+/// `person_key_name`, and `None` for a name that is not a person's key.
+pub fn person_of_key(name: &str) -> Option<(Scope, String)> {
+    let (token, account_id) = name.strip_prefix("person.")?.split_once('.')?;
+    let scope = Scope::parse_token(token).ok()?;
+    is_safe_token(account_id).then(|| (scope, account_id.to_owned()))
+}
+
+/// How long the watch on destroyed keys waits before it starts again after an error.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 impl KeyRing {
     pub fn new(kv: kv::Store, master: MasterKey) -> Self {
@@ -222,34 +288,74 @@ impl KeyRing {
         }
     }
 
-    /// Lists the names of stored secrets that start with `prefix`.
-    pub async fn names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, SealError> {
-        use futures::TryStreamExt;
-        let keys = self.kv.keys().await.map_err(|e| SealError::Store(e.to_string()))?;
-        let all: Vec<String> = keys.try_collect().await.map_err(|e| SealError::Store(e.to_string()))?;
-        Ok(all.into_iter().filter(|k| k.starts_with(prefix)).collect())
-    }
-
     /// The data key called `name`, created on first use.
     pub async fn key(&self, name: &str) -> Result<DataKey, SealError> {
-        if let Some(k) = self.cache.read().expect("key cache lock").get(name) {
-            return Ok(k.clone());
+        if let Some(k) = self.cache.get(name) {
+            return Ok(k);
         }
+        let stamp = self.cache.stamp();
         let bytes = self.secret_or_create(name, || DataKey::generate().as_bytes().to_vec()).await?;
         let key = DataKey::from_bytes(&bytes).ok_or(SealError::Open)?;
-        self.cache.write().expect("key cache lock").insert(name.to_owned(), key.clone());
+        self.cache.insert(name, key.clone(), stamp);
         Ok(key)
     }
 
     /// The data key called `name`, only if it exists (used to open, never to create).
     pub async fn existing_key(&self, name: &str) -> Result<DataKey, SealError> {
-        if let Some(k) = self.cache.read().expect("key cache lock").get(name) {
-            return Ok(k.clone());
+        if let Some(k) = self.cache.get(name) {
+            return Ok(k);
         }
+        let stamp = self.cache.stamp();
         let bytes = self.secret(name).await?.ok_or_else(|| SealError::MissingKey(name.to_owned()))?;
         let key = DataKey::from_bytes(&bytes).ok_or(SealError::Open)?;
-        self.cache.write().expect("key cache lock").insert(name.to_owned(), key.clone());
+        self.cache.insert(name, key.clone(), stamp);
         Ok(key)
+    }
+
+    /// Destroys a key: purges it from the `keys` bucket (every revision) and forgets
+    /// it here. Whatever was sealed under it can no longer be opened, which for a
+    /// person's key erases their personal data from the log. Other nodes forget it
+    /// through `forget_destroyed`.
+    pub async fn destroy(&self, name: &str) -> Result<(), SealError> {
+        // Purged before it is forgotten: a load that starts after the forget
+        // finds nothing in the bucket.
+        self.kv.purge(name).await.map_err(|e| SealError::Store(e.to_string()))?;
+        self.cache.forget(name);
+        Ok(())
+    }
+
+    /// Follows the `keys` bucket for as long as the future is polled (its owner
+    /// drops it to stop): each deleted or purged key leaves the cache this ring
+    /// shares with its clones, then its name is sent on `destroyed`, which is
+    /// unbounded so that forgetting never waits for the receiver. The watch
+    /// starts from each key's last entry, so keys destroyed while this node was
+    /// down are sent too; a node's read model may have copied their data before.
+    /// After an error the watch starts again, and the cache is emptied each time
+    /// it starts, since a key destroyed while nothing watched is otherwise unknown.
+    pub async fn forget_destroyed(&self, destroyed: mpsc::UnboundedSender<String>) {
+        loop {
+            if let Err(e) = self.watch_destroyed(&destroyed).await {
+                tracing::warn!(error = %e, "the watch on destroyed keys stopped; starting it again");
+            }
+            tokio::time::sleep(WATCH_RETRY).await;
+        }
+    }
+
+    async fn watch_destroyed(&self, destroyed: &mpsc::UnboundedSender<String>) -> Result<(), SealError> {
+        use futures::StreamExt;
+        let store = |e: &dyn fmt::Display| SealError::Store(e.to_string());
+        let mut watch = self.kv.watch_with_history(">").await.map_err(|e| store(&e))?;
+        // Emptied once the watch is in place, so no deletion falls between the two.
+        self.cache.forget_all();
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| store(&e))?;
+            if matches!(entry.operation, kv::Operation::Delete | kv::Operation::Purge) {
+                self.cache.forget(&entry.key);
+                // A receiver that has stopped listening does not stop the forgetting.
+                let _ = destroyed.send(entry.key);
+            }
+        }
+        Err(SealError::Store("the watch on the keys bucket ended".into()))
     }
 
     /// Opens a sealed value with the key it names.
@@ -289,6 +395,44 @@ mod tests {
         assert_eq!(k.blind_index("email", "a@b.co"), k.blind_index("email", "a@b.co"));
         assert_ne!(k.blind_index("email", "a@b.co"), DataKey::generate().blind_index("email", "a@b.co"));
         assert_eq!(k.blind_index("email", "a@b.co").len(), 32);
+    }
+
+    #[test]
+    fn a_forgotten_key_is_no_longer_served_from_the_cache() {
+        let cache = KeyCache::default();
+        let key = DataKey::generate();
+        cache.insert("person.acme.a1", key.clone(), cache.stamp());
+        cache.insert("person.acme.a2", DataKey::generate(), cache.stamp());
+        assert_eq!(cache.get("person.acme.a1").map(|k| *k.as_bytes()), Some(*key.as_bytes()));
+        cache.forget("person.acme.a1");
+        assert!(cache.get("person.acme.a1").is_none());
+        assert!(cache.get("person.acme.a2").is_some(), "only the destroyed key is forgotten");
+        cache.forget_all();
+        assert!(cache.get("person.acme.a2").is_none());
+    }
+
+    #[test]
+    fn a_load_that_overlapped_a_forget_does_not_cache_what_it_read() {
+        let cache = KeyCache::default();
+        // A load takes its stamp and reads the bucket; meanwhile the key is
+        // destroyed and forgotten. What the load read must not enter the cache.
+        let stamp = cache.stamp();
+        cache.forget("person.acme.a1");
+        cache.insert("person.acme.a1", DataKey::generate(), stamp);
+        assert!(cache.get("person.acme.a1").is_none());
+        // A load that starts after the forget caches as usual.
+        cache.insert("person.acme.a1", DataKey::generate(), cache.stamp());
+        assert!(cache.get("person.acme.a1").is_some());
+    }
+
+    #[test]
+    fn a_person_key_name_names_its_scope_and_account() {
+        let acme = Scope::parse_token("acme").unwrap();
+        assert_eq!(person_of_key(&person_key_name(&acme, "a1-b2")), Some((acme, "a1-b2".to_owned())));
+        assert_eq!(person_of_key(&person_key_name(&Scope::Platform, "a1")), Some((Scope::Platform, "a1".to_owned())));
+        for other in ["data.acme", "person.acme", "person.Acme.a1", "person.acme.a1.b", "person.acme.", "signing.x"] {
+            assert_eq!(person_of_key(other), None, "{other:?}");
+        }
     }
 
     #[test]

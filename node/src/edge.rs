@@ -125,6 +125,13 @@ async fn metrics_text(app: &App) -> String {
     );
     family(
         &mut out,
+        "canopy_projection_dead_letters_total",
+        "counter",
+        "Events the projector set aside because they can never be applied, since start.",
+        &[("", app.progress.dead_letters())],
+    );
+    family(
+        &mut out,
         "canopy_read_model_reads_total",
         "counter",
         "Queries that read the read models, since start.",

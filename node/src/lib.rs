@@ -38,7 +38,7 @@ pub use config::Config;
 // (`canopy`, `canopy-bench` and the node's test binaries, so they run what ships):
 // a node's many short-lived tasks allocate on one worker and free on another, and
 // with glibc's per-thread arenas queries ran at half the rate and commands 15-25 %
-// slower when the disk is not the limit (BENCHMARKS.md, change 15).
+// slower when the disk is not the limit (BENCHMARKS.md).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -156,6 +156,7 @@ impl Core {
     }
 
     pub async fn close(self) {
+        self.store.close().await;
         let _ = self.nats.flush().await;
         drop(self.nats);
         if let Some(m) = self.managed {
@@ -231,7 +232,19 @@ async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let router = Router::new(core.nats.clone(), node.clone(), Duration::from_millis(config.command_timeout_ms));
     tasks.spawn(router.run(cancel.clone()));
+    // Keys destroyed anywhere leave this node's key ring, and their persons'
+    // personal data leaves its read models (the projector blanks them).
+    let (destroyed_tx, destroyed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (keys, keys_cancel) = (core.keys.clone(), cancel.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            () = keys.forget_destroyed(destroyed_tx) => {}
+            () = keys_cancel.cancelled() => {}
+        }
+        Ok(())
+    });
     let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());
+    let projector = projector.with_destroyed_keys(destroyed_rx);
     let projector_cancel = cancel.clone();
     // The projector gets a thread and a runtime of its own: embedded SurrealDB runs
     // a query's whole plan inside the caller's poll, and a batch's transaction held

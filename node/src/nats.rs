@@ -119,6 +119,7 @@ fn terminate(pid: u32) {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only affects the child.
@@ -131,6 +132,11 @@ fn die_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// Elsewhere there is no parent-death signal: `kill_on_drop` and `stop` still end
+/// the server when the node exits normally, but not after a `kill -9`.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("while resolving {}", p.display()))

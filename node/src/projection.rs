@@ -1,21 +1,28 @@
 //! The projector: follows the `EVENTS` stream in order and writes read models into
 //! SurrealDB, one database per tenant, each change in the same transaction as that
 //! database's checkpoint. Mutations wait on its progress for read-your-writes.
+//!
+//! An event it can never apply (it does not decode, disagrees with its subject, or
+//! holds a field its type cannot use) is set aside as a dead letter, so that one bad
+//! event never holds back the read models of every tenant. It also blanks the
+//! personal data a read model copied from a person whose key was destroyed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::event_store::{AckClock, EventStore, STREAM, Stored, decode};
-use actors::seal::{KeyRing, SealError, Sealed};
+use actors::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
+use actors::seal::{KeyRing, SealError, Sealed, person_key_name, person_of_key};
 use actors::tenant::Scope;
 use async_nats::jetstream::consumer;
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::read_model::{DbChanges, ReadModel, Statement, db_name, record_id};
+use crate::read_model::{DbChanges, DeadLetter, ReadError, ReadModel, Statement, db_name, record_id};
 
 /// How far the projector has got: the stream sequence of the last applied event.
 #[derive(Clone)]
@@ -27,11 +34,12 @@ pub struct Progress {
     counts: Arc<Counts>,
 }
 
-/// Batches committed and events they held, since the node started.
+/// Batches committed, events they held and events set aside, since the node started.
 #[derive(Default)]
 struct Counts {
     batches: AtomicU64,
     events: AtomicU64,
+    dead_letters: AtomicU64,
 }
 
 /// Projection lags over the last few seconds: from stored in JetStream (the
@@ -91,6 +99,11 @@ impl Progress {
         (self.counts.batches.load(Ordering::Relaxed), self.counts.events.load(Ordering::Relaxed))
     }
 
+    /// Events set aside as dead letters since the node started.
+    pub fn dead_letters(&self) -> u64 {
+        self.counts.dead_letters.load(Ordering::Relaxed)
+    }
+
     /// The p50 and p99 projection lag from stored in JetStream, over the last five
     /// seconds, and the sample count.
     pub fn lag(&self) -> Option<(Duration, Duration, usize)> {
@@ -115,10 +128,201 @@ pub struct Projector {
     /// Ack times of the events this node appended (from the appending store).
     acks: AckClock,
     counts: Arc<Counts>,
+    /// Names of destroyed keys, from the key ring's watch (`KeyRing::forget_destroyed`).
+    destroyed: Option<mpsc::UnboundedReceiver<String>>,
+    /// Persons whose personal data is still to be blanked: kept until the blanking
+    /// commits, so a SurrealDB outage delays an erasure but never drops it.
+    unerased: Vec<(Scope, String)>,
 }
 
 /// Most events applied in one transaction per database.
 const MAX_BATCH: usize = 512;
+
+/// What the read models show in place of a person's erased personal data.
+pub const ERASED: &str = "[erased]";
+
+/// Why the projector cannot apply an event.
+#[derive(Debug, thiserror::Error)]
+enum Unapplied {
+    /// The event can never be applied as it is, so it is set aside. The reason
+    /// names rules and fields, never a value from the event: it is written to
+    /// the node's log and to the read model.
+    #[error("{0}")]
+    Refused(String),
+    /// Something the projector needs is unavailable: the batch is tried again later.
+    #[error(transparent)]
+    Unavailable(anyhow::Error),
+}
+
+fn refused(reason: impl Into<String>) -> Unapplied {
+    Unapplied::Refused(reason.into())
+}
+
+/// One message of a batch, ready to commit.
+struct Entry {
+    seq: u64,
+    subject: String,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The event's statements, in the database of its tenant (none for claims
+    /// and types this build does not project: they only move the checkpoint).
+    Apply { db: String, statements: Vec<Statement> },
+    /// The event is set aside as a dead letter, for this reason.
+    SetAside(String),
+}
+
+impl Entry {
+    fn dead_letter(&self, reason: &str) -> DeadLetter {
+        let tokens = EventSubject::parse(&self.subject);
+        DeadLetter {
+            seq: self.seq,
+            subject: self.subject.clone(),
+            tenant: tokens.map_or_else(String::new, |t| t.tenant.to_owned()),
+            event_type: tokens.map_or_else(String::new, |t| t.event_type.to_owned()),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Statements grouped by database, keeping the log's order inside each.
+#[derive(Default)]
+struct Grouped {
+    changes: Vec<DbChanges>,
+    index: HashMap<String, usize>,
+}
+
+impl Grouped {
+    fn add(&mut self, db: &str, statements: impl IntoIterator<Item = Statement>) {
+        let at = match self.index.get(db) {
+            Some(at) => *at,
+            None => {
+                self.changes.push(DbChanges { db: db.to_owned(), statements: Vec::new() });
+                self.index.insert(db.to_owned(), self.changes.len() - 1);
+                self.changes.len() - 1
+            }
+        };
+        self.changes[at].statements.extend(statements);
+    }
+
+    /// The changes of a run of entries: each event's statements, or its dead letter.
+    fn of(entries: &[Entry]) -> Vec<DbChanges> {
+        let mut grouped = Self::default();
+        for e in entries {
+            match &e.outcome {
+                Outcome::Apply { statements, .. } if statements.is_empty() => {}
+                Outcome::Apply { db, statements } => grouped.add(db, statements.iter().cloned()),
+                Outcome::SetAside(reason) => {
+                    grouped.add(&db_name(&Scope::Platform), [dead_letter_statement(&e.dead_letter(reason))])
+                }
+            }
+        }
+        grouped.changes
+    }
+}
+
+fn statement(sql: String, vars: Value) -> Statement {
+    Statement {
+        sql,
+        vars: match vars {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        },
+    }
+}
+
+/// The record of an event set aside, in the `system` database under its stream
+/// sequence: a rebuild from the log writes the same records again.
+fn dead_letter_statement(letter: &DeadLetter) -> Statement {
+    statement(
+        format!(
+            "UPSERT projection_dead_letter:{} CONTENT {{ seq: $seq, subject: $subject, tenant: $tenant, event_type: $event_type, reason: $reason }} RETURN NONE",
+            letter.seq
+        ),
+        serde_json::json!({
+            "seq": letter.seq, "subject": letter.subject, "tenant": letter.tenant,
+            "event_type": letter.event_type, "reason": letter.reason,
+        }),
+    )
+}
+
+/// Reads a message of the log as an event of the tenant its subject names. The
+/// subject is what NATS permissions and the appends' checks apply to, so an
+/// envelope that names another tenant, aggregate, id or type is refused: it
+/// must never reach another tenant's database.
+fn admit(seq: u64, subject: &str, payload: &[u8]) -> Result<(Scope, Stored), Unapplied> {
+    let tokens = EventSubject::parse(subject).ok_or_else(|| refused("not an event subject"))?;
+    let scope = Scope::parse_token(tokens.tenant).map_err(|_| refused("the subject names no valid tenant"))?;
+    let stored = decode(seq, payload).map_err(|_| refused("undecodable envelope"))?;
+    if !tokens.agrees_with(&stored.envelope) {
+        return Err(refused("envelope disagrees with its subject"));
+    }
+    Ok((scope, stored))
+}
+
+/// Commits the entries of a batch, which follow the checkpoint `before`, and
+/// records in `set_aside` the dead letters it committed.
+///
+/// When SurrealDB refuses the transaction, a checkpoint-only transaction tells
+/// whether SurrealDB itself is at fault: if that fails too, the error is returned
+/// and nothing is set aside, so an outage never costs an event. Otherwise the
+/// entries are committed in halves, down to single events, and an event whose
+/// own transaction is refused is set aside with its stream sequence. The
+/// checkpoint moves with each piece, in the log's order.
+async fn commit(
+    rm: &ReadModel,
+    entries: Vec<Entry>,
+    before: u64,
+    set_aside: &mut Vec<DeadLetter>,
+) -> Result<(), ReadError> {
+    let mut committed = before;
+    // The pieces still to commit; the next one is last.
+    let mut pending = vec![entries];
+    while let Some(mut piece) = pending.pop() {
+        let Some(last) = piece.last().map(|e| e.seq) else { continue };
+        let refusal = match rm.apply(Grouped::of(&piece), last).await {
+            Ok(()) => {
+                committed = last;
+                set_aside.extend(piece.iter().filter_map(|e| match &e.outcome {
+                    Outcome::SetAside(reason) => Some(e.dead_letter(reason)),
+                    Outcome::Apply { .. } => None,
+                }));
+                continue;
+            }
+            Err(e) => e,
+        };
+        rm.apply(Vec::new(), committed).await?;
+        if piece.len() > 1 {
+            let second = piece.split_off(piece.len() / 2);
+            pending.push(second);
+            pending.push(piece);
+            continue;
+        }
+        let Some(mut entry) = piece.pop() else { continue };
+        if matches!(entry.outcome, Outcome::SetAside(_)) {
+            // Even its dead letter does not commit, though SurrealDB does: try
+            // the batch again later rather than lose the event.
+            return Err(refusal);
+        }
+        // SurrealDB's message may quote the event's values, personal ones
+        // included, so it stays out of the reason.
+        entry.outcome = Outcome::SetAside("the read model refused its changes".into());
+        pending.push(vec![entry]);
+    }
+    Ok(())
+}
+
+/// Blanks an account's personal fields, if the account has a row: `UPDATE` never
+/// creates one. Nothing for an id that is not a safe token (`person_of_key`
+/// returns none).
+fn erasure(account_id: &str) -> Option<Statement> {
+    let id = record_id("user", account_id)?;
+    Some(statement(
+        format!("UPDATE {id} SET email = $erased, firstname = $erased, lastname = $erased RETURN NONE"),
+        serde_json::json!({ "erased": ERASED }),
+    ))
+}
 
 impl Projector {
     pub fn new(rm: ReadModel, store: EventStore, keys: KeyRing) -> (Self, Progress) {
@@ -135,13 +339,22 @@ impl Projector {
             counts: counts.clone(),
         };
         let acks = store.acks();
-        (Self { rm, store, keys, tx, caught_up, lag, ack_lag, acks, counts }, p)
+        let projector =
+            Self { rm, store, keys, tx, caught_up, lag, ack_lag, acks, counts, destroyed: None, unerased: Vec::new() };
+        (projector, p)
     }
 
     /// Reads the log through `store` (a connection of the projector's own). The
     /// ack times still come from the store given to `new`, the one that appends.
     pub fn with_store(mut self, store: EventStore) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Blanks the personal data of each person whose key is named on `destroyed`
+    /// (the names `KeyRing::forget_destroyed` sends), between batches.
+    pub fn with_destroyed_keys(mut self, destroyed: mpsc::UnboundedReceiver<String>) -> Self {
+        self.destroyed = Some(destroyed);
         self
     }
 
@@ -170,47 +383,71 @@ impl Projector {
     }
 
     async fn follow(&mut self, stop_at: Option<u64>) -> anyhow::Result<()> {
-        let start = self.rm.checkpoint().await? + 1;
+        let mut applied = self.rm.checkpoint().await?;
+        self.erase(applied).await?;
         let head = self.store.last_seq().await?;
-        self.publish_progress(start - 1, head);
-        if stop_at.is_some_and(|s| s < start) {
+        self.publish_progress(applied, head);
+        if stop_at.is_some_and(|s| s <= applied) {
             return Ok(());
         }
         let stream = self.store.jetstream().get_stream(STREAM).await?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: "evt.>".into(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: applied + 1 },
                 ..Default::default()
             })
             .await?;
         let mut messages = consumer.messages().await?;
-        while let Some(first) = messages.next().await {
-            let mut batch = vec![first?];
+        loop {
+            let next = {
+                let destroyed = async {
+                    match self.destroyed.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    name = destroyed => Either::Left(name),
+                    m = messages.next() => Either::Right(m),
+                }
+            };
+            let first = match next {
+                Either::Left(Some(name)) => {
+                    self.take_destroyed(name);
+                    self.erase(applied).await?;
+                    continue;
+                }
+                // The key ring's watch has stopped: only the log is left to follow.
+                Either::Left(None) => {
+                    self.destroyed = None;
+                    continue;
+                }
+                Either::Right(Some(m)) => m?,
+                Either::Right(None) => break,
+            };
+            let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match messages.next().now_or_never() {
                     Some(Some(m)) => batch.push(m?),
                     _ => break,
                 }
             }
-            let mut stored = Vec::with_capacity(batch.len());
+            let mut entries = Vec::with_capacity(batch.len());
             // (sequence, stored at) of each event, for the lag windows.
             let mut marks = Vec::with_capacity(batch.len());
-            let mut last = 0;
             for m in &batch {
                 let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-                last = info.stream_sequence;
-                marks.push((last, info.published));
-                match decode(last, &m.payload) {
-                    Ok(s) => stored.push(s),
-                    // A message that is not an envelope can never be projected; waiting
-                    // for it would stall every tenant's read models, so skip it loudly.
-                    Err(e) => {
-                        tracing::error!(seq = last, subject = %m.subject, error = %e, "skipping an undecodable event")
-                    }
-                }
+                marks.push((info.stream_sequence, info.published));
+                entries.push(self.entry(info.stream_sequence, &m.subject, &m.payload).await?);
             }
-            self.apply(stored, last).await?;
+            let last = marks.last().map_or(applied, |(seq, _)| *seq);
+            let mut set_aside = Vec::new();
+            let committed = commit(&self.rm, entries, applied, &mut set_aside).await;
+            self.report(&set_aside);
+            committed?;
+            applied = last;
             self.record_lag(&marks);
             self.counts.batches.fetch_add(1, Ordering::Relaxed);
             self.counts.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -220,6 +457,55 @@ impl Projector {
             }
         }
         anyhow::bail!("the event stream ended")
+    }
+
+    /// Logs and counts events just set aside. The line names the event's place
+    /// and the reason, never its data.
+    fn report(&self, set_aside: &[DeadLetter]) {
+        for d in set_aside {
+            tracing::warn!(
+                seq = d.seq,
+                subject = %d.subject,
+                tenant = %d.tenant,
+                event_type = %d.event_type,
+                reason = %d.reason,
+                "an event the projector cannot apply was set aside as a dead letter"
+            );
+        }
+        self.counts.dead_letters.fetch_add(set_aside.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Queues the person of a destroyed key for blanking, with any other names
+    /// already waiting (up to a batch). Keys that are not a person's are ignored.
+    fn take_destroyed(&mut self, first: String) {
+        let mut names = vec![first];
+        if let Some(rx) = self.destroyed.as_mut() {
+            while names.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(name) => names.push(name),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.unerased.extend(names.iter().filter_map(|n| person_of_key(n)));
+    }
+
+    /// Blanks the personal fields of the persons waiting in `unerased`, in one
+    /// transaction that rewrites the checkpoint `applied` as it is. A person who
+    /// is not in the read model yet needs nothing: their events project as erased
+    /// once their key is gone.
+    async fn erase(&mut self, applied: u64) -> anyhow::Result<()> {
+        if self.unerased.is_empty() {
+            return Ok(());
+        }
+        let mut grouped = Grouped::default();
+        for (scope, account_id) in &self.unerased {
+            grouped.add(&db_name(scope), erasure(account_id));
+        }
+        self.rm.apply(grouped.changes, applied).await?;
+        tracing::info!(persons = self.unerased.len(), "blanked the personal data of persons whose key was destroyed");
+        self.unerased.clear();
+        Ok(())
     }
 
     /// Records, for each event just committed, how long ago JetStream stored it
@@ -244,101 +530,113 @@ impl Projector {
         }
     }
 
-    async fn apply(&mut self, events: Vec<Stored>, last: u64) -> anyhow::Result<()> {
-        // Group by database, keeping the log's order inside each.
-        let mut changes: Vec<DbChanges> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for ev in events {
-            let scope = match Scope::parse_token(&ev.envelope.tenant) {
-                Ok(s) => s,
-                Err(_) => {
-                    tracing::warn!(seq = ev.seq, "event with an invalid tenant skipped");
-                    continue;
-                }
-            };
-            let statements = self.statements(&ev).await?;
-            if statements.is_empty() {
-                continue;
-            }
-            let db = db_name(&scope);
-            let at = *index.entry(db.clone()).or_insert_with(|| {
-                changes.push(DbChanges { db, statements: Vec::new() });
-                changes.len() - 1
-            });
-            changes[at].statements.extend(statements);
-        }
-        self.rm.apply(changes, last).await?;
-        Ok(())
+    /// What one message of the log does to the read models. Only an outage is an
+    /// error; an event that can never apply becomes a dead letter.
+    async fn entry(&self, seq: u64, subject: &str, payload: &[u8]) -> anyhow::Result<Entry> {
+        let applied = match admit(seq, subject, payload) {
+            Ok((scope, ev)) => self.statements(&scope, &ev).await.map(|st| (db_name(&scope), st)),
+            Err(e) => Err(e),
+        };
+        let outcome = match applied {
+            Ok((db, statements)) => Outcome::Apply { db, statements },
+            Err(Unapplied::Refused(reason)) => Outcome::SetAside(reason),
+            Err(Unapplied::Unavailable(e)) => return Err(e),
+        };
+        Ok(Entry { seq, subject: subject.to_owned(), outcome })
     }
 
-    async fn open(&self, sealed: &Sealed) -> anyhow::Result<String> {
-        match self.keys.open_string(sealed).await {
-            Ok(s) => Ok(s),
-            // The person's key was deleted: their data is erased from the log.
-            Err(SealError::MissingKey(_)) => Ok("[erased]".into()),
-            Err(e) => Err(e.into()),
+    /// Opens a personal field, which must be sealed under the person's own key
+    /// `kid`: a value sealed under another key, even a real one copied from
+    /// another event, is refused. A key that no longer exists means the person
+    /// was erased.
+    async fn open(&self, data: &Value, field: &str, kid: &str) -> Result<String, Unapplied> {
+        let sealed: Sealed = data
+            .get(field)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| refused(format!("field `{field}` is not a sealed value")))?;
+        if sealed.kid != kid {
+            return Err(refused(format!("field `{field}` is sealed under another key")));
         }
+        let key = match self.keys.existing_key(kid).await {
+            Ok(k) => k,
+            Err(SealError::MissingKey(_)) => return Ok(ERASED.into()),
+            // The bucket is unreachable, or this node's master key does not unwrap
+            // the key: neither is the event's fault.
+            Err(e) => return Err(Unapplied::Unavailable(e.into())),
+        };
+        key.open(&sealed)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| refused(format!("field `{field}` does not open with its key")))
     }
 
-    async fn statements(&self, ev: &Stored) -> anyhow::Result<Vec<Statement>> {
+    async fn statements(&self, scope: &Scope, ev: &Stored) -> Result<Vec<Statement>, Unapplied> {
         let env = &ev.envelope;
         let data = &env.data;
-        let text = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        let sealed = |k: &str| -> anyhow::Result<Sealed> { Ok(serde_json::from_value(data[k].clone())?) };
-        let st = |sql: String, vars: serde_json::Value| Statement {
-            sql,
-            vars: match vars {
-                serde_json::Value::Object(m) => m,
-                _ => serde_json::Map::new(),
-            },
+        let text = |k: &str| -> Result<String, Unapplied> {
+            data.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| refused(format!("field `{k}` is missing or not a string")))
         };
         // Record ids are written as literals: `type::record(...)` made every statement
         // a function call, a measurable share of the projector's cost. `record_id`
         // only accepts subject-safe tokens, so nothing from the log can reach the
         // query text unchecked. `RETURN NONE`: the projector reads no results.
-        let record = |table: &str, key: &str| {
-            let id = record_id(table, key);
-            if id.is_none() {
-                tracing::error!(seq = ev.seq, event_type = %env.event_type, "skipping an event with an unsafe id");
-            }
-            id
-        };
-        Ok(match env.event_type.as_str() {
-            "TenantCreated" => {
-                let Some(id) = record("tenant", &text("slug")) else { return Ok(Vec::new()) };
-                vec![st(
+        let record = |table: &str, key: &str| record_id(table, key).ok_or_else(|| refused("unsafe id"));
+        Ok(match (env.aggregate.as_str(), env.event_type.as_str()) {
+            ("tenant", "TenantCreated") => {
+                if *scope != Scope::Platform {
+                    return Err(refused("TenantCreated outside the platform"));
+                }
+                let slug = text("slug")?;
+                if slug != env.aggregate_id {
+                    return Err(refused("field `slug` disagrees with the aggregate id"));
+                }
+                let id = record("tenant", &slug)?;
+                vec![statement(
                     format!(
                         "UPSERT {id} CONTENT {{ slug: $slug, name: $name, owner_account_id: $owner, created_seq: $seq, created_at: $at }} RETURN NONE"
                     ),
                     serde_json::json!({
-                        "slug": text("slug"), "name": text("name"), "owner": text("owner_account_id"),
+                        "slug": slug, "name": text("name")?, "owner": text("owner_account_id")?,
                         "seq": ev.seq, "at": env.occurred_at,
                     }),
                 )]
             }
-            "AccountRegistered" => {
-                let Some(id) = record("user", &text("account_id")) else { return Ok(Vec::new()) };
-                vec![st(
+            ("account", "AccountRegistered") => {
+                let account_id = text("account_id")?;
+                if account_id != env.aggregate_id {
+                    return Err(refused("field `account_id` disagrees with the aggregate id"));
+                }
+                let id = record("user", &account_id)?;
+                let owner = data
+                    .get("owner")
+                    .and_then(Value::as_bool)
+                    .ok_or_else(|| refused("field `owner` is missing or not a boolean"))?;
+                let kid = person_key_name(scope, &account_id);
+                vec![statement(
                     format!(
                         "UPSERT {id} CONTENT {{ account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at }} RETURN NONE"
                     ),
                     serde_json::json!({
-                        "id": text("account_id"),
-                        "email": self.open(&sealed("email")?).await?,
-                        "first": self.open(&sealed("firstname")?).await?,
-                        "last": self.open(&sealed("lastname")?).await?,
-                        "owner": data.get("owner").and_then(|v| v.as_bool()).unwrap_or(false),
+                        "id": account_id,
+                        "email": self.open(data, "email", &kid).await?,
+                        "first": self.open(data, "firstname", &kid).await?,
+                        "last": self.open(data, "lastname", &kid).await?,
+                        "owner": owner,
                         "seq": ev.seq, "at": env.occurred_at,
                     }),
                 )]
             }
-            "ProfileUpdated" => {
-                let Some(id) = record("user", &env.aggregate_id) else { return Ok(Vec::new()) };
-                vec![st(
+            ("account", "ProfileUpdated") => {
+                let id = record("user", &env.aggregate_id)?;
+                let kid = person_key_name(scope, &env.aggregate_id);
+                vec![statement(
                     format!("UPDATE {id} SET firstname = $first, lastname = $last RETURN NONE"),
                     serde_json::json!({
-                        "first": self.open(&sealed("firstname")?).await?,
-                        "last": self.open(&sealed("lastname")?).await?,
+                        "first": self.open(data, "firstname", &kid).await?,
+                        "last": self.open(data, "lastname", &kid).await?,
                     }),
                 )]
             }
@@ -353,4 +651,133 @@ pub async fn rebuild(rm: &ReadModel, store: &EventStore, keys: &KeyRing) -> anyh
     rm.drop_all().await?;
     let (projector, _) = Projector::new(rm.clone(), store.clone(), keys.clone());
     projector.catch_up().await
+}
+
+#[cfg(test)]
+mod tests {
+    use actors::tenant::TenantId;
+
+    use super::*;
+    use crate::config::Config;
+
+    async fn memory_model() -> ReadModel {
+        let config = Config { surreal_url: Some("mem://".into()), ..Config::default() };
+        ReadModel::connect(&config).await.unwrap()
+    }
+
+    fn alpha() -> Scope {
+        Scope::Tenant(TenantId::parse("alpha").unwrap())
+    }
+
+    fn envelope(tenant: &str) -> Vec<u8> {
+        serde_json::json!({
+            "id": "e1", "type": "AccountRegistered", "tenant": tenant, "aggregate": "account",
+            "aggregate_id": "a1", "occurred_at": "2025-01-01T00:00:00Z", "command_id": "c1",
+            "schema_version": 1, "data": {},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn refusal(subject: &str, payload: &[u8]) -> String {
+        match admit(7, subject, payload) {
+            Err(Unapplied::Refused(reason)) => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_is_read_only_as_the_tenant_its_subject_names() {
+        let subject = "evt.alpha.account.a1.AccountRegistered";
+        let (scope, stored) = admit(7, subject, &envelope("alpha")).unwrap();
+        assert_eq!((scope, stored.seq), (alpha(), 7));
+        assert_eq!(refusal(subject, &envelope("beta")), "envelope disagrees with its subject");
+        assert_eq!(refusal(subject, b"{\"id\":"), "undecodable envelope");
+        assert_eq!(refusal("evt.alpha.account.a1", &envelope("alpha")), "not an event subject");
+        assert_eq!(
+            refusal("evt.Alpha.account.a1.AccountRegistered", &envelope("Alpha")),
+            "the subject names no valid tenant"
+        );
+    }
+
+    /// A registration in tenant `alpha` at `seq`; `broken` breaks the schema (`seq` is an int).
+    fn user(seq: u64, broken: bool) -> Entry {
+        let id = format!("u{seq}");
+        let mut vars = serde_json::json!({ "id": id, "seq": seq });
+        if broken {
+            vars["seq"] = "not a number".into();
+        }
+        let sql = format!(
+            "UPSERT user:⟨{id}⟩ CONTENT {{ account_id: $id, email: 'e', firstname: 'f', lastname: 'l', owner: false, seq: $seq, created_at: 't' }} RETURN NONE"
+        );
+        Entry {
+            seq,
+            subject: format!("evt.alpha.account.{id}.AccountRegistered"),
+            outcome: Outcome::Apply { db: db_name(&alpha()), statements: vec![statement(sql, vars)] },
+        }
+    }
+
+    async fn users(rm: &ReadModel) -> Vec<String> {
+        rm.users(&alpha(), 0, 100).await.unwrap().into_iter().map(|u| u.account_id).collect()
+    }
+
+    #[tokio::test]
+    async fn an_event_the_read_model_refuses_is_set_aside_and_the_rest_of_its_batch_applies() {
+        let rm = memory_model().await;
+        let not_an_event =
+            Entry { seq: 9, subject: "evt.alpha".into(), outcome: Outcome::SetAside("not an event subject".into()) };
+        let entries = vec![user(5, false), user(6, true), user(7, false), user(8, false), not_an_event];
+        let mut set_aside = Vec::new();
+        commit(&rm, entries, 4, &mut set_aside).await.unwrap();
+        assert_eq!(rm.checkpoint().await.unwrap(), 9);
+        assert_eq!(users(&rm).await, ["u5", "u7", "u8"]);
+        let refused = DeadLetter {
+            seq: 6,
+            subject: "evt.alpha.account.u6.AccountRegistered".into(),
+            tenant: "alpha".into(),
+            event_type: "AccountRegistered".into(),
+            reason: "the read model refused its changes".into(),
+        };
+        let unreadable = DeadLetter {
+            seq: 9,
+            subject: "evt.alpha".into(),
+            tenant: String::new(),
+            event_type: String::new(),
+            reason: "not an event subject".into(),
+        };
+        assert_eq!(set_aside, [refused.clone(), unreadable.clone()]);
+        assert_eq!(rm.dead_letters().await.unwrap(), [refused, unreadable]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_set_aside_while_surrealdb_cannot_commit_even_a_checkpoint() {
+        let rm = memory_model().await;
+        rm.apply(Vec::new(), 4).await.unwrap();
+        // Every checkpoint write now fails, as every transaction does while
+        // SurrealDB is down.
+        rm.execute_for_tests("system", "DEFINE FIELD OVERWRITE seq ON checkpoint TYPE string").await;
+        let mut set_aside = Vec::new();
+        assert!(commit(&rm, vec![user(5, false), user(6, true)], 4, &mut set_aside).await.is_err());
+        assert!(set_aside.is_empty());
+        assert!(rm.dead_letters().await.unwrap().is_empty());
+        assert_eq!(rm.checkpoint().await.unwrap(), 4);
+        assert!(users(&rm).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_erasure_blanks_a_projected_person_and_creates_nobody() {
+        let rm = memory_model().await;
+        let mut set_aside = Vec::new();
+        commit(&rm, vec![user(5, false), user(6, false)], 4, &mut set_aside).await.unwrap();
+        let changes = vec![DbChanges {
+            db: db_name(&alpha()),
+            statements: vec![erasure("u5").unwrap(), erasure("u404").unwrap()],
+        }];
+        rm.apply(changes, 6).await.unwrap();
+        let u5 = rm.user(&alpha(), "u5").await.unwrap().unwrap();
+        assert_eq!([u5.email.as_str(), &u5.firstname, &u5.lastname], [ERASED; 3]);
+        assert_eq!(rm.user(&alpha(), "u6").await.unwrap().unwrap().email, "e");
+        assert_eq!(users(&rm).await, ["u5", "u6"]);
+        assert!(erasure("u1⟩; DELETE user; ⟨").is_none());
+    }
 }

@@ -10,8 +10,8 @@ use actors::event_store::is_safe_token;
 use actors::tenant::{Scope, TenantId};
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 use tokio::sync::RwLock;
@@ -57,6 +57,20 @@ pub struct UserRow {
     pub owner: bool,
     pub seq: u64,
     pub created_at: String,
+}
+
+/// An event the projector set aside because it can never be applied: where it is
+/// in the log and why. It holds no value from the event's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The event's stream sequence.
+    pub seq: u64,
+    pub subject: String,
+    /// The subject's tenant token (empty when the subject is not an event subject).
+    pub tenant: String,
+    /// The subject's event type (empty when the subject is not an event subject).
+    pub event_type: String,
+    pub reason: String,
 }
 
 /// A record id literal, `table:⟨key⟩`, for a key that is a safe subject token
@@ -297,6 +311,24 @@ impl ReadModel {
         .await
     }
 
+    /// The events the projector set aside, in the log's order.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, ReadError> {
+        self.select(
+            "system",
+            "SELECT seq, subject, tenant, event_type, reason FROM projection_dead_letter ORDER BY seq",
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Runs `sql` on database `db` and panics if it fails: lets a test put
+    /// SurrealDB in a state that the projector's statements never produce.
+    #[cfg(test)]
+    pub(crate) async fn execute_for_tests(&self, db: &str, sql: &str) {
+        let s = self.session(db).await.unwrap();
+        s.query(sql).await.and_then(|r| r.check()).unwrap();
+    }
+
     /// The projector's position: the last stream sequence in the read models.
     pub async fn checkpoint(&self) -> Result<u64, ReadError> {
         #[derive(Deserialize)]
@@ -391,7 +423,11 @@ impl ReadModel {
                     serde_json::json!({}),
                 )
                 .await?;
-            out.insert(db, serde_json::json!({ "tenant": tenants, "user": users }));
+            let mut content = serde_json::json!({ "tenant": tenants, "user": users });
+            if db == "system" {
+                content["dead_letter"] = serde_json::to_value(self.dead_letters().await?).map_err(read_err)?;
+            }
+            out.insert(db, content);
         }
         Ok(serde_json::Value::Object(out))
     }

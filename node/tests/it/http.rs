@@ -121,7 +121,7 @@ async fn metrics_text(node: &TestNode) -> String {
 }
 
 /// One sample of the node's /metrics, read now.
-async fn node_metric(node: &TestNode, name: &str) -> f64 {
+pub async fn node_metric(node: &TestNode, name: &str) -> f64 {
     metric(&metrics_text(node).await, name)
 }
 

@@ -12,3 +12,4 @@ mod contracts;
 mod event_store;
 mod nats_auth;
 mod process;
+mod projection;
