@@ -211,6 +211,8 @@ pub struct EmailReserved {
 
 pub const EMAIL_CLAIM: &str = "email";
 pub const EMAIL_RESERVED: &str = "EmailReserved";
+/// The schema version of `EmailReserved`'s data.
+pub const EMAIL_RESERVED_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
@@ -263,6 +265,7 @@ impl Aggregate for Account {
                         aggregate: EMAIL_CLAIM,
                         key: r.email_index.clone(),
                         event_type: EMAIL_RESERVED,
+                        version: EMAIL_RESERVED_VERSION,
                         data: serde_json::to_value(claim).expect("a plain struct serialises"),
                     }],
                 })

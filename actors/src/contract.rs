@@ -3,9 +3,23 @@
 
 use serde_json::{Value, json};
 
-use crate::account::{AccountEvent, EMAIL_RESERVED, EmailReserved};
-use crate::event_store::{Envelope, SCHEMA_VERSION};
-use crate::tenant::TenantEvent;
+use crate::account::{Account, AccountEvent, EMAIL_CLAIM, EMAIL_RESERVED, EMAIL_RESERVED_VERSION, EmailReserved};
+use crate::aggregate::{Aggregate, UpcastError, upcast_to_current};
+use crate::event_store::Envelope;
+use crate::tenant::{Tenant, TenantEvent};
+
+/// The data of a stored envelope in its event type's current shape, whatever
+/// the aggregate: what a reader of the whole log (the projector) decodes.
+pub fn current_data(env: &Envelope) -> Result<Value, UpcastError> {
+    let (t, v, d) = (env.event_type.as_str(), env.schema_version, env.data.clone());
+    match env.aggregate.as_str() {
+        a if a == Account::NAME => upcast_to_current::<Account>(t, v, d),
+        a if a == Tenant::NAME => upcast_to_current::<Tenant>(t, v, d),
+        EMAIL_CLAIM if v <= EMAIL_RESERVED_VERSION => Ok(d),
+        _ if v <= 1 => Ok(d),
+        _ => Err(UpcastError::Newer { event_type: t.to_owned(), version: v, current: 1 }),
+    }
+}
 
 /// Splits a tagged enum's schema into `(event type, data schema)` pairs.
 fn variants(enum_schema: Value) -> Vec<(String, Value)> {
@@ -53,12 +67,12 @@ fn to_value(s: schemars::Schema) -> Value {
 /// Every event type with the aggregate it belongs to and the JSON Schema of its
 /// whole envelope, sorted by type.
 pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
-    let mut all: Vec<(String, &'static str, Value)> = Vec::new();
+    let mut all: Vec<(String, &'static str, u32, Value)> = Vec::new();
     for (name, data) in variants(to_value(schemars::schema_for!(AccountEvent))) {
-        all.push((name, "account", data));
+        all.push((name.clone(), Account::NAME, Account::event_version(&name), data));
     }
     for (name, data) in variants(to_value(schemars::schema_for!(TenantEvent))) {
-        all.push((name, "tenant", data));
+        all.push((name.clone(), Tenant::NAME, Tenant::event_version(&name), data));
     }
     let mut claim = to_value(schemars::schema_for!(EmailReserved));
     if let Some(o) = claim.as_object_mut() {
@@ -71,19 +85,20 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
             ),
         );
     }
-    all.push((EMAIL_RESERVED.to_owned(), "email", claim));
+    all.push((EMAIL_RESERVED.to_owned(), EMAIL_CLAIM, EMAIL_RESERVED_VERSION, claim));
     all.sort_by(|a, b| a.0.cmp(&b.0));
 
     let envelope = to_value(schemars::schema_for!(Envelope));
     all.into_iter()
-        .map(|(name, aggregate, data)| {
+        .map(|(name, aggregate, version, data)| {
             let mut e = envelope.clone();
             e["$id"] = json!(format!("https://canopy.dev/schemas/events/{name}.json"));
             e["title"] = json!(name);
             e["description"] = data.get("description").cloned().unwrap_or(json!(name));
             e["properties"]["type"] = json!({ "const": name });
             e["properties"]["aggregate"] = json!({ "const": aggregate });
-            e["properties"]["schema_version"] = json!({ "const": SCHEMA_VERSION });
+            // The version of this type's data shape, which the file describes.
+            e["properties"]["schema_version"] = json!({ "const": version });
             let mut d = data;
             if let Some(o) = d.as_object_mut() {
                 o.remove("description");

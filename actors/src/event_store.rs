@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::aggregate::{Aggregate, Reservation};
+use crate::aggregate::{Aggregate, Reservation, upcast_to_current};
 use crate::command::CommandId;
 use crate::tenant::Scope;
 
@@ -26,8 +26,6 @@ pub const SNAPSHOTS: &str = "snapshots";
 pub const KEYS: &str = "keys";
 /// The header that names the subject filter the expected sequence applies to.
 pub const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
-/// Every envelope this build writes carries this schema version.
-pub const SCHEMA_VERSION: u32 = 1;
 /// How long the server remembers a `Nats-Msg-Id`: retries inside it are applied once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
 
@@ -52,6 +50,8 @@ pub struct Envelope {
     /// a later command with the same id and another digest is refused.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_digest: String,
+    /// The version of this event type's `data` shape when it was written. Each
+    /// type has its own; readers upcast older versions (see `Aggregate::upcast`).
     pub schema_version: u32,
     pub data: serde_json::Value,
 }
@@ -518,6 +518,7 @@ pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, stamp: &Stamp, 
     let data = v["data"].take();
     Envelope {
         id: uuid::Uuid::now_v7().to_string(),
+        schema_version: A::event_version(&event_type),
         event_type,
         tenant: scope.token().to_owned(),
         aggregate: A::NAME.to_owned(),
@@ -525,14 +526,16 @@ pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, stamp: &Stamp, 
         occurred_at: now_rfc3339(),
         command_id: stamp.command_id.as_str().to_owned(),
         request_digest: stamp.digest.clone(),
-        schema_version: SCHEMA_VERSION,
         data,
     }
 }
 
-/// Decodes the domain event inside an envelope.
+/// Decodes the domain event inside an envelope, upcasting data stored in an
+/// older version of its type's shape first.
 pub fn event_of<A: Aggregate>(env: &Envelope) -> Result<A::Event, StoreError> {
-    let tagged = serde_json::json!({ "type": env.event_type, "data": env.data });
+    let data = upcast_to_current::<A>(&env.event_type, env.schema_version, env.data.clone())
+        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+    let tagged = serde_json::json!({ "type": env.event_type, "data": data });
     serde_json::from_value(tagged).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
 }
 
@@ -577,7 +580,7 @@ pub fn batch_for<A: Aggregate>(
                 occurred_at: now_rfc3339(),
                 command_id: stamp.command_id.as_str().to_owned(),
                 request_digest: stamp.digest.clone(),
-                schema_version: SCHEMA_VERSION,
+                schema_version: r.version,
                 data: r.data.clone(),
             },
         });
@@ -599,7 +602,7 @@ mod tests {
             occurred_at: now_rfc3339(),
             command_id: "c1".into(),
             request_digest: String::new(),
-            schema_version: SCHEMA_VERSION,
+            schema_version: 1,
             data: serde_json::json!({}),
         }
     }

@@ -75,6 +75,9 @@ struct Samples {
     lat: Vec<u64>,
     secs: f64,
     windows: Vec<(f64, f64)>,
+    /// CPU time this process (the node, its projector and the bench's clients;
+    /// not nats-server) used while the stretches ran.
+    cpu_secs: f64,
 }
 
 impl Samples {
@@ -82,14 +85,29 @@ impl Samples {
         self.lat.extend(other.lat);
         self.secs += other.secs;
         self.windows.extend(other.windows);
+        self.cpu_secs += other.cpu_secs;
     }
 
     fn stats(self, scenario: &str, concurrency: usize) -> Stats {
+        let ops = self.lat.len().max(1) as f64;
+        let cpu_us_per_op = self.cpu_secs * 1e6 / ops;
         let mut stats = from_samples(scenario, self.lat, self.secs);
         stats.concurrency = concurrency;
         stats.windows = self.windows.iter().map(|&(start, end)| Window { side: "measured", start, end }).collect();
+        stats.extra.insert("cpu_us_per_op".into(), cpu_us_per_op);
         stats
     }
+}
+
+/// CPU seconds this process has used, on `CLOCK_PROCESS_CPUTIME_ID`: a figure
+/// that two shared cores blur less than a rate, and that leaves nats-server out.
+#[allow(unsafe_code)]
+fn process_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the process CPU clock always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Seconds on `CLOCK_MONOTONIC`. `Instant` reads the same clock but does not
@@ -110,7 +128,7 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let (start, since) = (Instant::now(), monotonic());
+    let (start, since, cpu) = (Instant::now(), monotonic(), process_cpu());
     let deadline = start + duration;
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
@@ -131,7 +149,8 @@ where
     while let Some(r) = workers.join_next().await {
         all.extend(r??);
     }
-    Ok(Samples { lat: all, secs: start.elapsed().as_secs_f64(), windows: vec![(since, monotonic())] })
+    let cpu_secs = process_cpu() - cpu;
+    Ok(Samples { lat: all, secs: start.elapsed().as_secs_f64(), windows: vec![(since, monotonic())], cpu_secs })
 }
 
 /// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`.
@@ -234,6 +253,12 @@ where
     st.p99_vs_baseline = Some(st.p99_us as f64 / base.p99_us.max(1) as f64);
     st.extra.insert("paired_A_ops_per_sec".into(), base.ops_per_sec);
     st.extra.insert("paired_A_p99_us".into(), base.p99_us as f64);
+    // The clients' own share of `cpu_us_per_op`: what the same process spends per
+    // raw publish. The difference is, near enough, the node's CPU per command.
+    let base_cpu = base.extra.get("cpu_us_per_op").copied().unwrap_or(0.0);
+    st.extra.insert("paired_A_cpu_us_per_op".into(), base_cpu);
+    let own = st.extra.get("cpu_us_per_op").copied().unwrap_or(0.0) - base_cpu;
+    st.extra.insert("node_cpu_us_per_op".into(), own.max(0.0));
     Ok(st)
 }
 

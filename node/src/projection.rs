@@ -572,7 +572,10 @@ impl Projector {
 
     async fn statements(&self, scope: &Scope, ev: &Stored) -> Result<Vec<Statement>, Unapplied> {
         let env = &ev.envelope;
-        let data = &env.data;
+        // Older shapes of an event type are upcast first, so the statements below
+        // only handle current ones; a shape from a newer build is set aside.
+        let current = actors::contract::current_data(env).map_err(|e| refused(e.to_string()))?;
+        let data = &current;
         let text = |k: &str| -> Result<String, Unapplied> {
             data.get(k)
                 .and_then(Value::as_str)

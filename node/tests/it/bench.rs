@@ -20,6 +20,10 @@ async fn the_quick_benchmark_runs_every_scenario() {
         // A', B, C and E are measured in slices alternating with their own baseline.
         if ["A'", "B", "C", "E"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.extra["paired_A_ops_per_sec"] > 0.0, "{s:?}");
+            // The node's own CPU per command: this process's CPU clock, less what
+            // the same clients spend on a raw publish.
+            assert!(s.extra["cpu_us_per_op"] > 0.0 && s.extra["paired_A_cpu_us_per_op"] > 0.0, "{s:?}");
+            assert!(s.extra["node_cpu_us_per_op"].is_finite(), "{s:?}");
         }
     }
     // H is measured from this node's acks, and from the stream's timestamps.
