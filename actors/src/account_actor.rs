@@ -14,9 +14,10 @@ use crate::account::{
     Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password,
     PersonName, Registration,
 };
-use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandId, CommandResult};
+use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
 use crate::event_store::{Stamp, Stored, event_subject};
 use crate::executor::{ExecError, Loaded, execute, load, refresh};
+use crate::ids::CommandId;
 use crate::seal::{person_key_name, tenant_key_name};
 use crate::tenant::Scope;
 use crate::tree::Deps;

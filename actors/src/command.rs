@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::account::{AccountId, Email, Password, PersonName};
+use crate::ids::CommandId;
 use crate::tenant::{Scope, TenantId, TenantName};
 
 pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
@@ -13,38 +14,6 @@ pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
 
 /// The subject the command router listens on.
 pub const COMMAND_WILDCARD: &str = "cmd.*.*";
-
-/// A command's id: 1 to 64 ASCII letters, digits, `-` or `_`. It becomes part of
-/// `Nats-Msg-Id` headers and of derived aggregate ids, so nothing else can pass.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CommandId(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a command id has 1 to 64 characters, each a letter, a digit, '-' or '_'")]
-pub struct InvalidCommandId;
-
-impl CommandId {
-    pub fn parse(raw: &str) -> Result<Self, InvalidCommandId> {
-        let ok =
-            (1..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok { Ok(Self(raw.to_owned())) } else { Err(InvalidCommandId) }
-    }
-
-    /// A fresh, unique id (UUID v7, 32 hex characters).
-    pub fn fresh() -> Self {
-        Self(uuid::Uuid::now_v7().simple().to_string())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for CommandId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Who sends a command, as the edge authenticated them. Actors check it where
 /// a decision depends on who asks; a command without one does not decode.
@@ -193,7 +162,6 @@ macro_rules! string_wire {
     };
 }
 
-string_wire!(CommandId, as_str);
 string_wire!(AccountId, as_str);
 string_wire!(Email, as_str);
 string_wire!(Password, expose);

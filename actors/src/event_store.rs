@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::aggregate::{Aggregate, Reservation, upcast_to_current};
-use crate::command::CommandId;
+use crate::ids::CommandId;
+use crate::ids::is_safe_token;
 use crate::tenant::Scope;
 
 pub const STREAM: &str = "EVENTS";
@@ -103,12 +104,6 @@ impl<'a> EventSubject<'a> {
             && envelope.aggregate_id == self.aggregate_id
             && envelope.event_type == self.event_type
     }
-}
-
-/// Aggregate ids and claim keys become subject tokens, so they are restricted to
-/// characters that can never form a wildcard or a separator.
-pub fn is_safe_token(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The command an append belongs to: its id (the `Nats-Msg-Id` of its events)

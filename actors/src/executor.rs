@@ -4,7 +4,7 @@
 
 use crate::aggregate::{Aggregate, Decision};
 use crate::event_store::{
-    self, EventStore, Stamp, StoreError, StoreErrorKind, Stored, aggregate_filter, batch_for, event_of,
+    EventStore, Stamp, StoreError, StoreErrorKind, Stored, aggregate_filter, batch_for, event_of,
 };
 use crate::tenant::Scope;
 
@@ -66,7 +66,7 @@ pub async fn refresh<A: Aggregate>(
 
 /// An id becomes a subject token (and, in a filter, sits before a wildcard).
 fn safe_id(id: &str) -> Result<(), StoreError> {
-    if event_store::is_safe_token(id) {
+    if crate::ids::is_safe_token(id) {
         Ok(())
     } else {
         Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"))

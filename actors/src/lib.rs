@@ -10,6 +10,7 @@ pub mod directory_actor;
 pub mod event_store;
 pub mod executor;
 pub mod hasher;
+pub mod ids;
 pub mod memory;
 pub mod seal;
 pub mod tenant;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::event_store::is_safe_token;
+use crate::ids::is_safe_token;
 use crate::tenant::Scope;
 
 /// A ciphertext as it appears in events: `kid` names the data key in the `keys`

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::account::{AccountId, PersonName};
-use actors::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandId, CommandResult, Principal, command_subject,
-};
+use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, command_subject};
 use actors::event_store::stream_config;
+use actors::ids::CommandId;
 use actors::tenant::{Scope, TenantId};
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -379,7 +378,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     let config = Config {
         nats_url: Some(nats.url.clone()),
         nats_creds: match nats.credentials() {
-            crate::nats::Credentials::CredsFile(path) => Some(path),
+            crate::nats::credentials::Credentials::CredsFile(path) => Some(path),
             _ => None,
         },
         surreal_url: Some("mem://".into()),

@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::nats::{Credentials, Tls, split_url_credentials};
+use crate::nats::credentials::{Credentials, Tls, redact_url, split_url_credentials};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -274,31 +274,9 @@ impl Config {
     }
 }
 
-/// Hides a password in `scheme://user:password@host`, and a token in
-/// `scheme://token@host`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
-                None => format!("{}<redacted>{}", &url[..s + 3], &url[at..]),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_in_urls_are_redacted() {
-        assert_eq!(redact_url("nats://u:secret@h:4222"), "nats://u:<redacted>@h:4222");
-        assert_eq!(redact_url("nats://tok3n@h:4222"), "nats://<redacted>@h:4222");
-        assert_eq!(redact_url("ws://h:8000"), "ws://h:8000");
-    }
 
     #[test]
     fn nats_credentials_are_given_one_way_only() {

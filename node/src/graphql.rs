@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use actors::account::{AccountId, Email, InputError, Password, PersonName};
 use actors::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandId, CommandResult, Principal, TenantReply,
+    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, Principal, TenantReply,
     TenantRequest, command_subject,
 };
+use actors::ids::CommandId;
 use actors::tenant::{Scope, TenantId, TenantName};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::parser::types::ExecutableDocument;

@@ -18,11 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::account::{Email, Password, PersonName};
-use actors::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandId, CommandResult, Principal, command_subject,
-};
+use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, command_subject};
 use actors::event_store::EventStore;
 use actors::hasher::{Hasher, owasp_params};
+use actors::ids::CommandId;
 use actors::seal::{KeyRing, MasterKey};
 use actors::tenant::{Scope, TenantId};
 use actors::tree::{Deps, NodeArgs, NodeMsg, NodeSupervisor};
@@ -95,8 +94,8 @@ pub struct Core {
     pub nats: async_nats::Client,
     /// Where and how `nats` connected, for components that want a connection of their own.
     pub nats_url: String,
-    pub nats_credentials: nats::Credentials,
-    pub nats_tls: nats::Tls,
+    pub nats_credentials: nats::credentials::Credentials,
+    pub nats_tls: nats::credentials::Tls,
     pub managed: Option<ManagedNats>,
     pub store: EventStore,
     pub keys: KeyRing,
@@ -143,7 +142,12 @@ impl Core {
             Some((url, creds, tls)) => (url, creds, tls, None),
             None => {
                 let m = ManagedNats::start(config).await.context("while starting the managed nats-server")?;
-                (m.url.clone(), nats::Credentials::CredsFile(m.creds.clone()), nats::Tls::default(), Some(m))
+                (
+                    m.url.clone(),
+                    nats::credentials::Credentials::CredsFile(m.creds.clone()),
+                    nats::credentials::Tls::default(),
+                    Some(m),
+                )
             }
         };
         let nats = nats::connect(&url, &creds, &tls, Duration::from_secs(15)).await?;
@@ -167,8 +171,8 @@ impl Core {
 
 async fn own_store(
     url: &str,
-    creds: &nats::Credentials,
-    tls: &nats::Tls,
+    creds: &nats::credentials::Credentials,
+    tls: &nats::credentials::Tls,
     replicas: usize,
 ) -> anyhow::Result<EventStore> {
     let client = nats::connect(url, creds, tls, Duration::from_secs(15)).await?;
@@ -373,7 +377,7 @@ pub async fn reader_credentials(
     let auth = nats::auth::NatsAuth::load(auth_dir)?;
     let (url, tls) = match config.external_nats()? {
         Some((url, _, tls)) => (url, tls),
-        None => (format!("nats://127.0.0.1:{}", config.nats_port), nats::Tls::default()),
+        None => (format!("nats://127.0.0.1:{}", config.nats_port), nats::credentials::Tls::default()),
     };
     nats::auth::ensure_reader_mirror(&url, &auth, &tls, config.replicas)
         .await

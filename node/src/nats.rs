@@ -2,17 +2,19 @@
 //! connect with credentials, and refuse servers older than 2.12.
 
 pub mod auth;
+pub mod credentials;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::process::{Child, Command};
 
-use crate::config::{Config, redact_url};
+use crate::config::Config;
 use auth::NatsAuth;
+use credentials::{Credentials, Tls, redact_url};
 
 /// The oldest nats-server Canopy runs on: atomic batch publish and wildcard
 /// expected-subject checks arrived in 2.12.
@@ -140,59 +142,6 @@ fn die_with_parent(_cmd: &mut Command) {}
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("while resolving {}", p.display()))
-}
-
-/// How a node proves who it is to NATS.
-#[derive(Clone)]
-pub enum Credentials {
-    /// No credentials (a server without authentication refuses nothing).
-    None,
-    UserPassword(String, SecretString),
-    Token(SecretString),
-    /// An nkey seed (`SU…`): the server sends a nonce and the client signs it.
-    NkeySeed(SecretString),
-    /// A `.creds` file: a user JWT and its nkey seed.
-    CredsFile(PathBuf),
-    /// The text of a `.creds` file.
-    Creds(String),
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Credentials::None => "none",
-            Credentials::UserPassword(..) => "user and password",
-            Credentials::Token(_) => "token",
-            Credentials::NkeySeed(_) => "nkey",
-            Credentials::CredsFile(_) | Credentials::Creds(_) => "creds",
-        })
-    }
-}
-
-/// TLS towards an external NATS: a `tls://` URL requires it; `ca_file` adds the
-/// authority that signed the server's certificate; a client certificate and
-/// key are sent where the server verifies clients.
-#[derive(Debug, Clone, Default)]
-pub struct Tls {
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-}
-
-/// Splits `scheme://user:password@host:port` into the URL without its user
-/// part and the credentials it carried: a user and password, or a lone token.
-/// async-nats would otherwise send them as part of the address.
-pub fn split_url_credentials(url: &str) -> (String, Option<Credentials>) {
-    let Some(scheme_end) = url.find("://") else { return (url.to_owned(), None) };
-    let rest = &url[scheme_end + 3..];
-    let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..host_start].rfind('@') else { return (url.to_owned(), None) };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    let plain = format!("{}{host}", &url[..scheme_end + 3]);
-    let creds = match userinfo.split_once(':') {
-        Some((user, pass)) => Credentials::UserPassword(user.to_owned(), pass.to_owned().into()),
-        None => Credentials::Token(userinfo.to_owned().into()),
-    };
-    (plain, Some(creds))
 }
 
 async fn options(creds: &Credentials, tls: &Tls) -> anyhow::Result<async_nats::ConnectOptions> {
@@ -366,20 +315,6 @@ mod tests {
         assert!(check_version("v2.12.0").is_ok());
         assert!(check_version("2.15.1").is_ok());
         assert!(check_version("garbage").is_err());
-    }
-
-    #[test]
-    fn credentials_in_a_url_are_taken_out_of_the_address() {
-        let (url, creds) = split_url_credentials("nats://canopy:s3cret@nats.internal:4222");
-        assert_eq!(url, "nats://nats.internal:4222");
-        assert!(
-            matches!(creds, Some(Credentials::UserPassword(u, p)) if u == "canopy" && p.expose_secret() == "s3cret")
-        );
-        let (url, creds) = split_url_credentials("tls://tok3n@h:4443");
-        assert_eq!(url, "tls://h:4443");
-        assert!(matches!(creds, Some(Credentials::Token(t)) if t.expose_secret() == "tok3n"));
-        assert!(split_url_credentials("nats://h:4222").1.is_none());
-        assert_eq!(format!("{:?}", Credentials::Token("x".to_owned().into())), "token");
     }
 
     #[test]

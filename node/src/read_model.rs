@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use actors::event_store::is_safe_token;
+use actors::ids::is_safe_token;
 use actors::tenant::{Scope, TenantId};
 use anyhow::Context;
 use secrecy::ExposeSecret;

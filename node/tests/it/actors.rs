@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use actors::account::{AccountId, Email, Password, PersonName};
 use actors::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandId, CommandResult, Principal, TenantReply, TenantRequest,
+    AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, TenantReply, TenantRequest,
 };
 use actors::event_store::EventStore;
 use actors::hasher::{Hasher, owasp_params};
+use actors::ids::CommandId;
 use actors::seal::{KeyRing, MasterKey};
 use actors::tenant::{Scope, TenantId, TenantName};
 use actors::tree::{Deps, NodeArgs, NodeMsg, NodeSupervisor, TenantMsg};

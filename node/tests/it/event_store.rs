@@ -10,8 +10,8 @@ async fn store(nats: &NatsServer) -> EventStore {
     EventStore::open(client, 1).await.unwrap().0
 }
 
-fn cid(raw: &str) -> actors::command::CommandId {
-    actors::command::CommandId::parse(raw).unwrap()
+fn cid(raw: &str) -> actors::ids::CommandId {
+    actors::ids::CommandId::parse(raw).unwrap()
 }
 
 fn acme() -> Scope {

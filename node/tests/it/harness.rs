@@ -54,7 +54,7 @@ pub fn test_config(nats: &NatsServer, data: &std::path::Path) -> Config {
     Config {
         nats_url: Some(nats.url().to_owned()),
         nats_creds: match nats.local().credentials() {
-            canopy_node::nats::Credentials::CredsFile(path) => Some(path),
+            canopy_node::nats::credentials::Credentials::CredsFile(path) => Some(path),
             _ => None,
         },
         surreal_url: Some("mem://".into()),

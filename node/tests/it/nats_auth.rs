@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use canopy_node::nats::auth::{NatsAuth, ensure_reader_mirror, reader_inbox_prefix};
-use canopy_node::nats::{Credentials, LocalNats, Tls, connect_with};
+use canopy_node::nats::credentials::{Credentials, Tls};
+use canopy_node::nats::{LocalNats, connect_with};
 use futures::StreamExt;
 use serde_json::json;
 use tempfile::TempDir;
