@@ -2,11 +2,9 @@
 //! JetStream, and the actors that run commands for each tenant.
 
 pub mod account;
-pub mod account_actor;
 pub mod aggregate;
 pub mod command;
 pub mod contract;
-pub mod directory_actor;
 pub mod event_store;
 pub mod executor;
 pub mod hasher;

@@ -1,7 +1,13 @@
 //! The supervision tree: `NodeSupervisor → TenantSupervisor(scope) → AccountActor`
 //! (and, in the platform's tree, the DirectoryActor). A tenant's tree starts on its
 //! first command and stops after an idle time; a failed child is restarted and
-//! rebuilds its state from the log when it next needs it.
+//! rebuilds its state from the log when it next needs it. Every child is the
+//! generic `AggregateActor` with its aggregate's `Handler`.
+
+pub mod account;
+pub mod aggregate_actor;
+pub mod deps;
+pub mod directory;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -10,27 +16,14 @@ use ractor::MessagingErr;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 
-use crate::account_actor::{AccountActor, AccountArgs, AccountMsg, broken};
 use crate::command::{
     AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest,
 };
-use crate::directory_actor::{DirectoryActor, DirectoryMsg, tenant_created_subject};
-use crate::event_store::EventStore;
-use crate::hasher::Hasher;
-use crate::seal::KeyRing;
 use crate::tenant::Scope;
-
-/// What every actor in the tree shares.
-#[derive(Clone, Debug)]
-pub struct Deps {
-    pub store: EventStore,
-    pub keys: KeyRing,
-    pub hasher: Hasher,
-    /// Write a snapshot after this many events on one aggregate (0: never).
-    pub snapshot_every: u64,
-    /// How many accounts a tenant's AccountActor keeps in memory.
-    pub cache_per_tenant: usize,
-}
+use account::{AccountActor, AccountMsg};
+use aggregate_actor::{AggregateArgs, AggregateMsg};
+use deps::{Deps, broken};
+use directory::{DirectoryActor, DirectoryMsg, tenant_created_subject};
 
 pub struct NodeSupervisor;
 
@@ -197,9 +190,18 @@ async fn spawn_account(
     scope: &Scope,
     deps: &Deps,
 ) -> Result<ActorRef<AccountMsg>, ActorProcessingErr> {
-    let args = AccountArgs { scope: scope.clone(), deps: deps.clone() };
-    let (account, _) = Actor::spawn_linked(None, AccountActor, args, myself.get_cell()).await?;
+    let args = AggregateArgs { scope: scope.clone(), deps: deps.clone() };
+    let (account, _) = Actor::spawn_linked(None, AccountActor::default(), args, myself.get_cell()).await?;
     Ok(account)
+}
+
+async fn spawn_directory(
+    myself: &ActorRef<TenantMsg>,
+    deps: &Deps,
+) -> Result<ActorRef<DirectoryMsg>, ActorProcessingErr> {
+    let args = AggregateArgs { scope: Scope::Platform, deps: deps.clone() };
+    let (directory, _) = Actor::spawn_linked(None, DirectoryActor::default(), args, myself.get_cell()).await?;
+    Ok(directory)
 }
 
 impl Actor for TenantSupervisor {
@@ -214,10 +216,7 @@ impl Actor for TenantSupervisor {
     ) -> Result<TenantState, ActorProcessingErr> {
         let account = spawn_account(&myself, &args.scope, &args.deps).await?;
         let directory = match args.scope {
-            Scope::Platform => {
-                let (d, _) = Actor::spawn_linked(None, DirectoryActor, args.deps.clone(), myself.get_cell()).await?;
-                Some(d)
-            }
+            Scope::Platform => Some(spawn_directory(&myself, &args.deps).await?),
             Scope::Tenant(_) => None,
         };
         let idle_timer = Some(myself.send_after(args.idle_timeout, || TenantMsg::IdleCheck));
@@ -243,13 +242,13 @@ impl Actor for TenantSupervisor {
                 state.last_active = Instant::now();
                 // If the child is gone, `reply` is dropped with the message and the
                 // caller gets an error at once rather than waiting for a timeout.
-                let _ = state.account.cast(AccountMsg::Execute(cmd, reply));
+                let _ = state.account.cast(AggregateMsg::Execute(cmd, reply));
             }
             TenantMsg::Directory(cmd, reply) => {
                 state.last_active = Instant::now();
                 match &state.directory {
                     Some(d) => {
-                        let _ = d.cast(DirectoryMsg::Execute(cmd, reply));
+                        let _ = d.cast(AggregateMsg::Execute(cmd, reply));
                     }
                     None => {
                         let _ =
@@ -260,7 +259,7 @@ impl Actor for TenantSupervisor {
             TenantMsg::IdleCheck => state.idle_check(&myself),
             #[cfg(feature = "fault-injection")]
             TenantMsg::PanicAccountActor => {
-                let _ = state.account.cast(AccountMsg::PanicOnNextCommand);
+                let _ = state.account.cast(AggregateMsg::PanicOnNextCommand);
             }
         }
         Ok(())
@@ -282,8 +281,7 @@ impl Actor for TenantSupervisor {
             state.account = spawn_account(&myself, &state.scope, &state.deps).await?;
         } else if state.directory.as_ref().is_some_and(|d| d.get_id() == cell.get_id()) {
             tracing::warn!(reason = %why, "DirectoryActor stopped; restarting it");
-            let (d, _) = Actor::spawn_linked(None, DirectoryActor, state.deps.clone(), myself.get_cell()).await?;
-            state.directory = Some(d);
+            state.directory = Some(spawn_directory(&myself, &state.deps).await?);
         }
         Ok(())
     }

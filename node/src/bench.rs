@@ -98,26 +98,27 @@ impl Samples {
     }
 }
 
-/// CPU seconds this process has used, on `CLOCK_PROCESS_CPUTIME_ID`: a figure
-/// that two shared cores blur less than a rate, and that leaves nats-server out.
+/// Seconds on one of the kernel's clocks.
 #[allow(unsafe_code)]
-fn process_cpu() -> f64 {
+fn clock_secs(clock: libc::clockid_t) -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the process CPU clock always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec, and the callers pass clocks
+    // that always exist on Linux.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     debug_assert_eq!(rc, 0);
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// CPU seconds this process has used, on `CLOCK_PROCESS_CPUTIME_ID`: a figure
+/// that two shared cores blur less than a rate, and that leaves nats-server out.
+fn process_cpu() -> f64 {
+    clock_secs(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
 /// Seconds on `CLOCK_MONOTONIC`. `Instant` reads the same clock but does not
 /// expose it, and the windows must line up with `perf`'s timestamps.
-#[allow(unsafe_code)]
 fn monotonic() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    clock_secs(libc::CLOCK_MONOTONIC)
 }
 
 /// Runs `op` from `concurrency` workers for `duration`; `op(worker, i)`, with each
@@ -731,9 +732,9 @@ async fn bench_deps(
     nc: &async_nats::Client,
     fixture: &Fixture,
     snapshot_every: u64,
-) -> anyhow::Result<actors::tree::Deps> {
+) -> anyhow::Result<actors::tree::deps::Deps> {
     let (store, keys) = actors::event_store::EventStore::open(nc.clone(), 1).await?;
-    Ok(actors::tree::Deps {
+    Ok(actors::tree::deps::Deps {
         store,
         keys: actors::seal::KeyRing::new(keys, fixture.master.clone()),
         hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),

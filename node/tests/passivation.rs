@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use actors::memory::{DELAY, release_now, resident_bytes};
 use actors::tenant::{Scope, TenantId};
-use actors::tree::{Deps, NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
+use actors::tree::deps::Deps;
+use actors::tree::{NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
 use canopy_node::nats::LocalNats;
 use ractor::Actor;
 

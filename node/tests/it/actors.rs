@@ -11,7 +11,8 @@ use actors::hasher::{Hasher, owasp_params};
 use actors::ids::CommandId;
 use actors::seal::{KeyRing, MasterKey};
 use actors::tenant::{Scope, TenantId, TenantName};
-use actors::tree::{Deps, NodeArgs, NodeMsg, NodeSupervisor, TenantMsg};
+use actors::tree::deps::Deps;
+use actors::tree::{NodeArgs, NodeMsg, NodeSupervisor, TenantMsg};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 
@@ -336,4 +337,84 @@ async fn a_login_reads_the_same_for_a_known_and_an_unknown_email() {
     let ratio = mk.as_secs_f64() / mu.as_secs_f64();
     // Timing is printed, not asserted: two shared cores make it noisy.
     println!("login medians over 200 tries: known {mk:?}, unknown {mu:?} (known/unknown {ratio:.3})");
+}
+
+/// A test-only aggregate kind on the generic aggregate actor: a request is a
+/// word, the lane is its first letter, and "panic" makes the task panic. It
+/// proves what every aggregate gets from the runtime alone.
+mod echo {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use actors::account::Account;
+    use actors::command::{CommandEnvelope, CommandResult};
+    use actors::executor::Loaded;
+    use actors::tenant::Scope;
+    use actors::tree::aggregate_actor::{Ctx, Handler, Route};
+
+    /// The order in which commands ran, as `lane:word`.
+    pub static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub struct Echo;
+
+    impl Handler for Echo {
+        type Aggregate = Account;
+        type Request = String;
+        type Reply = String;
+        const NAME: &'static str = "EchoActor";
+
+        fn route(_: &Scope, envelope: &CommandEnvelope<String>) -> CommandResult<Route> {
+            Ok(Route::Lane(envelope.request.chars().next().unwrap_or('_').to_string()))
+        }
+
+        async fn run(
+            _: &Ctx,
+            id: &str,
+            envelope: CommandEnvelope<String>,
+            state: &mut Option<Loaded<Account>>,
+        ) -> CommandResult<String> {
+            // Slower words first: a lane must still keep its order.
+            tokio::time::sleep(Duration::from_millis(if envelope.request.ends_with("slow") { 300 } else { 10 })).await;
+            assert!(envelope.request != "panic", "the echo task panics on purpose");
+            let seen = state.as_ref().map_or(0, |s| s.version);
+            *state = Some(Loaded { version: seen + 1, ..Loaded::default() });
+            RAN.lock().unwrap().push(format!("{id}:{}", envelope.request));
+            Ok(format!("{}#{}", envelope.request, seen + 1))
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_generic_aggregate_actor_keeps_lanes_in_order_and_answers_for_a_panicked_task() {
+    use actors::tree::aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg};
+    let nats = NatsServer::start();
+    let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
+    let args = AggregateArgs { scope, deps: deps(&nats, 100).await };
+    let (actor, _) = Actor::spawn(None, AggregateActor::<echo::Echo>::default(), args).await.unwrap();
+    async fn ask(actor: &ActorRef<AggregateMsg<echo::Echo>>, word: &str) -> CommandResult<String> {
+        let envelope = CommandEnvelope {
+            command_id: CommandId::fresh(),
+            principal: Principal::Anonymous,
+            request: word.to_owned(),
+        };
+        match actor.call(|p| AggregateMsg::Execute(envelope, p), T).await.unwrap() {
+            CallResult::Success(result) => result,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+    // Two commands on lane "a" (the first slow) and one on lane "b", at once.
+    let (first, second, other) = tokio::join!(ask(&actor, "a-slow"), ask(&actor, "a-quick"), ask(&actor, "b-quick"));
+    assert_eq!(first.unwrap(), "a-slow#1");
+    assert_eq!(second.unwrap(), "a-quick#2", "the lane's state passes from one command to the next");
+    assert_eq!(other.unwrap(), "b-quick#1");
+    let ran = echo::RAN.lock().unwrap().clone();
+    let pos = |s: &str| ran.iter().position(|r| r == s).unwrap();
+    assert!(pos("a:a-slow") < pos("a:a-quick"), "lane a ran out of order: {ran:?}");
+    assert!(pos("b:b-quick") < pos("a:a-slow"), "lane b waited for lane a: {ran:?}");
+
+    // A task that panics gets a typed reply; its lane goes on, from a reloaded state.
+    let failed = ask(&actor, "panic").await.unwrap_err();
+    assert_eq!(failed.code, "INTERNAL");
+    assert_eq!(ask(&actor, "p-after").await.unwrap(), "p-after#1");
+    assert_eq!(ask(&actor, "a-again").await.unwrap(), "a-again#3", "other lanes keep their cached state");
 }

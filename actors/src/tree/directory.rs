@@ -1,66 +1,57 @@
-//! The DirectoryActor lives in the platform's tree and creates tenants. A tenant
-//! and its owner account are appended as one atomic batch, so there is never a
-//! tenant without an owner, nor an owner without a tenant.
-
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::task::JoinSet;
+//! The directory handler: the platform tree's aggregate actor for tenants. A
+//! tenant and its owner account are appended as one atomic batch, so there is
+//! never a tenant without an owner, nor an owner without a tenant. Creations of
+//! one slug run in its lane; creations of different slugs run at once.
 
 use crate::account::{Account, AccountCommand};
-use crate::account_actor::{NewAccount, account_id_for, broken, prepare_registration, request_digest};
 use crate::aggregate::Aggregate;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
 use crate::event_store::{Stamp, StoreErrorKind, batch_for, event_subject};
+use crate::executor::Loaded;
 use crate::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
-use crate::tree::Deps;
+use crate::tree::account::{NewAccount, account_id_for, prepare_registration, request_digest};
+use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
+use crate::tree::deps::{Deps, broken};
 
-pub struct DirectoryActor;
+/// Tenants, in the platform's tree.
+pub struct DirectoryHandler;
 
-pub enum DirectoryMsg {
-    Execute(CommandEnvelope<TenantRequest>, RpcReplyPort<CommandResult<TenantReply>>),
-}
+pub type DirectoryActor = AggregateActor<DirectoryHandler>;
+pub type DirectoryMsg = AggregateMsg<DirectoryHandler>;
 
-pub struct DirectoryState {
-    deps: Deps,
-    tasks: JoinSet<()>,
+impl Handler for DirectoryHandler {
+    type Aggregate = Tenant;
+    type Request = TenantRequest;
+    type Reply = TenantReply;
+    const NAME: &'static str = "DirectoryActor";
+
+    fn route(scope: &Scope, envelope: &CommandEnvelope<TenantRequest>) -> CommandResult<Route> {
+        if *scope != Scope::Platform {
+            return Err(CommandFailure::new("NOT_FOUND", "tenants are created on the platform"));
+        }
+        // Checked here too, not only at the edge: whoever reaches `cmd._system.tenant`.
+        if !envelope.principal.is_platform_admin() {
+            return Err(CommandFailure::forbidden("only a platform administrator may create tenants"));
+        }
+        let TenantRequest::Create { slug, .. } = &envelope.request;
+        Ok(Route::Lane(slug.as_str().to_owned()))
+    }
+
+    async fn run(
+        ctx: &Ctx,
+        _id: &str,
+        envelope: CommandEnvelope<TenantRequest>,
+        _state: &mut Option<Loaded<Tenant>>,
+    ) -> CommandResult<TenantReply> {
+        // A creation reads the directory's subject itself: two nodes may race on
+        // one slug, and the expected sequence 0 lets exactly one win.
+        create(&ctx.deps, envelope).await
+    }
 }
 
 /// The subject of a tenant's creation event: its existence check.
 pub fn tenant_created_subject(slug: &TenantId) -> String {
     event_subject(&Scope::Platform, Tenant::NAME, slug.as_str(), "TenantCreated")
-}
-
-impl Actor for DirectoryActor {
-    type Msg = DirectoryMsg;
-    type State = DirectoryState;
-    type Arguments = Deps;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<DirectoryMsg>,
-        deps: Deps,
-    ) -> Result<DirectoryState, ActorProcessingErr> {
-        Ok(DirectoryState { deps, tasks: JoinSet::new() })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<DirectoryMsg>,
-        msg: DirectoryMsg,
-        state: &mut DirectoryState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            DirectoryMsg::Execute(envelope, reply) => {
-                // Creations of different slugs run at once; two creations of one slug
-                // race on the expected sequence 0 and exactly one wins.
-                let deps = state.deps.clone();
-                state.tasks.spawn(async move {
-                    let _ = reply.send(create(&deps, envelope).await);
-                });
-                while state.tasks.try_join_next().is_some() {}
-            }
-        }
-        Ok(())
-    }
 }
 
 /// What an existing tenant means for a creation: the same command seen again
@@ -92,10 +83,6 @@ async fn existing(
 }
 
 async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
-    // Checked here too, not only at the edge: whoever reaches `cmd._system.tenant`.
-    if !envelope.principal.is_platform_admin() {
-        return Err(CommandFailure::forbidden("only a platform administrator may create tenants"));
-    }
     let digest = request_digest(deps, &Scope::Platform, &envelope.digest_input()).await?;
     let CommandEnvelope { command_id, request, .. } = envelope;
     let stamp = Stamp { command_id, digest };

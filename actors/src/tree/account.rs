@@ -1,0 +1,320 @@
+//! The account handler: what the aggregate actor needs to know about accounts.
+//! A registration's lane is the account its command id derives; a profile
+//! update's is the account it names, and only that account may send it; a
+//! login is free (it changes nothing) and reads the cache. Preparation happens
+//! here, outside `decide`: hashing, sealing, the email's claim.
+
+use crate::account::{
+    Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password,
+    PersonName, Registration,
+};
+use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
+use crate::event_store::{Stamp, Stored, event_subject};
+use crate::executor::{ExecError, Loaded, execute, load, refresh};
+use crate::ids::CommandId;
+use crate::seal::{person_key_name, tenant_key_name};
+use crate::tenant::Scope;
+use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
+use crate::tree::deps::{Deps, broken};
+
+/// The accounts of one scope (a tenant, or the platform's administrators).
+pub struct AccountHandler;
+
+pub type AccountActor = AggregateActor<AccountHandler>;
+pub type AccountMsg = AggregateMsg<AccountHandler>;
+
+impl Handler for AccountHandler {
+    type Aggregate = Account;
+    type Request = AccountRequest;
+    type Reply = AccountReply;
+    const NAME: &'static str = "AccountActor";
+
+    fn route(scope: &Scope, envelope: &CommandEnvelope<AccountRequest>) -> CommandResult<Route> {
+        match &envelope.request {
+            AccountRequest::Register { .. } => Ok(Route::Lane(account_id_for(scope, &envelope.command_id).to_string())),
+            AccountRequest::UpdateProfile { account_id, .. } => {
+                // Only the account itself changes its profile; checked here, where
+                // the decision is made, whoever sent the command.
+                if envelope.principal.account_in(scope) != Some(account_id) {
+                    return Err(CommandFailure::forbidden("you may only change your own profile"));
+                }
+                Ok(Route::Lane(account_id.to_string()))
+            }
+            AccountRequest::Login { .. } => Ok(Route::Free),
+        }
+    }
+
+    async fn run(
+        ctx: &Ctx,
+        id: &str,
+        envelope: CommandEnvelope<AccountRequest>,
+        state: &mut Option<Loaded<Account>>,
+    ) -> CommandResult<AccountReply> {
+        let Ctx { scope, deps } = ctx;
+        let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
+        let stamp = Stamp { command_id: envelope.command_id, digest };
+        match envelope.request {
+            AccountRequest::Register { email, password, firstname, lastname } => {
+                let account_id = account_id_for(scope, &stamp.command_id);
+                let input = NewAccount { account_id, email, password, firstname, lastname, owner: false };
+                register(deps, scope, &stamp, input, state).await
+            }
+            AccountRequest::UpdateProfile { firstname, lastname, .. } => {
+                update_profile(deps, scope, id, &stamp, firstname, lastname, state).await
+            }
+            // `route` sends logins down the free path.
+            AccountRequest::Login { .. } => Err(CommandFailure::internal()),
+        }
+    }
+
+    async fn run_free(
+        ctx: &Ctx,
+        envelope: CommandEnvelope<AccountRequest>,
+        cache: Cache<Self>,
+    ) -> CommandResult<AccountReply> {
+        match envelope.request {
+            AccountRequest::Login { email, password } => login(ctx, &email, &password, &cache).await,
+            _ => Err(CommandFailure::internal()),
+        }
+    }
+}
+
+/// A registration's account id follows from its command id, so a retried
+/// registration lands on the same aggregate and is recognised as a retry.
+pub fn account_id_for(scope: &Scope, command_id: &CommandId) -> AccountId {
+    AccountId::derived(&format!("{scope}/account/{command_id}"))
+}
+
+/// The account a login for an unknown email reads instead: an id no account
+/// can have (registrations derive theirs from command ids), the same one for
+/// the same email, so that the login takes exactly the path of a known one.
+fn decoy_account(scope: &Scope, email_index: &str) -> AccountId {
+    AccountId::derived(&format!("{scope}/no-account/{email_index}"))
+}
+
+/// The keyed digest of a request: HMAC-SHA256 under the scope's data key, so
+/// log readers learn nothing from it (the request holds personal data).
+pub async fn request_digest(deps: &Deps, scope: &Scope, digest_input: &str) -> Result<String, CommandFailure> {
+    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
+    Ok(key.blind_index("request", digest_input))
+}
+
+/// Input for a new account, before hashing and sealing.
+pub struct NewAccount {
+    pub account_id: AccountId,
+    pub email: Email,
+    pub password: Password,
+    pub firstname: PersonName,
+    pub lastname: PersonName,
+    pub owner: bool,
+}
+
+/// The email's claim subject in this scope.
+pub async fn email_claim_subject(deps: &Deps, scope: &Scope, email: &Email) -> Result<String, CommandFailure> {
+    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
+    let index = key.blind_index("email", &email.normalized());
+    Ok(event_subject(scope, EMAIL_CLAIM, &index, EMAIL_RESERVED))
+}
+
+/// Hashes the password and seals the personal fields: the command `decide` sees.
+pub async fn prepare_registration(
+    deps: &Deps,
+    scope: &Scope,
+    input: &NewAccount,
+) -> Result<Registration, CommandFailure> {
+    let tenant_kid = tenant_key_name(scope);
+    let tenant_key = deps.keys.key(&tenant_kid).await.map_err(|e| broken("reading the tenant key", e))?;
+    let person_kid = person_key_name(scope, input.account_id.as_str());
+    let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
+    let phc = deps.hasher.hash(&input.password).await.map_err(|e| broken("hashing a password", e))?;
+    Ok(Registration {
+        account_id: input.account_id.as_str().to_owned(),
+        email_index: tenant_key.blind_index("email", &input.email.normalized()),
+        email: person_key.seal(&person_kid, input.email.as_str().as_bytes()),
+        password_hash: tenant_key.seal(&tenant_kid, phc.as_bytes()),
+        firstname: person_key.seal(&person_kid, input.firstname.as_str().as_bytes()),
+        lastname: person_key.seal(&person_kid, input.lastname.as_str().as_bytes()),
+        owner: input.owner,
+    })
+}
+
+/// What an existing claim means for a registration: the same command seen
+/// again, or another account holding the email. A repeat of the command is
+/// answered only if it is the same request (digest) and proves the password
+/// again: repeating someone's idempotency key must not sign anyone in.
+async fn existing_claim(
+    deps: &Deps,
+    scope: &Scope,
+    claim: &str,
+    stamp: &Stamp,
+    password: &Password,
+) -> Result<Option<CommandResult<AccountReply>>, CommandFailure> {
+    let stored = deps.store.last_on_subject(claim).await.map_err(|e| broken("reading an email claim", e))?;
+    let Some(stored) = stored else { return Ok(None) };
+    if stored.envelope.command_id != stamp.command_id.as_str() {
+        return Ok(Some(Err(CommandFailure::rejected(&AccountError::EmailTaken))));
+    }
+    Ok(Some(replayed_registration(deps, scope, &stored, stamp, password).await))
+}
+
+/// Answers a repeated registration whose claim is `claim`.
+async fn replayed_registration(
+    deps: &Deps,
+    scope: &Scope,
+    claim: &Stored,
+    stamp: &Stamp,
+    password: &Password,
+) -> CommandResult<AccountReply> {
+    if claim.envelope.request_digest != stamp.digest {
+        return Err(CommandFailure::reused_id());
+    }
+    let owner: EmailReserved =
+        serde_json::from_value(claim.envelope.data.clone()).map_err(|e| broken("decoding an email claim", e))?;
+    let account =
+        load::<Account>(&deps.store, scope, &owner.account_id).await.map_err(|e| broken("loading an account", e))?;
+    let phc = match &account.state.password_hash {
+        Some(sealed) => Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?),
+        None => None,
+    };
+    match deps.hasher.verify(password, phc).await {
+        Ok(true) => Ok(AccountReply::Registered { account_id: owner.account_id, seq: claim.seq }),
+        Ok(false) => Err(CommandFailure::reused_id()),
+        Err(e) => Err(broken("verifying a password", e)),
+    }
+}
+
+/// The claim check again, after an append that did not land: a batch seen
+/// before, or an email taken between the first check and the append.
+async fn after_refused_append(
+    deps: &Deps,
+    scope: &Scope,
+    claim: &str,
+    stamp: &Stamp,
+    password: &Password,
+) -> CommandResult<AccountReply> {
+    existing_claim(deps, scope, claim, stamp, password).await?.unwrap_or_else(|| Err(CommandFailure::conflict()))
+}
+
+async fn register(
+    deps: &Deps,
+    scope: &Scope,
+    stamp: &Stamp,
+    input: NewAccount,
+    state: &mut Option<Loaded<Account>>,
+) -> CommandResult<AccountReply> {
+    let claim = email_claim_subject(deps, scope, &input.email).await?;
+    if let Some(answer) = existing_claim(deps, scope, &claim, stamp, &input.password).await? {
+        return answer;
+    }
+    let registration = prepare_registration(deps, scope, &input).await?;
+    let cmd = AccountCommand::Register(registration);
+    let id = input.account_id.as_str();
+    match execute::<Account>(&deps.store, scope, id, state.take(), stamp, &cmd, deps.snapshot_every).await {
+        // A batch seen before was refused as a duplicate without storing anything:
+        // answer it as the repeat it is, from its claim.
+        Ok(done) if done.replayed => {
+            *state = Some(done.loaded);
+            after_refused_append(deps, scope, &claim, stamp, &input.password).await
+        }
+        Ok(done) => {
+            *state = Some(done.loaded);
+            Ok(AccountReply::Registered { account_id: input.account_id.to_string(), seq: done.seq })
+        }
+        // The batch failed a check: most likely another account took the email
+        // between our look and our append.
+        Err(ExecError::Conflict) => after_refused_append(deps, scope, &claim, stamp, &input.password).await,
+        // The account's id derives from the command id, so an account already
+        // there means the id was used for another email: a different request.
+        Err(ExecError::Rejected(AccountError::AlreadyRegistered)) => Err(CommandFailure::reused_id()),
+        Err(e) => Err(failure(e, "appending a registration")),
+    }
+}
+
+/// The failure a command reports for an executor error.
+pub fn failure(e: ExecError<AccountError>, what: &str) -> CommandFailure {
+    match e {
+        ExecError::Conflict => CommandFailure::conflict(),
+        ExecError::ReusedId => CommandFailure::reused_id(),
+        ExecError::Rejected(e) => CommandFailure::rejected(&e),
+        ExecError::Broken(e) => broken(what, e),
+    }
+}
+
+async fn update_profile(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    stamp: &Stamp,
+    firstname: PersonName,
+    lastname: PersonName,
+    state: &mut Option<Loaded<Account>>,
+) -> CommandResult<AccountReply> {
+    let current = match state.take() {
+        Some(c) => c,
+        None => load::<Account>(&deps.store, scope, id).await.map_err(|e| broken("loading an account", e))?,
+    };
+    if !current.state.is_registered() {
+        *state = Some(current);
+        return Err(CommandFailure::rejected(&AccountError::NotFound));
+    }
+    let kid = person_key_name(scope, id);
+    let key = deps.keys.existing_key(&kid).await.map_err(|e| broken("reading a person key", e))?;
+    let cmd = AccountCommand::UpdateProfile {
+        firstname: key.seal(&kid, firstname.as_str().as_bytes()),
+        lastname: key.seal(&kid, lastname.as_str().as_bytes()),
+    };
+    let done = execute::<Account>(&deps.store, scope, id, Some(current), stamp, &cmd, deps.snapshot_every)
+        .await
+        .map_err(|e| failure(e, "appending a profile update"))?;
+    *state = Some(done.loaded);
+    Ok(AccountReply::Updated { seq: done.seq })
+}
+
+/// A login reads the same things for a known and an unknown email, in the
+/// same order, up to the hash comparison: the claim, then an account (the
+/// holder, or for an unknown email a decoy no account can be) from the actor's
+/// cache checked against the log, or loaded. Only the data differ, so neither
+/// the time nor the reads tell whether an email has an account.
+async fn login(
+    ctx: &Ctx,
+    email: &Email,
+    password: &Password,
+    cache: &Cache<AccountHandler>,
+) -> CommandResult<AccountReply> {
+    let Ctx { scope, deps } = ctx;
+    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
+    let email_index = key.blind_index("email", &email.normalized());
+    let claim = event_subject(scope, EMAIL_CLAIM, &email_index, EMAIL_RESERVED);
+    let holder = deps
+        .store
+        .last_on_subject(&claim)
+        .await
+        .map_err(|e| broken("reading an email claim", e))?
+        .and_then(|s| serde_json::from_value::<EmailReserved>(s.envelope.data).ok());
+    let id = match &holder {
+        Some(h) => h.account_id.clone(),
+        None => decoy_account(scope, &email_index).to_string(),
+    };
+    // The actor's cached state, checked against the log's newest sequence for the
+    // account, spares nats-server a consumer for every login; a password changed
+    // anywhere is still seen, since the check reads the log itself.
+    let account = match cache.get(&id).await {
+        Some(c) => refresh::<Account>(&deps.store, scope, &id, c).await,
+        None => load::<Account>(&deps.store, scope, &id).await,
+    }
+    .map_err(|e| broken("loading an account", e))?;
+    let owner = account.state.owner;
+    let phc = match (&holder, &account.state.password_hash) {
+        (Some(_), Some(sealed)) => {
+            Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?)
+        }
+        _ => None,
+    };
+    cache.remember(&id, account);
+    // With no hash, `verify` compares against a dummy one: the same work.
+    let ok = deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))?;
+    match (ok, holder) {
+        (true, Some(_)) => Ok(AccountReply::LoggedIn { account_id: id, owner }),
+        _ => Err(CommandFailure::invalid_credentials()),
+    }
+}

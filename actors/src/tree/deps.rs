@@ -1,0 +1,26 @@
+//! What every actor of the tree shares, and how an infrastructure failure
+//! becomes a command's reply.
+
+use crate::command::CommandFailure;
+use crate::event_store::EventStore;
+use crate::hasher::Hasher;
+use crate::seal::KeyRing;
+
+/// What every actor in the tree shares.
+#[derive(Clone, Debug)]
+pub struct Deps {
+    pub store: EventStore,
+    pub keys: KeyRing,
+    pub hasher: Hasher,
+    /// Write a snapshot after this many events on one aggregate (0: never).
+    pub snapshot_every: u64,
+    /// How many aggregates of one kind a tenant's actor keeps in memory.
+    pub cache_per_tenant: usize,
+}
+
+/// Infrastructure failed while doing `what`: the detail goes to the log, the
+/// caller gets `INTERNAL` and nothing of it.
+pub fn broken(what: &str, e: impl std::fmt::Display) -> CommandFailure {
+    tracing::error!(error = %e, "{what}");
+    CommandFailure::internal()
+}
