@@ -369,7 +369,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report> {
-    let nats = crate::nats::LocalNats::start()?;
+    let nats = crate::nats::local::LocalNats::start()?;
     let (duration, tenants, busy_accounts) =
         if opts.quick { (Duration::from_millis(300), 2, 4) } else { (Duration::from_secs(8), 100, 64) };
     // The bench shares the node's master key, so its own actors (F, G) can open the

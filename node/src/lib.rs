@@ -2,6 +2,7 @@
 //! command router, projections into SurrealDB, and the actor tree from `actors`.
 
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod edge;

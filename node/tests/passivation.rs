@@ -12,7 +12,7 @@ use actors::memory::{DELAY, release_now, resident_bytes};
 use actors::tenant::{Scope, TenantId};
 use actors::tree::deps::Deps;
 use actors::tree::{NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
-use canopy_node::nats::LocalNats;
+use canopy_node::nats::local::LocalNats;
 use ractor::Actor;
 
 const TREES: usize = 2_000;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use canopy_node::Config;
-use canopy_node::nats::LocalNats;
+use canopy_node::nats::local::LocalNats;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use canopy_node::nats::auth::{NatsAuth, ensure_reader_mirror, reader_inbox_prefix};
+use canopy_node::nats::connect_with;
 use canopy_node::nats::credentials::{Credentials, Tls};
-use canopy_node::nats::{LocalNats, connect_with};
+use canopy_node::nats::local::LocalNats;
 use futures::StreamExt;
 use serde_json::json;
 use tempfile::TempDir;

@@ -1,0 +1,97 @@
+//! `LocalNats`, a throwaway nats-server for the tests and the benchmark, built
+//! only with the `test-support` feature: production code never starts one.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::auth::NatsAuth;
+use super::credentials::{Credentials, Tls};
+use super::{INSTALL_HINT, NATS_CONF, connect_with};
+
+/// A throwaway nats-server for tests and the benchmark: `nats.conf` with its own
+/// keys and authorization (like a managed server), a free port on 127.0.0.1, its
+/// own store in a temporary directory. Killed and removed on drop.
+pub struct LocalNats {
+    child: std::process::Child,
+    pub url: String,
+    dir: PathBuf,
+    /// The keys of its accounts, when it runs the repository's `nats.conf`.
+    pub auth: Option<NatsAuth>,
+}
+
+impl LocalNats {
+    /// A server on the repository's `nats.conf`, authentication included.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::launch(None)
+    }
+
+    /// A server on another configuration (listen address, port and store are
+    /// still set here), for tests of other ways to authenticate.
+    pub fn start_with_conf(conf: &str) -> anyhow::Result<Self> {
+        Self::launch(Some(conf))
+    }
+
+    fn launch(custom: Option<&str>) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("canopy-nats-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
+        let auth = match custom {
+            Some(_) => None,
+            None => {
+                let auth = NatsAuth::load_or_create(&dir.join("auth"))?;
+                auth.write_server_files()?;
+                Some(auth)
+            }
+        };
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, custom.unwrap_or(NATS_CONF))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))?;
+        let scheme = if custom.is_some_and(|c| c.contains("tls {")) { "tls" } else { "nats" };
+        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), dir, auth };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not start on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    /// The node's credentials for this server.
+    pub fn credentials(&self) -> Credentials {
+        match &self.auth {
+            Some(a) => Credentials::CredsFile(a.node_creds_path()),
+            None => Credentials::None,
+        }
+    }
+
+    /// A client in the nodes' account.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        connect_with(&self.url, &self.credentials(), &Tls::default()).await
+    }
+
+    /// The temporary directory that holds its configuration and store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
