@@ -134,9 +134,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let dir = auth_dir.unwrap_or_else(|| canopy_node::nats::auth_dir(&config.data_dir));
             let creds = canopy_node::reader_credentials(&config, &dir, tenant.as_ref(), expires_in_days).await?;
             print!("{creds}");
+            let consumer = match &tenant {
+                Some(t) => format!("a consumer you name, filtered to evt.{t}.>"),
+                None => "an ordered consumer".to_owned(),
+            };
             eprintln!(
-                "Save it as reader.creds and read stream EVENTS with an ordered consumer named by you{}, using inbox prefix {}.",
-                tenant.as_ref().map_or(String::new(), |t| format!(" and filtered to evt.{t}.>")),
+                "Save it as a .creds file and read stream EVENTS with {consumer}, using inbox prefix {} (README, \"Following events\").",
                 canopy_node::nats::auth::reader_inbox_prefix(tenant.as_ref()),
             );
             Ok(())
