@@ -144,6 +144,11 @@ impl CommandFailure {
 /// What goes back on the reply subject.
 pub type CommandResult<T> = Result<T, CommandFailure>;
 
+/// A result as it goes back on the reply subject (JSON).
+pub fn encode_result<T: Serialize>(r: CommandResult<T>) -> Vec<u8> {
+    serde_json::to_vec(&r).unwrap_or_else(|_| br#"{"Err":{"code":"INTERNAL","message":"internal error"}}"#.to_vec())
+}
+
 // Parsed input types travel inside commands: serialise them as plain strings and
 // parse them again on the way in, so the receiving side holds parsed values too.
 macro_rules! string_wire {

@@ -16,14 +16,19 @@ use ractor::MessagingErr;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 
-use crate::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest,
-};
+use futures::future::BoxFuture;
+use ractor::ActorStatus;
+use ractor::rpc::CallResult;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::aggregate::Aggregate;
+use crate::command::{CommandEnvelope, CommandFailure, CommandResult, encode_result};
 use crate::tenant::Scope;
-use account::{AccountActor, AccountMsg};
-use aggregate_actor::{AggregateArgs, AggregateMsg};
+use account::AccountHandler;
+use aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg, Handler};
 use deps::{Deps, broken};
-use directory::{DirectoryActor, DirectoryMsg, tenant_created_subject};
+use directory::{DirectoryHandler, tenant_created_subject};
 
 pub struct NodeSupervisor;
 
@@ -160,13 +165,167 @@ impl NodeState {
 
 pub struct TenantSupervisor;
 
-pub enum TenantMsg {
-    Account(CommandEnvelope<AccountRequest>, RpcReplyPort<CommandResult<AccountReply>>),
-    Directory(CommandEnvelope<TenantRequest>, RpcReplyPort<CommandResult<TenantReply>>),
-    IdleCheck,
-    /// Makes the AccountActor panic on its next command (tests of supervision).
+/// One kind of child of a tenant's tree: the aggregate actor of one handler,
+/// and how a command for it travels from JSON to the actor and back.
+pub struct ChildSpec {
+    /// The aggregate's subject token: commands arrive on `cmd.{tenant}.{aggregate}`.
+    pub aggregate: &'static str,
+    /// Whether the platform's tree runs it.
+    pub on_platform: bool,
+    /// Whether tenants' trees run it.
+    pub in_tenants: bool,
+    spawn: SpawnFn,
+    execute_json: ExecuteFn,
     #[cfg(feature = "fault-injection")]
-    PanicAccountActor,
+    panic: fn(&ActorCell),
+}
+
+/// Every kind of aggregate a tree runs. An aggregate joins the tree, and
+/// `cmd.{tenant}.{aggregate}` reaches it, with its line here.
+pub const CHILDREN: &[ChildSpec] =
+    &[ChildSpec::of::<AccountHandler>(true, true), ChildSpec::of::<DirectoryHandler>(true, false)];
+
+impl ChildSpec {
+    pub const fn of<H>(on_platform: bool, in_tenants: bool) -> Self
+    where
+        H: Handler,
+        H::Request: DeserializeOwned,
+        H::Reply: Serialize,
+    {
+        Self {
+            aggregate: <H::Aggregate as Aggregate>::NAME,
+            on_platform,
+            in_tenants,
+            spawn: spawn_child::<H>,
+            execute_json: execute_json::<H>,
+            #[cfg(feature = "fault-injection")]
+            panic: |cell| {
+                let _ = cell.send_message(AggregateMsg::<H>::PanicOnNextCommand);
+            },
+        }
+    }
+
+    pub fn runs_in(&self, scope: &Scope) -> bool {
+        match scope {
+            Scope::Platform => self.on_platform,
+            Scope::Tenant(_) => self.in_tenants,
+        }
+    }
+
+    /// The child that runs `aggregate` in trees of `scope`.
+    pub fn find(aggregate: &str, scope: &Scope) -> Option<&'static ChildSpec> {
+        CHILDREN.iter().find(|c| c.aggregate == aggregate && c.runs_in(scope))
+    }
+
+    /// Decodes a command (JSON) for this child, runs it on `tree` and encodes
+    /// the reply; a command that does not decode is answered `BAD_USER_INPUT`.
+    pub async fn execute_json(&self, tree: &ActorRef<TenantMsg>, payload: &[u8], timeout: Duration) -> Delivery {
+        (self.execute_json)(tree, payload, timeout).await
+    }
+}
+
+type SpawnErr = ractor::SpawnErr;
+/// Starts a child under a tree.
+type SpawnFn = for<'a> fn(&'a ActorRef<TenantMsg>, &'a Scope, &'a Deps) -> BoxFuture<'a, Result<ActorCell, SpawnErr>>;
+/// Runs a JSON command on a tree's child.
+type ExecuteFn = for<'a> fn(&'a ActorRef<TenantMsg>, &'a [u8], Duration) -> BoxFuture<'a, Delivery>;
+
+fn spawn_child<'a, H: Handler>(
+    tree: &'a ActorRef<TenantMsg>,
+    scope: &'a Scope,
+    deps: &'a Deps,
+) -> BoxFuture<'a, Result<ActorCell, SpawnErr>> {
+    Box::pin(async move {
+        let args = AggregateArgs { scope: scope.clone(), deps: deps.clone() };
+        let (child, _) = Actor::spawn_linked(None, AggregateActor::<H>::default(), args, tree.get_cell()).await?;
+        Ok(child.get_cell())
+    })
+}
+
+/// What became of a command handed to a tree.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The encoded `CommandResult`.
+    Replied(Vec<u8>),
+    /// The tree stopped (passivated) before its child took the command; a
+    /// fresh tree may be asked, under the same command id.
+    TreeStopped,
+}
+
+fn execute_json<'a, H>(tree: &'a ActorRef<TenantMsg>, payload: &'a [u8], timeout: Duration) -> BoxFuture<'a, Delivery>
+where
+    H: Handler,
+    H::Request: DeserializeOwned,
+    H::Reply: Serialize,
+{
+    Box::pin(async move {
+        let envelope: CommandEnvelope<H::Request> = match serde_json::from_slice(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                let refused = CommandFailure::new("BAD_USER_INPUT", format!("malformed command: {e}"));
+                return Delivery::Replied(encode_result::<()>(Err(refused)));
+            }
+        };
+        let result = match call::<H>(tree, envelope, timeout).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => {
+                tracing::error!(aggregate = H::NAME, "command timed out in the tenant tree");
+                Err(CommandFailure::internal())
+            }
+            // Our reply port was dropped. If the tree is passivating, it dropped the
+            // command with it; if it runs, the actor handling the command failed
+            // and the caller may retry with the same id.
+            Ok(CallResult::SenderError) if tree.get_status() != ActorStatus::Running => return Delivery::TreeStopped,
+            Ok(CallResult::SenderError) => {
+                tracing::error!(aggregate = H::NAME, "the actor handling a command stopped");
+                Err(CommandFailure::internal())
+            }
+            Err(_) => return Delivery::TreeStopped,
+        };
+        Delivery::Replied(encode_result(result))
+    })
+}
+
+/// Hands `envelope` to the child of `tree` that runs `H`, and waits for its reply.
+pub async fn call<H: Handler>(
+    tree: &ActorRef<TenantMsg>,
+    envelope: CommandEnvelope<H::Request>,
+    timeout: Duration,
+) -> Result<CallResult<CommandResult<H::Reply>>, MessagingErr<TenantMsg>> {
+    let aggregate = <H::Aggregate as Aggregate>::NAME;
+    tree.call(
+        move |port| {
+            let send: Deliver = Box::new(move |child| match child {
+                Some(cell) => {
+                    // If the child is gone, the port is dropped with the message and
+                    // the caller hears at once rather than at its timeout.
+                    let _ = cell.send_message(AggregateMsg::<H>::Execute(envelope, port));
+                }
+                None => {
+                    let _ = port.send(Err(CommandFailure::new("NOT_FOUND", "no such aggregate here")));
+                }
+            });
+            TenantMsg::Command { aggregate, send }
+        },
+        Some(timeout),
+    )
+    .await
+}
+
+/// Delivers a typed command to the child that runs its aggregate, or answers
+/// that the tree has none. The tree never needs the command's types.
+pub type Deliver = Box<dyn FnOnce(Option<&ActorCell>) + Send>;
+
+pub enum TenantMsg {
+    /// A command for the child running `aggregate` (see `call`).
+    Command {
+        aggregate: &'static str,
+        send: Deliver,
+    },
+    IdleCheck,
+    /// Makes the child running `aggregate` panic on its next command (tests of supervision).
+    #[cfg(feature = "fault-injection")]
+    Panic(&'static str),
 }
 
 pub struct TenantArgs {
@@ -178,30 +337,11 @@ pub struct TenantArgs {
 pub struct TenantState {
     scope: Scope,
     deps: Deps,
-    account: ActorRef<AccountMsg>,
-    directory: Option<ActorRef<DirectoryMsg>>,
+    /// The running children, one per `ChildSpec` this tree runs.
+    children: Vec<(&'static ChildSpec, ActorCell)>,
     last_active: Instant,
     idle_timeout: Duration,
     idle_timer: Option<JoinHandle<Result<(), MessagingErr<TenantMsg>>>>,
-}
-
-async fn spawn_account(
-    myself: &ActorRef<TenantMsg>,
-    scope: &Scope,
-    deps: &Deps,
-) -> Result<ActorRef<AccountMsg>, ActorProcessingErr> {
-    let args = AggregateArgs { scope: scope.clone(), deps: deps.clone() };
-    let (account, _) = Actor::spawn_linked(None, AccountActor::default(), args, myself.get_cell()).await?;
-    Ok(account)
-}
-
-async fn spawn_directory(
-    myself: &ActorRef<TenantMsg>,
-    deps: &Deps,
-) -> Result<ActorRef<DirectoryMsg>, ActorProcessingErr> {
-    let args = AggregateArgs { scope: Scope::Platform, deps: deps.clone() };
-    let (directory, _) = Actor::spawn_linked(None, DirectoryActor::default(), args, myself.get_cell()).await?;
-    Ok(directory)
 }
 
 impl Actor for TenantSupervisor {
@@ -214,17 +354,15 @@ impl Actor for TenantSupervisor {
         myself: ActorRef<TenantMsg>,
         args: TenantArgs,
     ) -> Result<TenantState, ActorProcessingErr> {
-        let account = spawn_account(&myself, &args.scope, &args.deps).await?;
-        let directory = match args.scope {
-            Scope::Platform => Some(spawn_directory(&myself, &args.deps).await?),
-            Scope::Tenant(_) => None,
-        };
+        let mut children = Vec::new();
+        for spec in CHILDREN.iter().filter(|c| c.runs_in(&args.scope)) {
+            children.push((spec, (spec.spawn)(&myself, &args.scope, &args.deps).await?));
+        }
         let idle_timer = Some(myself.send_after(args.idle_timeout, || TenantMsg::IdleCheck));
         Ok(TenantState {
             scope: args.scope,
             deps: args.deps,
-            account,
-            directory,
+            children,
             last_active: Instant::now(),
             idle_timeout: args.idle_timeout,
             idle_timer,
@@ -238,28 +376,16 @@ impl Actor for TenantSupervisor {
         state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Account(cmd, reply) => {
+            TenantMsg::Command { aggregate, send } => {
                 state.last_active = Instant::now();
-                // If the child is gone, `reply` is dropped with the message and the
-                // caller gets an error at once rather than waiting for a timeout.
-                let _ = state.account.cast(AggregateMsg::Execute(cmd, reply));
-            }
-            TenantMsg::Directory(cmd, reply) => {
-                state.last_active = Instant::now();
-                match &state.directory {
-                    Some(d) => {
-                        let _ = d.cast(AggregateMsg::Execute(cmd, reply));
-                    }
-                    None => {
-                        let _ =
-                            reply.send(Err(CommandFailure::new("NOT_FOUND", "tenants are created on the platform")));
-                    }
-                }
+                send(state.child(aggregate));
             }
             TenantMsg::IdleCheck => state.idle_check(&myself),
             #[cfg(feature = "fault-injection")]
-            TenantMsg::PanicAccountActor => {
-                let _ = state.account.cast(AggregateMsg::PanicOnNextCommand);
+            TenantMsg::Panic(aggregate) => {
+                if let Some((spec, cell)) = state.children.iter().find(|(s, _)| s.aggregate == aggregate) {
+                    (spec.panic)(cell);
+                }
             }
         }
         Ok(())
@@ -276,12 +402,10 @@ impl Actor for TenantSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
             _ => return Ok(()),
         };
-        if cell.get_id() == state.account.get_id() {
-            tracing::warn!(tenant = %state.scope, reason = %why, "AccountActor stopped; restarting it");
-            state.account = spawn_account(&myself, &state.scope, &state.deps).await?;
-        } else if state.directory.as_ref().is_some_and(|d| d.get_id() == cell.get_id()) {
-            tracing::warn!(reason = %why, "DirectoryActor stopped; restarting it");
-            state.directory = Some(spawn_directory(&myself, &state.deps).await?);
+        if let Some(at) = state.children.iter().position(|(_, c)| c.get_id() == cell.get_id()) {
+            let spec = state.children[at].0;
+            tracing::warn!(tenant = %state.scope, aggregate = spec.aggregate, reason = %why, "a child stopped; restarting it");
+            state.children[at].1 = (spec.spawn)(&myself, &state.scope, &state.deps).await?;
         }
         Ok(())
     }
@@ -296,6 +420,10 @@ impl Actor for TenantSupervisor {
 }
 
 impl TenantState {
+    fn child(&self, aggregate: &str) -> Option<&ActorCell> {
+        self.children.iter().find(|(s, _)| s.aggregate == aggregate).map(|(_, c)| c)
+    }
+
     fn idle_check(&mut self, myself: &ActorRef<TenantMsg>) {
         let idle = self.last_active.elapsed();
         if idle >= self.idle_timeout {

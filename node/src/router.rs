@@ -6,14 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::command::{COMMAND_WILDCARD, CommandEnvelope, CommandFailure, CommandResult};
+use actors::command::{COMMAND_WILDCARD, CommandFailure, CommandResult, encode_result};
 use actors::tenant::Scope;
-use actors::tree::{NodeMsg, TenantMsg};
+use actors::tree::{ChildSpec, Delivery, NodeMsg, TenantMsg};
 use futures::StreamExt;
 use ractor::rpc::CallResult;
-use ractor::{ActorRef, ActorStatus, RpcReplyPort};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use ractor::{ActorRef, ActorStatus};
 use tokio::sync::{RwLock, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -67,13 +65,11 @@ impl Router {
             return;
         };
         let payload = match Scope::parse_token(scope) {
-            Err(_) => encode::<()>(Err(CommandFailure::new("BAD_USER_INPUT", "invalid tenant in subject"))),
-            Ok(scope) => match aggregate {
-                "account" => encode(self.route(scope, &msg.payload, TenantMsg::Account).await),
-                "tenant" if scope == Scope::Platform => {
-                    encode(self.route(scope, &msg.payload, TenantMsg::Directory).await)
-                }
-                _ => encode::<()>(Err(CommandFailure::new("NOT_FOUND", "no such aggregate"))),
+            Err(_) => encode_result::<()>(Err(CommandFailure::new("BAD_USER_INPUT", "invalid tenant in subject"))),
+            // The tree's child list is the route table.
+            Ok(scope) => match ChildSpec::find(aggregate, &scope) {
+                Some(child) => self.route(child, scope, &msg.payload).await,
+                None => encode_result::<()>(Err(CommandFailure::new("NOT_FOUND", "no such aggregate"))),
             },
         };
         if let Err(e) = self.nats.publish(reply, payload.into()).await {
@@ -81,43 +77,23 @@ impl Router {
         }
     }
 
-    async fn route<R, T>(
-        &self,
-        scope: Scope,
-        payload: &[u8],
-        wrap: fn(CommandEnvelope<R>, RpcReplyPort<CommandResult<T>>) -> TenantMsg,
-    ) -> CommandResult<T>
-    where
-        R: DeserializeOwned + Clone + Send + 'static,
-        T: Send + 'static,
-    {
-        let cmd: CommandEnvelope<R> = serde_json::from_slice(payload)
-            .map_err(|e| CommandFailure::new("BAD_USER_INPUT", format!("malformed command: {e}")))?;
+    /// Hands a command to the tenant's tree and returns the encoded reply.
+    async fn route(&self, child: &ChildSpec, scope: Scope, payload: &[u8]) -> Vec<u8> {
         // A tree may stop (idle) between lookup and delivery; then ask again once.
         // Retrying is safe: the command id makes a second delivery a no-op.
         for attempt in 0..2 {
-            let tree = self.tree(&scope).await?;
-            match tree.call(|port| wrap(cmd.clone(), port), Some(self.timeout)).await {
-                Ok(CallResult::Success(result)) => return result,
-                Ok(CallResult::Timeout) => {
-                    tracing::error!(tenant = %scope, "command timed out in the tenant tree");
-                    return Err(CommandFailure::internal());
-                }
-                // Our reply port was dropped. If the tree is passivating, it dropped the
-                // command with it: ask for a fresh tree. If it is running, the actor
-                // handling the command failed; the caller may retry with the same id.
-                Ok(CallResult::SenderError) if attempt == 0 && tree.get_status() != ActorStatus::Running => {
-                    self.forget(&scope, &tree).await;
-                }
-                Ok(CallResult::SenderError) => {
-                    tracing::error!(tenant = %scope, "the actor handling a command stopped");
-                    return Err(CommandFailure::internal());
-                }
-                Err(_) if attempt == 0 => self.forget(&scope, &tree).await,
-                Err(_) => return Err(CommandFailure::internal()),
+            let tree = match self.tree(&scope).await {
+                Ok(t) => t,
+                Err(f) => return encode_result::<()>(Err(f)),
+            };
+            match child.execute_json(&tree, payload, self.timeout).await {
+                Delivery::Replied(reply) => return reply,
+                Delivery::TreeStopped if attempt == 0 => self.forget(&scope, &tree).await,
+                Delivery::TreeStopped => break,
             }
         }
-        Err(CommandFailure::internal())
+        tracing::error!(tenant = %scope, "the tenant's tree stopped twice while taking a command");
+        encode_result::<()>(Err(CommandFailure::internal()))
     }
 
     /// The tenant's tree: from the cache, or from the NodeSupervisor (which starts
@@ -142,8 +118,4 @@ impl Router {
             trees.remove(scope);
         }
     }
-}
-
-fn encode<T: Serialize>(r: CommandResult<T>) -> Vec<u8> {
-    serde_json::to_vec(&r).unwrap_or_else(|_| br#"{"Err":{"code":"INTERNAL","message":"internal error"}}"#.to_vec())
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use actors::account::Account;
 use actors::account::{AccountId, Email, Password, PersonName};
+use actors::aggregate::Aggregate;
 use actors::command::{
     AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, TenantReply, TenantRequest,
 };
@@ -11,7 +13,9 @@ use actors::hasher::{Hasher, owasp_params};
 use actors::ids::CommandId;
 use actors::seal::{KeyRing, MasterKey};
 use actors::tenant::{Scope, TenantId, TenantName};
+use actors::tree::account::AccountHandler;
 use actors::tree::deps::Deps;
+use actors::tree::directory::DirectoryHandler;
 use actors::tree::{NodeArgs, NodeMsg, NodeSupervisor, TenantMsg};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
@@ -60,7 +64,7 @@ async fn create_tenant(node: &ActorRef<NodeMsg>, slug: &str) -> String {
             owner_password: Password::parse("owner-password").unwrap(),
         },
     };
-    match platform.call(|p| TenantMsg::Directory(cmd, p), T).await.unwrap() {
+    match actors::tree::call::<DirectoryHandler>(&platform, cmd, T.unwrap()).await.unwrap() {
         CallResult::Success(Ok(TenantReply::Created { owner_account_id, .. })) => owner_account_id,
         other => panic!("tenant not created: {other:?}"),
     }
@@ -92,7 +96,7 @@ async fn send(
     tree: &ActorRef<TenantMsg>,
     cmd: CommandEnvelope<AccountRequest>,
 ) -> CallResult<CommandResult<AccountReply>> {
-    tree.call(|p| TenantMsg::Account(cmd, p), T).await.unwrap()
+    actors::tree::call::<AccountHandler>(tree, cmd, T.unwrap()).await.unwrap()
 }
 
 #[tokio::test]
@@ -103,7 +107,7 @@ async fn a_crashed_account_actor_restarts_and_rebuilds_from_the_log() {
     let acme = tree(&node, Scope::Tenant(TenantId::parse("acme").unwrap())).await;
     assert!(matches!(send(&acme, update(&owner, "u1", "Before")).await, CallResult::Success(Ok(_))));
 
-    acme.cast(TenantMsg::PanicAccountActor).unwrap();
+    acme.cast(TenantMsg::Panic(Account::NAME)).unwrap();
     // The command in flight when the actor panics gets an error at once, not a hang.
     let in_flight = tokio::time::timeout(Duration::from_secs(5), send(&acme, update(&owner, "u2", "Lost"))).await;
     assert!(
