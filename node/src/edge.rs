@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 
 use crate::App;
 use crate::auth::TokenError;
-use crate::graphql::RequestCtx;
+use crate::graphql::request::RequestCtx;
 
 /// The largest request body the GraphQL endpoint reads.
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -1,0 +1,277 @@
+//! Accounts in GraphQL: `me`, the owner's `users` page, `register`, `login`
+//! and `updateProfile`.
+
+use actors::account::{AccountId, Email, Password, PersonName};
+use actors::command::{AccountReply, AccountRequest, CommandFailure};
+use actors::tenant::Scope;
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+use super::request::{
+    bad_input, command_id, consistent, error, failure, internal, parse, parts, principal, send, settle,
+};
+use crate::App;
+use crate::read_model::UserRow;
+
+/// The largest page `users` returns.
+pub const MAX_PAGE: i32 = 100;
+
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct AuthPayload {
+    /// A bearer token for `Authorization: Bearer <token>`.
+    token: String,
+    /// When the token expires (RFC 3339).
+    expires_at: String,
+    #[graphql(skip)]
+    account_id: String,
+}
+
+#[ComplexObject]
+impl AuthPayload {
+    /// The signed-in account.
+    async fn user(&self, ctx: &Context<'_>) -> User {
+        let (_, req) = parts(ctx);
+        let scope = match &req.principal {
+            Some(p) => Scope::parse_token(&p.tenant).unwrap_or(req.scope.clone()),
+            None => req.scope.clone(),
+        };
+        // Its actor has just registered or authenticated it.
+        User::known(&scope, &self.account_id)
+    }
+}
+
+/// An account, read from its tenant's read model. Where a command has just
+/// succeeded for the account, the answer starts from its id alone and reads the
+/// row on the first field that needs it: a mutation that selects only `id` (read-
+/// your-writes already waited for) costs no SurrealDB query.
+pub struct User {
+    id: String,
+    scope: Scope,
+    row: tokio::sync::OnceCell<UserRow>,
+}
+
+impl User {
+    /// An account known to exist (a command for it just succeeded), read lazily.
+    fn known(scope: &Scope, account_id: &str) -> Self {
+        Self { id: account_id.to_owned(), scope: scope.clone(), row: tokio::sync::OnceCell::new() }
+    }
+
+    fn from_row(scope: &Scope, row: UserRow) -> Self {
+        Self { id: row.account_id.clone(), scope: scope.clone(), row: tokio::sync::OnceCell::from(row) }
+    }
+
+    /// The read-model row, read once however many fields ask for it.
+    async fn row(&self, ctx: &Context<'_>) -> async_graphql::Result<&UserRow> {
+        self.row.get_or_try_init(|| user_row(parts(ctx).0, &self.scope, &self.id)).await
+    }
+}
+
+/// An account as others see it.
+#[Object]
+impl User {
+    async fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn email(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.email)
+    }
+
+    async fn firstname(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.firstname)
+    }
+
+    async fn lastname(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.lastname)
+    }
+
+    /// True for the tenant's owner.
+    async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        Ok(self.row(ctx).await?.owner)
+    }
+
+    async fn created_at(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(&self.row(ctx).await?.created_at)
+    }
+}
+
+/// An account's read-model row; NOT_FOUND when it has none.
+async fn user_row(app: &App, scope: &Scope, account_id: &str) -> async_graphql::Result<UserRow> {
+    app.read_model
+        .user(scope, account_id)
+        .await
+        .map_err(|e| internal("reading a user", e))?
+        .ok_or_else(|| error("NOT_FOUND", "no such account"))
+}
+
+/// Reads an account now, for `me`: a token can outlive its account's read model row.
+async fn load_user(app: &App, scope: &Scope, account_id: &str) -> async_graphql::Result<User> {
+    Ok(User::from_row(scope, user_row(app, scope, account_id).await?))
+}
+
+fn issue(app: &App, scope: &Scope, account_id: String) -> async_graphql::Result<AuthPayload> {
+    let (token, claims) = app.tokens.issue(scope, &account_id).map_err(|e| internal("signing a token", e))?;
+    let expires_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    Ok(AuthPayload { token, expires_at, account_id })
+}
+
+/// The accounts part of the query root.
+#[derive(Default)]
+pub struct AccountQuery;
+
+#[Object]
+impl AccountQuery {
+    /// The signed-in account.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        consistent(app, req).await;
+        load_user(app, &req.scope, &p.sub).await
+    }
+
+    /// The tenant's accounts, oldest first (the tenant owner only).
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "page size, 1 to 100", default = 20)] first: i32,
+        #[graphql(desc = "the `endCursor` of the previous page")] after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, User>> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(bad_input("first", format!("must be between 1 and {MAX_PAGE}")));
+        }
+        let after_seq = match &after {
+            Some(c) => decode_cursor(c).ok_or_else(|| bad_input("after", "not a cursor returned by `users`"))?,
+            None => 0,
+        };
+        consistent(app, req).await;
+        let caller = app.read_model.user(&req.scope, &p.sub).await.map_err(|e| internal("reading a user", e))?;
+        let allowed = match &req.scope {
+            Scope::Platform => caller.is_some(),
+            Scope::Tenant(_) => caller.is_some_and(|c| c.owner),
+        };
+        if !allowed {
+            return Err(error("FORBIDDEN", "only the tenant owner may list users"));
+        }
+        let limit = first as usize;
+        let mut rows =
+            app.read_model.users(&req.scope, after_seq, limit + 1).await.map_err(|e| internal("listing users", e))?;
+        let has_next = rows.len() > limit;
+        rows.truncate(limit);
+        let mut conn = Connection::new(after.is_some(), has_next);
+        conn.edges.extend(rows.into_iter().map(|r| Edge::new(encode_cursor(r.seq), User::from_row(&req.scope, r))));
+        Ok(conn)
+    }
+}
+
+fn encode_cursor(seq: u64) -> String {
+    B64.encode(format!("user:{seq}"))
+}
+
+fn decode_cursor(c: &str) -> Option<u64> {
+    let raw = String::from_utf8(B64.decode(c).ok()?).ok()?;
+    raw.strip_prefix("user:")?.parse().ok()
+}
+
+#[derive(InputObject)]
+pub struct RegisterInput {
+    email: String,
+    password: String,
+    firstname: String,
+    lastname: String,
+}
+
+#[derive(InputObject)]
+pub struct LoginInput {
+    email: String,
+    password: String,
+}
+
+#[derive(InputObject)]
+pub struct UpdateProfileInput {
+    firstname: String,
+    lastname: String,
+}
+
+/// The accounts part of the mutation root.
+#[derive(Default)]
+pub struct AccountMutation;
+
+#[Object]
+impl AccountMutation {
+    /// Creates an account in the current tenant and signs it in.
+    async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
+        let (app, req) = parts(ctx);
+        if req.scope == Scope::Platform {
+            return Err(error(
+                "BAD_USER_INPUT",
+                "register needs a tenant: send `x-tenant-id`, use a tenant subdomain or /t/{tenant}/graphql",
+            ));
+        }
+        let request = AccountRequest::Register {
+            email: parse("email", Email::parse(&input.email))?,
+            password: parse("password", Password::parse(&input.password))?,
+            firstname: parse("firstname", PersonName::parse(&input.firstname))?,
+            lastname: parse("lastname", PersonName::parse(&input.lastname))?,
+        };
+        let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "register"), request).await?;
+        let AccountReply::Registered { account_id, seq } = reply else {
+            return Err(internal("unexpected reply", "register"));
+        };
+        settle(ctx, app, seq).await;
+        issue(app, &req.scope, account_id)
+    }
+
+    /// Signs in with email and password; without a tenant, as a platform administrator.
+    async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
+        let (app, req) = parts(ctx);
+        // Malformed input cannot match an account: answer exactly as for a wrong
+        // password, so the error does not tell which part was wrong.
+        let (Ok(email), Ok(password)) = (Email::parse(&input.email), Password::parse(&input.password)) else {
+            return Err(failure(CommandFailure::invalid_credentials()));
+        };
+        let request = AccountRequest::Login { email, password };
+        let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "login"), request).await?;
+        let AccountReply::LoggedIn { account_id, .. } = reply else {
+            return Err(internal("unexpected reply", "login"));
+        };
+        issue(app, &req.scope, account_id)
+    }
+
+    /// Changes the signed-in account's names.
+    async fn update_profile(&self, ctx: &Context<'_>, input: UpdateProfileInput) -> async_graphql::Result<User> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        let request = AccountRequest::UpdateProfile {
+            account_id: AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?,
+            firstname: parse("firstname", PersonName::parse(&input.firstname))?,
+            lastname: parse("lastname", PersonName::parse(&input.lastname))?,
+        };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "updateProfile"), request).await?;
+        let AccountReply::Updated { seq } = reply else {
+            return Err(internal("unexpected reply", "updateProfile"));
+        };
+        settle(ctx, app, seq).await;
+        Ok(User::known(&req.scope, &p.sub))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(&B64.encode("other:1")), None);
+    }
+}

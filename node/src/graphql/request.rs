@@ -1,0 +1,131 @@
+//! What every GraphQL part shares: the request's context as the edge resolved
+//! it, typed errors, and sending a command and waiting for its projection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::account::{AccountId, InputError};
+use actors::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
+use actors::ids::CommandId;
+use actors::tenant::Scope;
+use async_graphql::{Context, ErrorExtensions};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::App;
+use crate::auth::Claims;
+
+/// Who is asking, and for which tenant; resolved by the edge before execution.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub scope: Scope,
+    pub principal: Option<Claims>,
+    /// From the `idempotency-key` header: retries with the same key apply once.
+    pub idempotency_key: Option<String>,
+    /// From the `canopy-consistency` header: wait until the read models reach it.
+    pub consistency: Option<u64>,
+}
+
+pub fn error(code: &str, message: impl Into<String>) -> async_graphql::Error {
+    let code = code.to_owned();
+    async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
+}
+
+pub fn failure(f: CommandFailure) -> async_graphql::Error {
+    error(&f.code, f.message)
+}
+
+pub fn internal(what: &str, e: impl std::fmt::Display) -> async_graphql::Error {
+    tracing::error!(error = %e, "{what}");
+    error("INTERNAL", "internal error")
+}
+
+pub fn bad_input(field: &'static str, e: impl std::fmt::Display) -> async_graphql::Error {
+    let message = format!("{field}: {e}");
+    async_graphql::Error::new(message).extend_with(move |_, ext| {
+        ext.set("code", "BAD_USER_INPUT");
+        ext.set("field", field);
+    })
+}
+
+pub fn parse<T>(field: &'static str, r: Result<T, InputError>) -> async_graphql::Result<T> {
+    r.map_err(|e| bad_input(field, e))
+}
+
+pub fn parts<'a>(ctx: &'a Context<'_>) -> (&'a Arc<App>, &'a RequestCtx) {
+    (ctx.data_unchecked::<Arc<App>>(), ctx.data_unchecked::<RequestCtx>())
+}
+
+pub fn principal(req: &RequestCtx) -> async_graphql::Result<&Claims> {
+    req.principal
+        .as_ref()
+        .ok_or_else(|| error("UNAUTHENTICATED", "sign in first: send `Authorization: Bearer <token>`"))
+}
+
+pub fn platform_admin(req: &RequestCtx) -> async_graphql::Result<&Claims> {
+    let p = principal(req)?;
+    if req.scope != Scope::Platform || p.tenant != actors::tenant::PLATFORM_TOKEN {
+        return Err(error("FORBIDDEN", "only a platform administrator may do this"));
+    }
+    Ok(p)
+}
+
+/// The command id: derived from the idempotency key when there is one (so a retry
+/// maps to the same command; the actor refuses it if the request differs), else fresh.
+pub fn command_id(req: &RequestCtx, operation: &str) -> CommandId {
+    match &req.idempotency_key {
+        Some(key) => {
+            let who = req.principal.as_ref().map_or("anonymous", |p| p.sub.as_str());
+            let digest = Sha256::digest(format!("{}\0{who}\0{operation}\0{key}", req.scope).as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            CommandId::parse(&hex).expect("32 hex characters are a command id")
+        }
+        None => CommandId::fresh(),
+    }
+}
+
+/// The principal a command carries: the verified token's account, or nobody.
+pub fn command_principal(req: &RequestCtx) -> async_graphql::Result<Principal> {
+    let Some(p) = &req.principal else { return Ok(Principal::Anonymous) };
+    let scope = Scope::parse_token(&p.tenant).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
+    let account_id = AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
+    Ok(Principal::Account { scope, account_id })
+}
+
+/// Sends a command to the owning tree over NATS and decodes the typed answer.
+pub async fn send<R: Serialize, T: DeserializeOwned>(
+    app: &App,
+    req: &RequestCtx,
+    scope: &Scope,
+    aggregate: &str,
+    command_id: CommandId,
+    request: R,
+) -> async_graphql::Result<T> {
+    let envelope = CommandEnvelope { command_id, principal: command_principal(req)?, request };
+    let body = serde_json::to_vec(&envelope).map_err(|e| internal("encoding a command", e))?;
+    let timeout = Duration::from_millis(app.config.command_timeout_ms);
+    let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))
+        .await
+        .map_err(|_| internal("command timed out", "no reply"))?
+        .map_err(|e| internal("sending a command", e))?;
+    let result: CommandResult<T> =
+        serde_json::from_slice(&reply.payload).map_err(|e| internal("decoding a command reply", e))?;
+    result.map_err(failure)
+}
+
+/// Read-your-writes: wait until the local projection has applied `seq`.
+pub async fn settle(ctx: &Context<'_>, app: &App, seq: u64) {
+    ctx.insert_http_header("canopy-consistency", seq.to_string());
+    let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
+    if !app.progress.wait_for(seq, timeout).await {
+        tracing::warn!(seq, "read models did not reach the write in time; answering anyway");
+    }
+}
+
+pub async fn consistent(app: &App, req: &RequestCtx) {
+    if let Some(seq) = req.consistency {
+        let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
+        let _ = app.progress.wait_for(seq, timeout).await;
+    }
+}

@@ -1,0 +1,79 @@
+//! Tenants in GraphQL: the platform administrators' `tenants` and `createTenant`.
+
+use actors::account::{Email, Password};
+use actors::command::{TenantReply, TenantRequest};
+use actors::tenant::{Scope, TenantId, TenantName};
+use async_graphql::{Context, InputObject, Object, SimpleObject};
+
+use super::request::{bad_input, command_id, consistent, internal, parse, parts, platform_admin, send, settle};
+use crate::read_model::TenantRow;
+
+#[derive(SimpleObject)]
+pub struct Tenant {
+    /// The slug; tenants are addressed by it.
+    id: String,
+    slug: String,
+    name: String,
+    created_at: String,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Self {
+        Self { id: r.slug.clone(), slug: r.slug, name: r.name, created_at: r.created_at }
+    }
+}
+
+/// The tenants part of the query root.
+#[derive(Default)]
+pub struct TenantQuery;
+
+#[Object]
+impl TenantQuery {
+    /// Every tenant (platform administrators only).
+    async fn tenants(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Tenant>> {
+        let (app, req) = parts(ctx);
+        platform_admin(req)?;
+        consistent(app, req).await;
+        let rows = app.read_model.tenants().await.map_err(|e| internal("listing tenants", e))?;
+        Ok(rows.into_iter().map(Tenant::from).collect())
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateTenantInput {
+    /// `[a-z0-9][a-z0-9-]{1,62}`
+    slug: String,
+    name: String,
+    owner_email: String,
+    owner_password: String,
+}
+
+/// The tenants part of the mutation root.
+#[derive(Default)]
+pub struct TenantMutation;
+
+#[Object]
+impl TenantMutation {
+    /// Creates a tenant and its owner account (platform administrators only).
+    async fn create_tenant(&self, ctx: &Context<'_>, input: CreateTenantInput) -> async_graphql::Result<Tenant> {
+        let (app, req) = parts(ctx);
+        platform_admin(req)?;
+        let slug = TenantId::parse(&input.slug).map_err(|e| bad_input("slug", e))?;
+        let request = TenantRequest::Create {
+            slug: slug.clone(),
+            name: TenantName::parse(&input.name).map_err(|e| bad_input("name", e))?,
+            owner_email: parse("ownerEmail", Email::parse(&input.owner_email))?,
+            owner_password: parse("ownerPassword", Password::parse(&input.owner_password))?,
+        };
+        let reply: TenantReply =
+            send(app, req, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
+        let TenantReply::Created { seq, .. } = reply;
+        settle(ctx, app, seq).await;
+        app.read_model
+            .tenant(&slug)
+            .await
+            .map_err(|e| internal("reading a tenant", e))?
+            .map(Tenant::from)
+            .ok_or_else(|| internal("tenant not projected in time", slug.as_str()))
+    }
+}
