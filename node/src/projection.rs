@@ -13,16 +13,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actors::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
-use actors::seal::{KeyRing, SealError, Sealed, person_key_name, person_of_key};
+use actors::seal::{KeyRing, person_of_key};
 use actors::tenant::Scope;
 use async_nats::jetstream::consumer;
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::read_model::{DbChanges, DeadLetter, ReadError, ReadModel, Statement, db_name, record_id};
+
+pub mod accounts;
+pub mod event;
+pub mod tenants;
+
+use event::{ERASED, Event, Projection, Unapplied, refused, statement};
+
+/// Every projection: an aggregate's events reach the read models through its
+/// entry here.
+const PROJECTIONS: &[&dyn Projection] = &[&accounts::Accounts, &tenants::Tenants];
 
 /// How far the projector has got: the stream sequence of the last applied event.
 #[derive(Clone)]
@@ -138,26 +147,6 @@ pub struct Projector {
 /// Most events applied in one transaction per database.
 const MAX_BATCH: usize = 512;
 
-/// What the read models show in place of a person's erased personal data.
-pub const ERASED: &str = "[erased]";
-
-/// Why the projector cannot apply an event.
-#[derive(Debug, thiserror::Error)]
-enum Unapplied {
-    /// The event can never be applied as it is, so it is set aside. The reason
-    /// names rules and fields, never a value from the event: it is written to
-    /// the node's log and to the read model.
-    #[error("{0}")]
-    Refused(String),
-    /// Something the projector needs is unavailable: the batch is tried again later.
-    #[error(transparent)]
-    Unavailable(anyhow::Error),
-}
-
-fn refused(reason: impl Into<String>) -> Unapplied {
-    Unapplied::Refused(reason.into())
-}
-
 /// One message of a batch, ready to commit.
 struct Entry {
     seq: u64,
@@ -219,16 +208,6 @@ impl Grouped {
             }
         }
         grouped.changes
-    }
-}
-
-fn statement(sql: String, vars: Value) -> Statement {
-    Statement {
-        sql,
-        vars: match vars {
-            Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        },
     }
 }
 
@@ -545,107 +524,16 @@ impl Projector {
         Ok(Entry { seq, subject: subject.to_owned(), outcome })
     }
 
-    /// Opens a personal field, which must be sealed under the person's own key
-    /// `kid`: a value sealed under another key, even a real one copied from
-    /// another event, is refused. A key that no longer exists means the person
-    /// was erased.
-    async fn open(&self, data: &Value, field: &str, kid: &str) -> Result<String, Unapplied> {
-        let sealed: Sealed = data
-            .get(field)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .ok_or_else(|| refused(format!("field `{field}` is not a sealed value")))?;
-        if sealed.kid != kid {
-            return Err(refused(format!("field `{field}` is sealed under another key")));
-        }
-        let key = match self.keys.existing_key(kid).await {
-            Ok(k) => k,
-            Err(SealError::MissingKey(_)) => return Ok(ERASED.into()),
-            // The bucket is unreachable, or this node's master key does not unwrap
-            // the key: neither is the event's fault.
-            Err(e) => return Err(Unapplied::Unavailable(e.into())),
-        };
-        key.open(&sealed)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| refused(format!("field `{field}` does not open with its key")))
-    }
-
     async fn statements(&self, scope: &Scope, ev: &Stored) -> Result<Vec<Statement>, Unapplied> {
-        let env = &ev.envelope;
-        // Older shapes of an event type are upcast first, so the statements below
-        // only handle current ones; a shape from a newer build is set aside.
-        let current = actors::contract::current_data(env).map_err(|e| refused(e.to_string()))?;
-        let data = &current;
-        let text = |k: &str| -> Result<String, Unapplied> {
-            data.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| refused(format!("field `{k}` is missing or not a string")))
-        };
-        // Record ids are written as literals: `type::record(...)` made every statement
-        // a function call, a measurable share of the projector's cost. `record_id`
-        // only accepts subject-safe tokens, so nothing from the log can reach the
-        // query text unchecked. `RETURN NONE`: the projector reads no results.
-        let record = |table: &str, key: &str| record_id(table, key).ok_or_else(|| refused("unsafe id"));
-        Ok(match (env.aggregate.as_str(), env.event_type.as_str()) {
-            ("tenant", "TenantCreated") => {
-                if *scope != Scope::Platform {
-                    return Err(refused("TenantCreated outside the platform"));
-                }
-                let slug = text("slug")?;
-                if slug != env.aggregate_id {
-                    return Err(refused("field `slug` disagrees with the aggregate id"));
-                }
-                let id = record("tenant", &slug)?;
-                vec![statement(
-                    format!(
-                        "UPSERT {id} CONTENT {{ slug: $slug, name: $name, owner_account_id: $owner, created_seq: $seq, created_at: $at }} RETURN NONE"
-                    ),
-                    serde_json::json!({
-                        "slug": slug, "name": text("name")?, "owner": text("owner_account_id")?,
-                        "seq": ev.seq, "at": env.occurred_at,
-                    }),
-                )]
-            }
-            ("account", "AccountRegistered") => {
-                let account_id = text("account_id")?;
-                if account_id != env.aggregate_id {
-                    return Err(refused("field `account_id` disagrees with the aggregate id"));
-                }
-                let id = record("user", &account_id)?;
-                let owner = data
-                    .get("owner")
-                    .and_then(Value::as_bool)
-                    .ok_or_else(|| refused("field `owner` is missing or not a boolean"))?;
-                let kid = person_key_name(scope, &account_id);
-                vec![statement(
-                    format!(
-                        "UPSERT {id} CONTENT {{ account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at }} RETURN NONE"
-                    ),
-                    serde_json::json!({
-                        "id": account_id,
-                        "email": self.open(data, "email", &kid).await?,
-                        "first": self.open(data, "firstname", &kid).await?,
-                        "last": self.open(data, "lastname", &kid).await?,
-                        "owner": owner,
-                        "seq": ev.seq, "at": env.occurred_at,
-                    }),
-                )]
-            }
-            ("account", "ProfileUpdated") => {
-                let id = record("user", &env.aggregate_id)?;
-                let kid = person_key_name(scope, &env.aggregate_id);
-                vec![statement(
-                    format!("UPDATE {id} SET firstname = $first, lastname = $last RETURN NONE"),
-                    serde_json::json!({
-                        "first": self.open(data, "firstname", &kid).await?,
-                        "last": self.open(data, "lastname", &kid).await?,
-                    }),
-                )]
-            }
-            // Claims and event types this build does not project only move the checkpoint.
-            _ => Vec::new(),
-        })
+        // Older shapes of an event type are upcast first, so projections only
+        // handle current ones; a shape from a newer build is set aside.
+        let data = actors::contract::current_data(&ev.envelope).map_err(|e| refused(e.to_string()))?;
+        let event = Event { scope, stored: ev, data, keys: &self.keys };
+        match PROJECTIONS.iter().find(|p| p.aggregate() == ev.envelope.aggregate) {
+            Some(p) => p.statements(&event).await,
+            // Claims and aggregates no projection reads only move the checkpoint.
+            None => Ok(Vec::new()),
+        }
     }
 }
 
