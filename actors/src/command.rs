@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountId, Email, Password, PersonName};
-use crate::ids::CommandId;
-use crate::tenant::{Scope, TenantId, TenantName};
+use crate::domain::account::{AccountId, Email, Password, PersonName};
+use crate::domain::ids::CommandId;
+use crate::domain::tenant::{Scope, TenantId, TenantName};
 
 pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
     format!("cmd.{}.{aggregate}", scope.token())
@@ -109,7 +109,7 @@ impl CommandFailure {
         Self { code: code.to_owned(), message: message.into() }
     }
 
-    pub fn rejected(e: &impl crate::aggregate::DomainError) -> Self {
+    pub fn rejected(e: &impl crate::domain::aggregate::DomainError) -> Self {
         Self::new(e.code(), e.to_string())
     }
 

@@ -3,10 +3,12 @@
 
 use serde_json::{Value, json};
 
-use crate::account::{Account, AccountEvent, EMAIL_CLAIM, EMAIL_RESERVED, EMAIL_RESERVED_VERSION, EmailReserved};
-use crate::aggregate::{Aggregate, UpcastError, upcast_to_current};
-use crate::event_store::Envelope;
-use crate::tenant::{Tenant, TenantEvent};
+use crate::domain::account::{
+    Account, AccountEvent, EMAIL_CLAIM, EMAIL_RESERVED, EMAIL_RESERVED_VERSION, EmailReserved,
+};
+use crate::domain::aggregate::{Aggregate, UpcastError, upcast_to_current};
+use crate::domain::tenant::{Tenant, TenantEvent};
+use crate::store::event_store::Envelope;
 
 /// The data of a stored envelope in its event type's current shape, whatever
 /// the aggregate: what a reader of the whole log (the projector) decodes.

@@ -9,7 +9,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier 
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
 
-use crate::account::Password;
+use crate::domain::account::Password;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {

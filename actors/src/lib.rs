@@ -1,15 +1,10 @@
-//! Canopy's core: the pure domain (`account`, `tenant`), the event store on
-//! JetStream, and the actors that run commands for each tenant.
+//! Canopy's core: the pure domain (`domain`), the event store and keys on
+//! JetStream (`store`), and the actors that run commands for each tenant (`tree`).
 
-pub mod account;
-pub mod aggregate;
 pub mod command;
 pub mod contract;
-pub mod event_store;
-pub mod executor;
+pub mod domain;
 pub mod hasher;
-pub mod ids;
 pub mod memory;
-pub mod seal;
-pub mod tenant;
+pub mod store;
 pub mod tree;

@@ -8,6 +8,7 @@ pub mod account;
 pub mod aggregate_actor;
 pub mod deps;
 pub mod directory;
+pub mod executor;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -22,9 +23,9 @@ use ractor::rpc::CallResult;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::aggregate::Aggregate;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, encode_result};
-use crate::tenant::Scope;
+use crate::domain::aggregate::Aggregate;
+use crate::domain::tenant::Scope;
 use account::AccountHandler;
 use aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg, Handler};
 use deps::{Deps, broken};

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::account::{AccountId, PersonName};
 use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, command_subject};
-use actors::event_store::stream_config;
-use actors::ids::CommandId;
-use actors::tenant::{Scope, TenantId};
+use actors::domain::account::{AccountId, PersonName};
+use actors::domain::ids::CommandId;
+use actors::domain::tenant::{Scope, TenantId};
+use actors::store::event_store::stream_config;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -178,7 +178,7 @@ struct Drain {
 impl Drain {
     async fn wait(&self) -> anyhow::Result<()> {
         // `get_stream` fetches the stream's info; its cached copy is current.
-        let head = self.js.get_stream(actors::event_store::STREAM).await?.cached_info().state.last_sequence;
+        let head = self.js.get_stream(actors::store::event_store::STREAM).await?.cached_info().state.last_sequence;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let metrics = self.client.get(&self.metrics).send().await?.text().await?;
@@ -374,7 +374,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         if opts.quick { (Duration::from_millis(300), 2, 4) } else { (Duration::from_secs(8), 100, 64) };
     // The bench shares the node's master key, so its own actors (F, G) can open the
     // keys the node created.
-    let master = actors::seal::MasterKey::generate();
+    let master = actors::store::seal::MasterKey::generate();
 
     let config = Config {
         nats_url: Some(nats.url.clone()),
@@ -449,7 +449,7 @@ struct Fixture {
     tenants: usize,
     busy_accounts: usize,
     levels: [usize; 2],
-    master: actors::seal::MasterKey,
+    master: actors::store::seal::MasterKey,
     metrics: String,
     only: Option<String>,
 }
@@ -505,7 +505,10 @@ async fn scenarios(
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(NATS_MESSAGE_ID, uuid::Uuid::now_v7().simple().to_string().as_str());
                 h.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, last[a].load(Ordering::Acquire).to_string().as_str());
-                h.insert(actors::event_store::EXPECTED_SUBJECT_HEADER, format!("bench.t{a}.account.a{a}.*").as_str());
+                h.insert(
+                    actors::store::event_store::EXPECTED_SUBJECT_HEADER,
+                    format!("bench.t{a}.account.a{a}.*").as_str(),
+                );
                 let subject = format!("bench.t{a}.account.a{a}.ProfileUpdated");
                 let ack = js.publish_with_headers(subject, h, payload).await?.await?;
                 last[a].store(ack.sequence, Ordering::Release);
@@ -733,10 +736,10 @@ async fn bench_deps(
     fixture: &Fixture,
     snapshot_every: u64,
 ) -> anyhow::Result<actors::tree::deps::Deps> {
-    let (store, keys) = actors::event_store::EventStore::open(nc.clone(), 1).await?;
+    let (store, keys) = actors::store::event_store::EventStore::open(nc.clone(), 1).await?;
     Ok(actors::tree::deps::Deps {
         store,
-        keys: actors::seal::KeyRing::new(keys, fixture.master.clone()),
+        keys: actors::store::seal::KeyRing::new(keys, fixture.master.clone()),
         hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),
         snapshot_every,
         cache_per_tenant: 1000,
@@ -751,7 +754,7 @@ async fn activation(
     owner: Actor,
     results: &mut Vec<Stats>,
 ) -> anyhow::Result<()> {
-    use actors::account::Account;
+    use actors::domain::account::Account;
     use actors::tree::{NodeArgs, NodeMsg, NodeSupervisor};
     use ractor::Actor as _;
 
@@ -762,7 +765,7 @@ async fn activation(
     for &n in sizes {
         // Bring the owner's account to n events (the earlier scenarios wrote some).
         let have =
-            actors::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?.since_snapshot;
+            actors::tree::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?.since_snapshot;
         let mut pending = tokio::task::JoinSet::new();
         for k in have..n {
             pending.spawn(update_profile(nc.clone(), owner.clone(), k));
@@ -789,9 +792,9 @@ async fn activation(
                     _ => bail!("no tree for {scope}"),
                 }
                 let loaded = if snapshot {
-                    actors::executor::load::<Account>(&deps.store, &scope, &owner.account_id).await?
+                    actors::tree::executor::load::<Account>(&deps.store, &scope, &owner.account_id).await?
                 } else {
-                    actors::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?
+                    actors::tree::executor::replay_all::<Account>(&deps.store, &scope, &owner.account_id).await?
                 };
                 lat.push(t.elapsed().as_micros() as u64);
                 if !loaded.state.is_registered() {

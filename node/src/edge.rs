@@ -2,9 +2,11 @@
 //! endpoint, which resolves the tenant, authenticates the caller and bounds the body
 //! before anything is executed.
 
+pub mod auth;
+
 use std::sync::Arc;
 
-use actors::tenant::{PLATFORM_TOKEN, Scope, TenantId};
+use actors::domain::tenant::{PLATFORM_TOKEN, Scope, TenantId};
 use async_graphql::http::GraphiQLSource;
 use poem::http::{HeaderMap, StatusCode};
 use poem::web::{Data, Html, Json, Path};
@@ -13,7 +15,7 @@ use poem::{Body, EndpointExt, IntoResponse, Request, Response, Route, get, handl
 use secrecy::ExposeSecret;
 
 use crate::App;
-use crate::auth::TokenError;
+use crate::edge::auth::TokenError;
 use crate::graphql::request::RequestCtx;
 
 /// The largest request body the GraphQL endpoint reads.

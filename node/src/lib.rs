@@ -1,7 +1,6 @@
 //! The `canopy` node: configuration, NATS bootstrap, the HTTP/GraphQL edge, the
 //! command router, projections into SurrealDB, and the actor tree from `actors`.
 
-pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
@@ -18,13 +17,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::account::{Email, Password, PersonName};
 use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, command_subject};
-use actors::event_store::EventStore;
+use actors::domain::account::{Email, Password, PersonName};
+use actors::domain::ids::CommandId;
+use actors::domain::tenant::{Scope, TenantId};
 use actors::hasher::{Hasher, owasp_params};
-use actors::ids::CommandId;
-use actors::seal::{KeyRing, MasterKey};
-use actors::tenant::{Scope, TenantId};
+use actors::store::event_store::EventStore;
+use actors::store::seal::{KeyRing, MasterKey};
 use actors::tree::deps::Deps;
 use actors::tree::{NodeArgs, NodeMsg, NodeSupervisor};
 use anyhow::Context;
@@ -44,7 +43,7 @@ pub use config::Config;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use crate::auth::Tokens;
+use crate::edge::auth::Tokens;
 use crate::graphql::CanopySchema;
 use crate::nats::ManagedNats;
 use crate::projection::{Progress, Projector};
@@ -136,7 +135,7 @@ pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 impl Core {
     pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        auth::install_crypto();
+        edge::auth::install_crypto();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("while creating the data dir {}", config.data_dir.display()))?;
         let master = master_key(config)?;

@@ -129,7 +129,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Nats { action: NatsCmd::Credentials { read_events: _, tenant, expires_in_days, auth_dir } } => {
             let tenant = tenant
-                .map(|t| actors::tenant::TenantId::parse(&t).with_context(|| format!("--tenant {t:?}")))
+                .map(|t| actors::domain::tenant::TenantId::parse(&t).with_context(|| format!("--tenant {t:?}")))
                 .transpose()?;
             let dir = auth_dir.unwrap_or_else(|| canopy_node::nats::auth_dir(&config.data_dir));
             let creds = canopy_node::reader_credentials(&config, &dir, tenant.as_ref(), expires_in_days).await?;

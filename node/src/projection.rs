@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
-use actors::seal::{KeyRing, person_of_key};
-use actors::tenant::Scope;
+use actors::domain::tenant::Scope;
+use actors::store::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
+use actors::store::seal::{KeyRing, person_of_key};
 use async_nats::jetstream::consumer;
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
@@ -546,7 +546,7 @@ pub async fn rebuild(rm: &ReadModel, store: &EventStore, keys: &KeyRing) -> anyh
 
 #[cfg(test)]
 mod tests {
-    use actors::tenant::TenantId;
+    use actors::domain::tenant::TenantId;
 
     use super::*;
     use crate::config::Config;

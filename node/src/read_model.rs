@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use actors::ids::is_safe_token;
-use actors::tenant::{Scope, TenantId};
+use actors::domain::ids::is_safe_token;
+use actors::domain::tenant::{Scope, TenantId};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;

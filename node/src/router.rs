@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::command::{COMMAND_WILDCARD, CommandFailure, CommandResult, encode_result};
-use actors::tenant::Scope;
+use actors::domain::tenant::Scope;
 use actors::tree::{ChildSpec, Delivery, NodeMsg, TenantMsg};
 use futures::StreamExt;
 use ractor::rpc::CallResult;

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use actors::domain::tenant::{Scope, TenantId};
 use actors::memory::{DELAY, release_now, resident_bytes};
-use actors::tenant::{Scope, TenantId};
 use actors::tree::deps::Deps;
 use actors::tree::{NodeArgs, NodeSupervisor, TenantArgs, TenantSupervisor};
 use canopy_node::nats::local::LocalNats;
@@ -21,10 +21,10 @@ const TREES: usize = 2_000;
 async fn the_memory_of_stopped_trees_leaves_the_process() {
     let nats = LocalNats::start().expect("nats-server");
     let nc = nats.client().await.expect("connect");
-    let (store, keys) = actors::event_store::EventStore::open(nc, 1).await.expect("stream");
+    let (store, keys) = actors::store::event_store::EventStore::open(nc, 1).await.expect("stream");
     let deps = Deps {
         store,
-        keys: actors::seal::KeyRing::new(keys, actors::seal::MasterKey::generate()),
+        keys: actors::store::seal::KeyRing::new(keys, actors::store::seal::MasterKey::generate()),
         hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),
         snapshot_every: 100,
         cache_per_tenant: 1000,

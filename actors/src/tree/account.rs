@@ -4,18 +4,18 @@
 //! login is free (it changes nothing) and reads the cache. Preparation happens
 //! here, outside `decide`: hashing, sealing, the email's claim.
 
-use crate::account::{
+use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
+use crate::domain::account::{
     Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password,
     PersonName, Registration,
 };
-use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
-use crate::event_store::{Stamp, Stored, event_subject};
-use crate::executor::{ExecError, Loaded, execute, load, refresh};
-use crate::ids::CommandId;
-use crate::seal::{person_key_name, tenant_key_name};
-use crate::tenant::Scope;
+use crate::domain::ids::CommandId;
+use crate::domain::tenant::Scope;
+use crate::store::event_store::{Stamp, Stored, event_subject};
+use crate::store::seal::{person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
+use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
 
 /// The accounts of one scope (a tenant, or the platform's administrators).
 pub struct AccountHandler;

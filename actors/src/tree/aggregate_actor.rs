@@ -22,11 +22,11 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinSet;
 
-use crate::aggregate::Aggregate;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult};
-use crate::executor::Loaded;
-use crate::tenant::Scope;
+use crate::domain::aggregate::Aggregate;
+use crate::domain::tenant::Scope;
 use crate::tree::deps::Deps;
+use crate::tree::executor::Loaded;
 
 /// Where a command runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,9 +2,9 @@
 //! becomes a command's reply.
 
 use crate::command::CommandFailure;
-use crate::event_store::EventStore;
 use crate::hasher::Hasher;
-use crate::seal::KeyRing;
+use crate::store::event_store::EventStore;
+use crate::store::seal::KeyRing;
 
 /// What every actor in the tree shares.
 #[derive(Clone, Debug)]

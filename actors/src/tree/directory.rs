@@ -3,15 +3,15 @@
 //! never a tenant without an owner, nor an owner without a tenant. Creations of
 //! one slug run in its lane; creations of different slugs run at once.
 
-use crate::account::{Account, AccountCommand};
-use crate::aggregate::Aggregate;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
-use crate::event_store::{Stamp, StoreErrorKind, batch_for, event_subject};
-use crate::executor::Loaded;
-use crate::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
+use crate::domain::account::{Account, AccountCommand};
+use crate::domain::aggregate::Aggregate;
+use crate::domain::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
+use crate::store::event_store::{Stamp, StoreErrorKind, batch_for, event_subject};
 use crate::tree::account::{NewAccount, account_id_for, prepare_registration, request_digest};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
+use crate::tree::executor::Loaded;
 
 /// Tenants, in the platform's tree.
 pub struct DirectoryHandler;
@@ -99,8 +99,8 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
             account_id: owner_id.clone(),
             email: owner_email,
             password: owner_password,
-            firstname: crate::account::PersonName::parse("Owner").expect("a constant name parses"),
-            lastname: crate::account::PersonName::parse(slug.as_str()).expect("a slug is a valid name"),
+            firstname: crate::domain::account::PersonName::parse("Owner").expect("a constant name parses"),
+            lastname: crate::domain::account::PersonName::parse(slug.as_str()).expect("a slug is a valid name"),
             owner: true,
         },
     )

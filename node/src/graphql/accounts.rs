@@ -1,9 +1,9 @@
 //! Accounts in GraphQL: `me`, the owner's `users` page, `register`, `login`
 //! and `updateProfile`.
 
-use actors::account::{AccountId, Email, Password, PersonName};
 use actors::command::{AccountReply, AccountRequest, CommandFailure};
-use actors::tenant::Scope;
+use actors::domain::account::{AccountId, Email, Password, PersonName};
+use actors::domain::tenant::Scope;
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
 use base64::Engine;

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::account::{AccountId, InputError};
 use actors::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
-use actors::ids::CommandId;
-use actors::tenant::Scope;
+use actors::domain::account::{AccountId, InputError};
+use actors::domain::ids::CommandId;
+use actors::domain::tenant::Scope;
 use async_graphql::{Context, ErrorExtensions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::App;
-use crate::auth::Claims;
+use crate::edge::auth::Claims;
 
 /// Who is asking, and for which tenant; resolved by the edge before execution.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub fn principal(req: &RequestCtx) -> async_graphql::Result<&Claims> {
 
 pub fn platform_admin(req: &RequestCtx) -> async_graphql::Result<&Claims> {
     let p = principal(req)?;
-    if req.scope != Scope::Platform || p.tenant != actors::tenant::PLATFORM_TOKEN {
+    if req.scope != Scope::Platform || p.tenant != actors::domain::tenant::PLATFORM_TOKEN {
         return Err(error("FORBIDDEN", "only a platform administrator may do this"));
     }
     Ok(p)

@@ -1,8 +1,8 @@
 //! Tenants in GraphQL: the platform administrators' `tenants` and `createTenant`.
 
-use actors::account::{Email, Password};
 use actors::command::{TenantReply, TenantRequest};
-use actors::tenant::{Scope, TenantId, TenantName};
+use actors::domain::account::{Email, Password};
+use actors::domain::tenant::{Scope, TenantId, TenantName};
 use async_graphql::{Context, InputObject, Object, SimpleObject};
 
 use super::request::{bad_input, command_id, consistent, internal, parse, parts, platform_admin, send, settle};

@@ -24,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use actors::tenant::TenantId;
+use actors::domain::tenant::TenantId;
 use anyhow::{Context, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -319,7 +319,7 @@ pub async fn ensure_reader_mirror(url: &str, auth: &NatsAuth, tls: &super::Tls, 
         storage: stream::StorageType::File,
         num_replicas: replicas,
         mirror: Some(stream::Source {
-            name: actors::event_store::STREAM.to_owned(),
+            name: actors::store::event_store::STREAM.to_owned(),
             external: Some(stream::External {
                 api_prefix: MIRROR_API.to_owned(),
                 delivery_prefix: Some(MIRROR_DELIVER.to_owned()),

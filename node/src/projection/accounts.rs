@@ -1,7 +1,7 @@
 //! Accounts in their tenant's database: one `user` record per account, its
 //! personal fields opened with the person's own key (or `[erased]`).
 
-use actors::seal::person_key_name;
+use actors::store::seal::person_key_name;
 use futures::future::BoxFuture;
 use serde_json::Value;
 

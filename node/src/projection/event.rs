@@ -2,9 +2,9 @@
 //! scope, a way to open sealed fields) and what it returns: SurrealQL
 //! statements, or why the event can never be applied.
 
-use actors::event_store::Stored;
-use actors::seal::{KeyRing, SealError, Sealed};
-use actors::tenant::Scope;
+use actors::domain::tenant::Scope;
+use actors::store::event_store::Stored;
+use actors::store::seal::{KeyRing, SealError, Sealed};
 use futures::future::BoxFuture;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use actors::tenant::Scope;
+use actors::domain::tenant::Scope;
 
 use super::event::{Event, Projection, Unapplied, refused, statement};
 use crate::read_model::Statement;

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use actors::account::Account;
-use actors::account::{AccountId, Email, Password, PersonName};
-use actors::aggregate::Aggregate;
 use actors::command::{
     AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, TenantReply, TenantRequest,
 };
-use actors::event_store::EventStore;
+use actors::domain::account::Account;
+use actors::domain::account::{AccountId, Email, Password, PersonName};
+use actors::domain::aggregate::Aggregate;
+use actors::domain::ids::CommandId;
+use actors::domain::tenant::{Scope, TenantId, TenantName};
 use actors::hasher::{Hasher, owasp_params};
-use actors::ids::CommandId;
-use actors::seal::{KeyRing, MasterKey};
-use actors::tenant::{Scope, TenantId, TenantName};
+use actors::store::event_store::EventStore;
+use actors::store::seal::{KeyRing, MasterKey};
 use actors::tree::account::AccountHandler;
 use actors::tree::deps::Deps;
 use actors::tree::directory::DirectoryHandler;
@@ -216,14 +216,20 @@ async fn a_restarted_node_loads_an_account_from_its_snapshot_and_the_newer_event
     }
     node.stop_and_wait(None, None).await.unwrap();
 
-    let key = actors::executor::snapshot_key::<actors::account::Account>(&acme_scope, &owner);
-    let (snap_seq, snap) =
-        store.load_snapshot::<actors::account::AccountState>(&key).await.unwrap().expect("a snapshot after 3 events");
-    let full = actors::executor::load::<actors::account::Account>(&store, &acme_scope, &owner).await.unwrap();
+    let key = actors::tree::executor::snapshot_key::<actors::domain::account::Account>(&acme_scope, &owner);
+    let (snap_seq, snap) = store
+        .load_snapshot::<actors::domain::account::AccountState>(&key)
+        .await
+        .unwrap()
+        .expect("a snapshot after 3 events");
+    let full =
+        actors::tree::executor::load::<actors::domain::account::Account>(&store, &acme_scope, &owner).await.unwrap();
     assert!(snap_seq < full.version, "newer events follow the snapshot");
     assert!(snap.is_registered());
     // Replaying only the log from the start gives the same state as snapshot + tail.
-    let replayed = actors::executor::replay_all::<actors::account::Account>(&store, &acme_scope, &owner).await.unwrap();
+    let replayed = actors::tree::executor::replay_all::<actors::domain::account::Account>(&store, &acme_scope, &owner)
+        .await
+        .unwrap();
     assert_eq!(replayed.version, full.version);
     assert_eq!(replayed.state, full.state);
 
@@ -350,11 +356,11 @@ mod echo {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use actors::account::Account;
     use actors::command::{CommandEnvelope, CommandResult};
-    use actors::executor::Loaded;
-    use actors::tenant::Scope;
+    use actors::domain::account::Account;
+    use actors::domain::tenant::Scope;
     use actors::tree::aggregate_actor::{Ctx, Handler, Route};
+    use actors::tree::executor::Loaded;
 
     /// The order in which commands ran, as `lane:word`.
     pub static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -1,7 +1,7 @@
 //! The event log's guarantees, checked against a real nats-server.
 
-use actors::event_store::{Envelope, EventStore, Pending, StoreErrorKind, aggregate_filter, event_subject};
-use actors::tenant::{Scope, TenantId};
+use actors::domain::tenant::{Scope, TenantId};
+use actors::store::event_store::{Envelope, EventStore, Pending, StoreErrorKind, aggregate_filter, event_subject};
 
 use crate::harness::{NatsServer, all_events};
 
@@ -10,8 +10,8 @@ async fn store(nats: &NatsServer) -> EventStore {
     EventStore::open(client, 1).await.unwrap().0
 }
 
-fn cid(raw: &str) -> actors::ids::CommandId {
-    actors::ids::CommandId::parse(raw).unwrap()
+fn cid(raw: &str) -> actors::domain::ids::CommandId {
+    actors::domain::ids::CommandId::parse(raw).unwrap()
 }
 
 fn acme() -> Scope {
@@ -29,7 +29,7 @@ fn pending(id: &str, event_type: &str, expected: Option<u64>) -> Pending {
             tenant: "acme".into(),
             aggregate: "account".into(),
             aggregate_id: id.into(),
-            occurred_at: actors::event_store::now_rfc3339(),
+            occurred_at: actors::store::event_store::now_rfc3339(),
             command_id: "c".into(),
             request_digest: String::new(),
             schema_version: 1,

@@ -116,7 +116,7 @@ async fn a_node_connects_over_tls_to_a_server_signed_by_the_given_authority() {
 
 /// A reader's client: its credential and its inbox prefix.
 async fn reader(nats: &NatsServer, tenant: Option<&str>) -> async_nats::Client {
-    let tenant = tenant.map(|t| actors::tenant::TenantId::parse(t).unwrap());
+    let tenant = tenant.map(|t| actors::domain::tenant::TenantId::parse(t).unwrap());
     let auth = nats.local().auth.as_ref().unwrap();
     ensure_reader_mirror(nats.url(), auth, &Tls::default(), 1).await.unwrap();
     let creds = auth.reader_creds(tenant.as_ref(), None).unwrap();

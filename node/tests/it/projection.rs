@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use actors::event_store::EventStore;
-use actors::seal::{KeyRing, MasterKey, SealError, person_key_name};
-use actors::tenant::Scope;
+use actors::domain::tenant::Scope;
+use actors::store::event_store::EventStore;
+use actors::store::seal::{KeyRing, MasterKey, SealError, person_key_name};
 use serde_json::{Value, json};
 
 use crate::harness::*;

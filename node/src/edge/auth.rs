@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use actors::seal::KeyRing;
-use actors::tenant::Scope;
+use actors::domain::tenant::Scope;
+use actors::store::seal::KeyRing;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ed25519_dalek::SigningKey;
@@ -207,7 +207,7 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actors::tenant::TenantId;
+    use actors::domain::tenant::TenantId;
 
     fn tokens(seed: u8) -> Tokens {
         install_crypto();

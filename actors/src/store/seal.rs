@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::ids::is_safe_token;
-use crate::tenant::Scope;
+use crate::domain::ids::is_safe_token;
+use crate::domain::tenant::Scope;
 
 /// A ciphertext as it appears in events: `kid` names the data key in the `keys`
 /// bucket, `n` is the nonce and `c` the ciphertext with its tag (both base64url).

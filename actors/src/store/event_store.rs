@@ -17,10 +17,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::aggregate::{Aggregate, Reservation, upcast_to_current};
-use crate::ids::CommandId;
-use crate::ids::is_safe_token;
-use crate::tenant::Scope;
+use crate::domain::aggregate::{Aggregate, Reservation, upcast_to_current};
+use crate::domain::ids::CommandId;
+use crate::domain::ids::is_safe_token;
+use crate::domain::tenant::Scope;
 
 pub const STREAM: &str = "EVENTS";
 pub const SNAPSHOTS: &str = "snapshots";

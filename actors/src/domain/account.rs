@@ -10,8 +10,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Aggregate, Decision, DomainError, Reservation};
-use crate::seal::Sealed;
+use crate::domain::aggregate::{Aggregate, Decision, DomainError, Reservation};
+use crate::store::seal::Sealed;
 
 /// An account's id: a UUID in its canonical lowercase hyphenated form (ids are
 /// derived from command ids with UUID v5). It becomes a subject token, a key
@@ -305,7 +305,7 @@ impl Aggregate for Account {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::check;
+    use crate::domain::aggregate::check;
 
     fn sealed(tag: &str) -> Sealed {
         Sealed::opaque_for_tests(tag)
@@ -371,7 +371,7 @@ mod tests {
         let expected =
             AccountEvent::ProfileUpdated(ProfileUpdated { firstname: sealed("grace"), lastname: sealed("hopper") });
         check::<Account>(&[registered()], cmd, Ok(vec![expected.clone()]));
-        let state = crate::aggregate::replay::<Account>(&[registered(), expected]);
+        let state = crate::domain::aggregate::replay::<Account>(&[registered(), expected]);
         assert_eq!(state.firstname, Some(sealed("grace")));
     }
 

@@ -2,11 +2,11 @@
 //! `decide`, append the batch under the expected-sequence check, `evolve`. On a
 //! conflict it reloads and decides again, a bounded number of times.
 
-use crate::aggregate::{Aggregate, Decision};
-use crate::event_store::{
+use crate::domain::aggregate::{Aggregate, Decision};
+use crate::domain::tenant::Scope;
+use crate::store::event_store::{
     EventStore, Stamp, StoreError, StoreErrorKind, Stored, aggregate_filter, batch_for, event_of,
 };
-use crate::tenant::Scope;
 
 /// An aggregate's state as of `version`, the stream sequence of its last event.
 pub struct Loaded<A: Aggregate> {
@@ -66,7 +66,7 @@ pub async fn refresh<A: Aggregate>(
 
 /// An id becomes a subject token (and, in a filter, sits before a wildcard).
 fn safe_id(id: &str) -> Result<(), StoreError> {
-    if crate::ids::is_safe_token(id) {
+    if crate::domain::ids::is_safe_token(id) {
         Ok(())
     } else {
         Err(StoreError::new(StoreErrorKind::InvalidId, "unsafe aggregate id"))

@@ -9,7 +9,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Aggregate, Decision, DomainError};
+use crate::domain::aggregate::{Aggregate, Decision, DomainError};
 
 /// A tenant slug: `[a-z0-9][a-z0-9-]{1,62}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
@@ -218,7 +218,7 @@ impl Aggregate for Tenant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::check;
+    use crate::domain::aggregate::check;
 
     #[test]
     fn valid_slugs_parse() {
