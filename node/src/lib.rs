@@ -374,7 +374,7 @@ pub async fn reader_credentials(
     auth_dir: &Path,
     tenant: Option<&TenantId>,
     expires_in_days: Option<u32>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<nats::auth::ReaderCredential> {
     let auth = nats::auth::NatsAuth::load(auth_dir)?;
     let (url, tls) = match config.external_nats()? {
         Some((url, _, tls)) => (url, tls),

@@ -132,15 +132,15 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 .map(|t| actors::domain::tenant::TenantId::parse(&t).with_context(|| format!("--tenant {t:?}")))
                 .transpose()?;
             let dir = auth_dir.unwrap_or_else(|| canopy_node::nats::auth_dir(&config.data_dir));
-            let creds = canopy_node::reader_credentials(&config, &dir, tenant.as_ref(), expires_in_days).await?;
-            print!("{creds}");
-            let consumer = match &tenant {
-                Some(t) => format!("a consumer you name, filtered to evt.{t}.>"),
-                None => "an ordered consumer".to_owned(),
+            let reader = canopy_node::reader_credentials(&config, &dir, tenant.as_ref(), expires_in_days).await?;
+            print!("{}", reader.creds);
+            let consumer = match (&tenant, &reader.consumer) {
+                (Some(t), Some(c)) => format!("the consumer named {c}, filtered to evt.{t}.>"),
+                _ => "an ordered consumer".to_owned(),
             };
             eprintln!(
                 "Save it as a .creds file and read stream EVENTS with {consumer}, using inbox prefix {} (README, \"Following events\").",
-                canopy_node::nats::auth::reader_inbox_prefix(tenant.as_ref()),
+                reader.inbox_prefix
             );
             Ok(())
         }

@@ -52,6 +52,17 @@ pub fn reader_inbox_prefix(tenant: Option<&TenantId>) -> String {
     }
 }
 
+/// A reader's credential and what its client must use with it.
+#[derive(Debug, Clone)]
+pub struct ReaderCredential {
+    /// The `.creds` file.
+    pub creds: String,
+    /// The client's inbox prefix: the only subjects the reader may receive on.
+    pub inbox_prefix: String,
+    /// For a tenant's reader, the one consumer name it may use.
+    pub consumer: Option<String>,
+}
+
 /// The operator, system, nodes' and readers' keys.
 pub struct NatsAuth {
     dir: PathBuf,
@@ -237,31 +248,47 @@ impl NatsAuth {
         self.user(&self.canopy, "canopy-node", json!({}), None)
     }
 
-    /// A reader's credential: consumers on the readers' `EVENTS` (all of it, or
-    /// only `evt.{tenant}.>`), pulls from them, deliveries to its own inbox
-    /// prefix, and nothing else. `expires` is a Unix time.
-    pub fn reader_creds(&self, tenant: Option<&TenantId>, expires: Option<i64>) -> anyhow::Result<String> {
+    /// A reader's credential: consumers on the readers' `EVENTS`, pulls from
+    /// them, deliveries to its own inbox prefix, and nothing else. A reader of
+    /// the whole log may create any consumer. A tenant's reader gets one
+    /// consumer name of its own, unguessable, and may create, read and pull
+    /// only that consumer, filtered to `evt.{tenant}.>`: another tenant's
+    /// reader cannot pull from it however its owner named things. `expires` is
+    /// a Unix time.
+    pub fn reader_creds(&self, tenant: Option<&TenantId>, expires: Option<i64>) -> anyhow::Result<ReaderCredential> {
         let s = READERS_STREAM;
-        let create = match tenant {
-            // The filter is part of the subject, and the server refuses a request
-            // whose body names another filter than its subject.
-            Some(t) => vec![format!("$JS.API.CONSUMER.CREATE.{s}.*.evt.{}.>", t.as_str())],
-            None => vec![format!("$JS.API.CONSUMER.CREATE.{s}"), format!("$JS.API.CONSUMER.CREATE.{s}.>")],
+        let inbox_prefix = reader_inbox_prefix(tenant);
+        let (consumer, publish) = match tenant {
+            Some(t) => {
+                let c = format!("{}-{}", t.as_str(), &uuid::Uuid::new_v4().simple().to_string()[..20]);
+                // The filter is part of the subject, and the server refuses a request
+                // whose body names another filter than its subject.
+                let publish = vec![
+                    format!("$JS.API.CONSUMER.CREATE.{s}.{c}.evt.{}.>", t.as_str()),
+                    format!("$JS.API.CONSUMER.INFO.{s}.{c}"),
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{s}.{c}"),
+                ];
+                (Some(c), publish)
+            }
+            None => (
+                None,
+                vec![
+                    format!("$JS.API.CONSUMER.CREATE.{s}"),
+                    format!("$JS.API.CONSUMER.CREATE.{s}.>"),
+                    format!("$JS.API.CONSUMER.INFO.{s}.*"),
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{s}.*"),
+                ],
+            ),
         };
-        let mut publish = vec![
-            "$JS.API.INFO".to_owned(),
-            format!("$JS.API.STREAM.INFO.{s}"),
-            format!("$JS.API.CONSUMER.INFO.{s}.*"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{s}.*"),
-        ];
-        publish.extend(create);
-        let inbox = format!("{}.>", reader_inbox_prefix(tenant));
+        let mut allow = vec!["$JS.API.INFO".to_owned(), format!("$JS.API.STREAM.INFO.{s}")];
+        allow.extend(publish);
         let name = match tenant {
             Some(t) => format!("reader-{}", t.as_str()),
             None => "reader".to_owned(),
         };
-        let permissions = json!({ "pub": { "allow": publish }, "sub": { "allow": [inbox] } });
-        self.user(&self.readers, &name, permissions, expires)
+        let permissions = json!({ "pub": { "allow": allow }, "sub": { "allow": [format!("{inbox_prefix}.>")] } });
+        let creds = self.user(&self.readers, &name, permissions, expires)?;
+        Ok(ReaderCredential { creds, inbox_prefix, consumer })
     }
 
     /// A short-lived credential that may only create the readers' mirror.
@@ -389,12 +416,27 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let auth = NatsAuth::load_or_create(dir.path()).unwrap();
         let acme = TenantId::parse("acme").unwrap();
-        let c = claims(jwt_of(&auth.reader_creds(Some(&acme), None).unwrap()));
+        let reader = auth.reader_creds(Some(&acme), None).unwrap();
+        let consumer = reader.consumer.clone().unwrap();
+        assert!(consumer.starts_with("acme-") && consumer.len() > 20, "{consumer}");
+        let c = claims(jwt_of(&reader.creds));
         let publish: Vec<&str> =
             c["nats"]["pub"]["allow"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(publish.contains(&"$JS.API.CONSUMER.CREATE.EVENTS.*.evt.acme.>"), "{publish:?}");
+        assert!(
+            publish.contains(&format!("$JS.API.CONSUMER.CREATE.EVENTS.{consumer}.evt.acme.>").as_str()),
+            "{publish:?}"
+        );
         assert!(publish.iter().all(|s| !s.contains("evt.>") && !s.starts_with("cmd") && !s.contains("KV")));
+        assert!(
+            publish.iter().all(|s| !s.ends_with(".*")),
+            "a tenant's reader names only its own consumer: {publish:?}"
+        );
         assert_eq!(c["nats"]["sub"]["allow"], json!(["_INBOX_acme.>"]));
-        assert_eq!(claims(jwt_of(&auth.reader_creds(None, Some(42)).unwrap()))["exp"], 42);
+        assert_ne!(
+            auth.reader_creds(Some(&acme), None).unwrap().consumer,
+            Some(consumer),
+            "each credential has its own"
+        );
+        assert_eq!(claims(jwt_of(&auth.reader_creds(None, Some(42)).unwrap().creds))["exp"], 42);
     }
 }

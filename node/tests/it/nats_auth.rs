@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use canopy_node::nats::auth::{NatsAuth, ensure_reader_mirror, reader_inbox_prefix};
+use canopy_node::nats::auth::{NatsAuth, ensure_reader_mirror};
 use canopy_node::nats::connect_with;
 use canopy_node::nats::credentials::{Credentials, Tls};
 use canopy_node::nats::local::LocalNats;
@@ -114,18 +114,20 @@ async fn a_node_connects_over_tls_to_a_server_signed_by_the_given_authority() {
     .await;
 }
 
-/// A reader's client: its credential and its inbox prefix.
-async fn reader(nats: &NatsServer, tenant: Option<&str>) -> async_nats::Client {
+/// A reader's client, with its credential's inbox prefix, and the consumer
+/// name a tenant's credential allows.
+async fn reader(nats: &NatsServer, tenant: Option<&str>) -> (async_nats::Client, Option<String>) {
     let tenant = tenant.map(|t| actors::domain::tenant::TenantId::parse(t).unwrap());
     let auth = nats.local().auth.as_ref().unwrap();
     ensure_reader_mirror(nats.url(), auth, &Tls::default(), 1).await.unwrap();
-    let creds = auth.reader_creds(tenant.as_ref(), None).unwrap();
-    async_nats::ConnectOptions::with_credentials(&creds)
+    let reader = auth.reader_creds(tenant.as_ref(), None).unwrap();
+    let client = async_nats::ConnectOptions::with_credentials(&reader.creds)
         .unwrap()
-        .custom_inbox_prefix(reader_inbox_prefix(tenant.as_ref()))
+        .custom_inbox_prefix(&reader.inbox_prefix)
         .connect(nats.url())
         .await
-        .unwrap()
+        .unwrap();
+    (client, reader.consumer)
 }
 
 /// Reads the readers' `EVENTS` through an ordered consumer until it has `want`
@@ -184,7 +186,7 @@ async fn a_reader_reads_the_log_through_an_ordered_consumer_and_can_do_nothing_e
     let acme = count_on(&nats, "evt.acme.").await;
     assert!(acme >= 3 && total > acme);
 
-    let all = reader(&nats, None).await;
+    let (all, _) = reader(&nats, None).await;
     let seen = read_all(&all, None, "evt.>", total).await;
     assert_eq!(seen.len(), total, "the reader sees the whole log");
     assert!(seen.iter().any(|s| s.starts_with("evt.globex.")));
@@ -237,15 +239,19 @@ async fn a_tenant_reader_reads_only_its_tenants_events() {
     node.tenant("globex", "owner@globex.test").await;
     let acme = count_on(&nats, "evt.acme.").await;
 
-    let reader_acme = reader(&nats, Some("acme")).await;
-    let seen = read_all(&reader_acme, Some("acme-follow"), "evt.acme.>", acme).await;
+    let (reader_acme, consumer) = reader(&nats, Some("acme")).await;
+    let consumer = consumer.expect("a tenant's reader has a consumer name");
+    let seen = read_all(&reader_acme, Some(&consumer), "evt.acme.>", acme).await;
     assert_eq!(seen.len(), acme);
     assert!(seen.iter().all(|s| s.starts_with("evt.acme.")), "{seen:?}");
 
-    // Another tenant's filter, the whole log, or a consumer without the filter
-    // in its create subject: all refused.
+    // Another tenant's filter, the whole log, a consumer without the filter in
+    // its create subject, or another name: all refused.
     let stream = quick_js(reader_acme.clone()).get_stream("EVENTS").await.unwrap();
-    for (name, filter) in [(Some("x"), "evt.globex.>"), (Some("y"), "evt.>"), (None, "evt.acme.>"), (Some("z"), "")] {
+    let own = Some(consumer.as_str());
+    for (name, filter) in
+        [(own, "evt.globex.>"), (own, "evt.>"), (None, "evt.acme.>"), (own, ""), (Some("acme-follow"), "evt.acme.>")]
+    {
         let created = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 name: name.map(str::to_owned),
@@ -256,6 +262,31 @@ async fn a_tenant_reader_reads_only_its_tenants_events() {
         assert!(created.is_err(), "a consumer {name:?} on {filter:?} was created for acme's reader");
     }
     // The whole-log reader's inbox is not acme's to read.
-    let whole = reader(&nats, None).await;
+    let (whole, _) = reader(&nats, None).await;
     assert!(!receives(&reader_acme, &whole, "_INBOX.>", "_INBOX.probe").await, "acme's reader read another inbox");
+
+    // Globex's reader, knowing the name of a consumer another acme reader
+    // keeps (with every acme event still to deliver), cannot pull from it.
+    let (reader_acme2, kept) = reader(&nats, Some("acme")).await;
+    let kept = kept.unwrap();
+    quick_js(reader_acme2)
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            name: Some(kept.clone()),
+            filter_subject: "evt.acme.>".into(),
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .expect("acme's reader keeps a consumer of its own");
+    let (reader_globex, _) = reader(&nats, Some("globex")).await;
+    let pull = format!("$JS.API.CONSUMER.MSG.NEXT.EVENTS.{kept}");
+    let mut inbox = reader_globex.subscribe("_INBOX_globex.pull").await.unwrap();
+    reader_globex.publish_with_reply(pull, "_INBOX_globex.pull", r#"{"batch":10}"#.into()).await.unwrap();
+    reader_globex.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), inbox.next()).await;
+    assert!(!matches!(got, Ok(Some(_))), "globex's reader pulled from acme's consumer");
 }

@@ -316,6 +316,12 @@ async fn the_managed_nats_refuses_strangers_and_the_cli_issues_a_tenants_read_on
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("_INBOX_acme"), "the inbox prefix is explained: {stderr}");
+    let consumer = stderr
+        .split("the consumer named ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("the consumer name is explained: {stderr}"))
+        .to_owned();
     let creds = String::from_utf8(out.stdout).unwrap();
     let reader = async_nats::ConnectOptions::with_credentials(&creds)
         .unwrap()
@@ -329,7 +335,7 @@ async fn the_managed_nats_refuses_strangers_and_the_cli_issues_a_tenants_read_on
     let subjects = loop {
         let consumer = stream
             .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                name: Some("cli-reader".into()),
+                name: Some(consumer.clone()),
                 filter_subject: "evt.acme.>".into(),
                 ..Default::default()
             })
