@@ -1,6 +1,8 @@
 //! The public contract of the event log: one JSON Schema per event type, generated
 //! from the Rust types so it cannot drift (a test compares it with `schemas/events/`).
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 
 use crate::domain::account::{
@@ -12,14 +14,25 @@ use crate::store::event_store::Envelope;
 
 /// The data of a stored envelope in its event type's current shape, whatever
 /// the aggregate: what a reader of the whole log (the projector) decodes.
-pub fn current_data(env: &Envelope) -> Result<Value, UpcastError> {
-    let (t, v, d) = (env.event_type.as_str(), env.schema_version, env.data.clone());
+/// Data already in its current shape is borrowed, not copied: that is every
+/// event until a type's shape changes.
+pub fn current_data(env: &Envelope) -> Result<Cow<'_, Value>, UpcastError> {
+    let (t, v) = (env.event_type.as_str(), env.schema_version);
+    let current = match env.aggregate.as_str() {
+        a if a == Account::NAME => Account::event_version(t),
+        a if a == Tenant::NAME => Tenant::event_version(t),
+        EMAIL_CLAIM => EMAIL_RESERVED_VERSION,
+        _ => 1,
+    };
+    if v == current {
+        return Ok(Cow::Borrowed(&env.data));
+    }
+    let d = env.data.clone();
     match env.aggregate.as_str() {
-        a if a == Account::NAME => upcast_to_current::<Account>(t, v, d),
-        a if a == Tenant::NAME => upcast_to_current::<Tenant>(t, v, d),
-        EMAIL_CLAIM if v <= EMAIL_RESERVED_VERSION => Ok(d),
-        _ if v <= 1 => Ok(d),
-        _ => Err(UpcastError::Newer { event_type: t.to_owned(), version: v, current: 1 }),
+        a if a == Account::NAME => upcast_to_current::<Account>(t, v, d).map(Cow::Owned),
+        a if a == Tenant::NAME => upcast_to_current::<Tenant>(t, v, d).map(Cow::Owned),
+        _ if v < current => Err(UpcastError::Missing { event_type: t.to_owned(), version: v }),
+        _ => Err(UpcastError::Newer { event_type: t.to_owned(), version: v, current }),
     }
 }
 

@@ -525,15 +525,14 @@ impl Projector {
     }
 
     async fn statements(&self, scope: &Scope, ev: &Stored) -> Result<Vec<Statement>, Unapplied> {
+        // Claims and aggregates no projection reads only move the checkpoint.
+        let Some(projection) = PROJECTIONS.iter().find(|p| p.aggregate() == ev.envelope.aggregate) else {
+            return Ok(Vec::new());
+        };
         // Older shapes of an event type are upcast first, so projections only
         // handle current ones; a shape from a newer build is set aside.
         let data = actors::contract::current_data(&ev.envelope).map_err(|e| refused(e.to_string()))?;
-        let event = Event { scope, stored: ev, data, keys: &self.keys };
-        match PROJECTIONS.iter().find(|p| p.aggregate() == ev.envelope.aggregate) {
-            Some(p) => p.statements(&event).await,
-            // Claims and aggregates no projection reads only move the checkpoint.
-            None => Ok(Vec::new()),
-        }
+        projection.statements(&Event { scope, stored: ev, data, keys: &self.keys }).await
     }
 }
 

@@ -2,6 +2,8 @@
 //! scope, a way to open sealed fields) and what it returns: SurrealQL
 //! statements, or why the event can never be applied.
 
+use std::borrow::Cow;
+
 use actors::domain::tenant::Scope;
 use actors::store::event_store::Stored;
 use actors::store::seal::{KeyRing, SealError, Sealed};
@@ -23,8 +25,8 @@ pub struct Event<'a> {
     /// The tenant the event's subject names (checked against its envelope).
     pub scope: &'a Scope,
     pub stored: &'a Stored,
-    /// Its data, upcast to its type's current shape.
-    pub data: Value,
+    /// Its data, upcast to its type's current shape (borrowed when it already is).
+    pub data: Cow<'a, Value>,
     pub(super) keys: &'a KeyRing,
 }
 
