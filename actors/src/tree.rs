@@ -45,11 +45,14 @@ pub enum NodeMsg {
 pub struct NodeArgs {
     pub deps: Deps,
     pub idle_timeout: Duration,
+    /// The kinds of children its trees run: `CHILDREN` in a node.
+    pub children: &'static [ChildSpec],
 }
 
 pub struct NodeState {
     deps: Deps,
     idle_timeout: Duration,
+    children: &'static [ChildSpec],
     trees: HashMap<Scope, ActorRef<TenantMsg>>,
     scopes: HashMap<ActorId, Scope>,
     /// Tenants known to exist; a tenant is never deleted, so this only grows.
@@ -67,6 +70,7 @@ impl Actor for NodeSupervisor {
         Ok(NodeState {
             deps: args.deps,
             idle_timeout: args.idle_timeout,
+            children: args.children,
             trees: HashMap::new(),
             scopes: HashMap::new(),
             known: HashSet::from([Scope::Platform]),
@@ -142,7 +146,12 @@ impl NodeState {
             }
             self.known.insert(scope.clone());
         }
-        let args = TenantArgs { scope: scope.clone(), deps: self.deps.clone(), idle_timeout: self.idle_timeout };
+        let args = TenantArgs {
+            scope: scope.clone(),
+            deps: self.deps.clone(),
+            idle_timeout: self.idle_timeout,
+            children: self.children,
+        };
         let (tree, _) = Actor::spawn_linked(None, TenantSupervisor, args, myself.get_cell())
             .await
             .map_err(|e| broken("starting a tenant tree", e))?;
@@ -181,8 +190,9 @@ pub struct ChildSpec {
     panic: fn(&ActorCell),
 }
 
-/// Every kind of aggregate a tree runs. An aggregate joins the tree, and
-/// `cmd.{tenant}.{aggregate}` reaches it, with its line here.
+/// Every kind of aggregate a node's trees run. An aggregate joins the tree,
+/// and `cmd.{tenant}.{aggregate}` reaches it, with its line here (a node passes
+/// this list in `Deps` to its trees and to its router).
 pub const CHILDREN: &[ChildSpec] =
     &[ChildSpec::of::<AccountHandler>(true, true), ChildSpec::of::<DirectoryHandler>(true, false)];
 
@@ -213,9 +223,9 @@ impl ChildSpec {
         }
     }
 
-    /// The child that runs `aggregate` in trees of `scope`.
-    pub fn find(aggregate: &str, scope: &Scope) -> Option<&'static ChildSpec> {
-        CHILDREN.iter().find(|c| c.aggregate == aggregate && c.runs_in(scope))
+    /// The child of `children` that runs `aggregate` in trees of `scope`.
+    pub fn find(children: &'static [ChildSpec], aggregate: &str, scope: &Scope) -> Option<&'static ChildSpec> {
+        children.iter().find(|c| c.aggregate == aggregate && c.runs_in(scope))
     }
 
     /// Decodes a command (JSON) for this child, runs it on `tree` and encodes
@@ -333,6 +343,8 @@ pub struct TenantArgs {
     pub scope: Scope,
     pub deps: Deps,
     pub idle_timeout: Duration,
+    /// The kinds of children it runs (those of them that run in its scope).
+    pub children: &'static [ChildSpec],
 }
 
 pub struct TenantState {
@@ -356,7 +368,7 @@ impl Actor for TenantSupervisor {
         args: TenantArgs,
     ) -> Result<TenantState, ActorProcessingErr> {
         let mut children = Vec::new();
-        for spec in CHILDREN.iter().filter(|c| c.runs_in(&args.scope)) {
+        for spec in args.children.iter().filter(|c| c.runs_in(&args.scope)) {
             children.push((spec, (spec.spawn)(&myself, &args.scope, &args.deps).await?));
         }
         let idle_timer = Some(myself.send_after(args.idle_timeout, || TenantMsg::IdleCheck));

@@ -783,7 +783,11 @@ async fn activation(
                 let (node, handle) = NodeSupervisor::spawn(
                     None,
                     NodeSupervisor,
-                    NodeArgs { deps: deps.clone(), idle_timeout: Duration::from_secs(600) },
+                    NodeArgs {
+                        deps: deps.clone(),
+                        idle_timeout: Duration::from_secs(600),
+                        children: actors::tree::CHILDREN,
+                    },
                 )
                 .await?;
                 let t = Instant::now();
@@ -825,7 +829,7 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
     let (node, node_handle) = NodeSupervisor::spawn(
         None,
         NodeSupervisor,
-        NodeArgs { deps: deps.clone(), idle_timeout: Duration::from_secs(3600) },
+        NodeArgs { deps: deps.clone(), idle_timeout: Duration::from_secs(3600), children: actors::tree::CHILDREN },
     )
     .await?;
     // Start from a heap with nothing free in it, so the trees cannot reuse memory
@@ -839,6 +843,7 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
             scope: Scope::Tenant(TenantId::parse(&format!("mem-{t}"))?),
             deps: deps.clone(),
             idle_timeout: Duration::from_secs(3600),
+            children: actors::tree::CHILDREN,
         };
         live.push(TenantSupervisor::spawn_linked(None, TenantSupervisor, args, node.get_cell()).await?);
     }

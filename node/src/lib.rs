@@ -228,14 +228,23 @@ async fn serve(
     let (node, node_handle) = Actor::spawn(
         None,
         NodeSupervisor,
-        NodeArgs { deps, idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)) },
+        NodeArgs {
+            deps,
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            children: actors::tree::CHILDREN,
+        },
     )
     .await
     .context("while starting the node supervisor")?;
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let router = Router::new(core.nats.clone(), node.clone(), Duration::from_millis(config.command_timeout_ms));
+    let router = Router::new(
+        core.nats.clone(),
+        node.clone(),
+        Duration::from_millis(config.command_timeout_ms),
+        actors::tree::CHILDREN,
+    );
     tasks.spawn(router.run(cancel.clone()));
     // Keys destroyed anywhere leave this node's key ring, and their persons'
     // personal data leaves its read models (the projector blanks them).

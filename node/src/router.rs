@@ -24,13 +24,20 @@ pub struct Router {
     nats: async_nats::Client,
     node: ActorRef<NodeMsg>,
     timeout: Duration,
+    /// The route table: the kinds of children the node's trees run.
+    children: &'static [ChildSpec],
     /// Trees seen recently; a stopped one is replaced on its next command.
     trees: Arc<RwLock<HashMap<Scope, ActorRef<TenantMsg>>>>,
 }
 
 impl Router {
-    pub fn new(nats: async_nats::Client, node: ActorRef<NodeMsg>, timeout: Duration) -> Self {
-        Self { nats, node, timeout, trees: Arc::default() }
+    pub fn new(
+        nats: async_nats::Client,
+        node: ActorRef<NodeMsg>,
+        timeout: Duration,
+        children: &'static [ChildSpec],
+    ) -> Self {
+        Self { nats, node, timeout, children, trees: Arc::default() }
     }
 
     /// Runs until cancelled, then waits for the commands already taken to finish.
@@ -67,7 +74,7 @@ impl Router {
         let payload = match Scope::parse_token(scope) {
             Err(_) => encode_result::<()>(Err(CommandFailure::new("BAD_USER_INPUT", "invalid tenant in subject"))),
             // The tree's child list is the route table.
-            Ok(scope) => match ChildSpec::find(aggregate, &scope) {
+            Ok(scope) => match ChildSpec::find(self.children, aggregate, &scope) {
                 Some(child) => self.route(child, scope, &msg.payload).await,
                 None => encode_result::<()>(Err(CommandFailure::new("NOT_FOUND", "no such aggregate"))),
             },

@@ -30,15 +30,20 @@ async fn the_memory_of_stopped_trees_leaves_the_process() {
         cache_per_tenant: 1000,
     };
     let idle = Duration::from_secs(3600);
-    let (node, node_handle) =
-        Actor::spawn(None, NodeSupervisor, NodeArgs { deps: deps.clone(), idle_timeout: idle }).await.expect("node");
+    let (node, node_handle) = Actor::spawn(
+        None,
+        NodeSupervisor,
+        NodeArgs { deps: deps.clone(), idle_timeout: idle, children: actors::tree::CHILDREN },
+    )
+    .await
+    .expect("node");
 
     release_now();
     let before = resident_bytes();
     let mut trees = Vec::with_capacity(TREES);
     for t in 0..TREES {
         let scope = Scope::Tenant(TenantId::parse(&format!("mem-{t}")).expect("slug"));
-        let args = TenantArgs { scope, deps: deps.clone(), idle_timeout: idle };
+        let args = TenantArgs { scope, deps: deps.clone(), idle_timeout: idle, children: actors::tree::CHILDREN };
         trees.push(Actor::spawn_linked(None, TenantSupervisor, args, node.get_cell()).await.expect("tree"));
     }
     let live = resident_bytes().saturating_sub(before);

@@ -42,7 +42,10 @@ async fn deps(nats: &NatsServer, snapshot_every: u64) -> Deps {
 }
 
 async fn spawn(deps: Deps, idle: Duration) -> ActorRef<NodeMsg> {
-    Actor::spawn(None, NodeSupervisor, NodeArgs { deps, idle_timeout: idle }).await.unwrap().0
+    Actor::spawn(None, NodeSupervisor, NodeArgs { deps, idle_timeout: idle, children: actors::tree::CHILDREN })
+        .await
+        .unwrap()
+        .0
 }
 
 async fn tree(node: &ActorRef<NodeMsg>, scope: Scope) -> ActorRef<TenantMsg> {
@@ -357,7 +360,7 @@ mod echo {
     use std::time::Duration;
 
     use actors::command::{CommandEnvelope, CommandResult};
-    use actors::domain::account::Account;
+    use actors::domain::aggregate::{Aggregate, Decision, DomainError};
     use actors::domain::tenant::Scope;
     use actors::tree::aggregate_actor::{Ctx, Handler, Route};
     use actors::tree::executor::Loaded;
@@ -365,10 +368,45 @@ mod echo {
     /// The order in which commands ran, as `lane:word`.
     pub static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+    /// A test-only aggregate: its state is how many words its lane has seen.
+    pub struct Echoes;
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    pub enum EchoEvent {
+        Echoed,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    pub struct Never;
+
+    impl DomainError for Never {
+        fn code(&self) -> &'static str {
+            "NEVER"
+        }
+    }
+
+    impl Aggregate for Echoes {
+        const NAME: &'static str = "echo";
+        type State = u64;
+        type Command = ();
+        type Event = EchoEvent;
+        type Error = Never;
+
+        fn decide(_: &u64, _: &()) -> Result<Decision<EchoEvent>, Never> {
+            Ok(Decision::events(vec![EchoEvent::Echoed]))
+        }
+
+        fn evolve(state: u64, _: &EchoEvent) -> u64 {
+            state + 1
+        }
+    }
+
     pub struct Echo;
 
     impl Handler for Echo {
-        type Aggregate = Account;
+        type Aggregate = Echoes;
         type Request = String;
         type Reply = String;
         const NAME: &'static str = "EchoActor";
@@ -381,7 +419,7 @@ mod echo {
             _: &Ctx,
             id: &str,
             envelope: CommandEnvelope<String>,
-            state: &mut Option<Loaded<Account>>,
+            state: &mut Option<Loaded<Echoes>>,
         ) -> CommandResult<String> {
             // Slower words first: a lane must still keep its order.
             tokio::time::sleep(Duration::from_millis(if envelope.request.ends_with("slow") { 300 } else { 10 })).await;
@@ -427,4 +465,43 @@ async fn the_generic_aggregate_actor_keeps_lanes_in_order_and_answers_for_a_pani
     assert_eq!(failed.code, "INTERNAL");
     assert_eq!(ask(&actor, "p-after").await.unwrap(), "p-after#1");
     assert_eq!(ask(&actor, "a-again").await.unwrap(), "a-again#3", "other lanes keep their cached state");
+}
+
+/// The node's child list plus the test-only echo aggregate, for a node that
+/// runs it: adding an aggregate to the tree and to the router is this line.
+static CHILDREN_WITH_ECHO: &[actors::tree::ChildSpec] = &[
+    actors::tree::ChildSpec::of::<AccountHandler>(true, true),
+    actors::tree::ChildSpec::of::<DirectoryHandler>(true, false),
+    actors::tree::ChildSpec::of::<echo::Echo>(false, true),
+];
+
+#[tokio::test]
+async fn a_new_aggregate_needs_only_its_handler_and_a_child_list_line_to_be_reached_over_nats() {
+    let nats = NatsServer::start();
+    let deps = deps(&nats, 100).await;
+    let args = NodeArgs { deps, idle_timeout: Duration::from_secs(60), children: CHILDREN_WITH_ECHO };
+    let (node, _) = Actor::spawn(None, NodeSupervisor, args).await.unwrap();
+    create_tenant(&node, "acme").await;
+    let client = nats.client().await;
+    let router = canopy_node::router::Router::new(client.clone(), node, Duration::from_secs(20), CHILDREN_WITH_ECHO);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(router.run(cancel.clone()));
+    client.flush().await.unwrap();
+
+    // `cmd.{tenant}.echo` reaches the new child through the same router and
+    // tree code every aggregate uses; nothing else was edited for it.
+    let ask = |tenant: &'static str, word: &'static str| {
+        let body = serde_json::json!({ "command_id": CommandId::fresh(), "principal": { "kind": "anonymous" }, "request": word });
+        let client = client.clone();
+        async move {
+            let reply = client.request(format!("cmd.{tenant}.echo"), body.to_string().into()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    assert_eq!(ask("acme", "hello").await, serde_json::json!({ "Ok": "hello#1" }));
+    assert_eq!(ask("acme", "hi").await, serde_json::json!({ "Ok": "hi#2" }), "its lane keeps its state");
+    // It runs only where its line says: not in the platform's tree.
+    assert_eq!(ask("_system", "hello").await["Err"]["code"], "NOT_FOUND");
+    cancel.cancel();
+    let _ = running.await;
 }
