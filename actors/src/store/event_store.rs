@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::aggregate::{Aggregate, Reservation, upcast_to_current};
-use crate::domain::ids::CommandId;
-use crate::domain::ids::is_safe_token;
+use crate::domain::ids::{CommandId, is_safe_token};
 use crate::domain::tenant::Scope;
 
 pub const STREAM: &str = "EVENTS";

@@ -12,7 +12,7 @@ use crate::domain::account::{
 use crate::domain::ids::CommandId;
 use crate::domain::tenant::Scope;
 use crate::store::event_store::{Stamp, Stored, event_subject};
-use crate::store::seal::{person_key_name, tenant_key_name};
+use crate::store::seal::{DataKey, person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
@@ -95,8 +95,12 @@ fn decoy_account(scope: &Scope, email_index: &str) -> AccountId {
 /// The keyed digest of a request: HMAC-SHA256 under the scope's data key, so
 /// log readers learn nothing from it (the request holds personal data).
 pub async fn request_digest(deps: &Deps, scope: &Scope, digest_input: &str) -> Result<String, CommandFailure> {
-    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
-    Ok(key.blind_index("request", digest_input))
+    Ok(tenant_key(deps, scope).await?.blind_index("request", digest_input))
+}
+
+/// The scope's data key (created on first use).
+async fn tenant_key(deps: &Deps, scope: &Scope) -> Result<DataKey, CommandFailure> {
+    deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))
 }
 
 /// Input for a new account, before hashing and sealing.
@@ -109,11 +113,11 @@ pub struct NewAccount {
     pub owner: bool,
 }
 
-/// The email's claim subject in this scope.
-pub async fn email_claim_subject(deps: &Deps, scope: &Scope, email: &Email) -> Result<String, CommandFailure> {
-    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
-    let index = key.blind_index("email", &email.normalized());
-    Ok(event_subject(scope, EMAIL_CLAIM, &index, EMAIL_RESERVED))
+/// The email's index in this scope (a keyed hash) and its claim's subject.
+async fn email_claim(deps: &Deps, scope: &Scope, email: &Email) -> Result<(String, String), CommandFailure> {
+    let index = tenant_key(deps, scope).await?.blind_index("email", &email.normalized());
+    let subject = event_subject(scope, EMAIL_CLAIM, &index, EMAIL_RESERVED);
+    Ok((index, subject))
 }
 
 /// Hashes the password and seals the personal fields: the command `decide` sees.
@@ -202,7 +206,7 @@ async fn register(
     input: NewAccount,
     state: &mut Option<Loaded<Account>>,
 ) -> CommandResult<AccountReply> {
-    let claim = email_claim_subject(deps, scope, &input.email).await?;
+    let (_, claim) = email_claim(deps, scope, &input.email).await?;
     if let Some(answer) = existing_claim(deps, scope, &claim, stamp, &input.password).await? {
         return answer;
     }
@@ -282,9 +286,7 @@ async fn login(
     cache: &Cache<AccountHandler>,
 ) -> CommandResult<AccountReply> {
     let Ctx { scope, deps } = ctx;
-    let key = deps.keys.key(&tenant_key_name(scope)).await.map_err(|e| broken("reading the tenant key", e))?;
-    let email_index = key.blind_index("email", &email.normalized());
-    let claim = event_subject(scope, EMAIL_CLAIM, &email_index, EMAIL_RESERVED);
+    let (email_index, claim) = email_claim(deps, scope, email).await?;
     let holder = deps
         .store
         .last_on_subject(&claim)

@@ -84,9 +84,14 @@ async fn fold<A: Aggregate>(
     store: &EventStore,
     scope: &Scope,
     id: &str,
-    mut from: Loaded<A>,
+    from: Loaded<A>,
 ) -> Result<Loaded<A>, StoreError> {
     let events = store.load(&aggregate_filter(scope, A::NAME, id), from.version).await?;
+    apply_stored(from, &events)
+}
+
+/// Applies stored events (newer than `from.version`, in order) to `from`.
+fn apply_stored<A: Aggregate>(mut from: Loaded<A>, events: &[Stored]) -> Result<Loaded<A>, StoreError> {
     from.since_snapshot += events.len() as u64;
     for stored in events {
         from.state = A::evolve(from.state, &event_of::<A>(&stored.envelope)?);
@@ -119,24 +124,28 @@ pub struct Executed<A: Aggregate> {
     pub replayed: bool,
 }
 
-/// The first stored event of the command `stamp` names: the one at `seq` when
-/// the server said where the duplicate landed, else found in the aggregate's
-/// history (a repeated batch is refused without its sequence).
-async fn first_event_of<A: Aggregate>(
+/// After a duplicate append: the aggregate as the log has it now, and the first
+/// stored event of the command `stamp` names. When the server said where the
+/// duplicate landed (`seq`), that event is one point read beside a load; a
+/// repeated batch is refused without its sequence, so then the whole history
+/// is read once and serves for both.
+async fn after_duplicate<A: Aggregate>(
     store: &EventStore,
     scope: &Scope,
     id: &str,
     stamp: &Stamp,
     seq: u64,
-) -> Result<Option<Stored>, StoreError> {
+) -> Result<(Loaded<A>, Option<Stored>), StoreError> {
     let matches = |s: &Stored| s.envelope.command_id == stamp.command_id.as_str();
     if seq > 0
         && let Some(s) = store.get(seq).await?
         && matches(&s)
     {
-        return Ok(Some(s));
+        return Ok((load::<A>(store, scope, id).await?, Some(s)));
     }
-    Ok(store.load(&aggregate_filter(scope, A::NAME, id), 0).await?.into_iter().find(matches))
+    let history = store.load(&aggregate_filter(scope, A::NAME, id), 0).await?;
+    let first = history.iter().find(|s| matches(s)).cloned();
+    Ok((apply_stored(Loaded::default(), &history)?, first))
 }
 
 /// How often a conflicting command is decided again on fresh state.
@@ -169,9 +178,9 @@ pub async fn execute<A: Aggregate>(
             Ok(appended) if appended.duplicate => {
                 // The same command id was applied before: it is a retry only if the
                 // request is the same; then report what it did, from the log.
-                let fresh = load::<A>(store, scope, id).await.map_err(ExecError::Broken)?;
-                let first =
-                    first_event_of::<A>(store, scope, id, stamp, appended.last_seq).await.map_err(ExecError::Broken)?;
+                let (fresh, first) = after_duplicate::<A>(store, scope, id, stamp, appended.last_seq)
+                    .await
+                    .map_err(ExecError::Broken)?;
                 if first.is_some_and(|f| f.envelope.request_digest != stamp.digest) {
                     return Err(ExecError::ReusedId);
                 }
