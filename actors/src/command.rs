@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::account::{AccountId, Email, Password, PersonName};
+use crate::domain::account::{AccountId, Email, Locale, Password, PersonName};
+use crate::domain::challenge::{Code, LinkToken};
 use crate::domain::ids::CommandId;
 use crate::domain::tenant::{Scope, TenantId, TenantName};
 
@@ -51,7 +52,7 @@ pub struct CommandEnvelope<R> {
 
 /// Request fields that are secrets: left out of a request's digest, which is
 /// stored in the log (a replay proves them again instead).
-const SECRET_FIELDS: [&str; 2] = ["password", "owner_password"];
+const SECRET_FIELDS: [&str; 3] = ["password", "owner_password", "proof"];
 
 impl<R: Serialize> CommandEnvelope<R> {
     /// What a request's digest is computed over: the principal and the request
@@ -70,9 +71,31 @@ impl<R: Serialize> CommandEnvelope<R> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountRequest {
-    Register { email: Email, password: Password, firstname: PersonName, lastname: PersonName },
+    Register { email: Email, password: Password, firstname: PersonName, lastname: PersonName, locale: Locale },
     Login { email: Email, password: Password },
-    UpdateProfile { account_id: AccountId, firstname: PersonName, lastname: PersonName },
+    UpdateProfile { account_id: AccountId, firstname: PersonName, lastname: PersonName, locale: Option<Locale> },
+    /// Mail the account's verification again (the account itself only).
+    ResendVerification { account_id: AccountId },
+    /// Verify with the mailed code (the account itself only) or link token (anyone holding it).
+    VerifyEmail { proof: EmailProof },
+}
+
+/// How a person proves they read a verification mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum EmailProof {
+    Code { account_id: AccountId, code: Code },
+    Token { token: LinkToken },
+}
+
+impl EmailProof {
+    /// The account the proof is for.
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            EmailProof::Code { account_id, .. } => account_id,
+            EmailProof::Token { token } => token.account_id(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +104,8 @@ pub enum AccountReply {
     Registered { account_id: String, seq: u64 },
     LoggedIn { account_id: String, owner: bool },
     Updated { seq: u64 },
+    VerificationSent { seq: u64 },
+    Verified { account_id: String, seq: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,15 +127,18 @@ pub enum TenantReply {
 pub struct CommandFailure {
     pub code: String,
     pub message: String,
+    /// For `RATE_LIMITED`: when a retry may succeed, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl CommandFailure {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.to_owned(), message: message.into() }
+        Self { code: code.to_owned(), message: message.into(), retry_after_secs: None }
     }
 
     pub fn rejected(e: &impl crate::domain::aggregate::DomainError) -> Self {
-        Self::new(e.code(), e.to_string())
+        Self { retry_after_secs: e.retry_after_secs(), ..Self::new(e.code(), e.to_string()) }
     }
 
     pub fn conflict() -> Self {
@@ -155,7 +183,7 @@ macro_rules! string_wire {
     ($t:ty, $expose:ident) => {
         impl Serialize for $t {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.$expose())
+                s.serialize_str(&self.$expose())
             }
         }
         impl<'de> Deserialize<'de> for $t {
@@ -171,6 +199,9 @@ string_wire!(AccountId, as_str);
 string_wire!(Email, as_str);
 string_wire!(Password, expose);
 string_wire!(PersonName, as_str);
+string_wire!(Locale, as_str);
+string_wire!(Code, as_str);
+string_wire!(LinkToken, expose);
 
 #[cfg(test)]
 mod tests {

@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn every_event_variant_has_a_schema() {
         let names: Vec<String> = event_schemas().into_iter().map(|(n, _, _)| n).collect();
-        assert_eq!(names, ["AccountRegistered", "EmailReserved", "ProfileUpdated", "TenantCreated"]);
+        assert_eq!(
+            names,
+            ["AccountRegistered", "EmailReserved", "EmailVerificationRequested", "EmailVerified", "ProfileUpdated", "TenantCreated"]
+        );
     }
 
     #[test]

@@ -4,5 +4,6 @@
 
 pub mod account;
 pub mod aggregate;
+pub mod challenge;
 pub mod ids;
 pub mod tenant;

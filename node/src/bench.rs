@@ -743,6 +743,7 @@ async fn bench_deps(
         hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),
         snapshot_every,
         cache_per_tenant: 1000,
+        accounts: Default::default(),
     })
 }
 
@@ -882,6 +883,7 @@ async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::R
             account_id,
             firstname: PersonName::parse(&format!("N{n}"))?,
             lastname: PersonName::parse("Bench")?,
+            locale: None,
         },
     })?;
     let reply = nc.request(command_subject(&scope, "account"), body.into()).await?;

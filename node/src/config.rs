@@ -77,6 +77,13 @@ pub struct Config {
     /// Whether GraphQL introspection (and the GraphiQL page) is served; turn it
     /// off in production to keep the schema's shape to the documented SDL.
     pub introspection: bool,
+    /// How long a verification code and link stay valid, in seconds.
+    pub verification_ttl_secs: u64,
+    /// The least time between two verification mails to one account, in seconds.
+    pub verification_resend_secs: u64,
+    /// Where the links in mails point: the application's public address
+    /// (unset: this node's own HTTP address).
+    pub app_url: Option<String>,
 }
 
 impl Default for Config {
@@ -114,6 +121,9 @@ impl Default for Config {
             log_format: "text".into(),
             metrics_token: None,
             introspection: true,
+            verification_ttl_secs: 24 * 3600,
+            verification_resend_secs: 60,
+            app_url: None,
         }
     }
 }
@@ -164,7 +174,23 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The base of the links in mails, without a trailing slash.
+    pub fn app_url(&self) -> String {
+        match &self.app_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.http),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.verification_ttl_secs == 0 {
+            return Err(ConfigError("verification_ttl_secs must be positive".into()));
+        }
+        if let Some(u) = &self.app_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(ConfigError("app_url must start with https:// or http://".into()));
+        }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(ConfigError("replicas must be between 1 and 5".into()));
         }
@@ -266,6 +292,9 @@ impl Config {
             "log_format": self.log_format,
             "metrics_token": secret(&self.metrics_token),
             "introspection": self.introspection,
+            "verification_ttl_secs": self.verification_ttl_secs,
+            "verification_resend_secs": self.verification_resend_secs,
+            "app_url": self.app_url(),
         })
     }
 

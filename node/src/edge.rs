@@ -6,6 +6,7 @@ pub mod auth;
 
 use std::sync::Arc;
 
+use actors::domain::account::Locale;
 use actors::domain::tenant::{PLATFORM_TOKEN, Scope, TenantId};
 use async_graphql::http::GraphiQLSource;
 use poem::http::{HeaderMap, StatusCode};
@@ -335,7 +336,12 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
 
     // 5. Run it.
     app.documents.prepare(&mut request);
-    let ctx = RequestCtx { scope, principal, idempotency_key, consistency };
+    let locale = headers
+        .get("accept-language")
+        .and_then(|v| v.to_str().ok())
+        .map(Locale::from_accept_language)
+        .unwrap_or_default();
+    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {
         // Parse, validation and limit errors come from async-graphql without a code.

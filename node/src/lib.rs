@@ -224,6 +224,10 @@ async fn serve(
         hasher,
         snapshot_every: config.snapshot_every,
         cache_per_tenant: config.accounts_cached_per_tenant.max(1),
+        accounts: actors::tree::deps::AccountPolicy {
+            verification_ttl_secs: config.verification_ttl_secs as i64,
+            resend_interval_secs: config.verification_resend_secs as i64,
+        },
     };
     let (node, node_handle) = Actor::spawn(
         None,
@@ -351,6 +355,7 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         password,
         firstname: PersonName::parse("Platform").expect("constant"),
         lastname: PersonName::parse("Administrator").expect("constant"),
+        locale: Default::default(),
     };
     let body = serde_json::to_vec(&CommandEnvelope { command_id, principal: Principal::Anonymous, request })?;
     let reply = app

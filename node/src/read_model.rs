@@ -57,6 +57,10 @@ pub struct UserRow {
     pub owner: bool,
     pub seq: u64,
     pub created_at: String,
+    #[serde(default)]
+    pub email_verified: bool,
+    #[serde(default)]
+    pub locale: Option<String>,
 }
 
 /// An event the projector set aside because it can never be applied: where it is
@@ -305,7 +309,7 @@ impl ReadModel {
     pub async fn users(&self, scope: &Scope, after_seq: u64, limit: usize) -> Result<Vec<UserRow>, ReadError> {
         self.select(
             &db_name(scope),
-            "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user WHERE seq > $after ORDER BY seq LIMIT $limit",
+            "SELECT account_id, email, firstname, lastname, owner, seq, created_at, email_verified, locale FROM user WHERE seq > $after ORDER BY seq LIMIT $limit",
             serde_json::json!({ "after": after_seq, "limit": limit }),
         )
         .await

@@ -28,6 +28,7 @@ async fn the_memory_of_stopped_trees_leaves_the_process() {
         hasher: actors::hasher::Hasher::new(1, actors::hasher::owasp_params()),
         snapshot_every: 100,
         cache_per_tenant: 1000,
+        accounts: Default::default(),
     };
     let idle = Duration::from_secs(3600);
     let (node, node_handle) = Actor::spawn(

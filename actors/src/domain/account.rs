@@ -57,6 +57,12 @@ pub enum InputError {
     InvalidName,
     #[error("this is not an account id")]
     InvalidAccountId,
+    #[error("a code has exactly 6 digits")]
+    InvalidCode,
+    #[error("this is not a token Canopy issued")]
+    InvalidToken,
+    #[error("supported locales are: en, de")]
+    UnsupportedLocale,
 }
 
 impl Email {
@@ -125,6 +131,57 @@ impl PersonName {
     }
 }
 
+/// The languages Canopy writes mails and messages in.
+pub const SUPPORTED_LOCALES: [&str; 2] = ["en", "de"];
+
+/// A supported locale: its primary language subtag, lowercase (`de-CH` → `de`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locale(&'static str);
+
+impl Default for Locale {
+    fn default() -> Self {
+        Self(SUPPORTED_LOCALES[0])
+    }
+}
+
+impl Locale {
+    /// A BCP 47 tag whose primary language Canopy supports.
+    pub fn parse(raw: &str) -> Result<Self, InputError> {
+        let t = raw;
+        if t.is_empty() || t.len() > 35 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(InputError::UnsupportedLocale);
+        }
+        let primary = t.split(['-', '_']).next().unwrap_or_default().to_ascii_lowercase();
+        SUPPORTED_LOCALES
+            .iter()
+            .find(|l| **l == primary)
+            .map(|l| Self(l))
+            .ok_or(InputError::UnsupportedLocale)
+    }
+
+    /// The best supported locale of an `Accept-Language` header (RFC 9110
+    /// 12.5.4), by quality and then order; the default when none is supported.
+    pub fn from_accept_language(header: &str) -> Self {
+        let mut best: Option<(u16, Self)> = None;
+        for item in header.split(',').take(32) {
+            let mut parts = item.split(';');
+            let tag = parts.next().unwrap_or_default();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .map_or(Some(1000), |q| q.trim().parse::<f32>().ok().map(|q| (q.clamp(0.0, 1.0) * 1000.0) as u16));
+            let (Some(q), Ok(locale)) = (q, Self::parse(tag.trim())) else { continue };
+            if q > 0 && best.as_ref().is_none_or(|(b, _)| q > *b) {
+                best = Some((q, locale));
+            }
+        }
+        best.map(|(_, l)| l).unwrap_or_default()
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
 // Emails, passwords and names are personal data or secrets: their debug output is
 // redacted, so they cannot reach a log by accident.
 macro_rules! redacted_debug {
@@ -140,7 +197,9 @@ macro_rules! redacted_debug {
 redacted_debug!(Email, Password, PersonName);
 
 /// The state of one account, rebuilt from its events. Sealed fields stay sealed.
+/// Fields added later default, so older snapshots still load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AccountState {
     pub account_id: Option<String>,
     pub email_index: Option<String>,
@@ -149,6 +208,23 @@ pub struct AccountState {
     pub firstname: Option<Sealed>,
     pub lastname: Option<Sealed>,
     pub owner: bool,
+    pub email_verified: bool,
+    /// The account's locale; `None` means the default.
+    pub locale: Option<String>,
+    /// The open email verification, if any: at most one at a time, the newest.
+    pub verification: Option<PendingVerification>,
+}
+
+/// An email verification waiting for its code or link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingVerification {
+    pub challenge_id: String,
+    pub purpose: VerificationPurpose,
+    pub email_index: String,
+    /// The challenge's secret, sealed under the person's key.
+    pub secret: Sealed,
+    pub requested_at: i64,
+    pub expires_at: i64,
 }
 
 impl AccountState {
@@ -160,7 +236,22 @@ impl AccountState {
 #[derive(Debug, Clone)]
 pub enum AccountCommand {
     Register(Registration),
-    UpdateProfile { firstname: Sealed, lastname: Sealed },
+    UpdateProfile { firstname: Sealed, lastname: Sealed, locale: Option<Locale> },
+    /// Mail a new verification for the address being verified (a resend).
+    /// Refused within `min_interval_secs` of the previous one.
+    RequestVerification { challenge: NewChallenge, min_interval_secs: i64 },
+    /// The handler has checked a proof against the open challenge
+    /// `challenge_id`; the domain checks it is still open and unexpired at `now`.
+    ConfirmEmail { challenge_id: String, now: i64 },
+}
+
+/// A challenge prepared outside the domain: a fresh id and sealed secret.
+#[derive(Debug, Clone)]
+pub struct NewChallenge {
+    pub challenge_id: String,
+    pub secret: Sealed,
+    pub requested_at: i64,
+    pub expires_at: i64,
 }
 
 /// Everything a registration needs, prepared outside the domain: the hash is
@@ -175,6 +266,9 @@ pub struct Registration {
     pub firstname: Sealed,
     pub lastname: Sealed,
     pub owner: bool,
+    pub locale: Locale,
+    /// The verification mailed with the registration.
+    pub verification: NewChallenge,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -182,8 +276,20 @@ pub struct Registration {
 pub enum AccountEvent {
     /// An account was registered. `owner` marks the tenant's owner.
     AccountRegistered(AccountRegistered),
-    /// The person changed their first or last name.
+    /// The person changed their first or last name (and possibly their locale).
     ProfileUpdated(ProfileUpdated),
+    /// A verification code and link were issued for an address; a mail follows.
+    EmailVerificationRequested(EmailVerificationRequested),
+    /// The person proved they read the address's mail.
+    EmailVerified(EmailVerified),
+}
+
+/// Why an address is being verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationPurpose {
+    /// The address the account registered with.
+    Registration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -195,12 +301,39 @@ pub struct AccountRegistered {
     pub firstname: Sealed,
     pub lastname: Sealed,
     pub owner: bool,
+    /// The locale for mails and messages (absent in events written before locales).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProfileUpdated {
     pub firstname: Sealed,
     pub lastname: Sealed,
+    /// A new locale, when the person changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+}
+
+/// The code and link token derive from `secret` (sealed under the person's
+/// key), so neither is in the event; `email` is the address to write to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmailVerificationRequested {
+    pub challenge_id: String,
+    pub purpose: VerificationPurpose,
+    pub email: Sealed,
+    pub email_index: String,
+    pub secret: Sealed,
+    /// Unix seconds.
+    pub requested_at: i64,
+    /// Unix seconds; the code and link are refused after this.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmailVerified {
+    pub challenge_id: String,
+    pub email_index: String,
 }
 
 /// The claim that makes an email unique in its scope, on `evt.{scope}.email.{index}.EmailReserved`.
@@ -222,6 +355,14 @@ pub enum AccountError {
     AlreadyRegistered,
     #[error("no such account")]
     NotFound,
+    #[error("this email address is already verified")]
+    AlreadyVerified,
+    /// One answer for a wrong, used and expired proof: which one it was is
+    /// nobody's business but the log's.
+    #[error("this code or link is wrong, already used or expired")]
+    InvalidProof,
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooSoon { retry_after_secs: u64 },
     #[error(transparent)]
     Input(#[from] InputError),
 }
@@ -229,10 +370,39 @@ pub enum AccountError {
 impl DomainError for AccountError {
     fn code(&self) -> &'static str {
         match self {
-            AccountError::EmailTaken | AccountError::AlreadyRegistered | AccountError::Input(_) => "BAD_USER_INPUT",
+            AccountError::EmailTaken
+            | AccountError::AlreadyRegistered
+            | AccountError::AlreadyVerified
+            | AccountError::InvalidProof
+            | AccountError::Input(_) => "BAD_USER_INPUT",
             AccountError::NotFound => "NOT_FOUND",
+            AccountError::TooSoon { .. } => "RATE_LIMITED",
         }
     }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AccountError::TooSoon { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
+fn verification_requested(
+    c: &NewChallenge,
+    purpose: VerificationPurpose,
+    email: &Sealed,
+    email_index: &str,
+) -> AccountEvent {
+    AccountEvent::EmailVerificationRequested(EmailVerificationRequested {
+        challenge_id: c.challenge_id.clone(),
+        purpose,
+        email: email.clone(),
+        email_index: email_index.to_owned(),
+        secret: c.secret.clone(),
+        requested_at: c.requested_at,
+        expires_at: c.expires_at,
+    })
 }
 
 pub struct Account;
@@ -252,15 +422,24 @@ impl Aggregate for Account {
                 }
                 let claim = EmailReserved { account_id: r.account_id.clone() };
                 Ok(Decision {
-                    events: vec![AccountEvent::AccountRegistered(AccountRegistered {
-                        account_id: r.account_id.clone(),
-                        email_index: r.email_index.clone(),
-                        email: r.email.clone(),
-                        password_hash: r.password_hash.clone(),
-                        firstname: r.firstname.clone(),
-                        lastname: r.lastname.clone(),
-                        owner: r.owner,
-                    })],
+                    events: vec![
+                        AccountEvent::AccountRegistered(AccountRegistered {
+                            account_id: r.account_id.clone(),
+                            email_index: r.email_index.clone(),
+                            email: r.email.clone(),
+                            password_hash: r.password_hash.clone(),
+                            firstname: r.firstname.clone(),
+                            lastname: r.lastname.clone(),
+                            owner: r.owner,
+                            locale: Some(r.locale.as_str().to_owned()),
+                        }),
+                        verification_requested(
+                            &r.verification,
+                            VerificationPurpose::Registration,
+                            &r.email,
+                            &r.email_index,
+                        ),
+                    ],
                     reservations: vec![Reservation {
                         aggregate: EMAIL_CLAIM,
                         key: r.email_index.clone(),
@@ -270,14 +449,49 @@ impl Aggregate for Account {
                     }],
                 })
             }
-            AccountCommand::UpdateProfile { firstname, lastname } => {
+            AccountCommand::UpdateProfile { firstname, lastname, locale } => {
                 if !state.is_registered() {
                     return Err(AccountError::NotFound);
                 }
                 Ok(Decision::events(vec![AccountEvent::ProfileUpdated(ProfileUpdated {
                     firstname: firstname.clone(),
                     lastname: lastname.clone(),
+                    locale: locale.as_ref().map(|l| l.as_str().to_owned()),
                 })]))
+            }
+            AccountCommand::RequestVerification { challenge, min_interval_secs } => {
+                let (Some(email), Some(index)) = (&state.email, &state.email_index) else {
+                    return Err(AccountError::NotFound);
+                };
+                if state.email_verified && state.verification.is_none() {
+                    return Err(AccountError::AlreadyVerified);
+                }
+                if let Some(open) = &state.verification {
+                    let wait = open.requested_at + min_interval_secs - challenge.requested_at;
+                    if wait > 0 {
+                        return Err(AccountError::TooSoon { retry_after_secs: wait as u64 });
+                    }
+                }
+                Ok(Decision::events(vec![verification_requested(
+                    challenge,
+                    VerificationPurpose::Registration,
+                    email,
+                    index,
+                )]))
+            }
+            AccountCommand::ConfirmEmail { challenge_id, now } => {
+                if !state.is_registered() {
+                    return Err(AccountError::NotFound);
+                }
+                match &state.verification {
+                    Some(open) if &open.challenge_id == challenge_id && *now <= open.expires_at => {
+                        Ok(Decision::events(vec![AccountEvent::EmailVerified(EmailVerified {
+                            challenge_id: open.challenge_id.clone(),
+                            email_index: open.email_index.clone(),
+                        })]))
+                    }
+                    _ => Err(AccountError::InvalidProof),
+                }
             }
         }
     }
@@ -292,10 +506,30 @@ impl Aggregate for Account {
                 state.firstname = Some(e.firstname.clone());
                 state.lastname = Some(e.lastname.clone());
                 state.owner = e.owner;
+                state.locale = e.locale.clone();
             }
             AccountEvent::ProfileUpdated(e) => {
                 state.firstname = Some(e.firstname.clone());
                 state.lastname = Some(e.lastname.clone());
+                if e.locale.is_some() {
+                    state.locale = e.locale.clone();
+                }
+            }
+            AccountEvent::EmailVerificationRequested(e) => {
+                state.verification = Some(PendingVerification {
+                    challenge_id: e.challenge_id.clone(),
+                    purpose: e.purpose,
+                    email_index: e.email_index.clone(),
+                    secret: e.secret.clone(),
+                    requested_at: e.requested_at,
+                    expires_at: e.expires_at,
+                });
+            }
+            AccountEvent::EmailVerified(e) => {
+                if state.verification.as_ref().is_some_and(|v| v.challenge_id == e.challenge_id) {
+                    state.verification = None;
+                }
+                state.email_verified = true;
             }
         }
         state
@@ -320,7 +554,25 @@ mod tests {
             firstname: sealed("ada"),
             lastname: sealed("lovelace"),
             owner: false,
+            locale: Locale::parse("de").unwrap(),
+            verification: challenge("ch1", 100),
         }
+    }
+
+    fn challenge(id: &str, at: i64) -> NewChallenge {
+        NewChallenge { challenge_id: id.into(), secret: sealed(id), requested_at: at, expires_at: at + 1000 }
+    }
+
+    fn requested(id: &str, at: i64) -> AccountEvent {
+        AccountEvent::EmailVerificationRequested(EmailVerificationRequested {
+            challenge_id: id.into(),
+            purpose: VerificationPurpose::Registration,
+            email: sealed("email"),
+            email_index: "idx".into(),
+            secret: sealed(id),
+            requested_at: at,
+            expires_at: at + 1000,
+        })
     }
 
     fn registered() -> AccountEvent {
@@ -333,12 +585,17 @@ mod tests {
             firstname: r.firstname,
             lastname: r.lastname,
             owner: false,
+            locale: Some("de".into()),
         })
     }
 
     #[test]
     fn registering_a_new_account_emits_account_registered() {
-        check::<Account>(&[], AccountCommand::Register(registration()), Ok(vec![registered()]));
+        check::<Account>(
+            &[],
+            AccountCommand::Register(registration()),
+            Ok(vec![registered(), requested("ch1", 100)]),
+        );
     }
 
     #[test]
@@ -361,18 +618,92 @@ mod tests {
 
     #[test]
     fn updating_the_profile_of_a_missing_account_is_not_found() {
-        let cmd = AccountCommand::UpdateProfile { firstname: sealed("x"), lastname: sealed("y") };
+        let cmd = AccountCommand::UpdateProfile { firstname: sealed("x"), lastname: sealed("y"), locale: None };
         check::<Account>(&[], cmd, Err(AccountError::NotFound));
     }
 
     #[test]
     fn updating_the_profile_replaces_both_names() {
-        let cmd = AccountCommand::UpdateProfile { firstname: sealed("grace"), lastname: sealed("hopper") };
-        let expected =
-            AccountEvent::ProfileUpdated(ProfileUpdated { firstname: sealed("grace"), lastname: sealed("hopper") });
+        let cmd = AccountCommand::UpdateProfile {
+            firstname: sealed("grace"),
+            lastname: sealed("hopper"),
+            locale: Some(Locale::parse("en").unwrap()),
+        };
+        let expected = AccountEvent::ProfileUpdated(ProfileUpdated {
+            firstname: sealed("grace"),
+            lastname: sealed("hopper"),
+            locale: Some("en".into()),
+        });
         check::<Account>(&[registered()], cmd, Ok(vec![expected.clone()]));
         let state = crate::domain::aggregate::replay::<Account>(&[registered(), expected]);
         assert_eq!(state.firstname, Some(sealed("grace")));
+        assert_eq!(state.locale.as_deref(), Some("en"));
+    }
+
+    #[test]
+    fn a_registration_opens_a_verification_and_confirming_it_verifies_the_email() {
+        let state = crate::domain::aggregate::replay::<Account>(&[registered(), requested("ch1", 100)]);
+        assert!(!state.email_verified);
+        assert_eq!(state.verification.as_ref().map(|v| v.challenge_id.as_str()), Some("ch1"));
+        let verified = AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() });
+        check::<Account>(
+            &[registered(), requested("ch1", 100)],
+            AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1100 },
+            Ok(vec![verified.clone()]),
+        );
+        let state = crate::domain::aggregate::replay::<Account>(&[registered(), requested("ch1", 100), verified]);
+        assert!(state.email_verified && state.verification.is_none());
+    }
+
+    #[test]
+    fn a_used_superseded_or_expired_challenge_is_refused() {
+        let history = [registered(), requested("ch1", 100)];
+        // Expired: one second past `expires_at`.
+        let late = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1101 };
+        check::<Account>(&history, late, Err(AccountError::InvalidProof));
+        // Superseded by a resend: only the newest challenge counts.
+        let resent = [registered(), requested("ch1", 100), requested("ch2", 200)];
+        let old = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 300 };
+        check::<Account>(&resent, old, Err(AccountError::InvalidProof));
+        // Used: after verification nothing is open.
+        let used = [
+            registered(),
+            requested("ch1", 100),
+            AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() }),
+        ];
+        let again = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 300 };
+        check::<Account>(&used, again, Err(AccountError::InvalidProof));
+    }
+
+    #[test]
+    fn a_resend_waits_for_the_interval_and_stops_once_verified() {
+        let history = [registered(), requested("ch1", 100)];
+        let soon = AccountCommand::RequestVerification { challenge: challenge("ch2", 130), min_interval_secs: 60 };
+        check::<Account>(&history, soon, Err(AccountError::TooSoon { retry_after_secs: 30 }));
+        let later = AccountCommand::RequestVerification { challenge: challenge("ch2", 160), min_interval_secs: 60 };
+        check::<Account>(&history, later, Ok(vec![requested("ch2", 160)]));
+        let verified = [
+            registered(),
+            requested("ch1", 100),
+            AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() }),
+        ];
+        let resend = AccountCommand::RequestVerification { challenge: challenge("ch2", 500), min_interval_secs: 60 };
+        check::<Account>(&verified, resend, Err(AccountError::AlreadyVerified));
+        assert_eq!(AccountError::TooSoon { retry_after_secs: 30 }.retry_after_secs(), Some(30));
+        assert_eq!(AccountError::TooSoon { retry_after_secs: 30 }.code(), "RATE_LIMITED");
+    }
+
+    #[test]
+    fn locales_parse_to_a_supported_language_and_accept_language_picks_the_best() {
+        assert_eq!(Locale::parse("de-CH").unwrap().as_str(), "de");
+        assert_eq!(Locale::parse("EN_us").unwrap().as_str(), "en");
+        for bad in ["", "fr", "d", "de\r\n", "de;q=1", &"x".repeat(40)] {
+            assert_eq!(Locale::parse(bad), Err(InputError::UnsupportedLocale), "{bad:?}");
+        }
+        assert_eq!(Locale::from_accept_language("fr-CH, de;q=0.9, en;q=0.8").as_str(), "de");
+        assert_eq!(Locale::from_accept_language("en;q=0.5, de;q=0.7").as_str(), "de");
+        assert_eq!(Locale::from_accept_language("de;q=0, fr").as_str(), "en");
+        assert_eq!(Locale::from_accept_language("garbage;;;,,,").as_str(), "en");
     }
 
     #[test]

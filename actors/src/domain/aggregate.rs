@@ -8,6 +8,11 @@ use serde::de::DeserializeOwned;
 /// the message is safe to show to the caller.
 pub trait DomainError: std::error::Error + Send + Sync + 'static {
     fn code(&self) -> &'static str;
+
+    /// For `RATE_LIMITED`: after how many seconds a retry may succeed.
+    fn retry_after_secs(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A uniqueness claim appended in the same atomic batch as the events, on its own

@@ -4,11 +4,12 @@
 //! login is free (it changes nothing) and reads the cache. Preparation happens
 //! here, outside `decide`: hashing, sealing, the email's claim.
 
-use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult};
+use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof};
 use crate::domain::account::{
-    Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Password,
-    PersonName, Registration,
+    Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Locale,
+    NewChallenge, Password, PersonName, Registration,
 };
+use crate::domain::challenge::{Purpose, Secret};
 use crate::domain::ids::CommandId;
 use crate::domain::tenant::Scope;
 use crate::store::event_store::{Stamp, Stored, event_subject};
@@ -32,13 +33,20 @@ impl Handler for AccountHandler {
     fn route(scope: &Scope, envelope: &CommandEnvelope<AccountRequest>) -> CommandResult<Route> {
         match &envelope.request {
             AccountRequest::Register { .. } => Ok(Route::Lane(account_id_for(scope, &envelope.command_id).to_string())),
-            AccountRequest::UpdateProfile { account_id, .. } => {
-                // Only the account itself changes its profile; checked here, where
-                // the decision is made, whoever sent the command.
+            // Only the account itself changes its profile or asks for its
+            // mails; checked here, where the decision is made, whoever sent the
+            // command.
+            AccountRequest::UpdateProfile { account_id, .. }
+            | AccountRequest::ResendVerification { account_id }
+            | AccountRequest::VerifyEmail { proof: EmailProof::Code { account_id, .. } } => {
                 if envelope.principal.account_in(scope) != Some(account_id) {
-                    return Err(CommandFailure::forbidden("you may only change your own profile"));
+                    return Err(CommandFailure::forbidden("you may only act on your own account"));
                 }
                 Ok(Route::Lane(account_id.to_string()))
+            }
+            // A link token is its own proof, signed in or not.
+            AccountRequest::VerifyEmail { proof: EmailProof::Token { token } } => {
+                Ok(Route::Lane(token.account_id().to_string()))
             }
             AccountRequest::Login { .. } => Ok(Route::Free),
         }
@@ -54,13 +62,48 @@ impl Handler for AccountHandler {
         let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
         let stamp = Stamp { command_id: envelope.command_id, digest };
         match envelope.request {
-            AccountRequest::Register { email, password, firstname, lastname } => {
+            AccountRequest::Register { email, password, firstname, lastname, locale } => {
                 let account_id = account_id_for(scope, &stamp.command_id);
-                let input = NewAccount { account_id, email, password, firstname, lastname, owner: false };
+                let input = NewAccount { account_id, email, password, firstname, lastname, owner: false, locale };
                 register(deps, scope, &stamp, input, state).await
             }
-            AccountRequest::UpdateProfile { firstname, lastname, .. } => {
-                update_profile(deps, scope, id, &stamp, firstname, lastname, state).await
+            AccountRequest::UpdateProfile { firstname, lastname, locale, .. } => {
+                let kid = person_key_name(scope, id);
+                let key = deps.keys.existing_key(&kid).await.map_err(|e| broken("reading a person key", e))?;
+                let cmd = AccountCommand::UpdateProfile {
+                    firstname: key.seal(&kid, firstname.as_str().as_bytes()),
+                    lastname: key.seal(&kid, lastname.as_str().as_bytes()),
+                    locale,
+                };
+                let seq = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                Ok(AccountReply::Updated { seq })
+            }
+            AccountRequest::ResendVerification { .. } => {
+                let challenge = new_challenge(deps, scope, id, now()).await?;
+                let min_interval_secs = deps.accounts.resend_interval_secs;
+                let cmd = AccountCommand::RequestVerification { challenge, min_interval_secs };
+                let seq = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                Ok(AccountReply::VerificationSent { seq })
+            }
+            AccountRequest::VerifyEmail { proof } => {
+                let at = now();
+                let mut opened = None;
+                if let Some(open) = loaded(deps, scope, id, state).await?.state.verification.as_ref() {
+                    let bytes = deps.keys.open(&open.secret).await.map_err(|e| broken("opening a challenge", e))?;
+                    opened = Secret::from_bytes(&bytes).map(|s| (open.challenge_id.clone(), s));
+                }
+                let seq = decide_on_registered(deps, scope, id, &stamp, state, move |_| {
+                    let accepted = opened.filter(|(_, secret)| match &proof {
+                        EmailProof::Code { code, .. } => secret.accepts_code(Purpose::VerifyEmail, code),
+                        EmailProof::Token { token } => secret.accepts_token(Purpose::VerifyEmail, token),
+                    });
+                    match accepted {
+                        Some((challenge_id, _)) => Ok(AccountCommand::ConfirmEmail { challenge_id, now: at }),
+                        None => Err(CommandFailure::rejected(&AccountError::InvalidProof)),
+                    }
+                })
+                .await?;
+                Ok(AccountReply::Verified { account_id: id.to_owned(), seq })
             }
             // `route` sends logins down the free path.
             AccountRequest::Login { .. } => Err(CommandFailure::internal()),
@@ -111,6 +154,26 @@ pub struct NewAccount {
     pub firstname: PersonName,
     pub lastname: PersonName,
     pub owner: bool,
+    pub locale: Locale,
+}
+
+/// The time commands are decided at, in Unix seconds.
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A fresh challenge for `account_id`, its secret sealed under the person's key
+/// (created on first use: a registration's challenge is sealed before the
+/// account exists).
+async fn new_challenge(deps: &Deps, scope: &Scope, account_id: &str, at: i64) -> Result<NewChallenge, CommandFailure> {
+    let kid = person_key_name(scope, account_id);
+    let key = deps.keys.key(&kid).await.map_err(|e| broken("reading a person key", e))?;
+    Ok(NewChallenge {
+        challenge_id: uuid::Uuid::now_v7().to_string(),
+        secret: key.seal(&kid, Secret::generate().as_bytes()),
+        requested_at: at,
+        expires_at: at + deps.accounts.verification_ttl_secs,
+    })
 }
 
 /// The email's index in this scope (a keyed hash) and its claim's subject.
@@ -131,6 +194,7 @@ pub async fn prepare_registration(
     let person_kid = person_key_name(scope, input.account_id.as_str());
     let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
     let phc = deps.hasher.hash(&input.password).await.map_err(|e| broken("hashing a password", e))?;
+    let verification = new_challenge(deps, scope, input.account_id.as_str(), now()).await?;
     Ok(Registration {
         account_id: input.account_id.as_str().to_owned(),
         email_index: tenant_key.blind_index("email", &input.email.normalized()),
@@ -139,6 +203,8 @@ pub async fn prepare_registration(
         firstname: person_key.seal(&person_kid, input.firstname.as_str().as_bytes()),
         lastname: person_key.seal(&person_kid, input.lastname.as_str().as_bytes()),
         owner: input.owner,
+        locale: input.locale.clone(),
+        verification,
     })
 }
 
@@ -244,34 +310,41 @@ pub fn failure(e: ExecError<AccountError>, what: &str) -> CommandFailure {
     }
 }
 
-async fn update_profile(
+/// The account's state: the actor's cached copy, or loaded from the log.
+async fn loaded<'s>(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    state: &'s mut Option<Loaded<Account>>,
+) -> Result<&'s Loaded<Account>, CommandFailure> {
+    if state.is_none() {
+        *state = Some(load::<Account>(&deps.store, scope, id).await.map_err(|e| broken("loading an account", e))?);
+    }
+    Ok(state.as_ref().expect("filled above"))
+}
+
+/// Runs a command that only a registered account can take: NOT_FOUND
+/// otherwise. `command` builds it from the current state (a proof is checked
+/// there, against the state the decision is made on); its error is the answer.
+async fn decide_on_registered(
     deps: &Deps,
     scope: &Scope,
     id: &str,
     stamp: &Stamp,
-    firstname: PersonName,
-    lastname: PersonName,
     state: &mut Option<Loaded<Account>>,
-) -> CommandResult<AccountReply> {
-    let current = match state.take() {
-        Some(c) => c,
-        None => load::<Account>(&deps.store, scope, id).await.map_err(|e| broken("loading an account", e))?,
-    };
+    command: impl FnOnce(&Loaded<Account>) -> Result<AccountCommand, CommandFailure>,
+) -> Result<u64, CommandFailure> {
+    let current = loaded(deps, scope, id, state).await?;
     if !current.state.is_registered() {
-        *state = Some(current);
         return Err(CommandFailure::rejected(&AccountError::NotFound));
     }
-    let kid = person_key_name(scope, id);
-    let key = deps.keys.existing_key(&kid).await.map_err(|e| broken("reading a person key", e))?;
-    let cmd = AccountCommand::UpdateProfile {
-        firstname: key.seal(&kid, firstname.as_str().as_bytes()),
-        lastname: key.seal(&kid, lastname.as_str().as_bytes()),
-    };
-    let done = execute::<Account>(&deps.store, scope, id, Some(current), stamp, &cmd, deps.snapshot_every)
+    let cmd = command(current)?;
+    let current = state.take();
+    let done = execute::<Account>(&deps.store, scope, id, current, stamp, &cmd, deps.snapshot_every)
         .await
-        .map_err(|e| failure(e, "appending a profile update"))?;
+        .map_err(|e| failure(e, "appending an account change"))?;
     *state = Some(done.loaded);
-    Ok(AccountReply::Updated { seq: done.seq })
+    Ok(done.seq)
 }
 
 /// A login reads the same things for a known and an unknown email, in the

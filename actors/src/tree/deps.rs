@@ -16,6 +16,22 @@ pub struct Deps {
     pub snapshot_every: u64,
     /// How many aggregates of one kind a tenant's actor keeps in memory.
     pub cache_per_tenant: usize,
+    pub accounts: AccountPolicy,
+}
+
+/// The account lifecycle's limits, from the node's configuration.
+#[derive(Clone, Debug)]
+pub struct AccountPolicy {
+    /// How long a verification code and link stay valid.
+    pub verification_ttl_secs: i64,
+    /// The least time between two verification mails for one account.
+    pub resend_interval_secs: i64,
+}
+
+impl Default for AccountPolicy {
+    fn default() -> Self {
+        Self { verification_ttl_secs: 24 * 3600, resend_interval_secs: 60 }
+    }
 }
 
 /// Infrastructure failed while doing `what`: the detail goes to the log, the

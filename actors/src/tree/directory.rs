@@ -102,6 +102,7 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
             firstname: crate::domain::account::PersonName::parse("Owner").expect("a constant name parses"),
             lastname: crate::domain::account::PersonName::parse(slug.as_str()).expect("a slug is a valid name"),
             owner: true,
+            locale: Default::default(),
         },
     )
     .await?;

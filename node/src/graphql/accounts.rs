@@ -1,8 +1,9 @@
 //! Accounts in GraphQL: `me`, the owner's `users` page, `register`, `login`
 //! and `updateProfile`.
 
-use actors::command::{AccountReply, AccountRequest, CommandFailure};
-use actors::domain::account::{AccountId, Email, Password, PersonName};
+use actors::command::{AccountReply, AccountRequest, CommandFailure, EmailProof};
+use actors::domain::account::{AccountId, Email, Locale, Password, PersonName};
+use actors::domain::challenge::{Code, LinkToken};
 use actors::domain::tenant::Scope;
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject};
@@ -96,6 +97,16 @@ impl User {
     async fn created_at(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
         Ok(&self.row(ctx).await?.created_at)
     }
+
+    /// Whether the account proved it reads its email address.
+    async fn email_verified(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        Ok(self.row(ctx).await?.email_verified)
+    }
+
+    /// The language of the account's mails and messages (`en`, `de`).
+    async fn locale(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
+        Ok(self.row(ctx).await?.locale.as_deref().unwrap_or(Locale::default().as_str()))
+    }
 }
 
 /// An account's read-model row; NOT_FOUND when it has none.
@@ -119,6 +130,11 @@ fn issue(app: &App, scope: &Scope, account_id: String) -> async_graphql::Result<
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
     Ok(AuthPayload { token, expires_at, account_id })
+}
+
+/// The signed-in account's id, as a command names it.
+fn own_account(p: &crate::edge::auth::Claims) -> async_graphql::Result<AccountId> {
+    AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))
 }
 
 /// The accounts part of the query root.
@@ -186,6 +202,8 @@ pub struct RegisterInput {
     password: String,
     firstname: String,
     lastname: String,
+    /// `en` or `de` (a region such as `de-CH` is accepted); default: from `Accept-Language`.
+    locale: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -198,6 +216,17 @@ pub struct LoginInput {
 pub struct UpdateProfileInput {
     firstname: String,
     lastname: String,
+    /// A new locale (`en`, `de`); unchanged when absent.
+    locale: Option<String>,
+}
+
+/// Exactly one of the two proofs from the verification mail.
+#[derive(InputObject)]
+pub struct VerifyEmailInput {
+    /// The 6-digit code (signed in only).
+    code: Option<String>,
+    /// The token of the mail's link (works signed out).
+    token: Option<String>,
 }
 
 /// The accounts part of the mutation root.
@@ -220,6 +249,10 @@ impl AccountMutation {
             password: parse("password", Password::parse(&input.password))?,
             firstname: parse("firstname", PersonName::parse(&input.firstname))?,
             lastname: parse("lastname", PersonName::parse(&input.lastname))?,
+            locale: match &input.locale {
+                Some(l) => parse("locale", Locale::parse(l))?,
+                None => req.locale.clone(),
+            },
         };
         let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "register"), request).await?;
         let AccountReply::Registered { account_id, seq } = reply else {
@@ -250,9 +283,10 @@ impl AccountMutation {
         let (app, req) = parts(ctx);
         let p = principal(req)?;
         let request = AccountRequest::UpdateProfile {
-            account_id: AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?,
+            account_id: own_account(p)?,
             firstname: parse("firstname", PersonName::parse(&input.firstname))?,
             lastname: parse("lastname", PersonName::parse(&input.lastname))?,
+            locale: input.locale.as_deref().map(|l| parse("locale", Locale::parse(l))).transpose()?,
         };
         let reply: AccountReply =
             send(app, req, &req.scope, "account", command_id(req, "updateProfile"), request).await?;
@@ -261,6 +295,45 @@ impl AccountMutation {
         };
         settle(ctx, app, seq).await;
         Ok(User::known(&req.scope, &p.sub))
+    }
+
+    /// Verifies the account's email address with the code (signed in) or the
+    /// link token (signed in or not) of the verification mail. A wrong, used or
+    /// expired proof gets `BAD_USER_INPUT` and changes nothing.
+    async fn verify_email(&self, ctx: &Context<'_>, input: VerifyEmailInput) -> async_graphql::Result<User> {
+        let (app, req) = parts(ctx);
+        let proof = match (input.code, input.token) {
+            (Some(code), None) => {
+                let p = principal(req)?;
+                EmailProof::Code { account_id: own_account(p)?, code: parse("code", Code::parse(&code))? }
+            }
+            (None, Some(token)) => EmailProof::Token { token: parse("token", LinkToken::parse(&token))? },
+            _ => return Err(bad_input("input", "give exactly one of `code` and `token`")),
+        };
+        let request = AccountRequest::VerifyEmail { proof };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "verifyEmail"), request).await?;
+        let AccountReply::Verified { account_id, seq } = reply else {
+            return Err(internal("unexpected reply", "verifyEmail"));
+        };
+        settle(ctx, app, seq).await;
+        Ok(User::known(&req.scope, &account_id))
+    }
+
+    /// Mails the signed-in account a new verification code and link; the older
+    /// ones stop working. At most one per `verification_resend_secs`
+    /// (`RATE_LIMITED` with `retryAfter` otherwise).
+    async fn resend_verification(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        let request = AccountRequest::ResendVerification { account_id: own_account(p)? };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "resendVerification"), request).await?;
+        let AccountReply::VerificationSent { seq } = reply else {
+            return Err(internal("unexpected reply", "resendVerification"));
+        };
+        settle(ctx, app, seq).await;
+        Ok(true)
     }
 }
 

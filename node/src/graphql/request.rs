@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
-use actors::domain::account::{AccountId, InputError};
+use actors::domain::account::{AccountId, InputError, Locale};
 use actors::domain::ids::CommandId;
 use actors::domain::tenant::Scope;
 use async_graphql::{Context, ErrorExtensions};
@@ -25,6 +25,8 @@ pub struct RequestCtx {
     pub idempotency_key: Option<String>,
     /// From the `canopy-consistency` header: wait until the read models reach it.
     pub consistency: Option<u64>,
+    /// From `Accept-Language`: the default locale of a new account.
+    pub locale: Locale,
 }
 
 pub fn error(code: &str, message: impl Into<String>) -> async_graphql::Error {
@@ -32,8 +34,14 @@ pub fn error(code: &str, message: impl Into<String>) -> async_graphql::Error {
     async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))
 }
 
+/// A command's failure as a GraphQL error; `RATE_LIMITED` carries `retryAfter`
+/// (seconds) beside its code.
 pub fn failure(f: CommandFailure) -> async_graphql::Error {
-    error(&f.code, f.message)
+    let e = error(&f.code, f.message);
+    match f.retry_after_secs {
+        Some(secs) => e.extend_with(|_, ext| ext.set("retryAfter", secs)),
+        None => e,
+    }
 }
 
 pub fn internal(what: &str, e: impl std::fmt::Display) -> async_graphql::Error {

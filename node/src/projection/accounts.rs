@@ -33,7 +33,7 @@ impl Projection for Accounts {
                     // `RETURN NONE`: the projector reads no results.
                     vec![statement(
                         format!(
-                            "UPSERT {id} CONTENT {{ account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at }} RETURN NONE"
+                            "UPSERT {id} CONTENT {{ account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at, email_verified: false, locale: $locale }} RETURN NONE"
                         ),
                         serde_json::json!({
                             "id": account_id,
@@ -42,17 +42,25 @@ impl Projection for Accounts {
                             "last": e.open("lastname", &kid).await?,
                             "owner": owner,
                             "seq": e.stored.seq, "at": e.stored.envelope.occurred_at,
+                            "locale": e.data.get("locale").and_then(Value::as_str),
                         }),
                     )]
+                }
+                "EmailVerified" => {
+                    let id = e.record("user", e.aggregate_id())?;
+                    vec![statement(format!("UPDATE {id} SET email_verified = true RETURN NONE"), serde_json::json!({}))]
                 }
                 "ProfileUpdated" => {
                     let id = e.record("user", e.aggregate_id())?;
                     let kid = person_key_name(e.scope, e.aggregate_id());
+                    let locale = e.data.get("locale").and_then(Value::as_str);
+                    let set_locale = if locale.is_some() { ", locale = $locale" } else { "" };
                     vec![statement(
-                        format!("UPDATE {id} SET firstname = $first, lastname = $last RETURN NONE"),
+                        format!("UPDATE {id} SET firstname = $first, lastname = $last{set_locale} RETURN NONE"),
                         serde_json::json!({
                             "first": e.open("firstname", &kid).await?,
                             "last": e.open("lastname", &kid).await?,
+                            "locale": locale,
                         }),
                     )]
                 }

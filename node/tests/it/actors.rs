@@ -38,6 +38,7 @@ async fn deps(nats: &NatsServer, snapshot_every: u64) -> Deps {
         hasher: Hasher::new(2, owasp_params()),
         snapshot_every,
         cache_per_tenant: 100,
+        accounts: Default::default(),
     }
 }
 
@@ -91,6 +92,7 @@ fn update(account_id: &str, command_id: &str, first: &str) -> CommandEnvelope<Ac
             account_id,
             firstname: PersonName::parse(first).unwrap(),
             lastname: PersonName::parse("Owner").unwrap(),
+            locale: None,
         },
     }
 }
