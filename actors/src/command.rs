@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::account::{AccountId, Email, Locale, Password, PersonName};
 use crate::domain::challenge::{Code, LinkToken};
 use crate::domain::ids::CommandId;
+use crate::domain::session::{RefreshToken, SessionId, UserAgent};
 use crate::domain::tenant::{Scope, TenantId, TenantName};
 
 pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
@@ -23,8 +24,14 @@ pub const COMMAND_WILDCARD: &str = "cmd.*.*";
 pub enum Principal {
     /// Nobody signed in: registration and login.
     Anonymous,
-    /// A signed-in account of `scope` (the platform's accounts are its administrators).
-    Account { scope: Scope, account_id: AccountId },
+    /// A signed-in account of `scope` (the platform's accounts are its
+    /// administrators), in session `session_id` when its token names one.
+    Account {
+        scope: Scope,
+        account_id: AccountId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<SessionId>,
+    },
 }
 
 impl Principal {
@@ -35,8 +42,16 @@ impl Principal {
     /// The account acting, if it belongs to `scope`.
     pub fn account_in(&self, scope: &Scope) -> Option<&AccountId> {
         match self {
-            Principal::Account { scope: s, account_id } if s == scope => Some(account_id),
+            Principal::Account { scope: s, account_id, .. } if s == scope => Some(account_id),
             _ => None,
+        }
+    }
+
+    /// The session the principal acts in, if its token names one.
+    pub fn session(&self) -> Option<&SessionId> {
+        match self {
+            Principal::Account { session_id, .. } => session_id.as_ref(),
+            Principal::Anonymous => None,
         }
     }
 }
@@ -52,7 +67,7 @@ pub struct CommandEnvelope<R> {
 
 /// Request fields that are secrets: left out of a request's digest, which is
 /// stored in the log (a replay proves them again instead).
-const SECRET_FIELDS: [&str; 3] = ["password", "owner_password", "proof"];
+const SECRET_FIELDS: [&str; 4] = ["password", "owner_password", "proof", "token"];
 
 impl<R: Serialize> CommandEnvelope<R> {
     /// What a request's digest is computed over: the principal and the request
@@ -71,13 +86,72 @@ impl<R: Serialize> CommandEnvelope<R> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountRequest {
-    Register { email: Email, password: Password, firstname: PersonName, lastname: PersonName, locale: Locale },
-    Login { email: Email, password: Password },
-    UpdateProfile { account_id: AccountId, firstname: PersonName, lastname: PersonName, locale: Option<Locale> },
+    /// `session`: open a session for the new account (the edge does; the
+    /// bootstrap administrator does not).
+    Register {
+        email: Email,
+        password: Password,
+        firstname: PersonName,
+        lastname: PersonName,
+        locale: Locale,
+        session: Option<SessionRequest>,
+    },
+    Login {
+        email: Email,
+        password: Password,
+        session: SessionRequest,
+    },
+    /// Rotate a session's refresh token (no access token needed).
+    RefreshSession {
+        token: RefreshToken,
+    },
+    /// End sessions of the account (the account itself only).
+    RevokeSessions {
+        account_id: AccountId,
+        which: SessionSelection,
+    },
+    UpdateProfile {
+        account_id: AccountId,
+        firstname: PersonName,
+        lastname: PersonName,
+        locale: Option<Locale>,
+    },
     /// Mail the account's verification again (the account itself only).
-    ResendVerification { account_id: AccountId },
+    ResendVerification {
+        account_id: AccountId,
+    },
     /// Verify with the mailed code (the account itself only) or link token (anyone holding it).
-    VerifyEmail { proof: EmailProof },
+    VerifyEmail {
+        proof: EmailProof,
+    },
+}
+
+/// What a new session records about its client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub user_agent: Option<UserAgent>,
+}
+
+/// Which sessions a revocation ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "which", rename_all = "snake_case")]
+pub enum SessionSelection {
+    /// The principal's own session (logout).
+    Current,
+    /// Every session (logout everywhere).
+    All,
+    /// One session by id.
+    One { session_id: SessionId },
+}
+
+/// A session just opened or rotated: the refresh token is in clear here, once,
+/// for its holder; the log has only its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedSession {
+    pub session_id: String,
+    pub refresh_token: String,
+    /// When the refresh token stops working unless used (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// How a person proves they read a verification mail.
@@ -101,8 +175,10 @@ impl EmailProof {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountReply {
-    Registered { account_id: String, seq: u64 },
-    LoggedIn { account_id: String, owner: bool },
+    Registered { account_id: String, seq: u64, session: Option<IssuedSession> },
+    LoggedIn { account_id: String, owner: bool, session: IssuedSession, seq: u64 },
+    Refreshed { account_id: String, session: IssuedSession, seq: u64 },
+    SessionsRevoked { count: usize, seq: u64 },
     Updated { seq: u64 },
     VerificationSent { seq: u64 },
     Verified { account_id: String, seq: u64 },
@@ -202,6 +278,9 @@ string_wire!(PersonName, as_str);
 string_wire!(Locale, as_str);
 string_wire!(Code, as_str);
 string_wire!(LinkToken, expose);
+string_wire!(SessionId, as_str);
+string_wire!(RefreshToken, expose);
+string_wire!(UserAgent, as_str);
 
 #[cfg(test)]
 mod tests {
@@ -239,6 +318,7 @@ mod tests {
             request: AccountRequest::Login {
                 email: Email::parse(email).unwrap(),
                 password: Password::parse(password).unwrap(),
+                session: SessionRequest::default(),
             },
         };
         let a = login("a@b.co", "first-password");
@@ -255,6 +335,7 @@ mod tests {
             request: AccountRequest::Login {
                 email: Email::parse("a@b.co").unwrap(),
                 password: Password::parse("12345678").unwrap(),
+                session: SessionRequest::default(),
             },
         };
         let json = serde_json::to_string(&cmd).unwrap();

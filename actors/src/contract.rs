@@ -134,7 +134,17 @@ mod tests {
         let names: Vec<String> = event_schemas().into_iter().map(|(n, _, _)| n).collect();
         assert_eq!(
             names,
-            ["AccountRegistered", "EmailReserved", "EmailVerificationRequested", "EmailVerified", "ProfileUpdated", "TenantCreated"]
+            [
+                "AccountRegistered",
+                "EmailReserved",
+                "EmailVerificationRequested",
+                "EmailVerified",
+                "ProfileUpdated",
+                "SessionRefreshed",
+                "SessionRevoked",
+                "SessionStarted",
+                "TenantCreated"
+            ]
         );
     }
 

@@ -6,4 +6,5 @@ pub mod account;
 pub mod aggregate;
 pub mod challenge;
 pub mod ids;
+pub mod session;
 pub mod tenant;

@@ -878,7 +878,7 @@ async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::R
     let account_id = AccountId::parse(&who.account_id)?;
     let body = serde_json::to_vec(&CommandEnvelope {
         command_id: CommandId::fresh(),
-        principal: Principal::Account { scope: scope.clone(), account_id: account_id.clone() },
+        principal: Principal::Account { scope: scope.clone(), account_id: account_id.clone(), session_id: None },
         request: AccountRequest::UpdateProfile {
             account_id,
             firstname: PersonName::parse(&format!("N{n}"))?,

@@ -49,8 +49,12 @@ pub struct Config {
     pub master_key: Option<SecretString>,
     /// The `iss` claim of issued tokens, also the expected `aud`.
     pub issuer: String,
-    /// Lifetime of an access token, in seconds.
+    /// Lifetime of an access token, in seconds (refresh it with its session's refresh token).
     pub token_ttl_secs: u64,
+    /// How long a refresh token works unused, in seconds; each use starts it again.
+    pub refresh_ttl_secs: u64,
+    /// Open sessions per account; one more ends the least recently used.
+    pub max_sessions_per_account: usize,
     /// A tenant tree with no command for this long is stopped.
     pub idle_timeout_secs: u64,
     /// How long a mutation waits for its own events to be projected.
@@ -107,7 +111,7 @@ impl Default for Config {
             surreal_password: None,
             master_key: None,
             issuer: "canopy".into(),
-            token_ttl_secs: 3600,
+            token_ttl_secs: 900,
             idle_timeout_secs: 300,
             read_your_writes_timeout_ms: 5000,
             command_timeout_ms: 10_000,
@@ -123,6 +127,8 @@ impl Default for Config {
             introspection: true,
             verification_ttl_secs: 24 * 3600,
             verification_resend_secs: 60,
+            refresh_ttl_secs: 30 * 86_400,
+            max_sessions_per_account: 50,
             app_url: None,
         }
     }
@@ -279,6 +285,8 @@ impl Config {
             "master_key": secret(&self.master_key).unwrap_or("data_dir/master.key"),
             "issuer": self.issuer,
             "token_ttl_secs": self.token_ttl_secs,
+            "refresh_ttl_secs": self.refresh_ttl_secs,
+            "max_sessions_per_account": self.max_sessions_per_account,
             "idle_timeout_secs": self.idle_timeout_secs,
             "read_your_writes_timeout_ms": self.read_your_writes_timeout_ms,
             "command_timeout_ms": self.command_timeout_ms,

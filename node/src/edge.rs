@@ -3,6 +3,7 @@
 //! before anything is executed.
 
 pub mod auth;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -263,6 +264,9 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
         }
         Ok(None) => None,
         Ok(Some(token)) => match app.tokens.verify(token) {
+            Ok(c) if c.sid.as_deref().is_some_and(|sid| app.revocations.is_revoked(sid)) => {
+                return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the session has ended; sign in again");
+            }
             Ok(c) => Some(c),
             Err(TokenError::Expired) => {
                 return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired");
@@ -341,7 +345,11 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
         .and_then(|v| v.to_str().ok())
         .map(Locale::from_accept_language)
         .unwrap_or_default();
-    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale };
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(actors::domain::session::UserAgent::from_header);
+    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale, user_agent };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {
         // Parse, validation and limit errors come from async-graphql without a code.

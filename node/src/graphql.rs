@@ -8,6 +8,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 pub mod accounts;
 pub mod request;
+pub mod sessions;
 pub mod tenants;
 
 // The roots merge one part per area (`accounts.rs`, `tenants.rs`, ...); a new
@@ -15,11 +16,11 @@ pub mod tenants;
 
 /// What can be read: the signed-in account, a tenant's users, the platform's tenants.
 #[derive(MergedObject, Default)]
-pub struct Query(accounts::AccountQuery, tenants::TenantQuery);
+pub struct Query(accounts::AccountQuery, sessions::SessionQuery, tenants::TenantQuery);
 
 /// What can be changed: accounts, profiles and tenants.
 #[derive(MergedObject, Default)]
-pub struct Mutation(accounts::AccountMutation, tenants::TenantMutation);
+pub struct Mutation(accounts::AccountMutation, sessions::SessionMutation, tenants::TenantMutation);
 
 pub type CanopySchema = Schema<Query, Mutation, EmptySubscription>;
 

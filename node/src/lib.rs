@@ -58,6 +58,8 @@ pub struct App {
     pub read_model: ReadModel,
     pub tokens: Tokens,
     pub progress: Progress,
+    /// Sessions revoked recently: their access tokens are refused.
+    pub revocations: Arc<edge::sessions::Revocations>,
     pub schema: CanopySchema,
     pub documents: graphql::Documents,
     pub node: ActorRef<NodeMsg>,
@@ -86,6 +88,7 @@ impl App {
             ("stream", stream),
             ("surrealdb", self.read_model.health().await),
             ("projections", self.progress.caught_up()),
+            ("revocations", self.revocations.ready()),
         ])
     }
 }
@@ -227,6 +230,8 @@ async fn serve(
         accounts: actors::tree::deps::AccountPolicy {
             verification_ttl_secs: config.verification_ttl_secs as i64,
             resend_interval_secs: config.verification_resend_secs as i64,
+            refresh_ttl_secs: config.refresh_ttl_secs as i64,
+            max_sessions: config.max_sessions_per_account.max(1),
         },
     };
     let (node, node_handle) = Actor::spawn(
@@ -297,6 +302,11 @@ async fn serve(
     // Make sure the router's subscription is registered before anyone sends to it.
     core.nats.flush().await.context("while subscribing to commands")?;
 
+    // The edge refuses tokens of revoked sessions; it learns them from the log.
+    let revocations = Arc::new(edge::sessions::Revocations::new(config.token_ttl_secs));
+    let (feed, store, feed_cancel) = (revocations.clone(), core.store.clone(), cancel.clone());
+    tasks.spawn(async move { feed.run(store, feed_cancel).await });
+
     let tokens = Tokens::load(&core.keys, config.issuer.clone(), config.token_ttl_secs)
         .await
         .context("while loading the signing keys")?;
@@ -307,6 +317,7 @@ async fn serve(
         read_model: core.read_model.clone(),
         tokens,
         progress,
+        revocations,
         schema: graphql::schema_with(config.introspection),
         documents: graphql::Documents::default(),
         node: node.clone(),
@@ -356,6 +367,7 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         firstname: PersonName::parse("Platform").expect("constant"),
         lastname: PersonName::parse("Administrator").expect("constant"),
         locale: Default::default(),
+        session: None,
     };
     let body = serde_json::to_vec(&CommandEnvelope { command_id, principal: Principal::Anonymous, request })?;
     let reply = app

@@ -269,7 +269,10 @@ async fn commit(
                 }));
                 continue;
             }
-            Err(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "the read model refused a batch");
+                e
+            }
         };
         rm.apply(Vec::new(), committed).await?;
         if piece.len() > 1 {

@@ -63,6 +63,16 @@ pub struct UserRow {
     pub locale: Option<String>,
 }
 
+/// An open session, as `sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub account_id: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub user_agent: Option<String>,
+}
+
 /// An event the projector set aside because it can never be applied: where it is
 /// in the log and why. It holds no value from the event's data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,6 +315,16 @@ impl ReadModel {
         Ok(rows.into_iter().next())
     }
 
+    /// An account's open sessions, most recently used first.
+    pub async fn sessions(&self, scope: &Scope, account_id: &str) -> Result<Vec<SessionRow>, ReadError> {
+        self.select(
+            &db_name(scope),
+            "SELECT session_id, account_id, created_at, last_used_at, user_agent FROM session WHERE account_id = $account ORDER BY last_used_at DESC, session_id LIMIT 200",
+            serde_json::json!({ "account": account_id }),
+        )
+        .await
+    }
+
     /// Up to `limit` users registered after `after_seq`, oldest first.
     pub async fn users(&self, scope: &Scope, after_seq: u64, limit: usize) -> Result<Vec<UserRow>, ReadError> {
         self.select(
@@ -423,11 +443,18 @@ impl ReadModel {
             let users: Vec<serde_json::Value> = self
                 .select(
                     &db,
-                    "SELECT account_id, email, firstname, lastname, owner, seq, created_at FROM user ORDER BY seq",
+                    "SELECT account_id, email, firstname, lastname, owner, seq, created_at, email_verified, locale FROM user ORDER BY seq",
                     serde_json::json!({}),
                 )
                 .await?;
-            let mut content = serde_json::json!({ "tenant": tenants, "user": users });
+            let sessions: Vec<serde_json::Value> = self
+                .select(
+                    &db,
+                    "SELECT session_id, account_id, created_at, last_used_at, user_agent, seq FROM session ORDER BY session_id",
+                    serde_json::json!({}),
+                )
+                .await?;
+            let mut content = serde_json::json!({ "tenant": tenants, "user": users, "session": sessions });
             if db == "system" {
                 content["dead_letter"] = serde_json::to_value(self.dead_letters().await?).map_err(read_err)?;
             }

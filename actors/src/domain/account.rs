@@ -5,6 +5,7 @@
 //! Personal fields and the password hash arrive here already sealed (see
 //! `seal.rs`): the domain never sees them in clear and never needs to.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::aggregate::{Aggregate, Decision, DomainError, Reservation};
 use crate::store::seal::Sealed;
+use subtle::ConstantTimeEq;
 
 /// An account's id: a UUID in its canonical lowercase hyphenated form (ids are
 /// derived from command ids with UUID v5). It becomes a subject token, a key
@@ -63,6 +65,8 @@ pub enum InputError {
     InvalidToken,
     #[error("supported locales are: en, de")]
     UnsupportedLocale,
+    #[error("a user agent has 1 to 256 characters and no control characters")]
+    InvalidUserAgent,
 }
 
 impl Email {
@@ -152,11 +156,7 @@ impl Locale {
             return Err(InputError::UnsupportedLocale);
         }
         let primary = t.split(['-', '_']).next().unwrap_or_default().to_ascii_lowercase();
-        SUPPORTED_LOCALES
-            .iter()
-            .find(|l| **l == primary)
-            .map(|l| Self(l))
-            .ok_or(InputError::UnsupportedLocale)
+        SUPPORTED_LOCALES.iter().find(|l| **l == primary).map(|l| Self(l)).ok_or(InputError::UnsupportedLocale)
     }
 
     /// The best supported locale of an `Accept-Language` header (RFC 9110
@@ -213,7 +213,25 @@ pub struct AccountState {
     pub locale: Option<String>,
     /// The open email verification, if any: at most one at a time, the newest.
     pub verification: Option<PendingVerification>,
+    /// The account's open sessions, by id. Revoked and idle-expired ones leave.
+    pub sessions: BTreeMap<String, SessionState>,
 }
+
+/// An open session, as the log knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The keyed hash of the current refresh token.
+    pub refresh_hash: String,
+    /// Hashes of the tokens rotated away, newest last (at most `RETIRED_KEPT`).
+    pub retired: Vec<String>,
+    pub started_at: i64,
+    pub last_used_at: i64,
+    /// Past this (Unix seconds) the refresh token is refused.
+    pub expires_at: i64,
+}
+
+/// How many rotated-away refresh token hashes a session remembers for reuse detection.
+pub const RETIRED_KEPT: usize = 16;
 
 /// An email verification waiting for its code or link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,14 +253,79 @@ impl AccountState {
 
 #[derive(Debug, Clone)]
 pub enum AccountCommand {
-    Register(Registration),
-    UpdateProfile { firstname: Sealed, lastname: Sealed, locale: Option<Locale> },
+    Register(Box<Registration>),
+    UpdateProfile {
+        firstname: Sealed,
+        lastname: Sealed,
+        locale: Option<Locale>,
+    },
     /// Mail a new verification for the address being verified (a resend).
     /// Refused within `min_interval_secs` of the previous one.
-    RequestVerification { challenge: NewChallenge, min_interval_secs: i64 },
+    RequestVerification {
+        challenge: NewChallenge,
+        min_interval_secs: i64,
+    },
     /// The handler has checked a proof against the open challenge
     /// `challenge_id`; the domain checks it is still open and unexpired at `now`.
-    ConfirmEmail { challenge_id: String, now: i64 },
+    ConfirmEmail {
+        challenge_id: String,
+        now: i64,
+    },
+    /// Open a session; beyond `max_sessions` the least recently used one is revoked.
+    StartSession {
+        session: NewSession,
+        max_sessions: usize,
+    },
+    /// Rotate a session's refresh token: `presented` is the hash of the token
+    /// given, `next` the hash of the new one. A token rotated away before
+    /// revokes the session instead.
+    RefreshSession {
+        session_id: String,
+        presented: String,
+        next: String,
+        at: i64,
+        expires_at: i64,
+    },
+    RevokeSessions {
+        which: WhichSessions,
+        reason: RevokeReason,
+    },
+}
+
+/// A session prepared outside the domain: ids, hashes and seals are ready.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub session_id: String,
+    pub refresh_hash: String,
+    pub user_agent: Option<Sealed>,
+    pub at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhichSessions {
+    One(String),
+    All,
+    AllBut(String),
+}
+
+/// Why a session ended; in the event, for audit and for the person's own view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// The person signed out of this session.
+    Logout,
+    /// The person signed out everywhere.
+    LogoutEverywhere,
+    /// The person ended one of their sessions from another.
+    Revoked,
+    /// A refresh token was presented after it had been rotated away: stolen or replayed.
+    RefreshTokenReused,
+    /// The account opened more sessions than it may keep; the least recently used left.
+    SessionLimit,
+    PasswordChanged,
+    PasswordReset,
+    AccountDeleted,
 }
 
 /// A challenge prepared outside the domain: a fresh id and sealed secret.
@@ -282,6 +365,40 @@ pub enum AccountEvent {
     EmailVerificationRequested(EmailVerificationRequested),
     /// The person proved they read the address's mail.
     EmailVerified(EmailVerified),
+    /// A sign-in opened a session.
+    SessionStarted(SessionStarted),
+    /// A session's refresh token was rotated.
+    SessionRefreshed(SessionRefreshed),
+    /// A session ended; its access tokens are refused from now on.
+    SessionRevoked(SessionRevoked),
+}
+
+/// Only the keyed hash of the refresh token is here, never the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionStarted {
+    pub session_id: String,
+    pub refresh_hash: String,
+    /// The client's user agent, sealed under the person's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Sealed>,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds; the refresh token is refused after this unless rotated.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionRefreshed {
+    pub session_id: String,
+    pub refresh_hash: String,
+    pub refreshed_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionRevoked {
+    pub session_id: String,
+    pub reason: RevokeReason,
 }
 
 /// Why an address is being verified.
@@ -363,6 +480,11 @@ pub enum AccountError {
     InvalidProof,
     #[error("too many requests; retry in {retry_after_secs} s")]
     TooSoon { retry_after_secs: u64 },
+    /// One answer for an unknown, expired, revoked or forged refresh token.
+    #[error("the refresh token is not valid; sign in again")]
+    InvalidRefreshToken,
+    #[error("no such session")]
+    SessionNotFound,
     #[error(transparent)]
     Input(#[from] InputError),
 }
@@ -375,8 +497,9 @@ impl DomainError for AccountError {
             | AccountError::AlreadyVerified
             | AccountError::InvalidProof
             | AccountError::Input(_) => "BAD_USER_INPUT",
-            AccountError::NotFound => "NOT_FOUND",
+            AccountError::NotFound | AccountError::SessionNotFound => "NOT_FOUND",
             AccountError::TooSoon { .. } => "RATE_LIMITED",
+            AccountError::InvalidRefreshToken => "UNAUTHENTICATED",
         }
     }
 
@@ -386,6 +509,15 @@ impl DomainError for AccountError {
             _ => None,
         }
     }
+}
+
+fn revoked(session_id: &str, reason: RevokeReason) -> AccountEvent {
+    AccountEvent::SessionRevoked(SessionRevoked { session_id: session_id.to_owned(), reason })
+}
+
+/// Compares two token hashes in constant time.
+fn same_hash(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 fn verification_requested(
@@ -493,6 +625,63 @@ impl Aggregate for Account {
                     _ => Err(AccountError::InvalidProof),
                 }
             }
+            AccountCommand::StartSession { session, max_sessions } => {
+                if !state.is_registered() {
+                    return Err(AccountError::NotFound);
+                }
+                let mut events = Vec::new();
+                // Make room: the least recently used sessions leave first.
+                let mut open: Vec<(&String, &SessionState)> =
+                    state.sessions.iter().filter(|(_, s)| s.expires_at >= session.at).collect();
+                open.sort_by_key(|(id, s)| (s.last_used_at, (*id).clone()));
+                let excess = (open.len() + 1).saturating_sub((*max_sessions).max(1));
+                for (id, _) in open.into_iter().take(excess) {
+                    events.push(revoked(id, RevokeReason::SessionLimit));
+                }
+                events.push(AccountEvent::SessionStarted(SessionStarted {
+                    session_id: session.session_id.clone(),
+                    refresh_hash: session.refresh_hash.clone(),
+                    user_agent: session.user_agent.clone(),
+                    started_at: session.at,
+                    expires_at: session.expires_at,
+                }));
+                Ok(Decision::events(events))
+            }
+            AccountCommand::RefreshSession { session_id, presented, next, at, expires_at } => {
+                let Some(s) = state.sessions.get(session_id) else {
+                    return Err(AccountError::InvalidRefreshToken);
+                };
+                if same_hash(&s.refresh_hash, presented) {
+                    if *at > s.expires_at {
+                        return Err(AccountError::InvalidRefreshToken);
+                    }
+                    return Ok(Decision::events(vec![AccountEvent::SessionRefreshed(SessionRefreshed {
+                        session_id: session_id.clone(),
+                        refresh_hash: next.clone(),
+                        refreshed_at: *at,
+                        expires_at: *expires_at,
+                    })]));
+                }
+                // A token this session rotated away: whoever holds it is not (only)
+                // the session's owner. End the session for both.
+                if s.retired.iter().any(|h| same_hash(h, presented)) {
+                    return Ok(Decision::events(vec![revoked(session_id, RevokeReason::RefreshTokenReused)]));
+                }
+                Err(AccountError::InvalidRefreshToken)
+            }
+            AccountCommand::RevokeSessions { which, reason } => {
+                if !state.is_registered() {
+                    return Err(AccountError::NotFound);
+                }
+                let ids: Vec<&String> = match which {
+                    WhichSessions::One(id) => {
+                        vec![state.sessions.get_key_value(id).ok_or(AccountError::SessionNotFound)?.0]
+                    }
+                    WhichSessions::All => state.sessions.keys().collect(),
+                    WhichSessions::AllBut(keep) => state.sessions.keys().filter(|id| *id != keep).collect(),
+                };
+                Ok(Decision::events(ids.into_iter().map(|id| revoked(id, *reason)).collect()))
+            }
         }
     }
 
@@ -530,6 +719,35 @@ impl Aggregate for Account {
                     state.verification = None;
                 }
                 state.email_verified = true;
+            }
+            AccountEvent::SessionStarted(e) => {
+                // Sessions idle past their expiry leave when another starts, so the
+                // map stays bounded by the sessions in use.
+                state.sessions.retain(|_, s| s.expires_at >= e.started_at);
+                state.sessions.insert(
+                    e.session_id.clone(),
+                    SessionState {
+                        refresh_hash: e.refresh_hash.clone(),
+                        retired: Vec::new(),
+                        started_at: e.started_at,
+                        last_used_at: e.started_at,
+                        expires_at: e.expires_at,
+                    },
+                );
+            }
+            AccountEvent::SessionRefreshed(e) => {
+                if let Some(s) = state.sessions.get_mut(&e.session_id) {
+                    let old = std::mem::replace(&mut s.refresh_hash, e.refresh_hash.clone());
+                    s.retired.push(old);
+                    if s.retired.len() > RETIRED_KEPT {
+                        s.retired.remove(0);
+                    }
+                    s.last_used_at = e.refreshed_at;
+                    s.expires_at = e.expires_at;
+                }
+            }
+            AccountEvent::SessionRevoked(e) => {
+                state.sessions.remove(&e.session_id);
             }
         }
         state
@@ -593,14 +811,14 @@ mod tests {
     fn registering_a_new_account_emits_account_registered() {
         check::<Account>(
             &[],
-            AccountCommand::Register(registration()),
+            AccountCommand::Register(Box::new(registration())),
             Ok(vec![registered(), requested("ch1", 100)]),
         );
     }
 
     #[test]
     fn registering_claims_the_email_index_in_the_same_decision() {
-        let d = Account::decide(&AccountState::default(), &AccountCommand::Register(registration())).unwrap();
+        let d = Account::decide(&AccountState::default(), &AccountCommand::Register(Box::new(registration()))).unwrap();
         assert_eq!(d.reservations.len(), 1);
         assert_eq!(d.reservations[0].aggregate, "email");
         assert_eq!(d.reservations[0].key, "idx");
@@ -611,7 +829,7 @@ mod tests {
     fn registering_the_same_account_twice_is_rejected() {
         check::<Account>(
             &[registered()],
-            AccountCommand::Register(registration()),
+            AccountCommand::Register(Box::new(registration())),
             Err(AccountError::AlreadyRegistered),
         );
     }
@@ -645,7 +863,8 @@ mod tests {
         let state = crate::domain::aggregate::replay::<Account>(&[registered(), requested("ch1", 100)]);
         assert!(!state.email_verified);
         assert_eq!(state.verification.as_ref().map(|v| v.challenge_id.as_str()), Some("ch1"));
-        let verified = AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() });
+        let verified =
+            AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() });
         check::<Account>(
             &[registered(), requested("ch1", 100)],
             AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1100 },
@@ -691,6 +910,88 @@ mod tests {
         check::<Account>(&verified, resend, Err(AccountError::AlreadyVerified));
         assert_eq!(AccountError::TooSoon { retry_after_secs: 30 }.retry_after_secs(), Some(30));
         assert_eq!(AccountError::TooSoon { retry_after_secs: 30 }.code(), "RATE_LIMITED");
+    }
+
+    fn started(id: &str, hash: &str, at: i64) -> AccountEvent {
+        AccountEvent::SessionStarted(SessionStarted {
+            session_id: id.into(),
+            refresh_hash: hash.into(),
+            user_agent: None,
+            started_at: at,
+            expires_at: at + 1000,
+        })
+    }
+
+    fn refresh(id: &str, presented: &str, next: &str, at: i64) -> AccountCommand {
+        AccountCommand::RefreshSession {
+            session_id: id.into(),
+            presented: presented.into(),
+            next: next.into(),
+            at,
+            expires_at: at + 1000,
+        }
+    }
+
+    #[test]
+    fn a_refresh_rotates_the_token_and_a_rotated_token_revokes_the_session() {
+        let history = vec![registered(), started("s1", "h1", 10)];
+        let rotated = AccountEvent::SessionRefreshed(SessionRefreshed {
+            session_id: "s1".into(),
+            refresh_hash: "h2".into(),
+            refreshed_at: 20,
+            expires_at: 1020,
+        });
+        check::<Account>(&history, refresh("s1", "h1", "h2", 20), Ok(vec![rotated.clone()]));
+        let after = [history.clone(), vec![rotated]].concat();
+        // The old token again: reuse, the session ends.
+        check::<Account>(
+            &after,
+            refresh("s1", "h1", "h3", 30),
+            Ok(vec![revoked("s1", RevokeReason::RefreshTokenReused)]),
+        );
+        // A token the session never had: refused, nothing happens.
+        check::<Account>(&after, refresh("s1", "forged", "h3", 30), Err(AccountError::InvalidRefreshToken));
+        // Past its expiry the current token is refused too.
+        check::<Account>(&after, refresh("s1", "h2", "h3", 1021), Err(AccountError::InvalidRefreshToken));
+        // After a revocation, even the current token is refused.
+        let ended = [after.clone(), vec![revoked("s1", RevokeReason::Logout)]].concat();
+        check::<Account>(&ended, refresh("s1", "h2", "h3", 40), Err(AccountError::InvalidRefreshToken));
+    }
+
+    #[test]
+    fn starting_a_session_beyond_the_limit_revokes_the_least_recently_used() {
+        let history = vec![registered(), started("s1", "h1", 10), started("s2", "h2", 20)];
+        let new = NewSession {
+            session_id: "s3".into(),
+            refresh_hash: "h3".into(),
+            user_agent: None,
+            at: 30,
+            expires_at: 1030,
+        };
+        check::<Account>(
+            &history,
+            AccountCommand::StartSession { session: new, max_sessions: 2 },
+            Ok(vec![revoked("s1", RevokeReason::SessionLimit), started("s3", "h3", 30)]),
+        );
+    }
+
+    #[test]
+    fn revoking_sessions_picks_one_all_or_all_but_the_current() {
+        let history = vec![registered(), started("s1", "h1", 10), started("s2", "h2", 20)];
+        let all = AccountCommand::RevokeSessions { which: WhichSessions::All, reason: RevokeReason::LogoutEverywhere };
+        check::<Account>(
+            &history,
+            all,
+            Ok(vec![revoked("s1", RevokeReason::LogoutEverywhere), revoked("s2", RevokeReason::LogoutEverywhere)]),
+        );
+        let others = AccountCommand::RevokeSessions {
+            which: WhichSessions::AllBut("s2".into()),
+            reason: RevokeReason::PasswordChanged,
+        };
+        check::<Account>(&history, others, Ok(vec![revoked("s1", RevokeReason::PasswordChanged)]));
+        let missing =
+            AccountCommand::RevokeSessions { which: WhichSessions::One("s9".into()), reason: RevokeReason::Revoked };
+        check::<Account>(&history, missing, Err(AccountError::SessionNotFound));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! login is free (it changes nothing) and reads the cache. Preparation happens
 //! here, outside `decide`: hashing, sealing, the email's claim.
 
-use crate::command::{AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof};
+use crate::command::{
+    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof, IssuedSession,
+    SessionRequest, SessionSelection,
+};
 use crate::domain::account::{
-    Account, AccountCommand, AccountError, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved, Locale,
-    NewChallenge, Password, PersonName, Registration,
+    Account, AccountCommand, AccountError, AccountEvent, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved,
+    Locale, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason, WhichSessions,
 };
 use crate::domain::challenge::{Purpose, Secret};
 use crate::domain::ids::CommandId;
+use crate::domain::session::{RefreshToken, SessionId};
 use crate::domain::tenant::Scope;
 use crate::store::event_store::{Stamp, Stored, event_subject};
 use crate::store::seal::{DataKey, person_key_name, tenant_key_name};
@@ -48,6 +52,14 @@ impl Handler for AccountHandler {
             AccountRequest::VerifyEmail { proof: EmailProof::Token { token } } => {
                 Ok(Route::Lane(token.account_id().to_string()))
             }
+            // So is a refresh token (an expired access token is why it is used).
+            AccountRequest::RefreshSession { token } => Ok(Route::Lane(token.account_id().to_string())),
+            AccountRequest::RevokeSessions { account_id, .. } => {
+                if envelope.principal.account_in(scope) != Some(account_id) {
+                    return Err(CommandFailure::forbidden("you may only end your own sessions"));
+                }
+                Ok(Route::Lane(account_id.to_string()))
+            }
             AccountRequest::Login { .. } => Ok(Route::Free),
         }
     }
@@ -60,12 +72,43 @@ impl Handler for AccountHandler {
     ) -> CommandResult<AccountReply> {
         let Ctx { scope, deps } = ctx;
         let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
+        let envelope_session = envelope.principal.session().cloned();
         let stamp = Stamp { command_id: envelope.command_id, digest };
         match envelope.request {
-            AccountRequest::Register { email, password, firstname, lastname, locale } => {
+            AccountRequest::Register { email, password, firstname, lastname, locale, session } => {
                 let account_id = account_id_for(scope, &stamp.command_id);
                 let input = NewAccount { account_id, email, password, firstname, lastname, owner: false, locale };
-                register(deps, scope, &stamp, input, state).await
+                let reply = register(deps, scope, &stamp, input, state).await?;
+                let (AccountReply::Registered { account_id, seq, .. }, Some(request)) = (&reply, session) else {
+                    return Ok(reply);
+                };
+                // The registration is in the log (or was, for a retry that proved the
+                // password again): open a session for it. A retry opens another.
+                let (session, at) = start_session(deps, scope, account_id, &stamp, &request, state).await?;
+                Ok(AccountReply::Registered {
+                    account_id: account_id.clone(),
+                    seq: at.max(*seq),
+                    session: Some(session),
+                })
+            }
+            AccountRequest::RefreshSession { token } => refresh_session(deps, scope, id, &stamp, &token, state).await,
+            AccountRequest::RevokeSessions { which, .. } => {
+                let current = envelope_session.as_ref();
+                let (which, reason) = match which {
+                    SessionSelection::Current => match current {
+                        Some(sid) => (WhichSessions::One(sid.to_string()), RevokeReason::Logout),
+                        None => return Err(CommandFailure::new("BAD_USER_INPUT", "this token belongs to no session")),
+                    },
+                    SessionSelection::All => (WhichSessions::All, RevokeReason::LogoutEverywhere),
+                    SessionSelection::One { session_id } => {
+                        let reason =
+                            if current == Some(&session_id) { RevokeReason::Logout } else { RevokeReason::Revoked };
+                        (WhichSessions::One(session_id.to_string()), reason)
+                    }
+                };
+                let cmd = AccountCommand::RevokeSessions { which, reason };
+                let (seq, events) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                Ok(AccountReply::SessionsRevoked { count: events.len(), seq })
             }
             AccountRequest::UpdateProfile { firstname, lastname, locale, .. } => {
                 let kid = person_key_name(scope, id);
@@ -75,14 +118,14 @@ impl Handler for AccountHandler {
                     lastname: key.seal(&kid, lastname.as_str().as_bytes()),
                     locale,
                 };
-                let seq = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                let (seq, _) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
                 Ok(AccountReply::Updated { seq })
             }
             AccountRequest::ResendVerification { .. } => {
                 let challenge = new_challenge(deps, scope, id, now()).await?;
                 let min_interval_secs = deps.accounts.resend_interval_secs;
                 let cmd = AccountCommand::RequestVerification { challenge, min_interval_secs };
-                let seq = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                let (seq, _) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
                 Ok(AccountReply::VerificationSent { seq })
             }
             AccountRequest::VerifyEmail { proof } => {
@@ -92,7 +135,7 @@ impl Handler for AccountHandler {
                     let bytes = deps.keys.open(&open.secret).await.map_err(|e| broken("opening a challenge", e))?;
                     opened = Secret::from_bytes(&bytes).map(|s| (open.challenge_id.clone(), s));
                 }
-                let seq = decide_on_registered(deps, scope, id, &stamp, state, move |_| {
+                let (seq, _) = decide_on_registered(deps, scope, id, &stamp, state, move |_| {
                     let accepted = opened.filter(|(_, secret)| match &proof {
                         EmailProof::Code { code, .. } => secret.accepts_code(Purpose::VerifyEmail, code),
                         EmailProof::Token { token } => secret.accepts_token(Purpose::VerifyEmail, token),
@@ -115,8 +158,12 @@ impl Handler for AccountHandler {
         envelope: CommandEnvelope<AccountRequest>,
         cache: Cache<Self>,
     ) -> CommandResult<AccountReply> {
+        let digest = request_digest(&ctx.deps, &ctx.scope, &envelope.digest_input()).await?;
+        let stamp = Stamp { command_id: envelope.command_id, digest };
         match envelope.request {
-            AccountRequest::Login { email, password } => login(ctx, &email, &password, &cache).await,
+            AccountRequest::Login { email, password, session } => {
+                login(ctx, &stamp, &email, &password, &session, &cache).await
+            }
             _ => Err(CommandFailure::internal()),
         }
     }
@@ -247,7 +294,7 @@ async fn replayed_registration(
         None => None,
     };
     match deps.hasher.verify(password, phc).await {
-        Ok(true) => Ok(AccountReply::Registered { account_id: owner.account_id, seq: claim.seq }),
+        Ok(true) => Ok(AccountReply::Registered { account_id: owner.account_id, seq: claim.seq, session: None }),
         Ok(false) => Err(CommandFailure::reused_id()),
         Err(e) => Err(broken("verifying a password", e)),
     }
@@ -277,7 +324,7 @@ async fn register(
         return answer;
     }
     let registration = prepare_registration(deps, scope, &input).await?;
-    let cmd = AccountCommand::Register(registration);
+    let cmd = AccountCommand::Register(Box::new(registration));
     let id = input.account_id.as_str();
     match execute::<Account>(&deps.store, scope, id, state.take(), stamp, &cmd, deps.snapshot_every).await {
         // A batch seen before was refused as a duplicate without storing anything:
@@ -288,7 +335,7 @@ async fn register(
         }
         Ok(done) => {
             *state = Some(done.loaded);
-            Ok(AccountReply::Registered { account_id: input.account_id.to_string(), seq: done.seq })
+            Ok(AccountReply::Registered { account_id: input.account_id.to_string(), seq: done.seq, session: None })
         }
         // The batch failed a check: most likely another account took the email
         // between our look and our append.
@@ -333,7 +380,7 @@ async fn decide_on_registered(
     stamp: &Stamp,
     state: &mut Option<Loaded<Account>>,
     command: impl FnOnce(&Loaded<Account>) -> Result<AccountCommand, CommandFailure>,
-) -> Result<u64, CommandFailure> {
+) -> Result<(u64, Vec<AccountEvent>), CommandFailure> {
     let current = loaded(deps, scope, id, state).await?;
     if !current.state.is_registered() {
         return Err(CommandFailure::rejected(&AccountError::NotFound));
@@ -344,7 +391,100 @@ async fn decide_on_registered(
         .await
         .map_err(|e| failure(e, "appending an account change"))?;
     *state = Some(done.loaded);
-    Ok(done.seq)
+    Ok((done.seq, done.events))
+}
+
+/// A session's refresh token's keyed hash: what the log keeps instead of it.
+async fn refresh_hash(deps: &Deps, scope: &Scope, token: &RefreshToken) -> Result<String, CommandFailure> {
+    Ok(tenant_key(deps, scope).await?.blind_index("refresh", &token.expose()))
+}
+
+/// Opens a session for a registered account whose proof (a password) was just
+/// checked. Its append has a command id of its own: a retried sign-in opens a
+/// session of its own, since the first one's refresh token is nowhere to be read
+/// again.
+async fn start_session(
+    deps: &Deps,
+    scope: &Scope,
+    account_id: &str,
+    stamp: &Stamp,
+    request: &SessionRequest,
+    state: &mut Option<Loaded<Account>>,
+) -> Result<(IssuedSession, u64), CommandFailure> {
+    let account = AccountId::parse(account_id).map_err(|e| broken("an account id from the log", e))?;
+    let session_id = SessionId::fresh();
+    let token = RefreshToken::generate(&account, &session_id);
+    let at = now();
+    let user_agent = match &request.user_agent {
+        Some(ua) => {
+            let kid = person_key_name(scope, account_id);
+            let key = deps.keys.existing_key(&kid).await.map_err(|e| broken("reading a person key", e))?;
+            Some(key.seal(&kid, ua.as_str().as_bytes()))
+        }
+        None => None,
+    };
+    let session = NewSession {
+        session_id: session_id.to_string(),
+        refresh_hash: refresh_hash(deps, scope, &token).await?,
+        user_agent,
+        at,
+        expires_at: at + deps.accounts.refresh_ttl_secs,
+    };
+    let cmd = AccountCommand::StartSession { session, max_sessions: deps.accounts.max_sessions };
+    let own = Stamp { command_id: CommandId::fresh(), digest: stamp.digest.clone() };
+    let (seq, _) = decide_on_registered(deps, scope, account_id, &own, state, |_| Ok(cmd)).await?;
+    let issued = IssuedSession {
+        session_id: session_id.to_string(),
+        refresh_token: token.expose(),
+        expires_at: at + deps.accounts.refresh_ttl_secs,
+    };
+    Ok((issued, seq))
+}
+
+/// Rotates a session's refresh token. A token rotated away before ends the
+/// session, and its presenter is told the token is not valid, like any other.
+async fn refresh_session(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    stamp: &Stamp,
+    token: &RefreshToken,
+    state: &mut Option<Loaded<Account>>,
+) -> CommandResult<AccountReply> {
+    let presented = refresh_hash(deps, scope, token).await?;
+    let next = RefreshToken::generate(token.account_id(), token.session_id());
+    let at = now();
+    let expires_at = at + deps.accounts.refresh_ttl_secs;
+    let cmd = AccountCommand::RefreshSession {
+        session_id: token.session_id().to_string(),
+        presented,
+        next: refresh_hash(deps, scope, &next).await?,
+        at,
+        expires_at,
+    };
+    let current = loaded(deps, scope, id, state).await?;
+    if !current.state.is_registered() {
+        return Err(CommandFailure::rejected(&AccountError::InvalidRefreshToken));
+    }
+    let (seq, events) = decide_on_registered(deps, scope, id, stamp, state, |_| Ok(cmd)).await?;
+    match events.first() {
+        Some(AccountEvent::SessionRefreshed(_)) => Ok(AccountReply::Refreshed {
+            account_id: id.to_owned(),
+            session: IssuedSession {
+                session_id: token.session_id().to_string(),
+                refresh_token: next.expose(),
+                expires_at,
+            },
+            seq,
+        }),
+        Some(AccountEvent::SessionRevoked(_)) => {
+            tracing::warn!(session = %token.session_id(), "a rotated refresh token was used again; the session is revoked");
+            Err(CommandFailure::rejected(&AccountError::InvalidRefreshToken))
+        }
+        // A retry of a refresh already applied: its new token was handed out once
+        // and is not kept, so the retry cannot have it.
+        _ => Err(CommandFailure::rejected(&AccountError::InvalidRefreshToken)),
+    }
 }
 
 /// A login reads the same things for a known and an unknown email, in the
@@ -354,8 +494,10 @@ async fn decide_on_registered(
 /// the time nor the reads tell whether an email has an account.
 async fn login(
     ctx: &Ctx,
+    stamp: &Stamp,
     email: &Email,
     password: &Password,
+    session: &SessionRequest,
     cache: &Cache<AccountHandler>,
 ) -> CommandResult<AccountReply> {
     let Ctx { scope, deps } = ctx;
@@ -385,11 +527,19 @@ async fn login(
         }
         _ => None,
     };
-    cache.remember(&id, account);
     // With no hash, `verify` compares against a dummy one: the same work.
     let ok = deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))?;
-    match (ok, holder) {
-        (true, Some(_)) => Ok(AccountReply::LoggedIn { account_id: id, owner }),
-        _ => Err(CommandFailure::invalid_credentials()),
+    if !(ok && holder.is_some()) {
+        cache.remember(&id, account);
+        return Err(CommandFailure::invalid_credentials());
     }
+    // The session is appended outside the account's lane: the expected-sequence
+    // check orders it with the lane's commands, which reload on a conflict.
+    let mut state = Some(account);
+    let started = start_session(deps, scope, &id, stamp, session, &mut state).await;
+    if let Some(s) = state {
+        cache.remember(&id, s);
+    }
+    let (session, seq) = started?;
+    Ok(AccountReply::LoggedIn { account_id: id, owner, session, seq })
 }

@@ -26,11 +26,20 @@ pub struct AccountPolicy {
     pub verification_ttl_secs: i64,
     /// The least time between two verification mails for one account.
     pub resend_interval_secs: i64,
+    /// How long a refresh token works unused; each refresh starts it again.
+    pub refresh_ttl_secs: i64,
+    /// Open sessions per account; a new one beyond it ends the least recently used.
+    pub max_sessions: usize,
 }
 
 impl Default for AccountPolicy {
     fn default() -> Self {
-        Self { verification_ttl_secs: 24 * 3600, resend_interval_secs: 60 }
+        Self {
+            verification_ttl_secs: 24 * 3600,
+            resend_interval_secs: 60,
+            refresh_ttl_secs: 30 * 86_400,
+            max_sessions: 50,
+        }
     }
 }
 

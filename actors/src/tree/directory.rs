@@ -108,7 +108,7 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
     .await?;
     let tenant_cmd = TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner_id.to_string() };
     let tenant = Tenant::decide(&TenantState::default(), &tenant_cmd).map_err(|e| CommandFailure::rejected(&e))?;
-    let owner = Account::decide(&Default::default(), &AccountCommand::Register(registration))
+    let owner = Account::decide(&Default::default(), &AccountCommand::Register(Box::new(registration)))
         .map_err(|e| CommandFailure::rejected(&e))?;
     let mut batch = batch_for::<Tenant>(&Scope::Platform, slug.as_str(), 0, &stamp, &tenant.events, &[])
         .map_err(|e| broken("building the tenant batch", e))?;

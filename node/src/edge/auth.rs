@@ -30,6 +30,10 @@ pub struct Claims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// The session the token belongs to; the edge refuses it once the session
+    /// is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +116,12 @@ impl Tokens {
         })
     }
 
-    pub fn issue(&self, scope: &Scope, account_id: &str) -> Result<(String, Claims), TokenError> {
+    pub fn issue(
+        &self,
+        scope: &Scope,
+        account_id: &str,
+        session_id: Option<&str>,
+    ) -> Result<(String, Claims), TokenError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -124,6 +133,7 @@ impl Tokens {
             nbf: now,
             exp: now + self.ttl_secs,
             jti: uuid::Uuid::now_v7().to_string(),
+            sid: session_id.map(str::to_owned),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.current.clone());
@@ -226,7 +236,7 @@ mod tests {
     fn a_token_seen_before_skips_the_signature_check_but_not_its_expiry() {
         let t = tokens(7);
         let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
-        let (token, claims) = t.issue(&scope, "a1").unwrap();
+        let (token, claims) = t.issue(&scope, "a1", None).unwrap();
         assert_eq!(t.verify(&token).unwrap(), claims);
         assert_eq!(t.verify(&token).unwrap(), claims);
         assert_eq!(t.full_checks(), 1, "the second request reused the first verification");
@@ -239,11 +249,11 @@ mod tests {
     fn an_altered_or_foreign_token_never_matches_a_remembered_one() {
         let t = tokens(7);
         let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
-        let (token, _) = t.issue(&scope, "a1").unwrap();
+        let (token, _) = t.issue(&scope, "a1", None).unwrap();
         t.verify(&token).unwrap();
         assert_eq!(t.verify(&altered(&token)), Err(TokenError::Invalid));
         // Same claims shape, signed by another key: refused, and not remembered.
-        let (foreign, _) = tokens(8).issue(&scope, "a1").unwrap();
+        let (foreign, _) = tokens(8).issue(&scope, "a1", None).unwrap();
         assert_eq!(t.verify(&foreign), Err(TokenError::Invalid));
         assert_eq!(t.verify(&foreign), Err(TokenError::Invalid));
         assert_eq!(t.full_checks(), 4, "failures are checked in full every time");

@@ -1,7 +1,7 @@
 //! Accounts in GraphQL: `me`, the owner's `users` page, `register`, `login`
 //! and `updateProfile`.
 
-use actors::command::{AccountReply, AccountRequest, CommandFailure, EmailProof};
+use actors::command::{AccountReply, AccountRequest, CommandFailure, EmailProof, IssuedSession, SessionRequest};
 use actors::domain::account::{AccountId, Email, Locale, Password, PersonName};
 use actors::domain::challenge::{Code, LinkToken};
 use actors::domain::tenant::Scope;
@@ -22,12 +22,17 @@ pub const MAX_PAGE: i32 = 100;
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct AuthPayload {
-    /// A bearer token for `Authorization: Bearer <token>`.
-    token: String,
-    /// When the token expires (RFC 3339).
-    expires_at: String,
+    /// A short-lived access token for `Authorization: Bearer <token>`.
+    pub(crate) token: String,
+    /// When the access token expires (RFC 3339).
+    pub(crate) expires_at: String,
+    /// An opaque token for `refreshSession`, shown only here: it rotates on
+    /// every use, and using a rotated one again ends the session.
+    pub(crate) refresh_token: String,
+    /// When the refresh token stops working unless used (RFC 3339).
+    pub(crate) refresh_expires_at: String,
     #[graphql(skip)]
-    account_id: String,
+    pub(crate) account_id: String,
 }
 
 #[ComplexObject]
@@ -123,17 +128,34 @@ async fn load_user(app: &App, scope: &Scope, account_id: &str) -> async_graphql:
     Ok(User::from_row(scope, user_row(app, scope, account_id).await?))
 }
 
-fn issue(app: &App, scope: &Scope, account_id: String) -> async_graphql::Result<AuthPayload> {
-    let (token, claims) = app.tokens.issue(scope, &account_id).map_err(|e| internal("signing a token", e))?;
-    let expires_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
+/// Unix seconds as RFC 3339 (empty for a time out of range).
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default();
-    Ok(AuthPayload { token, expires_at, account_id })
+        .unwrap_or_default()
+}
+
+/// An access token for a session just opened or rotated, with its refresh token.
+pub(crate) fn issue(
+    app: &App,
+    scope: &Scope,
+    account_id: String,
+    session: IssuedSession,
+) -> async_graphql::Result<AuthPayload> {
+    let (token, claims) =
+        app.tokens.issue(scope, &account_id, Some(&session.session_id)).map_err(|e| internal("signing a token", e))?;
+    Ok(AuthPayload {
+        token,
+        expires_at: rfc3339(claims.exp),
+        refresh_token: session.refresh_token,
+        refresh_expires_at: rfc3339(session.expires_at),
+        account_id,
+    })
 }
 
 /// The signed-in account's id, as a command names it.
-fn own_account(p: &crate::edge::auth::Claims) -> async_graphql::Result<AccountId> {
+pub(crate) fn own_account(p: &crate::edge::auth::Claims) -> async_graphql::Result<AccountId> {
     AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))
 }
 
@@ -253,13 +275,14 @@ impl AccountMutation {
                 Some(l) => parse("locale", Locale::parse(l))?,
                 None => req.locale.clone(),
             },
+            session: Some(SessionRequest { user_agent: req.user_agent.clone() }),
         };
         let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "register"), request).await?;
-        let AccountReply::Registered { account_id, seq } = reply else {
+        let AccountReply::Registered { account_id, seq, session: Some(session) } = reply else {
             return Err(internal("unexpected reply", "register"));
         };
         settle(ctx, app, seq).await;
-        issue(app, &req.scope, account_id)
+        issue(app, &req.scope, account_id, session)
     }
 
     /// Signs in with email and password; without a tenant, as a platform administrator.
@@ -270,12 +293,15 @@ impl AccountMutation {
         let (Ok(email), Ok(password)) = (Email::parse(&input.email), Password::parse(&input.password)) else {
             return Err(failure(CommandFailure::invalid_credentials()));
         };
-        let request = AccountRequest::Login { email, password };
+        let request =
+            AccountRequest::Login { email, password, session: SessionRequest { user_agent: req.user_agent.clone() } };
         let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, "login"), request).await?;
-        let AccountReply::LoggedIn { account_id, .. } = reply else {
+        let AccountReply::LoggedIn { account_id, session, seq, .. } = reply else {
             return Err(internal("unexpected reply", "login"));
         };
-        issue(app, &req.scope, account_id)
+        // The session is in the log; its list shows it once projected.
+        ctx.insert_http_header("canopy-consistency", seq.to_string());
+        issue(app, &req.scope, account_id, session)
     }
 
     /// Changes the signed-in account's names.

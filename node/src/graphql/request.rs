@@ -7,6 +7,7 @@ use std::time::Duration;
 use actors::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
 use actors::domain::account::{AccountId, InputError, Locale};
 use actors::domain::ids::CommandId;
+use actors::domain::session::{SessionId, UserAgent};
 use actors::domain::tenant::Scope;
 use async_graphql::{Context, ErrorExtensions};
 use serde::Serialize;
@@ -27,6 +28,8 @@ pub struct RequestCtx {
     pub consistency: Option<u64>,
     /// From `Accept-Language`: the default locale of a new account.
     pub locale: Locale,
+    /// From `User-Agent`, cleaned: what a new session records about its client.
+    pub user_agent: Option<UserAgent>,
 }
 
 pub fn error(code: &str, message: impl Into<String>) -> async_graphql::Error {
@@ -98,7 +101,11 @@ pub fn command_principal(req: &RequestCtx) -> async_graphql::Result<Principal> {
     let Some(p) = &req.principal else { return Ok(Principal::Anonymous) };
     let scope = Scope::parse_token(&p.tenant).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
     let account_id = AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
-    Ok(Principal::Account { scope, account_id })
+    let session_id = match &p.sid {
+        Some(sid) => Some(SessionId::parse(sid).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?),
+        None => None,
+    };
+    Ok(Principal::Account { scope, account_id, session_id })
 }
 
 /// Sends a command to the owning tree over NATS and decodes the typed answer.
@@ -128,6 +135,17 @@ pub async fn settle(ctx: &Context<'_>, app: &App, seq: u64) {
     let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
     if !app.progress.wait_for(seq, timeout).await {
         tracing::warn!(seq, "read models did not reach the write in time; answering anyway");
+    }
+}
+
+/// After a mutation that ended sessions: read-your-writes, and the node's
+/// revocation set holds them, so their access tokens are refused from the next
+/// request on.
+pub async fn settle_revocation(ctx: &Context<'_>, app: &App, seq: u64) {
+    settle(ctx, app, seq).await;
+    let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
+    if !app.revocations.wait_for(seq, timeout).await {
+        tracing::warn!(seq, "the revocation set did not reach the write in time; answering anyway");
     }
 }
 

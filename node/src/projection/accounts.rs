@@ -42,8 +42,53 @@ impl Projection for Accounts {
                             "last": e.open("lastname", &kid).await?,
                             "owner": owner,
                             "seq": e.stored.seq, "at": e.stored.envelope.occurred_at,
-                            "locale": e.data.get("locale").and_then(Value::as_str),
+                            "locale": e.data.get("locale").and_then(Value::as_str).unwrap_or("en"),
                         }),
+                    )]
+                }
+                "SessionStarted" => {
+                    let session_id = e.text("session_id")?;
+                    let id = e.record("session", &session_id)?;
+                    let kid = person_key_name(e.scope, e.aggregate_id());
+                    let user_agent = match e.data.get("user_agent") {
+                        None | Some(Value::Null) => None,
+                        Some(_) => Some(e.open("user_agent", &kid).await?),
+                    };
+                    let started = e
+                        .data
+                        .get("started_at")
+                        .and_then(Value::as_i64)
+                        .ok_or_else(|| refused("field `started_at` is missing"))?;
+                    let at = crate::graphql::accounts::rfc3339(started);
+                    // SurrealDB's `option<string>` takes NONE, not the JSON null a
+                    // missing value would bind as: leave the field out instead.
+                    let ua_field = if user_agent.is_some() { ", user_agent: $ua" } else { "" };
+                    vec![statement(
+                        format!(
+                            "UPSERT {id} CONTENT {{ session_id: $sid, account_id: $account, created_at: $at, last_used_at: $at, seq: $seq{ua_field} }} RETURN NONE"
+                        ),
+                        serde_json::json!({
+                            "sid": session_id, "account": e.aggregate_id(), "at": at, "ua": user_agent, "seq": e.stored.seq,
+                        }),
+                    )]
+                }
+                "SessionRefreshed" => {
+                    let id = e.record("session", &e.text("session_id")?)?;
+                    let at = e
+                        .data
+                        .get("refreshed_at")
+                        .and_then(Value::as_i64)
+                        .ok_or_else(|| refused("field `refreshed_at` is missing"))?;
+                    vec![statement(
+                        format!("UPDATE {id} SET last_used_at = $at WHERE account_id = $account RETURN NONE"),
+                        serde_json::json!({ "at": crate::graphql::accounts::rfc3339(at), "account": e.aggregate_id() }),
+                    )]
+                }
+                "SessionRevoked" => {
+                    let id = e.record("session", &e.text("session_id")?)?;
+                    vec![statement(
+                        format!("DELETE {id} WHERE account_id = $account RETURN NONE"),
+                        serde_json::json!({ "account": e.aggregate_id() }),
                     )]
                 }
                 "EmailVerified" => {

@@ -255,10 +255,21 @@ async fn a_retried_registration_with_the_same_idempotency_key_is_applied_once() 
     node.tenant("acme", "owner@acme.test").await;
     let body = json!({ "query": REGISTER, "variables": { "input": { "email": "retry@example.com", "password": "retry-password", "firstname": "R", "lastname": "T" } } });
     let headers = [("x-tenant-id", "acme"), ("idempotency-key", "signup-42")];
-    let before = last_seq(&nats).await;
+    let before = event_counts(&nats).await;
     let (_, first) = node.post("/graphql", &headers, body.clone()).await;
     let (_, second) = node.post("/graphql", &headers, body).await;
     assert_eq!(first["data"]["register"]["user"]["id"], second["data"]["register"]["user"]["id"], "{first} {second}");
-    // One registration: the account event and its email claim.
-    assert_eq!(last_seq(&nats).await - before, 2);
+    // One registration (the account, its verification and its email claim); each
+    // answer that hands out tokens opens a session of its own.
+    let after = event_counts(&nats).await;
+    let added = |t: &str| after.get(t).copied().unwrap_or(0) - before.get(t).copied().unwrap_or(0);
+    assert_eq!(
+        [
+            added("AccountRegistered"),
+            added("EmailVerificationRequested"),
+            added("EmailReserved"),
+            added("SessionStarted")
+        ],
+        [1, 1, 1, 2]
+    );
 }

@@ -108,6 +108,21 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
         json!({}),
     )
     .await;
+    let r = node.register("acme", "grace@example.com", "a-good-password").await;
+    let refreshed = node.refresh("acme", &r["data"]["register"]["refreshToken"]).await;
+    let token = token_of(&refreshed, "refreshSession");
+    let code = node.verification_code("grace@example.com").await;
+    let verified = node
+        .gql(
+            Some("acme"),
+            Some(&token),
+            "mutation($c: String!) { verifyEmail(input: {code: $c}) { emailVerified } }",
+            json!({ "c": code }),
+        )
+        .await;
+    assert_eq!(verified["data"]["verifyEmail"]["emailVerified"], true, "{verified}");
+    let out = node.gql(Some("acme"), Some(&token), "mutation { logout }", json!({})).await;
+    assert_eq!(out["data"]["logout"], true, "{out}");
 
     let schemas: std::collections::HashMap<String, Value> =
         event_schemas().into_iter().map(|(n, _, s)| (n, s)).collect();

@@ -72,7 +72,7 @@ pub struct TestNode {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _data: TempDir,
+    data: TempDir,
 }
 
 impl TestNode {
@@ -92,13 +92,57 @@ impl TestNode {
             let _ = rx.await;
         }));
         let http = reqwest::Client::new();
-        let node = Self { addr, http, stop: Some(tx), handle: Some(handle), _data: data };
+        let node = Self { addr, http, stop: Some(tx), handle: Some(handle), data };
         node.wait_ready().await;
         node
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
+    }
+
+    /// `refreshSession` with the refresh token of an earlier answer.
+    pub async fn refresh(&self, tenant: &str, refresh_token: &Value) -> Value {
+        let t = refresh_token.as_str().unwrap_or_else(|| panic!("no refresh token: {refresh_token}"));
+        self.gql(Some(tenant), None, REFRESH, json!({ "t": t })).await
+    }
+
+    /// The mails written to this node's outbox for `to`, oldest first, parsed;
+    /// waits up to 10 s for at least `n` of them.
+    pub async fn outbox_mails(&self, to: &str, n: usize) -> Vec<Mail> {
+        let dir = self.data.path().join("outbox");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut found: Vec<(std::time::SystemTime, Mail)> = Vec::new();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "eml") {
+                    continue;
+                }
+                let Ok(raw) = std::fs::read(&path) else { continue };
+                let Some(mail) = Mail::parse(&raw) else { continue };
+                if mail.to.eq_ignore_ascii_case(to) {
+                    let at = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((at, mail));
+                }
+            }
+            if found.len() >= n {
+                found.sort_by_key(|(at, _)| *at);
+                return found.into_iter().map(|(_, m)| m).collect();
+            }
+            assert!(Instant::now() < deadline, "{n} mail(s) to {to} did not reach the outbox in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The 6-digit code of the newest verification mail to `to`.
+    pub async fn verification_code(&self, to: &str) -> String {
+        let mails = self.outbox_mails(to, 1).await;
+        mails.last().unwrap().code().unwrap_or_else(|| panic!("no code in {:?}", mails.last().unwrap().text))
     }
 
     pub async fn wait_ready(&self) {
@@ -208,9 +252,11 @@ pub fn code(response: &Value) -> &str {
     response["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {response}"))
 }
 
-pub const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token expiresAt } }";
-pub const REGISTER: &str =
-    "mutation($input: RegisterInput!) { register(input: $input) { token user { id email firstname lastname } } }";
+pub const LOGIN: &str =
+    "mutation($input: LoginInput!) { login(input: $input) { token expiresAt refreshToken refreshExpiresAt } }";
+pub const REFRESH: &str =
+    "mutation($t: String!) { refreshSession(input: {refreshToken: $t}) { token refreshToken user { id } } }";
+pub const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { token refreshToken user { id email firstname lastname } } }";
 pub const CREATE_TENANT: &str = "mutation($input: CreateTenantInput!) { createTenant(input: $input) { id slug name } }";
 pub const ME: &str = "{ me { id email firstname lastname owner } }";
 
@@ -243,4 +289,63 @@ pub async fn last_seq(nats: &NatsServer) -> u64 {
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client);
     js.get_stream("EVENTS").await.unwrap().info().await.unwrap().state.last_sequence
+}
+
+/// How many events of each type the log holds.
+pub async fn event_counts(nats: &NatsServer) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (subject, _) in all_events(nats).await {
+        let t = subject.rsplit('.').next().unwrap_or_default().to_owned();
+        *counts.entry(t).or_default() += 1;
+    }
+    counts
+}
+
+/// A mail as a test reads it: its recipient, subject and both parts.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub from: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Mail {
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        let m = mail_parser::MessageParser::default().parse(raw)?;
+        let addr = |a: Option<&mail_parser::Address>| {
+            a.and_then(|a| a.first()).and_then(|a| a.address()).unwrap_or_default().to_owned()
+        };
+        Some(Self {
+            to: addr(m.to()),
+            from: addr(m.from()),
+            subject: m.subject().unwrap_or_default().to_owned(),
+            text: m.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+            html: m.body_html(0).map(|t| t.into_owned()).unwrap_or_default(),
+        })
+    }
+
+    /// The first run of exactly six digits in the text part.
+    pub fn code(&self) -> Option<String> {
+        let b = self.text.as_bytes();
+        (0..b.len().saturating_sub(5)).find_map(|i| {
+            let run = &b[i..i + 6];
+            let before = i.checked_sub(1).map(|j| b[j]);
+            let after = b.get(i + 6).copied();
+            (run.iter().all(u8::is_ascii_digit)
+                && !before.is_some_and(|c| c.is_ascii_alphanumeric())
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric()))
+            .then(|| String::from_utf8_lossy(run).into_owned())
+        })
+    }
+
+    /// The value of `token=` in the first link of the text part.
+    pub fn link_token(&self) -> Option<String> {
+        let start = self.text.find("token=")? + "token=".len();
+        let rest = &self.text[start..];
+        let end =
+            rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')).unwrap_or(rest.len());
+        Some(rest[..end].to_owned())
+    }
 }

@@ -11,7 +11,10 @@ async fn readiness_follows_nats_while_health_only_says_the_process_lives() {
     let r = node.http.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(body["checks"], json!({ "nats": true, "stream": true, "surrealdb": true, "projections": true }));
+    assert_eq!(
+        body["checks"],
+        json!({ "nats": true, "stream": true, "surrealdb": true, "projections": true, "revocations": true })
+    );
 
     drop(nats);
     let mut not_ready = false;

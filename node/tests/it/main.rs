@@ -13,3 +13,4 @@ mod event_store;
 mod nats_auth;
 mod process;
 mod projection;
+mod sessions;

@@ -1,0 +1,217 @@
+//! The mail reactor: a durable consumer on `EVENTS` that turns account events
+//! into mails on the `MAIL` queue. Its position lives in NATS (the consumer's
+//! acknowledgements), and each mail's queue message id is its event's id, so a
+//! crash between the event and the mail loses no mail and a restart queues none
+//! twice (the queue drops an id it has seen within its duplicate window).
+//!
+//! The reactor opens the sealed address and challenge secret of an event with
+//! the person's key; an event whose person was erased, or whose challenge has
+//! expired, gets no mail.
+
+use std::time::Duration;
+
+use actors::domain::account::{Account, AccountEvent, AccountId, EmailVerificationRequested};
+use actors::domain::challenge::{Purpose, Secret};
+use actors::domain::tenant::{Scope, Tenant};
+use actors::store::event_store::{EventStore, EventSubject, Stored, decode, event_of};
+use actors::store::seal::{KeyRing, SealError, Sealed, person_key_name};
+use actors::tree::executor::load;
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbound::mail::templates::{MailKind, TemplateVars, render};
+use crate::outbound::mail::{OutgoingMail, enqueue};
+
+/// The durable consumer's name on `EVENTS`.
+pub const CONSUMER: &str = "mail-reactor";
+
+/// The events that produce mail.
+const FILTERS: [&str; 1] = ["evt.*.account.*.EmailVerificationRequested"];
+
+/// How long a failed event waits before it is offered again.
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Why an event produced no mail.
+#[derive(Debug, thiserror::Error)]
+enum Skip {
+    /// It never will: malformed, expired, or its person was erased. Logged and acknowledged.
+    #[error("no mail for this event: {0}")]
+    Never(String),
+    /// NATS or the key store failed: offered again later.
+    #[error("will retry: {0}")]
+    Later(String),
+}
+
+fn later(e: impl std::fmt::Display) -> Skip {
+    Skip::Later(e.to_string())
+}
+
+pub struct MailReactor {
+    pub store: EventStore,
+    pub keys: KeyRing,
+    /// Where the mails' links point, without a trailing slash.
+    pub app_url: String,
+}
+
+impl MailReactor {
+    /// Follows the log until `cancel`; reconnects the consumer after an error.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = self.follow() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "the mail reactor lost its consumer; resuming");
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+        }
+    }
+
+    async fn follow(&self) -> anyhow::Result<()> {
+        let js = self.store.jetstream();
+        let stream = js.get_stream(actors::store::event_store::STREAM).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    description: Some("turns account events into mails on MAIL".into()),
+                    filter_subjects: FILTERS.iter().map(|s| (*s).to_owned()).collect(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg?;
+            let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            match self.react(js, seq, &msg.subject, &msg.payload).await {
+                Ok(()) => msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                Err(Skip::Never(why)) => {
+                    tracing::info!(seq, reason = %why, "no mail for an event");
+                    msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                Err(Skip::Later(why)) => {
+                    tracing::warn!(seq, error = %why, "an event's mail failed; retrying");
+                    msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the mail of one event.
+    async fn react(&self, js: &jetstream::Context, seq: u64, subject: &str, payload: &[u8]) -> Result<(), Skip> {
+        let stored = decode(seq, payload).map_err(|e| Skip::Never(format!("undecodable event: {e}")))?;
+        let at = EventSubject::parse(subject).ok_or_else(|| Skip::Never("not an event subject".into()))?;
+        if !at.agrees_with(&stored.envelope) {
+            return Err(Skip::Never("the envelope disagrees with its subject".into()));
+        }
+        let scope = Scope::parse_token(at.tenant).map_err(|_| Skip::Never("not a tenant".into()))?;
+        let account = AccountId::parse(at.aggregate_id).map_err(|_| Skip::Never("not an account id".into()))?;
+        match event_of::<Account>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
+            AccountEvent::EmailVerificationRequested(e) => {
+                let mail = self.verification(&scope, &account, &e).await?;
+                queue(js, &stored, &mail).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn verification(
+        &self,
+        scope: &Scope,
+        account: &AccountId,
+        e: &EmailVerificationRequested,
+    ) -> Result<OutgoingMail, Skip> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if now > e.expires_at {
+            return Err(Skip::Never("the challenge has expired".into()));
+        }
+        let kid = person_key_name(scope, account.as_str());
+        let to = self.open_personal(&e.email, &kid).await?;
+        let secret = Secret::from_bytes(&self.open(&e.secret, &kid).await?)
+            .ok_or_else(|| Skip::Never("the challenge secret has the wrong length".into()))?;
+        let person = Person::of(self, scope, account, &kid).await?;
+        let token = secret.link_token(Purpose::VerifyEmail, account);
+        let vars = TemplateVars {
+            tenant_name: tenant_name(&self.store, scope).await?,
+            firstname: person.firstname.clone(),
+            code: Some(secret.code(Purpose::VerifyEmail).as_str().to_owned()),
+            link: Some(format!("{}/t/{}/verify-email?token={}", self.app_url, scope.token(), token.expose())),
+            expires_in_minutes: Some(((e.expires_at - e.requested_at).max(0) / 60) as u64),
+            ..TemplateVars::default()
+        };
+        let rendered = render(MailKind::VerifyEmail, &person.locale, &vars).map_err(later)?;
+        Ok(OutgoingMail {
+            to,
+            to_name: Some(person.firstname),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+            scope: scope.token().to_owned(),
+            kind: MailKind::VerifyEmail.name().to_owned(),
+        })
+    }
+
+    /// Opens a value sealed under `kid`, refusing any other key: an event names
+    /// its key, and one person's event must never open another's data.
+    async fn open(&self, sealed: &Sealed, kid: &str) -> Result<Vec<u8>, Skip> {
+        if sealed.kid != kid {
+            return Err(Skip::Never("a sealed field names another person's key".into()));
+        }
+        self.keys.open(sealed).await.map_err(|e| match e {
+            SealError::MissingKey(_) => Skip::Never("the person was erased".into()),
+            SealError::Open => Skip::Never("a sealed field does not open".into()),
+            other => later(other),
+        })
+    }
+
+    async fn open_personal(&self, sealed: &Sealed, kid: &str) -> Result<String, Skip> {
+        String::from_utf8(self.open(sealed, kid).await?).map_err(|_| Skip::Never("a sealed text is not UTF-8".into()))
+    }
+}
+
+/// What a mail says about its recipient, from the account as the log has it.
+struct Person {
+    firstname: String,
+    locale: String,
+}
+
+impl Person {
+    async fn of(r: &MailReactor, scope: &Scope, account: &AccountId, kid: &str) -> Result<Self, Skip> {
+        let state = load::<Account>(&r.store, scope, account.as_str()).await.map_err(later)?.state;
+        let firstname = match &state.firstname {
+            Some(sealed) => r.open_personal(sealed, kid).await?,
+            None => return Err(Skip::Never("the account is not registered".into())),
+        };
+        Ok(Self { firstname, locale: state.locale.unwrap_or_default() })
+    }
+}
+
+/// The tenant's display name, from the directory in the log (the read model
+/// may not have it yet: a tenant's owner is mailed in the same breath as the
+/// tenant is created).
+async fn tenant_name(store: &EventStore, scope: &Scope) -> Result<String, Skip> {
+    match scope {
+        Scope::Platform => Ok("Canopy".into()),
+        Scope::Tenant(slug) => {
+            let state = load::<Tenant>(store, &Scope::Platform, slug.as_str()).await.map_err(later)?.state;
+            Ok(state.name.map_or_else(|| slug.as_str().to_owned(), |n| n.as_str().to_owned()))
+        }
+    }
+}
+
+/// Queues `mail` under its event's id: a second offer of the same event is
+/// dropped by the queue.
+async fn queue(js: &jetstream::Context, event: &Stored, mail: &OutgoingMail) -> Result<(), Skip> {
+    enqueue(js, &event.envelope.id, mail).await.map(|_| ()).map_err(later)
+}
