@@ -55,6 +55,9 @@ pub struct Config {
     pub refresh_ttl_secs: u64,
     /// Open sessions per account; one more ends the least recently used.
     pub max_sessions_per_account: usize,
+    /// Rotate the token signing key when it is this many days old (unset: only
+    /// `canopy keys rotate` rotates it).
+    pub signing_key_rotation_days: Option<u64>,
     /// A tenant tree with no command for this long is stopped.
     pub idle_timeout_secs: u64,
     /// How long a mutation waits for its own events to be projected.
@@ -129,6 +132,7 @@ impl Default for Config {
             verification_resend_secs: 60,
             refresh_ttl_secs: 30 * 86_400,
             max_sessions_per_account: 50,
+            signing_key_rotation_days: None,
             app_url: None,
         }
     }
@@ -287,6 +291,7 @@ impl Config {
             "token_ttl_secs": self.token_ttl_secs,
             "refresh_ttl_secs": self.refresh_ttl_secs,
             "max_sessions_per_account": self.max_sessions_per_account,
+            "signing_key_rotation_days": self.signing_key_rotation_days,
             "idle_timeout_secs": self.idle_timeout_secs,
             "read_your_writes_timeout_ms": self.read_your_writes_timeout_ms,
             "command_timeout_ms": self.command_timeout_ms,

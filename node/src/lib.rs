@@ -324,6 +324,32 @@ async fn serve(
         known_tenants: RwLock::default(),
     });
 
+    // Signing keys rotate anywhere (`canopy keys rotate`, or any node's rotation
+    // period): every node follows, and signs with the newest key.
+    let (follower, keys, follow_cancel) = (app.clone(), core.keys.clone(), cancel.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            () = follower.tokens.follow_rotations(&keys) => {}
+            () = follow_cancel.cancelled() => {}
+        }
+        Ok(())
+    });
+    if let Some(days) = config.signing_key_rotation_days {
+        let (keys, ttl, rotate_cancel) = (core.keys.clone(), config.token_ttl_secs, cancel.clone());
+        tasks.spawn(async move {
+            let period = days.max(1) * 86_400;
+            loop {
+                if let Err(e) = edge::auth::rotate_if_due(&keys, ttl, period).await {
+                    tracing::warn!(error = %e, "rotating the signing key");
+                }
+                tokio::select! {
+                    () = rotate_cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
     bootstrap_admin(&app).await?;
 
     let addr = listener.local_addr()?;

@@ -288,6 +288,50 @@ impl KeyRing {
         }
     }
 
+    /// Reads and unwraps a secret with its revision in the bucket, for a later
+    /// `replace_secret`.
+    pub async fn secret_with_revision(&self, name: &str) -> Result<Option<(Vec<u8>, u64)>, SealError> {
+        let entry = self.kv.entry(name).await.map_err(|e| SealError::Store(e.to_string()))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some((self.master.unwrap(name, &e.value)?, e.revision))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes a new value of a secret if it is still at `revision` (0: if it does
+    /// not exist yet). `Ok(false)`: another writer came first; read it again.
+    pub async fn replace_secret(&self, name: &str, secret: &[u8], revision: u64) -> Result<bool, SealError> {
+        let wrapped = self.master.wrap(name, secret);
+        let written = if revision == 0 {
+            self.kv.create(name, wrapped.into()).await.map(|_| ()).map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => None,
+                _ => Some(e.to_string()),
+            })
+        } else {
+            self.kv.update(name, wrapped.into(), revision).await.map(|_| ()).map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => None,
+                _ => Some(e.to_string()),
+            })
+        };
+        match written {
+            Ok(()) => Ok(true),
+            Err(None) => Ok(false),
+            Err(Some(e)) => Err(SealError::Store(e)),
+        }
+    }
+
+    /// Waits until the secret `name` changes (or the watch fails), for readers
+    /// that keep a copy of it.
+    pub async fn changed(&self, name: &str) -> Result<(), SealError> {
+        use futures::StreamExt;
+        let mut watch = self.kv.watch(name).await.map_err(|e| SealError::Store(e.to_string()))?;
+        match watch.next().await {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(SealError::Store(e.to_string())),
+            None => Err(SealError::Store("the watch ended".into())),
+        }
+    }
+
     /// The data key called `name`, created on first use.
     pub async fn key(&self, name: &str) -> Result<DataKey, SealError> {
         if let Some(k) = self.cache.get(name) {

@@ -3,6 +3,7 @@
 //! master key, so every node signs with the same keys and they survive restarts.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actors::domain::tenant::Scope;
@@ -48,13 +49,62 @@ struct SigningPair {
     encoding: EncodingKey,
     decoding: DecodingKey,
     x: String,
+    /// When a newer key took over signing (Unix seconds); `None` for the current key.
+    retired_at: Option<i64>,
+}
+
+/// The signing keys as they are stored (wrapped) in the `keys` bucket: the
+/// current key is the last one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredKeys {
+    pub keys: Vec<StoredKey>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub kid: String,
+    /// The Ed25519 seed, base64url.
+    seed: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredKey({}, created {}, retired {:?})", self.kid, self.created_at, self.retired_at)
+    }
+}
+
+impl StoredKey {
+    fn generate(now: i64) -> Self {
+        let seed = SigningKey::generate(&mut rand::rngs::OsRng).to_bytes();
+        Self { kid: kid_of(&seed), seed: B64.encode(seed), created_at: now, retired_at: None }
+    }
+
+    fn seed(&self) -> anyhow::Result<[u8; 32]> {
+        B64.decode(&self.seed)?
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a stored signing key has the wrong length"))
+    }
+}
+
+/// A key's id: the first 8 bytes of the SHA-256 of its public key, in hex.
+fn kid_of(seed: &[u8; 32]) -> String {
+    let public = SigningKey::from_bytes(seed).verifying_key().to_bytes();
+    Sha256::digest(public)[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The keys a node signs and verifies with, as of one read of the bucket.
+struct SigningRing {
+    current: String,
+    keys: HashMap<String, SigningPair>,
 }
 
 pub struct Tokens {
     issuer: String,
     ttl_secs: i64,
-    current: String,
-    keys: HashMap<String, SigningPair>,
+    ring: std::sync::RwLock<Arc<SigningRing>>,
     /// Tokens that passed every check, by the SHA-256 of their whole text. A
     /// client sends the same token with every request, and its Ed25519
     /// signature check was the largest single cost of a request at the edge
@@ -80,40 +130,155 @@ pub fn install_crypto() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
-/// The name of the signing key in the `keys` bucket.
-const PRIMARY: &str = "signing.primary";
+/// The name of the signing keys in the `keys` bucket.
+pub const SIGNING_KEYS: &str = "signing.keys";
+/// Where the single signing key of earlier versions lives; it becomes the first
+/// entry of `SIGNING_KEYS`.
+const LEGACY_PRIMARY: &str = "signing.primary";
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Reads the signing keys with their revision, creating the first one (or
+/// adopting the single key of earlier versions) when there are none.
+async fn stored_keys(keys: &KeyRing) -> anyhow::Result<(StoredKeys, u64)> {
+    loop {
+        if let Some((bytes, revision)) = keys.secret_with_revision(SIGNING_KEYS).await? {
+            return Ok((serde_json::from_slice(&bytes)?, revision));
+        }
+        let first = match keys.secret(LEGACY_PRIMARY).await? {
+            Some(seed) => {
+                let seed: [u8; 32] = seed
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("the stored signing key has the wrong length"))?;
+                StoredKey { kid: kid_of(&seed), seed: B64.encode(seed), created_at: now(), retired_at: None }
+            }
+            None => StoredKey::generate(now()),
+        };
+        let initial = StoredKeys { keys: vec![first] };
+        // Two nodes racing here agree: only one creation wins, the other reads it.
+        keys.replace_secret(SIGNING_KEYS, &serde_json::to_vec(&initial)?, 0).await?;
+    }
+}
+
+/// Starts signing with a new key. The previous one is kept, retired, until the
+/// last token it signed has expired (`token_ttl_secs` plus leeway after its
+/// retirement), so nobody is signed out. Keys past that are dropped. Safe to run
+/// on several nodes at once: the bucket's revision check lets one write win, and
+/// the others retry on what it wrote. Returns the new key's id.
+pub async fn rotate_signing_key(keys: &KeyRing, token_ttl_secs: u64) -> anyhow::Result<String> {
+    loop {
+        let (mut stored, revision) = stored_keys(keys).await?;
+        let at = now();
+        stored.keys.retain(|k| k.retired_at.is_none_or(|r| r + token_ttl_secs as i64 + LEEWAY_SECS >= at));
+        for k in &mut stored.keys {
+            k.retired_at.get_or_insert(at);
+        }
+        let new = StoredKey::generate(at);
+        let kid = new.kid.clone();
+        stored.keys.push(new);
+        if keys.replace_secret(SIGNING_KEYS, &serde_json::to_vec(&stored)?, revision).await? {
+            tracing::info!(kid = %kid, "signing with a new key; the previous one verifies until its tokens expire");
+            return Ok(kid);
+        }
+    }
+}
+
+/// Rotates the signing key when the current one is older than `period_secs`.
+/// Returns the new key's id if it rotated.
+pub async fn rotate_if_due(keys: &KeyRing, token_ttl_secs: u64, period_secs: u64) -> anyhow::Result<Option<String>> {
+    let (stored, _) = stored_keys(keys).await?;
+    let due = stored.keys.last().is_none_or(|k| k.created_at + period_secs as i64 <= now());
+    if due { rotate_signing_key(keys, token_ttl_secs).await.map(Some) } else { Ok(None) }
+}
 
 impl Tokens {
-    /// Loads the signing key from the key ring, creating it on first start.
+    /// Loads the signing keys from the key ring, creating the first on first start.
     /// Expects `install_crypto` to have run (`Core::open` does it first).
     pub async fn load(keys: &KeyRing, issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
-        let seed =
-            keys.secret_or_create(PRIMARY, || SigningKey::generate(&mut rand::rngs::OsRng).to_bytes().to_vec()).await?;
-        let seed: [u8; 32] =
-            seed.as_slice().try_into().map_err(|_| anyhow::anyhow!("the stored signing key has the wrong length"))?;
-        Self::from_seed(&seed, issuer, ttl_secs)
+        let (stored, _) = stored_keys(keys).await?;
+        Ok(Self {
+            issuer,
+            ttl_secs: ttl_secs as i64,
+            ring: std::sync::RwLock::new(Arc::new(Self::ring(&stored)?)),
+            verified: quick_cache::sync::Cache::new(VERIFIED_CAPACITY),
+            full_checks: AtomicU64::new(0),
+        })
     }
 
-    /// Tokens signed with the Ed25519 key of `seed`.
-    fn from_seed(seed: &[u8; 32], issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
+    /// Reads the signing keys again (after a rotation anywhere).
+    pub async fn reload(&self, keys: &KeyRing) -> anyhow::Result<()> {
+        let (stored, _) = stored_keys(keys).await?;
+        let ring = Arc::new(Self::ring(&stored)?);
+        *self.ring.write().expect("the signing ring's lock is never poisoned") = ring;
+        Ok(())
+    }
+
+    /// Follows rotations until the future is dropped: each change of the stored
+    /// keys, and once a minute in case a change was missed, reloads them.
+    pub async fn follow_rotations(&self, keys: &KeyRing) {
+        loop {
+            tokio::select! {
+                r = keys.changed(SIGNING_KEYS) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "watching the signing keys");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+                () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            }
+            if let Err(e) = self.reload(keys).await {
+                tracing::warn!(error = %e, "reloading the signing keys");
+            }
+        }
+    }
+
+    fn ring(stored: &StoredKeys) -> anyhow::Result<SigningRing> {
+        let current = stored.keys.last().ok_or_else(|| anyhow::anyhow!("no signing key is stored"))?.kid.clone();
+        let mut keys = HashMap::new();
+        for k in &stored.keys {
+            keys.insert(k.kid.clone(), Self::pair(&k.seed()?, k.retired_at)?);
+        }
+        Ok(SigningRing { current, keys })
+    }
+
+    fn pair(seed: &[u8; 32], retired_at: Option<i64>) -> anyhow::Result<SigningPair> {
         let signing = SigningKey::from_bytes(seed);
         let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
-        let public = signing.verifying_key().to_bytes();
-        let x = B64.encode(public);
-        let kid = Sha256::digest(public)[..8].iter().map(|b| format!("{b:02x}")).collect::<String>();
-        let pair = SigningPair {
+        let x = B64.encode(signing.verifying_key().to_bytes());
+        Ok(SigningPair {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             decoding: DecodingKey::from_ed_components(&x)?,
             x,
+            retired_at,
+        })
+    }
+
+    /// Tokens signed with the Ed25519 key of `seed` alone.
+    #[cfg(test)]
+    fn from_seed(seed: &[u8; 32], issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
+        let stored = StoredKeys {
+            keys: vec![StoredKey { kid: kid_of(seed), seed: B64.encode(seed), created_at: 0, retired_at: None }],
         };
         Ok(Self {
             issuer,
             ttl_secs: ttl_secs as i64,
-            current: kid.clone(),
-            keys: HashMap::from([(kid, pair)]),
+            ring: std::sync::RwLock::new(Arc::new(Self::ring(&stored)?)),
             verified: quick_cache::sync::Cache::new(VERIFIED_CAPACITY),
             full_checks: AtomicU64::new(0),
         })
+    }
+
+    fn current_ring(&self) -> Arc<SigningRing> {
+        self.ring.read().expect("the signing ring's lock is never poisoned").clone()
+    }
+
+    /// Whether a retired key may still verify at `now`: until the last token it
+    /// could have signed has expired.
+    fn usable(&self, pair: &SigningPair, now: i64) -> bool {
+        pair.retired_at.is_none_or(|r| now <= r + self.ttl_secs + LEEWAY_SECS)
     }
 
     pub fn issue(
@@ -135,9 +300,10 @@ impl Tokens {
             jti: uuid::Uuid::now_v7().to_string(),
             sid: session_id.map(str::to_owned),
         };
+        let ring = self.current_ring();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.current.clone());
-        let pair = &self.keys[&self.current];
+        header.kid = Some(ring.current.clone());
+        let pair = &ring.keys[&ring.current];
         let token = jsonwebtoken::encode(&header, &claims, &pair.encoding).map_err(|_| TokenError::Invalid)?;
         Ok((token, claims))
     }
@@ -182,7 +348,8 @@ impl Tokens {
             return Err(TokenError::Invalid);
         }
         let kid = header.kid.ok_or(TokenError::Invalid)?;
-        let pair = self.keys.get(&kid).ok_or(TokenError::Invalid)?;
+        let ring = self.current_ring();
+        let pair = ring.keys.get(&kid).filter(|p| self.usable(p, now())).ok_or(TokenError::Invalid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.issuer]);
@@ -199,11 +366,15 @@ impl Tokens {
         Ok(data.claims)
     }
 
-    /// The public keys as a JWK Set (RFC 7517), for any JWT library.
+    /// The public keys as a JWK Set (RFC 7517), for any JWT library: the current
+    /// key and every retired one whose tokens may still be unexpired.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self
+        let ring = self.current_ring();
+        let at = now();
+        let keys: Vec<_> = ring
             .keys
             .iter()
+            .filter(|(_, p)| self.usable(p, at))
             .map(|(kid, p)| {
                 serde_json::json!({
                     "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": p.x,

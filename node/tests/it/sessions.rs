@@ -124,3 +124,64 @@ async fn bad_refresh_tokens_are_refused_alike_and_append_nothing() {
     // And the token still works where it belongs.
     assert!(node.refresh("acme", &json!(good)).await["data"]["refreshSession"]["token"].is_string());
 }
+
+async fn fetch_jwks(node: &TestNode) -> Value {
+    let text = node.http.get(node.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The `kid` in a JWT's header.
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+/// Verifies a token with nothing but the node's JWKS, as any other service would.
+fn verify_with_jwks(token: &str, jwks: &Value) -> Result<(), String> {
+    let kid = kid_of(token);
+    let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).ok_or("no such key")?;
+    let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).map_err(|e| e.to_string())?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["canopy"]);
+    v.leeway = 0;
+    jsonwebtoken::decode::<Value>(token, &key, &v).map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_key_rotation_signs_new_tokens_while_old_ones_verify_until_they_expire() {
+    canopy_node::edge::auth::install_crypto();
+    let nats = NatsServer::start();
+    let node = TestNode::start_configured(&nats, |c| c.token_ttl_secs = 3).await;
+    node.tenant("acme", "owner@acme.test").await;
+    let before =
+        login(&node, "acme", "owner@acme.test", "owner-password", "x").await["token"].as_str().unwrap().to_owned();
+
+    // What `canopy keys rotate` does, with the node's own key ring.
+    let master = std::fs::read_to_string(node.data_dir().join("master.key")).unwrap();
+    let (_, kv) = actors::store::event_store::EventStore::open(nats.client().await, 1).await.unwrap();
+    let ring = actors::store::seal::KeyRing::new(kv, actors::store::seal::MasterKey::from_base64(&master).unwrap());
+    let new_kid = canopy_node::edge::auth::rotate_signing_key(&ring, 3).await.unwrap();
+    assert_ne!(new_kid, kid_of(&before));
+
+    // The node follows the rotation: new tokens carry the new key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let t =
+            login(&node, "acme", "owner@acme.test", "owner-password", "x").await["token"].as_str().unwrap().to_owned();
+        if kid_of(&t) == new_kid {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "the node still signs with the old key");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let jwks = fetch_jwks(&node).await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    verify_with_jwks(&before, &jwks).expect("a token from before the rotation verifies with the JWKS alone");
+    verify_with_jwks(&after, &jwks).expect("a token from after the rotation verifies with the JWKS alone");
+    assert_eq!(me_code(&node, "acme", &before).await, "OK", "the rotation signed someone out");
+
+    // Once every token of the old key has expired (lifetime plus leeway), the key leaves the JWKS.
+    tokio::time::sleep(std::time::Duration::from_secs(3 + 5 + 1)).await;
+    let jwks = fetch_jwks(&node).await;
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, [new_kid.as_str()], "{jwks}");
+}
