@@ -58,6 +58,11 @@ pub struct Config {
     /// Rotate the token signing key when it is this many days old (unset: only
     /// `canopy keys rotate` rotates it).
     pub signing_key_rotation_days: Option<u64>,
+    /// Limits on sign-in, registration, password resets, verification and refresh.
+    pub rate_limits: crate::edge::limits::RateLimits,
+    /// Take the client's address from the last `X-Forwarded-For` entry (only
+    /// behind a proxy that sets it; anyone can send the header).
+    pub trust_forwarded_for: bool,
     /// A tenant tree with no command for this long is stopped.
     pub idle_timeout_secs: u64,
     /// How long a mutation waits for its own events to be projected.
@@ -133,6 +138,8 @@ impl Default for Config {
             refresh_ttl_secs: 30 * 86_400,
             max_sessions_per_account: 50,
             signing_key_rotation_days: None,
+            rate_limits: Default::default(),
+            trust_forwarded_for: false,
             app_url: None,
         }
     }
@@ -292,6 +299,8 @@ impl Config {
             "refresh_ttl_secs": self.refresh_ttl_secs,
             "max_sessions_per_account": self.max_sessions_per_account,
             "signing_key_rotation_days": self.signing_key_rotation_days,
+            "rate_limits": self.rate_limits,
+            "trust_forwarded_for": self.trust_forwarded_for,
             "idle_timeout_secs": self.idle_timeout_secs,
             "read_your_writes_timeout_ms": self.read_your_writes_timeout_ms,
             "command_timeout_ms": self.command_timeout_ms,

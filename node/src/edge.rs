@@ -3,6 +3,7 @@
 //! before anything is executed.
 
 pub mod auth;
+pub mod limits;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -177,12 +178,31 @@ fn graphiql(req: &Request, Data(app): Data<&Arc<App>>) -> Response {
 
 #[handler]
 async fn graphql_root(req: &Request, body: Body, Data(app): Data<&Arc<App>>) -> Response {
-    execute(app, req.headers(), None, body).await
+    execute(app, req.headers(), client_address(app, req), None, body).await
 }
 
 #[handler]
 async fn graphql_tenant(req: &Request, Path(tenant): Path<String>, body: Body, Data(app): Data<&Arc<App>>) -> Response {
-    execute(app, req.headers(), Some(tenant), body).await
+    execute(app, req.headers(), client_address(app, req), Some(tenant), body).await
+}
+
+/// The client's address: the connection's peer, or, behind a proxy Canopy is
+/// told to trust (`trust_forwarded_for`), the last address of `X-Forwarded-For`,
+/// the one that proxy added.
+fn client_address(app: &App, req: &Request) -> std::net::IpAddr {
+    let peer =
+        req.remote_addr().as_socket_addr().map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    if !app.config.trust_forwarded_for {
+        return peer;
+    }
+    req.headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .last()
+        .unwrap_or(peer)
 }
 
 /// Where the request says its tenant is, before any check.
@@ -210,7 +230,13 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
     }
 }
 
-async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String>, body: Body) -> Response {
+async fn execute(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    client: std::net::IpAddr,
+    path_tenant: Option<String>,
+    body: Body,
+) -> Response {
     // 1. Where the request says it goes.
     let mut claimed = Vec::new();
     if let Some(h) = headers.get("x-tenant-id") {
@@ -349,7 +375,7 @@ async fn execute(app: &Arc<App>, headers: &HeaderMap, path_tenant: Option<String
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .and_then(actors::domain::session::UserAgent::from_header);
-    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale, user_agent };
+    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale, user_agent, client };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {
         // Parse, validation and limit errors come from async-graphql without a code.

@@ -60,6 +60,7 @@ pub struct App {
     pub progress: Progress,
     /// Sessions revoked recently: their access tokens are refused.
     pub revocations: Arc<edge::sessions::Revocations>,
+    pub limits: edge::limits::RateLimiter,
     pub schema: CanopySchema,
     pub documents: graphql::Documents,
     pub node: ActorRef<NodeMsg>,
@@ -307,6 +308,20 @@ async fn serve(
     let (feed, store, feed_cancel) = (revocations.clone(), core.store.clone(), cancel.clone());
     tasks.spawn(async move { feed.run(store, feed_cancel).await });
 
+    let limit_key = core
+        .keys
+        .secret_or_create("ratelimit.hash", || actors::store::seal::DataKey::generate().as_bytes().to_vec())
+        .await
+        .context("while reading the rate limits' hash key")?;
+    let limits = edge::limits::RateLimiter::open(
+        core.store.jetstream(),
+        &config.rate_limits,
+        config.replicas,
+        limit_key.as_slice().try_into().context("the rate limits' hash key has the wrong length")?,
+    )
+    .await
+    .context("while opening the rate-limit bucket")?;
+
     let tokens = Tokens::load(&core.keys, config.issuer.clone(), config.token_ttl_secs)
         .await
         .context("while loading the signing keys")?;
@@ -318,6 +333,7 @@ async fn serve(
         tokens,
         progress,
         revocations,
+        limits,
         schema: graphql::schema_with(config.introspection),
         documents: graphql::Documents::default(),
         node: node.clone(),

@@ -11,9 +11,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::request::{
-    bad_input, command_id, consistent, error, failure, internal, parse, parts, principal, send, settle,
+    bad_input, command_id, consistent, error, failure, internal, limit, parse, parts, principal, send, settle,
 };
 use crate::App;
+use crate::edge::limits::Key;
 use crate::read_model::UserRow;
 
 /// The largest page `users` returns.
@@ -266,6 +267,8 @@ impl AccountMutation {
                 "register needs a tenant: send `x-tenant-id`, use a tenant subdomain or /t/{tenant}/graphql",
             ));
         }
+        let limits = &app.config.rate_limits;
+        limit(app, &[("register", Key::Address(req.client), limits.register_per_address)]).await?;
         let request = AccountRequest::Register {
             email: parse("email", Email::parse(&input.email))?,
             password: parse("password", Password::parse(&input.password))?,
@@ -290,6 +293,15 @@ impl AccountMutation {
         let (app, req) = parts(ctx);
         // Malformed input cannot match an account: answer exactly as for a wrong
         // password, so the error does not tell which part was wrong.
+        let limits = &app.config.rate_limits;
+        limit(
+            app,
+            &[
+                ("login", Key::Address(req.client), limits.login_per_address),
+                ("login", Key::AccountAddress(input.email.trim(), req.client), limits.login_per_account),
+            ],
+        )
+        .await?;
         let (Ok(email), Ok(password)) = (Email::parse(&input.email), Password::parse(&input.password)) else {
             return Err(failure(CommandFailure::invalid_credentials()));
         };
@@ -336,6 +348,9 @@ impl AccountMutation {
             (None, Some(token)) => EmailProof::Token { token: parse("token", LinkToken::parse(&token))? },
             _ => return Err(bad_input("input", "give exactly one of `code` and `token`")),
         };
+        let per_account = app.config.rate_limits.verification_per_account;
+        let account = proof.account_id().to_string();
+        limit(app, &[("verify", Key::AccountAddress(&account, req.client), per_account)]).await?;
         let request = AccountRequest::VerifyEmail { proof };
         let reply: AccountReply =
             send(app, req, &req.scope, "account", command_id(req, "verifyEmail"), request).await?;

@@ -30,6 +30,8 @@ pub struct RequestCtx {
     pub locale: Locale,
     /// From `User-Agent`, cleaned: what a new session records about its client.
     pub user_agent: Option<UserAgent>,
+    /// The client's address, for rate limits.
+    pub client: std::net::IpAddr,
 }
 
 pub fn error(code: &str, message: impl Into<String>) -> async_graphql::Error {
@@ -80,6 +82,18 @@ pub fn platform_admin(req: &RequestCtx) -> async_graphql::Result<&Claims> {
         return Err(error("FORBIDDEN", "only a platform administrator may do this"));
     }
     Ok(p)
+}
+
+/// Counts an attempt against rate limits; past one, `RATE_LIMITED` with
+/// `retryAfter` (seconds), before anything is sent or appended.
+pub async fn limit(
+    app: &App,
+    checks: &[(&str, crate::edge::limits::Key<'_>, crate::edge::limits::Limit)],
+) -> async_graphql::Result<()> {
+    app.limits.check(checks).await.map_err(|l| {
+        error("RATE_LIMITED", format!("too many attempts; retry in {} s", l.retry_after_secs))
+            .extend_with(|_, ext| ext.set("retryAfter", l.retry_after_secs))
+    })
 }
 
 /// The command id: derived from the idempotency key when there is one (so a retry

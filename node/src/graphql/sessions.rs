@@ -7,7 +7,8 @@ use actors::domain::session::{RefreshToken, SessionId};
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::accounts::{AuthPayload, issue, own_account};
-use super::request::{bad_input, command_id, consistent, internal, parts, principal, send, settle_revocation};
+use super::request::{bad_input, command_id, consistent, internal, limit, parts, principal, send, settle_revocation};
+use crate::edge::limits::Key;
 use crate::graphql::request::RequestCtx;
 
 /// An open session of the signed-in account.
@@ -68,6 +69,8 @@ impl SessionMutation {
         input: RefreshSessionInput,
     ) -> async_graphql::Result<AuthPayload> {
         let (app, req) = parts(ctx);
+        let per_address = app.config.rate_limits.refresh_per_address;
+        limit(app, &[("refresh", Key::Address(req.client), per_address)]).await?;
         // Garbage is answered as an invalid token, without a command.
         let token = RefreshToken::parse(&input.refresh_token)
             .map_err(|_| super::request::error("UNAUTHENTICATED", "the refresh token is not valid; sign in again"))?;

@@ -2,6 +2,7 @@
 
 mod harness;
 mod http;
+mod limits;
 
 mod accounts;
 mod actors;
