@@ -139,6 +139,8 @@ mod tests {
                 "EmailReserved",
                 "EmailVerificationRequested",
                 "EmailVerified",
+                "PasswordChanged",
+                "PasswordResetRequested",
                 "ProfileUpdated",
                 "SessionRefreshed",
                 "SessionRevoked",

@@ -93,6 +93,8 @@ pub struct Config {
     pub verification_ttl_secs: u64,
     /// The least time between two verification mails to one account, in seconds.
     pub verification_resend_secs: u64,
+    /// How long a password reset link stays valid, in seconds.
+    pub password_reset_ttl_secs: u64,
     /// Where the links in mails point: the application's public address
     /// (unset: this node's own HTTP address).
     pub app_url: Option<String>,
@@ -135,6 +137,7 @@ impl Default for Config {
             introspection: true,
             verification_ttl_secs: 24 * 3600,
             verification_resend_secs: 60,
+            password_reset_ttl_secs: 1800,
             refresh_ttl_secs: 30 * 86_400,
             max_sessions_per_account: 50,
             signing_key_rotation_days: None,
@@ -316,6 +319,7 @@ impl Config {
             "introspection": self.introspection,
             "verification_ttl_secs": self.verification_ttl_secs,
             "verification_resend_secs": self.verification_resend_secs,
+            "password_reset_ttl_secs": self.password_reset_ttl_secs,
             "app_url": self.app_url(),
         })
     }

@@ -233,6 +233,7 @@ async fn serve(
             resend_interval_secs: config.verification_resend_secs as i64,
             refresh_ttl_secs: config.refresh_ttl_secs as i64,
             max_sessions: config.max_sessions_per_account.max(1),
+            reset_ttl_secs: config.password_reset_ttl_secs as i64,
         },
     };
     let (node, node_handle) = Actor::spawn(

@@ -215,6 +215,17 @@ pub struct AccountState {
     pub verification: Option<PendingVerification>,
     /// The account's open sessions, by id. Revoked and idle-expired ones leave.
     pub sessions: BTreeMap<String, SessionState>,
+    /// The open password reset, if any: the newest request only.
+    pub password_reset: Option<PendingReset>,
+}
+
+/// A password reset waiting for its link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingReset {
+    pub challenge_id: String,
+    /// The challenge's secret, sealed under the person's key.
+    pub secret: Sealed,
+    pub expires_at: i64,
 }
 
 /// An open session, as the log knows it.
@@ -290,6 +301,14 @@ pub enum AccountCommand {
         which: WhichSessions,
         reason: RevokeReason,
     },
+    /// Mail a password reset link (the handler found the account by its email).
+    RequestPasswordReset { challenge: NewChallenge },
+    /// The handler checked a reset token against the open reset `challenge_id`;
+    /// the domain checks it is still open at `now`, sets the password and ends
+    /// every session.
+    ResetPassword { challenge_id: String, password_hash: Sealed, now: i64 },
+    /// The handler checked the current password; every session but `keep` ends.
+    ChangePassword { password_hash: Sealed, keep: Option<String> },
 }
 
 /// A session prepared outside the domain: ids, hashes and seals are ready.
@@ -371,6 +390,38 @@ pub enum AccountEvent {
     SessionRefreshed(SessionRefreshed),
     /// A session ended; its access tokens are refused from now on.
     SessionRevoked(SessionRevoked),
+    /// A password reset link was issued; a mail follows.
+    PasswordResetRequested(PasswordResetRequested),
+    /// The password changed (by the person, or through a reset link).
+    PasswordChanged(PasswordChanged),
+}
+
+/// The reset token derives from `secret` (sealed under the person's key);
+/// `email` is the address to write to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PasswordResetRequested {
+    pub challenge_id: String,
+    pub email: Sealed,
+    pub secret: Sealed,
+    pub requested_at: i64,
+    pub expires_at: i64,
+}
+
+/// Why a password changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordChange {
+    /// The person changed it, proving the old one.
+    Changed,
+    /// Through a reset link.
+    Reset,
+}
+
+/// The new hash is sealed under the tenant's key, like the first one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PasswordChanged {
+    pub password_hash: Sealed,
+    pub how: PasswordChange,
 }
 
 /// Only the keyed hash of the refresh token is here, never the token.
@@ -669,6 +720,45 @@ impl Aggregate for Account {
                 }
                 Err(AccountError::InvalidRefreshToken)
             }
+            AccountCommand::RequestPasswordReset { challenge } => {
+                let Some(email) = &state.email else { return Err(AccountError::NotFound) };
+                Ok(Decision::events(vec![AccountEvent::PasswordResetRequested(PasswordResetRequested {
+                    challenge_id: challenge.challenge_id.clone(),
+                    email: email.clone(),
+                    secret: challenge.secret.clone(),
+                    requested_at: challenge.requested_at,
+                    expires_at: challenge.expires_at,
+                })]))
+            }
+            AccountCommand::ResetPassword { challenge_id, password_hash, now } => {
+                match &state.password_reset {
+                    Some(open) if &open.challenge_id == challenge_id && *now <= open.expires_at => {}
+                    _ => return Err(AccountError::InvalidProof),
+                }
+                let mut events = vec![AccountEvent::PasswordChanged(PasswordChanged {
+                    password_hash: password_hash.clone(),
+                    how: PasswordChange::Reset,
+                })];
+                events.extend(state.sessions.keys().map(|id| revoked(id, RevokeReason::PasswordReset)));
+                Ok(Decision::events(events))
+            }
+            AccountCommand::ChangePassword { password_hash, keep } => {
+                if !state.is_registered() {
+                    return Err(AccountError::NotFound);
+                }
+                let mut events = vec![AccountEvent::PasswordChanged(PasswordChanged {
+                    password_hash: password_hash.clone(),
+                    how: PasswordChange::Changed,
+                })];
+                events.extend(
+                    state
+                        .sessions
+                        .keys()
+                        .filter(|id| Some(*id) != keep.as_ref())
+                        .map(|id| revoked(id, RevokeReason::PasswordChanged)),
+                );
+                Ok(Decision::events(events))
+            }
             AccountCommand::RevokeSessions { which, reason } => {
                 if !state.is_registered() {
                     return Err(AccountError::NotFound);
@@ -748,6 +838,18 @@ impl Aggregate for Account {
             }
             AccountEvent::SessionRevoked(e) => {
                 state.sessions.remove(&e.session_id);
+            }
+            AccountEvent::PasswordResetRequested(e) => {
+                state.password_reset = Some(PendingReset {
+                    challenge_id: e.challenge_id.clone(),
+                    secret: e.secret.clone(),
+                    expires_at: e.expires_at,
+                });
+            }
+            AccountEvent::PasswordChanged(e) => {
+                state.password_hash = Some(e.password_hash.clone());
+                // A reset link is single-use, and a changed password ends any other.
+                state.password_reset = None;
             }
         }
         state
@@ -992,6 +1094,56 @@ mod tests {
         let missing =
             AccountCommand::RevokeSessions { which: WhichSessions::One("s9".into()), reason: RevokeReason::Revoked };
         check::<Account>(&history, missing, Err(AccountError::SessionNotFound));
+    }
+
+    fn reset_requested(id: &str, at: i64) -> AccountEvent {
+        AccountEvent::PasswordResetRequested(PasswordResetRequested {
+            challenge_id: id.into(),
+            email: sealed("email"),
+            secret: sealed(id),
+            requested_at: at,
+            expires_at: at + 1800,
+        })
+    }
+
+    #[test]
+    fn a_reset_sets_the_password_ends_every_session_and_is_single_use() {
+        let history = vec![registered(), started("s1", "h1", 10), started("s2", "h2", 20), reset_requested("r1", 30)];
+        let reset = AccountCommand::ResetPassword { challenge_id: "r1".into(), password_hash: sealed("new"), now: 40 };
+        let changed =
+            AccountEvent::PasswordChanged(PasswordChanged { password_hash: sealed("new"), how: PasswordChange::Reset });
+        let expected = vec![
+            changed.clone(),
+            revoked("s1", RevokeReason::PasswordReset),
+            revoked("s2", RevokeReason::PasswordReset),
+        ];
+        check::<Account>(&history, reset.clone(), Ok(expected.clone()));
+        let after = [history.clone(), expected].concat();
+        check::<Account>(&after, reset, Err(AccountError::InvalidProof));
+        let state = crate::domain::aggregate::replay::<Account>(&after);
+        assert_eq!(state.password_hash, Some(sealed("new")));
+        assert!(state.sessions.is_empty());
+        // Expired: past 30 minutes.
+        let late = AccountCommand::ResetPassword { challenge_id: "r1".into(), password_hash: sealed("x"), now: 1831 };
+        check::<Account>(&history, late, Err(AccountError::InvalidProof));
+        // Superseded by a newer request.
+        let newer = [history.clone(), vec![reset_requested("r2", 50)]].concat();
+        let old = AccountCommand::ResetPassword { challenge_id: "r1".into(), password_hash: sealed("x"), now: 60 };
+        check::<Account>(&newer, old, Err(AccountError::InvalidProof));
+    }
+
+    #[test]
+    fn a_password_change_keeps_the_current_session_only() {
+        let history = vec![registered(), started("s1", "h1", 10), started("s2", "h2", 20)];
+        let cmd = AccountCommand::ChangePassword { password_hash: sealed("new"), keep: Some("s2".into()) };
+        check::<Account>(
+            &history,
+            cmd,
+            Ok(vec![
+                AccountEvent::PasswordChanged(PasswordChanged { password_hash: sealed("new"), how: PasswordChange::Changed }),
+                revoked("s1", RevokeReason::PasswordChanged),
+            ]),
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::domain::ids::CommandId;
 use crate::domain::session::{RefreshToken, SessionId};
 use crate::domain::tenant::Scope;
 use crate::store::event_store::{Stamp, Stored, event_subject};
-use crate::store::seal::{DataKey, person_key_name, tenant_key_name};
+use crate::store::seal::{DataKey, Sealed, person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
@@ -60,7 +60,16 @@ impl Handler for AccountHandler {
                 }
                 Ok(Route::Lane(account_id.to_string()))
             }
-            AccountRequest::Login { .. } => Ok(Route::Free),
+            AccountRequest::ChangePassword { account_id, .. } => {
+                if envelope.principal.account_in(scope) != Some(account_id) {
+                    return Err(CommandFailure::forbidden("you may only change your own password"));
+                }
+                Ok(Route::Lane(account_id.to_string()))
+            }
+            // A reset link's token is its own proof.
+            AccountRequest::ResetPassword { token, .. } => Ok(Route::Lane(token.account_id().to_string())),
+            // Both find their account by its email first.
+            AccountRequest::Login { .. } | AccountRequest::RequestPasswordReset { .. } => Ok(Route::Free),
         }
     }
 
@@ -108,7 +117,7 @@ impl Handler for AccountHandler {
                 };
                 let cmd = AccountCommand::RevokeSessions { which, reason };
                 let (seq, events) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
-                Ok(AccountReply::SessionsRevoked { count: events.len(), seq })
+                Ok(AccountReply::SessionsRevoked { count: sessions_ended(&events), seq })
             }
             AccountRequest::UpdateProfile { firstname, lastname, locale, .. } => {
                 let kid = person_key_name(scope, id);
@@ -148,8 +157,43 @@ impl Handler for AccountHandler {
                 .await?;
                 Ok(AccountReply::Verified { account_id: id.to_owned(), seq })
             }
-            // `route` sends logins down the free path.
-            AccountRequest::Login { .. } => Err(CommandFailure::internal()),
+            AccountRequest::ResetPassword { token, password } => {
+                let at = now();
+                let mut opened = None;
+                if let Some(open) = loaded(deps, scope, id, state).await?.state.password_reset.as_ref() {
+                    let bytes = deps.keys.open(&open.secret).await.map_err(|e| broken("opening a challenge", e))?;
+                    opened = Secret::from_bytes(&bytes).map(|s| (open.challenge_id.clone(), s));
+                }
+                let Some((challenge_id, _)) =
+                    opened.filter(|(_, secret)| secret.accepts_token(Purpose::ResetPassword, &token))
+                else {
+                    return Err(CommandFailure::rejected(&AccountError::InvalidProof));
+                };
+                let password_hash = seal_password(deps, scope, &password).await?;
+                let cmd = AccountCommand::ResetPassword { challenge_id, password_hash, now: at };
+                let (seq, events) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                Ok(AccountReply::PasswordSet { seq, sessions_ended: sessions_ended(&events) })
+            }
+            AccountRequest::ChangePassword { current_password, new_password, .. } => {
+                let sealed = loaded(deps, scope, id, state).await?.state.password_hash.clone();
+                let phc = match &sealed {
+                    Some(s) => Some(deps.keys.open_string(s).await.map_err(|e| broken("opening a password hash", e))?),
+                    None => None,
+                };
+                let ok = deps.hasher.verify(&current_password, phc).await.map_err(|e| broken("verifying a password", e))?;
+                if !ok {
+                    return Err(CommandFailure::new("BAD_USER_INPUT", "the current password is not correct"));
+                }
+                let password_hash = seal_password(deps, scope, &new_password).await?;
+                let keep = envelope_session.as_ref().map(ToString::to_string);
+                let cmd = AccountCommand::ChangePassword { password_hash, keep };
+                let (seq, events) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                Ok(AccountReply::PasswordSet { seq, sessions_ended: sessions_ended(&events) })
+            }
+            // `route` sends these down the free path.
+            AccountRequest::Login { .. } | AccountRequest::RequestPasswordReset { .. } => {
+                Err(CommandFailure::internal())
+            }
         }
     }
 
@@ -164,6 +208,7 @@ impl Handler for AccountHandler {
             AccountRequest::Login { email, password, session } => {
                 login(ctx, &stamp, &email, &password, &session, &cache).await
             }
+            AccountRequest::RequestPasswordReset { email } => request_reset(ctx, &stamp, &email, &cache).await,
             _ => Err(CommandFailure::internal()),
         }
     }
@@ -209,17 +254,40 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// A fresh challenge for `account_id`, its secret sealed under the person's key
+/// How many sessions a decision ended.
+fn sessions_ended(events: &[AccountEvent]) -> usize {
+    events.iter().filter(|e| matches!(e, AccountEvent::SessionRevoked(_))).count()
+}
+
+/// Hashes a password and seals the hash under the scope's data key.
+async fn seal_password(deps: &Deps, scope: &Scope, password: &Password) -> Result<Sealed, CommandFailure> {
+    let phc = deps.hasher.hash(password).await.map_err(|e| broken("hashing a password", e))?;
+    let kid = tenant_key_name(scope);
+    Ok(tenant_key(deps, scope).await?.seal(&kid, phc.as_bytes()))
+}
+
+/// A fresh verification challenge for `account_id`.
+async fn new_challenge(deps: &Deps, scope: &Scope, account_id: &str, at: i64) -> Result<NewChallenge, CommandFailure> {
+    challenge_for(deps, scope, account_id, at, deps.accounts.verification_ttl_secs).await
+}
+
+/// A fresh challenge valid `ttl_secs`, its secret sealed under the person's key
 /// (created on first use: a registration's challenge is sealed before the
 /// account exists).
-async fn new_challenge(deps: &Deps, scope: &Scope, account_id: &str, at: i64) -> Result<NewChallenge, CommandFailure> {
+async fn challenge_for(
+    deps: &Deps,
+    scope: &Scope,
+    account_id: &str,
+    at: i64,
+    ttl_secs: i64,
+) -> Result<NewChallenge, CommandFailure> {
     let kid = person_key_name(scope, account_id);
     let key = deps.keys.key(&kid).await.map_err(|e| broken("reading a person key", e))?;
     Ok(NewChallenge {
         challenge_id: uuid::Uuid::now_v7().to_string(),
         secret: key.seal(&kid, Secret::generate().as_bytes()),
         requested_at: at,
-        expires_at: at + deps.accounts.verification_ttl_secs,
+        expires_at: at + ttl_secs,
     })
 }
 
@@ -240,13 +308,12 @@ pub async fn prepare_registration(
     let tenant_key = deps.keys.key(&tenant_kid).await.map_err(|e| broken("reading the tenant key", e))?;
     let person_kid = person_key_name(scope, input.account_id.as_str());
     let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
-    let phc = deps.hasher.hash(&input.password).await.map_err(|e| broken("hashing a password", e))?;
     let verification = new_challenge(deps, scope, input.account_id.as_str(), now()).await?;
     Ok(Registration {
         account_id: input.account_id.as_str().to_owned(),
         email_index: tenant_key.blind_index("email", &input.email.normalized()),
         email: person_key.seal(&person_kid, input.email.as_str().as_bytes()),
-        password_hash: tenant_key.seal(&tenant_kid, phc.as_bytes()),
+        password_hash: seal_password(deps, scope, &input.password).await?,
         firstname: person_key.seal(&person_kid, input.firstname.as_str().as_bytes()),
         lastname: person_key.seal(&person_kid, input.lastname.as_str().as_bytes()),
         owner: input.owner,
@@ -542,4 +609,40 @@ async fn login(
     }
     let (session, seq) = started?;
     Ok(AccountReply::LoggedIn { account_id: id, owner, session, seq })
+}
+
+/// Mails a reset link when `email` has an account of this scope, and answers
+/// the same when it has none: the answer never tells whether an address is
+/// registered. (The append makes the known case a few milliseconds slower; the
+/// rate limit per address bounds what that can reveal.)
+async fn request_reset(
+    ctx: &Ctx,
+    stamp: &Stamp,
+    email: &Email,
+    cache: &Cache<AccountHandler>,
+) -> CommandResult<AccountReply> {
+    let Ctx { scope, deps } = ctx;
+    let (_, claim) = email_claim(deps, scope, email).await?;
+    let holder = deps
+        .store
+        .last_on_subject(&claim)
+        .await
+        .map_err(|e| broken("reading an email claim", e))?
+        .and_then(|s| serde_json::from_value::<EmailReserved>(s.envelope.data).ok());
+    let Some(holder) = holder else { return Ok(AccountReply::ResetRequested) };
+    let id = holder.account_id;
+    let mut state = cache.get(&id).await;
+    let challenge = challenge_for(deps, scope, &id, now(), deps.accounts.reset_ttl_secs).await?;
+    let cmd = AccountCommand::RequestPasswordReset { challenge };
+    let own = Stamp { command_id: CommandId::fresh(), digest: stamp.digest.clone() };
+    let done = decide_on_registered(deps, scope, &id, &own, &mut state, |_| Ok(cmd)).await;
+    if let Some(s) = state {
+        cache.remember(&id, s);
+    }
+    match done {
+        // Infrastructure failed: say so, or the mail would be lost unnoticed.
+        Err(f) if f.code == "INTERNAL" => Err(f),
+        // An account that is no longer registered gets no mail, like an unknown one.
+        _ => Ok(AccountReply::ResetRequested),
+    }
 }

@@ -30,6 +30,8 @@ pub struct AccountPolicy {
     pub refresh_ttl_secs: i64,
     /// Open sessions per account; a new one beyond it ends the least recently used.
     pub max_sessions: usize,
+    /// How long a password reset link stays valid.
+    pub reset_ttl_secs: i64,
 }
 
 impl Default for AccountPolicy {
@@ -39,6 +41,7 @@ impl Default for AccountPolicy {
             resend_interval_secs: 60,
             refresh_ttl_secs: 30 * 86_400,
             max_sessions: 50,
+            reset_ttl_secs: 1800,
         }
     }
 }

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::request::{
     bad_input, command_id, consistent, error, failure, internal, limit, parse, parts, principal, send, settle,
+    settle_or_revoke,
 };
 use crate::App;
 use crate::edge::limits::Key;
@@ -243,6 +244,25 @@ pub struct UpdateProfileInput {
     locale: Option<String>,
 }
 
+#[derive(InputObject)]
+pub struct RequestPasswordResetInput {
+    email: String,
+}
+
+#[derive(InputObject)]
+pub struct ResetPasswordInput {
+    /// The token of the reset mail's link.
+    token: String,
+    /// The new password (8 to 128 characters).
+    password: String,
+}
+
+#[derive(InputObject)]
+pub struct ChangePasswordInput {
+    current_password: String,
+    new_password: String,
+}
+
 /// Exactly one of the two proofs from the verification mail.
 #[derive(InputObject)]
 pub struct VerifyEmailInput {
@@ -359,6 +379,75 @@ impl AccountMutation {
         };
         settle(ctx, app, seq).await;
         Ok(User::known(&req.scope, &account_id))
+    }
+
+    /// Mails a password reset link to `email` if it has an account in this
+    /// tenant. The answer is `true` either way: it never tells whether an
+    /// address is registered. The link works once, for 30 minutes.
+    async fn request_password_reset(
+        &self,
+        ctx: &Context<'_>,
+        input: RequestPasswordResetInput,
+    ) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        let email = parse("email", Email::parse(&input.email))?;
+        let limits = &app.config.rate_limits;
+        let normalized = email.normalized();
+        limit(
+            app,
+            &[
+                ("reset", Key::Address(req.client), limits.password_reset_per_address),
+                ("reset", Key::AccountAddress(&normalized, req.client), limits.password_reset_per_account),
+            ],
+        )
+        .await?;
+        let request = AccountRequest::RequestPasswordReset { email };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "requestPasswordReset"), request).await?;
+        match reply {
+            AccountReply::ResetRequested => Ok(true),
+            _ => Err(internal("unexpected reply", "requestPasswordReset")),
+        }
+    }
+
+    /// Sets a new password with the token of a reset mail, and ends every
+    /// session of the account. A wrong, used or expired token gets
+    /// `BAD_USER_INPUT` and changes nothing.
+    async fn reset_password(&self, ctx: &Context<'_>, input: ResetPasswordInput) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        let token = parse("token", LinkToken::parse(&input.token))?;
+        let per_account = app.config.rate_limits.verification_per_account;
+        let account = token.account_id().to_string();
+        limit(app, &[("reset-token", Key::AccountAddress(&account, req.client), per_account)]).await?;
+        let password = parse("password", Password::parse(&input.password))?;
+        let request = AccountRequest::ResetPassword { token, password };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "resetPassword"), request).await?;
+        let AccountReply::PasswordSet { seq, sessions_ended } = reply else {
+            return Err(internal("unexpected reply", "resetPassword"));
+        };
+        settle_or_revoke(ctx, app, seq, sessions_ended).await;
+        Ok(true)
+    }
+
+    /// Changes the signed-in account's password, proving the current one;
+    /// every other session of the account ends.
+    async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        let request = AccountRequest::ChangePassword {
+            account_id: own_account(p)?,
+            current_password: parse("currentPassword", Password::parse(&input.current_password))
+                .map_err(|_| error("BAD_USER_INPUT", "the current password is not correct"))?,
+            new_password: parse("newPassword", Password::parse(&input.new_password))?,
+        };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "changePassword"), request).await?;
+        let AccountReply::PasswordSet { seq, sessions_ended } = reply else {
+            return Err(internal("unexpected reply", "changePassword"));
+        };
+        settle_or_revoke(ctx, app, seq, sessions_ended).await;
+        Ok(true)
     }
 
     /// Mails the signed-in account a new verification code and link; the older

@@ -152,11 +152,14 @@ pub async fn settle(ctx: &Context<'_>, app: &App, seq: u64) {
     }
 }
 
-/// After a mutation that ended sessions: read-your-writes, and the node's
-/// revocation set holds them, so their access tokens are refused from the next
-/// request on.
-pub async fn settle_revocation(ctx: &Context<'_>, app: &App, seq: u64) {
+/// After a mutation that may have ended sessions (`ended` of them, the last
+/// one's event at or before `seq`): read-your-writes, and the node's revocation
+/// set holds them, so their access tokens are refused from the next request on.
+pub async fn settle_or_revoke(ctx: &Context<'_>, app: &App, seq: u64, ended: usize) {
     settle(ctx, app, seq).await;
+    if ended == 0 {
+        return;
+    }
     let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
     if !app.revocations.wait_for(seq, timeout).await {
         tracing::warn!(seq, "the revocation set did not reach the write in time; answering anyway");

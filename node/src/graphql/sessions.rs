@@ -7,7 +7,7 @@ use actors::domain::session::{RefreshToken, SessionId};
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::accounts::{AuthPayload, issue, own_account};
-use super::request::{bad_input, command_id, consistent, internal, limit, parts, principal, send, settle_revocation};
+use super::request::{bad_input, command_id, consistent, internal, limit, parts, principal, send, settle_or_revoke};
 use crate::edge::limits::Key;
 use crate::graphql::request::RequestCtx;
 
@@ -119,8 +119,6 @@ async fn revoke(ctx: &Context<'_>, operation: &str, which: SessionSelection) -> 
     let AccountReply::SessionsRevoked { count, seq } = reply else {
         return Err(internal("unexpected reply", operation));
     };
-    if count > 0 {
-        settle_revocation(ctx, app, seq).await;
-    }
+    settle_or_revoke(ctx, app, seq, count).await;
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use actors::domain::account::{Account, AccountEvent, AccountId, EmailVerificationRequested};
+use actors::domain::account::{Account, AccountEvent, AccountId};
 use actors::domain::challenge::{Purpose, Secret};
 use actors::domain::tenant::{Scope, Tenant};
 use actors::store::event_store::{EventStore, EventSubject, Stored, decode, event_of};
@@ -20,14 +20,17 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbound::mail::templates::{MailKind, TemplateVars, render};
-use crate::outbound::mail::{OutgoingMail, enqueue};
+use crate::outbound::mail::{MailKind, OutgoingMail, TemplateVars, enqueue, render};
 
 /// The durable consumer's name on `EVENTS`.
 pub const CONSUMER: &str = "mail-reactor";
 
 /// The events that produce mail.
-const FILTERS: [&str; 1] = ["evt.*.account.*.EmailVerificationRequested"];
+const FILTERS: [&str; 3] = [
+    "evt.*.account.*.EmailVerificationRequested",
+    "evt.*.account.*.PasswordResetRequested",
+    "evt.*.account.*.PasswordChanged",
+];
 
 /// How long a failed event waits before it is offered again.
 const RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -117,49 +120,83 @@ impl MailReactor {
         }
         let scope = Scope::parse_token(at.tenant).map_err(|_| Skip::Never("not a tenant".into()))?;
         let account = AccountId::parse(at.aggregate_id).map_err(|_| Skip::Never("not an account id".into()))?;
-        match event_of::<Account>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
+        let kid = person_key_name(&scope, account.as_str());
+        let mail = match event_of::<Account>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
             AccountEvent::EmailVerificationRequested(e) => {
-                let mail = self.verification(&scope, &account, &e).await?;
-                queue(js, &stored, &mail).await
+                let link = self.link(&scope, "verify-email", &account, &e.secret, &kid, Purpose::VerifyEmail, e.expires_at);
+                let (secret, link) = link.await?;
+                let vars = TemplateVars {
+                    code: Some(secret.code(Purpose::VerifyEmail).as_str().to_owned()),
+                    link: Some(link),
+                    expires_in: minutes(e.expires_at - e.requested_at),
+                    ..TemplateVars::default()
+                };
+                let to = self.open_personal(&e.email, &kid).await?;
+                self.compose(&scope, &account, &kid, to, MailKind::VerifyEmail, vars).await?
             }
-            _ => Ok(()),
-        }
+            AccountEvent::PasswordResetRequested(e) => {
+                let link =
+                    self.link(&scope, "reset-password", &account, &e.secret, &kid, Purpose::ResetPassword, e.expires_at);
+                let (_, link) = link.await?;
+                let vars = TemplateVars {
+                    link: Some(link),
+                    expires_in: minutes(e.expires_at - e.requested_at),
+                    ..TemplateVars::default()
+                };
+                let to = self.open_personal(&e.email, &kid).await?;
+                self.compose(&scope, &account, &kid, to, MailKind::PasswordReset, vars).await?
+            }
+            AccountEvent::PasswordChanged(_) => {
+                // A notice to the account's address: whoever did not change it learns in time.
+                let state = load::<Account>(&self.store, &scope, account.as_str()).await.map_err(later)?.state;
+                let Some(email) = &state.email else { return Err(Skip::Never("the account is not registered".into())) };
+                let to = self.open_personal(email, &kid).await?;
+                self.compose(&scope, &account, &kid, to, MailKind::PasswordChanged, TemplateVars::default()).await?
+            }
+            _ => return Ok(()),
+        };
+        queue(js, &stored, &mail).await
     }
 
-    async fn verification(
+    /// Opens a challenge's secret and builds its link; an expired challenge
+    /// gets no mail.
+    #[allow(clippy::too_many_arguments)]
+    async fn link(
+        &self,
+        scope: &Scope,
+        path: &str,
+        account: &AccountId,
+        sealed: &Sealed,
+        kid: &str,
+        purpose: Purpose,
+        expires_at: i64,
+    ) -> Result<(Secret, String), Skip> {
+        if time::OffsetDateTime::now_utc().unix_timestamp() > expires_at {
+            return Err(Skip::Never("the challenge has expired".into()));
+        }
+        let secret = Secret::from_bytes(&self.open(sealed, kid).await?)
+            .ok_or_else(|| Skip::Never("the challenge secret has the wrong length".into()))?;
+        let token = secret.link_token(purpose, account);
+        let link = format!("{}/t/{}/{path}?token={}", self.app_url, scope.token(), token.expose());
+        Ok((secret, link))
+    }
+
+    /// Renders a mail of `kind` to `to` in the account's locale, with the
+    /// tenant's name and the person's first name filled in.
+    async fn compose(
         &self,
         scope: &Scope,
         account: &AccountId,
-        e: &EmailVerificationRequested,
+        kid: &str,
+        to: String,
+        kind: MailKind,
+        mut vars: TemplateVars,
     ) -> Result<OutgoingMail, Skip> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if now > e.expires_at {
-            return Err(Skip::Never("the challenge has expired".into()));
-        }
-        let kid = person_key_name(scope, account.as_str());
-        let to = self.open_personal(&e.email, &kid).await?;
-        let secret = Secret::from_bytes(&self.open(&e.secret, &kid).await?)
-            .ok_or_else(|| Skip::Never("the challenge secret has the wrong length".into()))?;
-        let person = Person::of(self, scope, account, &kid).await?;
-        let token = secret.link_token(Purpose::VerifyEmail, account);
-        let vars = TemplateVars {
-            tenant_name: tenant_name(&self.store, scope).await?,
-            firstname: person.firstname.clone(),
-            code: Some(secret.code(Purpose::VerifyEmail).as_str().to_owned()),
-            link: Some(format!("{}/t/{}/verify-email?token={}", self.app_url, scope.token(), token.expose())),
-            expires_in_minutes: Some(((e.expires_at - e.requested_at).max(0) / 60) as u64),
-            ..TemplateVars::default()
-        };
-        let rendered = render(MailKind::VerifyEmail, &person.locale, &vars).map_err(later)?;
-        Ok(OutgoingMail {
-            to,
-            to_name: Some(person.firstname),
-            subject: rendered.subject,
-            text: rendered.text,
-            html: rendered.html,
-            scope: scope.token().to_owned(),
-            kind: MailKind::VerifyEmail.name().to_owned(),
-        })
+        let person = Person::of(self, scope, account, kid).await?;
+        vars.tenant_name = tenant_name(&self.store, scope).await?;
+        vars.first_name = person.firstname.clone();
+        let rendered = render(kind, &person.locale, &vars).map_err(later)?;
+        Ok(OutgoingMail::new(to, Some(person.firstname), scope, kind, rendered))
     }
 
     /// Opens a value sealed under `kid`, refusing any other key: an event names
@@ -178,6 +215,11 @@ impl MailReactor {
     async fn open_personal(&self, sealed: &Sealed, kid: &str) -> Result<String, Skip> {
         String::from_utf8(self.open(sealed, kid).await?).map_err(|_| Skip::Never("a sealed text is not UTF-8".into()))
     }
+}
+
+/// Seconds as whole minutes, for "valid for N minutes".
+fn minutes(secs: i64) -> u32 {
+    u32::try_from(secs.max(0) / 60).unwrap_or(u32::MAX)
 }
 
 /// What a mail says about its recipient, from the account as the log has it.
