@@ -67,8 +67,7 @@ pub struct CommandEnvelope<R> {
 
 /// Request fields that are secrets: left out of a request's digest, which is
 /// stored in the log (a replay proves them again instead).
-const SECRET_FIELDS: [&str; 6] =
-    ["password", "owner_password", "proof", "token", "current_password", "new_password"];
+const SECRET_FIELDS: [&str; 6] = ["password", "owner_password", "proof", "token", "current_password", "new_password"];
 
 impl<R: Serialize> CommandEnvelope<R> {
     /// What a request's digest is computed over: the principal and the request
@@ -104,11 +103,35 @@ pub enum AccountRequest {
         session: SessionRequest,
     },
     /// Mail a reset link if the email has an account; the answer is the same either way.
-    RequestPasswordReset { email: Email },
+    RequestPasswordReset {
+        email: Email,
+    },
     /// Set a new password with a reset link's token.
-    ResetPassword { token: LinkToken, password: Password },
+    ResetPassword {
+        token: LinkToken,
+        password: Password,
+    },
+    /// Mail a verification to a new address, proving the password (the account itself only).
+    ChangeEmail {
+        account_id: AccountId,
+        new_email: Email,
+        password: Password,
+    },
+    /// Erase the account, proving the password (the account itself only).
+    DeleteAccount {
+        account_id: AccountId,
+        password: Password,
+    },
+    /// Erase another account of the tenant (its owner only).
+    RemoveUser {
+        account_id: AccountId,
+    },
     /// Change the password, proving the current one (the account itself only).
-    ChangePassword { account_id: AccountId, current_password: Password, new_password: Password },
+    ChangePassword {
+        account_id: AccountId,
+        current_password: Password,
+        new_password: Password,
+    },
     /// Rotate a session's refresh token (no access token needed).
     RefreshSession {
         token: RefreshToken,
@@ -183,17 +206,47 @@ impl EmailProof {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccountReply {
-    Registered { account_id: String, seq: u64, session: Option<IssuedSession> },
-    LoggedIn { account_id: String, owner: bool, session: IssuedSession, seq: u64 },
-    Refreshed { account_id: String, session: IssuedSession, seq: u64 },
-    SessionsRevoked { count: usize, seq: u64 },
-    Updated { seq: u64 },
-    VerificationSent { seq: u64 },
-    Verified { account_id: String, seq: u64 },
+    Registered {
+        account_id: String,
+        seq: u64,
+        session: Option<IssuedSession>,
+    },
+    LoggedIn {
+        account_id: String,
+        owner: bool,
+        session: IssuedSession,
+        seq: u64,
+    },
+    Refreshed {
+        account_id: String,
+        session: IssuedSession,
+        seq: u64,
+    },
+    SessionsRevoked {
+        count: usize,
+        seq: u64,
+    },
+    Updated {
+        seq: u64,
+    },
+    VerificationSent {
+        seq: u64,
+    },
+    Verified {
+        account_id: String,
+        seq: u64,
+    },
     /// The same for a known and an unknown email.
     ResetRequested,
     /// `sessions_ended`: how many sessions the change revoked.
     PasswordSet {
+        seq: u64,
+        sessions_ended: usize,
+    },
+    ChangeRequested {
+        seq: u64,
+    },
+    Erased {
         seq: u64,
         sessions_ended: usize,
     },

@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use serde_json::{Value, json};
 
 use crate::domain::account::{
-    Account, AccountEvent, EMAIL_CLAIM, EMAIL_RESERVED, EMAIL_RESERVED_VERSION, EmailReserved,
+    Account, AccountEvent, EMAIL_CLAIM, EMAIL_RELEASED, EMAIL_RELEASED_VERSION, EMAIL_RESERVED, EMAIL_RESERVED_VERSION,
+    EmailReleased, EmailReserved,
 };
 use crate::domain::aggregate::{Aggregate, UpcastError, upcast_to_current};
 use crate::domain::tenant::{Tenant, TenantEvent};
@@ -21,6 +22,7 @@ pub fn current_data(env: &Envelope) -> Result<Cow<'_, Value>, UpcastError> {
     let current = match env.aggregate.as_str() {
         a if a == Account::NAME => Account::event_version(t),
         a if a == Tenant::NAME => Tenant::event_version(t),
+        EMAIL_CLAIM if t == EMAIL_RELEASED => EMAIL_RELEASED_VERSION,
         EMAIL_CLAIM => EMAIL_RESERVED_VERSION,
         _ => 1,
     };
@@ -101,6 +103,16 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
         );
     }
     all.push((EMAIL_RESERVED.to_owned(), EMAIL_CLAIM, EMAIL_RESERVED_VERSION, claim));
+    let mut release = to_value(schemars::schema_for!(EmailReleased));
+    if let Some(o) = release.as_object_mut() {
+        o.remove("$schema");
+        o.remove("title");
+        o.insert(
+            "description".into(),
+            json!("The end of an email's claim (an email change or an erased account): the email is free again."),
+        );
+    }
+    all.push((EMAIL_RELEASED.to_owned(), EMAIL_CLAIM, EMAIL_RELEASED_VERSION, release));
     all.sort_by(|a, b| a.0.cmp(&b.0));
 
     let envelope = to_value(schemars::schema_for!(Envelope));
@@ -135,7 +147,10 @@ mod tests {
         assert_eq!(
             names,
             [
+                "AccountErased",
                 "AccountRegistered",
+                "EmailChanged",
+                "EmailReleased",
                 "EmailReserved",
                 "EmailVerificationRequested",
                 "EmailVerified",

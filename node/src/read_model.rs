@@ -63,6 +63,28 @@ pub struct UserRow {
     pub locale: Option<String>,
 }
 
+/// How `users` orders a tenant's accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserOrder {
+    CreatedAt,
+    Email,
+    Lastname,
+}
+
+/// A search of a tenant's users: case-insensitive substrings, a verified flag,
+/// an order, and the position after which the page starts (the sort key as
+/// compared, and the sequence that breaks ties).
+#[derive(Debug, Clone)]
+pub struct UserQuery {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub verified: Option<bool>,
+    pub order: UserOrder,
+    pub descending: bool,
+    pub after: Option<(String, u64)>,
+    pub limit: usize,
+}
+
 /// An open session, as `sessions` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRow {
@@ -323,6 +345,67 @@ impl ReadModel {
             serde_json::json!({ "account": account_id }),
         )
         .await
+    }
+
+    /// A page of a tenant's users matching `q`, and how many match in all.
+    pub async fn search_users(&self, scope: &Scope, q: &UserQuery) -> Result<(Vec<UserRow>, u64), ReadError> {
+        // Only fixed fragments reach the query text; every value is a variable.
+        let mut conditions = Vec::new();
+        if q.email.is_some() {
+            conditions.push("string::lowercase(email) CONTAINS $email");
+        }
+        if q.name.is_some() {
+            conditions.push(
+                "(string::lowercase(firstname) CONTAINS $name OR string::lowercase(lastname) CONTAINS $name OR string::lowercase(string::concat(firstname, ' ', lastname)) CONTAINS $name)",
+            );
+        }
+        if q.verified.is_some() {
+            conditions.push("email_verified = $verified");
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let (field, cmp, dir) = match (q.order, q.descending) {
+            (UserOrder::CreatedAt, false) => ("seq", ">", "ASC"),
+            (UserOrder::CreatedAt, true) => ("seq", "<", "DESC"),
+            (UserOrder::Email, false) => ("string::lowercase(email)", ">", "ASC"),
+            (UserOrder::Email, true) => ("string::lowercase(email)", "<", "DESC"),
+            (UserOrder::Lastname, false) => ("string::lowercase(lastname)", ">", "ASC"),
+            (UserOrder::Lastname, true) => ("string::lowercase(lastname)", "<", "DESC"),
+        };
+        // Keyset pagination: after the cursor's (sort key, seq), in the page's order.
+        let after = match &q.after {
+            None => String::new(),
+            Some(_) if field == "seq" => format!("seq {cmp} $after_seq"),
+            Some(_) => format!("({field} {cmp} $after_key OR ({field} = $after_key AND seq {cmp} $after_seq))"),
+        };
+        let page_filter = match (filter.is_empty(), after.is_empty()) {
+            (_, true) => filter.clone(),
+            (true, false) => format!("WHERE {after}"),
+            (false, false) => format!("{filter} AND {after}"),
+        };
+        let vars = serde_json::json!({
+            "email": q.email.as_deref().map(str::to_lowercase),
+            "name": q.name.as_deref().map(str::to_lowercase),
+            "verified": q.verified,
+            "after_key": q.after.as_ref().map(|(k, _)| k.clone()),
+            "after_seq": q.after.as_ref().map(|(_, s)| *s),
+            "limit": q.limit,
+        });
+        let rows = self
+            .select(
+                &db_name(scope),
+                &format!(
+                    "SELECT account_id, email, firstname, lastname, owner, seq, created_at, email_verified, locale, {field} AS sort_key FROM user {page_filter} ORDER BY sort_key {dir}, seq {dir} LIMIT $limit"
+                ),
+                vars.clone(),
+            )
+            .await?;
+        #[derive(Deserialize)]
+        struct Count {
+            count: u64,
+        }
+        let total: Vec<Count> =
+            self.select(&db_name(scope), &format!("SELECT count() FROM user {filter} GROUP ALL"), vars).await?;
+        Ok((rows, total.first().map_or(0, |c| c.count)))
     }
 
     /// Up to `limit` users registered after `after_seq`, oldest first.

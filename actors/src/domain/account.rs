@@ -217,6 +217,8 @@ pub struct AccountState {
     pub sessions: BTreeMap<String, SessionState>,
     /// The open password reset, if any: the newest request only.
     pub password_reset: Option<PendingReset>,
+    /// The person was erased: their key is destroyed and the account takes no command.
+    pub erased: bool,
 }
 
 /// A password reset waiting for its link.
@@ -249,6 +251,9 @@ pub const RETIRED_KEPT: usize = 16;
 pub struct PendingVerification {
     pub challenge_id: String,
     pub purpose: VerificationPurpose,
+    /// The address being verified (for a change, the new one), sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Sealed>,
     pub email_index: String,
     /// The challenge's secret, sealed under the person's key.
     pub secret: Sealed,
@@ -257,8 +262,9 @@ pub struct PendingVerification {
 }
 
 impl AccountState {
+    /// Registered and not erased: an account that takes commands.
     pub fn is_registered(&self) -> bool {
-        self.account_id.is_some()
+        self.account_id.is_some() && !self.erased
     }
 }
 
@@ -278,9 +284,12 @@ pub enum AccountCommand {
     },
     /// The handler has checked a proof against the open challenge
     /// `challenge_id`; the domain checks it is still open and unexpired at `now`.
+    /// For an email change, `claims` says where the new address's claim and
+    /// the old one stand, so the change moves them in the same batch.
     ConfirmEmail {
         challenge_id: String,
         now: i64,
+        claims: Option<ClaimMove>,
     },
     /// Open a session; beyond `max_sessions` the least recently used one is revoked.
     StartSession {
@@ -302,13 +311,42 @@ pub enum AccountCommand {
         reason: RevokeReason,
     },
     /// Mail a password reset link (the handler found the account by its email).
-    RequestPasswordReset { challenge: NewChallenge },
+    RequestPasswordReset {
+        challenge: NewChallenge,
+    },
     /// The handler checked a reset token against the open reset `challenge_id`;
     /// the domain checks it is still open at `now`, sets the password and ends
     /// every session.
-    ResetPassword { challenge_id: String, password_hash: Sealed, now: i64 },
+    ResetPassword {
+        challenge_id: String,
+        password_hash: Sealed,
+        now: i64,
+    },
     /// The handler checked the current password; every session but `keep` ends.
-    ChangePassword { password_hash: Sealed, keep: Option<String> },
+    ChangePassword {
+        password_hash: Sealed,
+        keep: Option<String>,
+    },
+    /// Mail a verification to a new address; the address changes once verified.
+    RequestEmailChange {
+        challenge: NewChallenge,
+        new_email: Sealed,
+        new_index: String,
+    },
+    /// Erase the person: end every session, release the email's claim (at
+    /// `claim_seq`, the sequence of the claim this account holds).
+    Erase {
+        claim_seq: u64,
+    },
+}
+
+/// Where the claims an email change moves stand: the new address's claim may be
+/// taken after `new_after` (0: never claimed; else its release), and the
+/// account's current claim is at `old_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimMove {
+    pub new_after: u64,
+    pub old_seq: u64,
 }
 
 /// A session prepared outside the domain: ids, hashes and seals are ready.
@@ -371,6 +409,9 @@ pub struct Registration {
     pub locale: Locale,
     /// The verification mailed with the registration.
     pub verification: NewChallenge,
+    /// The sequence the email's claim must still be at: 0 for an address never
+    /// claimed, the sequence of its release for one that was freed.
+    pub email_claim_after: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -394,6 +435,24 @@ pub enum AccountEvent {
     PasswordResetRequested(PasswordResetRequested),
     /// The password changed (by the person, or through a reset link).
     PasswordChanged(PasswordChanged),
+    /// A verified new address replaced the old one.
+    EmailChanged(EmailChanged),
+    /// The person was erased (crypto-shredding): their key is destroyed after
+    /// this event, so every personal field of theirs in the log stays sealed.
+    AccountErased(AccountErased),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmailChanged {
+    pub email: Sealed,
+    pub email_index: String,
+    pub previous_email_index: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountErased {
+    /// The released email claim's index.
+    pub email_index: String,
 }
 
 /// The reset token derives from `secret` (sealed under the person's key);
@@ -458,6 +517,8 @@ pub struct SessionRevoked {
 pub enum VerificationPurpose {
     /// The address the account registered with.
     Registration,
+    /// A new address the account is changing to.
+    EmailChange,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -510,8 +571,17 @@ pub struct EmailReserved {
     pub account_id: String,
 }
 
+/// The end of a claim: the email is free again, on `evt.{scope}.email.{index}.EmailReleased`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmailReleased {
+    pub account_id: String,
+}
+
 pub const EMAIL_CLAIM: &str = "email";
 pub const EMAIL_RESERVED: &str = "EmailReserved";
+pub const EMAIL_RELEASED: &str = "EmailReleased";
+/// The schema version of `EmailReleased`'s data.
+pub const EMAIL_RELEASED_VERSION: u32 = 1;
 /// The schema version of `EmailReserved`'s data.
 pub const EMAIL_RESERVED_VERSION: u32 = 1;
 
@@ -534,6 +604,10 @@ pub enum AccountError {
     /// One answer for an unknown, expired, revoked or forged refresh token.
     #[error("the refresh token is not valid; sign in again")]
     InvalidRefreshToken,
+    #[error("this is already the account's address")]
+    SameEmail,
+    #[error("the last owner of a tenant cannot be deleted; make someone else owner first")]
+    LastOwner,
     #[error("no such session")]
     SessionNotFound,
     #[error(transparent)]
@@ -543,7 +617,9 @@ pub enum AccountError {
 impl DomainError for AccountError {
     fn code(&self) -> &'static str {
         match self {
+            AccountError::LastOwner => "CONFLICT",
             AccountError::EmailTaken
+            | AccountError::SameEmail
             | AccountError::AlreadyRegistered
             | AccountError::AlreadyVerified
             | AccountError::InvalidProof
@@ -600,7 +676,7 @@ impl Aggregate for Account {
     fn decide(state: &AccountState, cmd: &AccountCommand) -> Result<Decision<AccountEvent>, AccountError> {
         match cmd {
             AccountCommand::Register(r) => {
-                if state.is_registered() {
+                if state.account_id.is_some() {
                     return Err(AccountError::AlreadyRegistered);
                 }
                 let claim = EmailReserved { account_id: r.account_id.clone() };
@@ -629,6 +705,7 @@ impl Aggregate for Account {
                         event_type: EMAIL_RESERVED,
                         version: EMAIL_RESERVED_VERSION,
                         data: serde_json::to_value(claim).expect("a plain struct serialises"),
+                        expected_seq: r.email_claim_after,
                     }],
                 })
             }
@@ -662,19 +739,89 @@ impl Aggregate for Account {
                     index,
                 )]))
             }
-            AccountCommand::ConfirmEmail { challenge_id, now } => {
+            AccountCommand::ConfirmEmail { challenge_id, now, claims } => {
                 if !state.is_registered() {
                     return Err(AccountError::NotFound);
                 }
-                match &state.verification {
-                    Some(open) if &open.challenge_id == challenge_id && *now <= open.expires_at => {
-                        Ok(Decision::events(vec![AccountEvent::EmailVerified(EmailVerified {
-                            challenge_id: open.challenge_id.clone(),
-                            email_index: open.email_index.clone(),
-                        })]))
-                    }
-                    _ => Err(AccountError::InvalidProof),
+                let open = match &state.verification {
+                    Some(open) if &open.challenge_id == challenge_id && *now <= open.expires_at => open,
+                    _ => return Err(AccountError::InvalidProof),
+                };
+                let verified = AccountEvent::EmailVerified(EmailVerified {
+                    challenge_id: open.challenge_id.clone(),
+                    email_index: open.email_index.clone(),
+                });
+                if open.purpose == VerificationPurpose::Registration {
+                    return Ok(Decision::events(vec![verified]));
                 }
+                // An email change: the new claim and the old one's release go in
+                // the same batch as the change, or nothing does.
+                let (Some(moved), Some(new_email), Some(account_id), Some(old_index)) =
+                    (claims, &open.email, &state.account_id, &state.email_index)
+                else {
+                    return Err(AccountError::InvalidProof);
+                };
+                let claim = |event_type, version, key: &str, expected_seq| Reservation {
+                    aggregate: EMAIL_CLAIM,
+                    key: key.to_owned(),
+                    event_type,
+                    version,
+                    data: serde_json::json!({ "account_id": account_id }),
+                    expected_seq,
+                };
+                Ok(Decision {
+                    events: vec![
+                        verified,
+                        AccountEvent::EmailChanged(EmailChanged {
+                            email: new_email.clone(),
+                            email_index: open.email_index.clone(),
+                            previous_email_index: old_index.clone(),
+                        }),
+                    ],
+                    reservations: vec![
+                        claim(EMAIL_RESERVED, EMAIL_RESERVED_VERSION, &open.email_index, moved.new_after),
+                        claim(EMAIL_RELEASED, EMAIL_RELEASED_VERSION, old_index, moved.old_seq),
+                    ],
+                })
+            }
+            AccountCommand::RequestEmailChange { challenge, new_email, new_index } => {
+                if !state.is_registered() {
+                    return Err(AccountError::NotFound);
+                }
+                if state.email_index.as_ref() == Some(new_index) {
+                    return Err(AccountError::SameEmail);
+                }
+                Ok(Decision::events(vec![verification_requested(
+                    challenge,
+                    VerificationPurpose::EmailChange,
+                    new_email,
+                    new_index,
+                )]))
+            }
+            AccountCommand::Erase { claim_seq } => {
+                if !state.is_registered() {
+                    return Err(AccountError::NotFound);
+                }
+                if state.owner {
+                    return Err(AccountError::LastOwner);
+                }
+                let (Some(account_id), Some(index)) = (&state.account_id, &state.email_index) else {
+                    return Err(AccountError::NotFound);
+                };
+                let mut events: Vec<AccountEvent> =
+                    state.sessions.keys().map(|id| revoked(id, RevokeReason::AccountDeleted)).collect();
+                events.push(AccountEvent::AccountErased(AccountErased { email_index: index.clone() }));
+                Ok(Decision {
+                    events,
+                    reservations: vec![Reservation {
+                        aggregate: EMAIL_CLAIM,
+                        key: index.clone(),
+                        event_type: EMAIL_RELEASED,
+                        version: EMAIL_RELEASED_VERSION,
+                        data: serde_json::json!({ "account_id": account_id }),
+                        expected_seq: *claim_seq,
+                    }],
+                })
             }
             AccountCommand::StartSession { session, max_sessions } => {
                 if !state.is_registered() {
@@ -798,6 +945,7 @@ impl Aggregate for Account {
                 state.verification = Some(PendingVerification {
                     challenge_id: e.challenge_id.clone(),
                     purpose: e.purpose,
+                    email: Some(e.email.clone()),
                     email_index: e.email_index.clone(),
                     secret: e.secret.clone(),
                     requested_at: e.requested_at,
@@ -808,7 +956,26 @@ impl Aggregate for Account {
                 if state.verification.as_ref().is_some_and(|v| v.challenge_id == e.challenge_id) {
                     state.verification = None;
                 }
+                // A change's verification proves the new address; `EmailChanged`
+                // follows in the same batch and makes it the account's.
+                if state.email_index.as_deref() == Some(e.email_index.as_str()) {
+                    state.email_verified = true;
+                }
+            }
+            AccountEvent::EmailChanged(e) => {
+                state.email = Some(e.email.clone());
+                state.email_index = Some(e.email_index.clone());
                 state.email_verified = true;
+            }
+            AccountEvent::AccountErased(_) => {
+                state.erased = true;
+                state.email = None;
+                state.firstname = None;
+                state.lastname = None;
+                state.password_hash = None;
+                state.verification = None;
+                state.password_reset = None;
+                state.sessions.clear();
             }
             AccountEvent::SessionStarted(e) => {
                 // Sessions idle past their expiry leave when another starts, so the
@@ -876,6 +1043,7 @@ mod tests {
             owner: false,
             locale: Locale::parse("de").unwrap(),
             verification: challenge("ch1", 100),
+            email_claim_after: 0,
         }
     }
 
@@ -969,7 +1137,7 @@ mod tests {
             AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() });
         check::<Account>(
             &[registered(), requested("ch1", 100)],
-            AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1100 },
+            AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1100, claims: None },
             Ok(vec![verified.clone()]),
         );
         let state = crate::domain::aggregate::replay::<Account>(&[registered(), requested("ch1", 100), verified]);
@@ -980,11 +1148,11 @@ mod tests {
     fn a_used_superseded_or_expired_challenge_is_refused() {
         let history = [registered(), requested("ch1", 100)];
         // Expired: one second past `expires_at`.
-        let late = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1101 };
+        let late = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 1101, claims: None };
         check::<Account>(&history, late, Err(AccountError::InvalidProof));
         // Superseded by a resend: only the newest challenge counts.
         let resent = [registered(), requested("ch1", 100), requested("ch2", 200)];
-        let old = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 300 };
+        let old = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 300, claims: None };
         check::<Account>(&resent, old, Err(AccountError::InvalidProof));
         // Used: after verification nothing is open.
         let used = [
@@ -992,7 +1160,7 @@ mod tests {
             requested("ch1", 100),
             AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() }),
         ];
-        let again = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 300 };
+        let again = AccountCommand::ConfirmEmail { challenge_id: "ch1".into(), now: 300, claims: None };
         check::<Account>(&used, again, Err(AccountError::InvalidProof));
     }
 
@@ -1140,10 +1308,90 @@ mod tests {
             &history,
             cmd,
             Ok(vec![
-                AccountEvent::PasswordChanged(PasswordChanged { password_hash: sealed("new"), how: PasswordChange::Changed }),
+                AccountEvent::PasswordChanged(PasswordChanged {
+                    password_hash: sealed("new"),
+                    how: PasswordChange::Changed,
+                }),
                 revoked("s1", RevokeReason::PasswordChanged),
             ]),
         );
+    }
+
+    fn change_requested(id: &str, at: i64) -> AccountEvent {
+        AccountEvent::EmailVerificationRequested(EmailVerificationRequested {
+            challenge_id: id.into(),
+            purpose: VerificationPurpose::EmailChange,
+            email: sealed("new-email"),
+            email_index: "new-idx".into(),
+            secret: sealed(id),
+            requested_at: at,
+            expires_at: at + 1000,
+        })
+    }
+
+    #[test]
+    fn a_verified_email_change_moves_the_claim_in_the_same_batch() {
+        let verified_first =
+            AccountEvent::EmailVerified(EmailVerified { challenge_id: "ch1".into(), email_index: "idx".into() });
+        let history = vec![registered(), requested("ch1", 100), verified_first, change_requested("ch2", 200)];
+        let state = crate::domain::aggregate::replay::<Account>(&history);
+        assert_eq!(state.email_index.as_deref(), Some("idx"), "the address changes only once verified");
+        let moved = ClaimMove { new_after: 0, old_seq: 7 };
+        let cmd = AccountCommand::ConfirmEmail { challenge_id: "ch2".into(), now: 300, claims: Some(moved) };
+        let d = Account::decide(&state, &cmd).unwrap();
+        assert_eq!(
+            d.events,
+            vec![
+                AccountEvent::EmailVerified(EmailVerified {
+                    challenge_id: "ch2".into(),
+                    email_index: "new-idx".into()
+                }),
+                AccountEvent::EmailChanged(EmailChanged {
+                    email: sealed("new-email"),
+                    email_index: "new-idx".into(),
+                    previous_email_index: "idx".into(),
+                }),
+            ]
+        );
+        let claims: Vec<_> = d.reservations.iter().map(|r| (r.event_type, r.key.as_str(), r.expected_seq)).collect();
+        assert_eq!(claims, [(EMAIL_RESERVED, "new-idx", 0), (EMAIL_RELEASED, "idx", 7)]);
+        // Without the claims' positions the change cannot be decided.
+        let blind = AccountCommand::ConfirmEmail { challenge_id: "ch2".into(), now: 300, claims: None };
+        check::<Account>(&history, blind, Err(AccountError::InvalidProof));
+        let same = AccountCommand::RequestEmailChange {
+            challenge: challenge("ch3", 400),
+            new_email: sealed("e"),
+            new_index: "idx".into(),
+        };
+        check::<Account>(&history, same, Err(AccountError::SameEmail));
+    }
+
+    #[test]
+    fn erasing_ends_sessions_releases_the_email_and_spares_the_last_owner() {
+        let history = vec![registered(), started("s1", "h1", 10)];
+        let d = Account::decide(
+            &crate::domain::aggregate::replay::<Account>(&history),
+            &AccountCommand::Erase { claim_seq: 3 },
+        )
+        .unwrap();
+        assert_eq!(
+            d.events,
+            vec![
+                revoked("s1", RevokeReason::AccountDeleted),
+                AccountEvent::AccountErased(AccountErased { email_index: "idx".into() })
+            ]
+        );
+        assert_eq!(d.reservations[0].event_type, EMAIL_RELEASED);
+        assert_eq!(d.reservations[0].expected_seq, 3);
+        let erased = [history.clone(), d.events].concat();
+        let state = crate::domain::aggregate::replay::<Account>(&erased);
+        assert!(!state.is_registered() && state.email.is_none() && state.password_hash.is_none());
+        check::<Account>(&erased, AccountCommand::Erase { claim_seq: 3 }, Err(AccountError::NotFound));
+        let mut owner = registered();
+        if let AccountEvent::AccountRegistered(r) = &mut owner {
+            r.owner = true;
+        }
+        check::<Account>(&[owner], AccountCommand::Erase { claim_seq: 3 }, Err(AccountError::LastOwner));
     }
 
     #[test]

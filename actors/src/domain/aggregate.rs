@@ -15,9 +15,11 @@ pub trait DomainError: std::error::Error + Send + Sync + 'static {
     }
 }
 
-/// A uniqueness claim appended in the same atomic batch as the events, on its own
-/// subject, with an expected subject sequence of 0: the server refuses the whole
-/// batch if the key is already claimed.
+/// A claim event appended in the same atomic batch as the events, on its own
+/// subject, with an expected last sequence on the claim's subjects: 0 to take a
+/// key never claimed, the sequence of its last claim event otherwise (to take a
+/// released key, or to release one's own). The server refuses the whole batch
+/// if anything happened on the key since.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     /// The aggregate name of the claim subject, for example `email`.
@@ -28,6 +30,8 @@ pub struct Reservation {
     /// The schema version of the claim's event type.
     pub version: u32,
     pub data: serde_json::Value,
+    /// The last sequence on the key's subjects this claim expects (0: none).
+    pub expected_seq: u64,
 }
 
 /// Why a stored event's data could not be brought to its type's current shape.

@@ -564,7 +564,7 @@ pub fn batch_for<A: Aggregate>(
         out.push(Pending {
             subject: event_subject(scope, r.aggregate, &r.key, r.event_type),
             filter: aggregate_filter(scope, r.aggregate, &r.key),
-            expected_seq: Some(0),
+            expected_seq: Some(r.expected_seq),
             envelope: Envelope {
                 id: uuid::Uuid::now_v7().to_string(),
                 event_type: r.event_type.to_owned(),

@@ -9,14 +9,15 @@ use crate::command::{
     SessionRequest, SessionSelection,
 };
 use crate::domain::account::{
-    Account, AccountCommand, AccountError, AccountEvent, AccountId, EMAIL_CLAIM, EMAIL_RESERVED, Email, EmailReserved,
-    Locale, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason, WhichSessions,
+    Account, AccountCommand, AccountError, AccountEvent, AccountId, ClaimMove, EMAIL_CLAIM, EMAIL_RELEASED, Email,
+    EmailReserved, Locale, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason,
+    VerificationPurpose, WhichSessions,
 };
 use crate::domain::challenge::{Purpose, Secret};
 use crate::domain::ids::CommandId;
 use crate::domain::session::{RefreshToken, SessionId};
 use crate::domain::tenant::Scope;
-use crate::store::event_store::{Stamp, Stored, event_subject};
+use crate::store::event_store::{Stamp, Stored, aggregate_filter};
 use crate::store::seal::{DataKey, Sealed, person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
@@ -60,9 +61,18 @@ impl Handler for AccountHandler {
                 }
                 Ok(Route::Lane(account_id.to_string()))
             }
-            AccountRequest::ChangePassword { account_id, .. } => {
+            AccountRequest::ChangePassword { account_id, .. }
+            | AccountRequest::ChangeEmail { account_id, .. }
+            | AccountRequest::DeleteAccount { account_id, .. } => {
                 if envelope.principal.account_in(scope) != Some(account_id) {
-                    return Err(CommandFailure::forbidden("you may only change your own password"));
+                    return Err(CommandFailure::forbidden("you may only change your own account"));
+                }
+                Ok(Route::Lane(account_id.to_string()))
+            }
+            // Whether the sender owns the tenant is checked when it runs.
+            AccountRequest::RemoveUser { account_id } => {
+                if envelope.principal.account_in(scope).is_none() {
+                    return Err(CommandFailure::forbidden("only the tenant's owner may remove users"));
                 }
                 Ok(Route::Lane(account_id.to_string()))
             }
@@ -82,6 +92,7 @@ impl Handler for AccountHandler {
         let Ctx { scope, deps } = ctx;
         let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
         let envelope_session = envelope.principal.session().cloned();
+        let envelope_owner = envelope.principal.account_in(scope).cloned();
         let stamp = Stamp { command_id: envelope.command_id, digest };
         match envelope.request {
             AccountRequest::Register { email, password, firstname, lastname, locale, session } => {
@@ -140,9 +151,16 @@ impl Handler for AccountHandler {
             AccountRequest::VerifyEmail { proof } => {
                 let at = now();
                 let mut opened = None;
-                if let Some(open) = loaded(deps, scope, id, state).await?.state.verification.as_ref() {
+                let mut claims = None;
+                let current = loaded(deps, scope, id, state).await?.state.clone();
+                if let Some(open) = current.verification.as_ref() {
                     let bytes = deps.keys.open(&open.secret).await.map_err(|e| broken("opening a challenge", e))?;
                     opened = Secret::from_bytes(&bytes).map(|s| (open.challenge_id.clone(), s));
+                    if open.purpose == VerificationPurpose::EmailChange
+                        && let Some(old_index) = &current.email_index
+                    {
+                        claims = Some(claim_move(deps, scope, id, &open.email_index, old_index).await?);
+                    }
                 }
                 let (seq, _) = decide_on_registered(deps, scope, id, &stamp, state, move |_| {
                     let accepted = opened.filter(|(_, secret)| match &proof {
@@ -150,7 +168,7 @@ impl Handler for AccountHandler {
                         EmailProof::Token { token } => secret.accepts_token(Purpose::VerifyEmail, token),
                     });
                     match accepted {
-                        Some((challenge_id, _)) => Ok(AccountCommand::ConfirmEmail { challenge_id, now: at }),
+                        Some((challenge_id, _)) => Ok(AccountCommand::ConfirmEmail { challenge_id, now: at, claims }),
                         None => Err(CommandFailure::rejected(&AccountError::InvalidProof)),
                     }
                 })
@@ -174,16 +192,36 @@ impl Handler for AccountHandler {
                 let (seq, events) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
                 Ok(AccountReply::PasswordSet { seq, sessions_ended: sessions_ended(&events) })
             }
-            AccountRequest::ChangePassword { current_password, new_password, .. } => {
-                let sealed = loaded(deps, scope, id, state).await?.state.password_hash.clone();
-                let phc = match &sealed {
-                    Some(s) => Some(deps.keys.open_string(s).await.map_err(|e| broken("opening a password hash", e))?),
-                    None => None,
-                };
-                let ok = deps.hasher.verify(&current_password, phc).await.map_err(|e| broken("verifying a password", e))?;
-                if !ok {
-                    return Err(CommandFailure::new("BAD_USER_INPUT", "the current password is not correct"));
+            AccountRequest::ChangeEmail { new_email, password, .. } => {
+                check_password(deps, scope, id, &password, state).await?;
+                let (new_index, filter) = email_claim(deps, scope, &new_email).await?;
+                if let Claim::Held(_) = read_claim(deps, &filter).await? {
+                    return Err(CommandFailure::rejected(&AccountError::EmailTaken));
                 }
+                let kid = person_key_name(scope, id);
+                let key = deps.keys.existing_key(&kid).await.map_err(|e| broken("reading a person key", e))?;
+                let challenge = new_challenge(deps, scope, id, now()).await?;
+                let new_email = key.seal(&kid, new_email.as_str().as_bytes());
+                let cmd = AccountCommand::RequestEmailChange { challenge, new_email, new_index };
+                let (seq, _) = decide_on_registered(deps, scope, id, &stamp, state, |_| Ok(cmd)).await?;
+                Ok(AccountReply::ChangeRequested { seq })
+            }
+            AccountRequest::DeleteAccount { password, .. } => {
+                check_password(deps, scope, id, &password, state).await?;
+                erase(deps, scope, id, &stamp, state).await
+            }
+            AccountRequest::RemoveUser { .. } => {
+                let owner = envelope_owner.as_ref().ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+                let sender = load::<Account>(&deps.store, scope, owner.as_str())
+                    .await
+                    .map_err(|e| broken("loading the sender's account", e))?;
+                if !(sender.state.is_registered() && sender.state.owner) {
+                    return Err(CommandFailure::forbidden("only the tenant's owner may remove users"));
+                }
+                erase(deps, scope, id, &stamp, state).await
+            }
+            AccountRequest::ChangePassword { current_password, new_password, .. } => {
+                check_password(deps, scope, id, &current_password, state).await?;
                 let password_hash = seal_password(deps, scope, &new_password).await?;
                 let keep = envelope_session.as_ref().map(ToString::to_string);
                 let cmd = AccountCommand::ChangePassword { password_hash, keep };
@@ -291,11 +329,108 @@ async fn challenge_for(
     })
 }
 
-/// The email's index in this scope (a keyed hash) and its claim's subject.
+/// The email's index in this scope (a keyed hash) and the filter of its claim's
+/// subjects (`evt.{scope}.email.{index}.>`).
 async fn email_claim(deps: &Deps, scope: &Scope, email: &Email) -> Result<(String, String), CommandFailure> {
     let index = tenant_key(deps, scope).await?.blind_index("email", &email.normalized());
-    let subject = event_subject(scope, EMAIL_CLAIM, &index, EMAIL_RESERVED);
-    Ok((index, subject))
+    let filter = aggregate_filter(scope, EMAIL_CLAIM, &index);
+    Ok((index, filter))
+}
+
+/// Where an email's claim stands: its last claim event decides.
+enum Claim {
+    /// Nobody holds it; a new claim must expect sequence `after` (0: never claimed).
+    Free { after: u64 },
+    /// An account holds it: the `EmailReserved` event.
+    Held(Stored),
+}
+
+async fn read_claim(deps: &Deps, filter: &str) -> Result<Claim, CommandFailure> {
+    let last = deps.store.last_on_subject(filter).await.map_err(|e| broken("reading an email claim", e))?;
+    Ok(match last {
+        None => Claim::Free { after: 0 },
+        Some(s) if s.envelope.event_type == EMAIL_RELEASED => Claim::Free { after: s.seq },
+        Some(s) => Claim::Held(s),
+    })
+}
+
+/// The account holding an email, if any.
+async fn holder_of(deps: &Deps, filter: &str) -> Result<Option<String>, CommandFailure> {
+    Ok(match read_claim(deps, filter).await? {
+        Claim::Held(s) => serde_json::from_value::<EmailReserved>(s.envelope.data).ok().map(|h| h.account_id),
+        Claim::Free { .. } => None,
+    })
+}
+
+/// The sequence of the claim `account` holds on `index` (which it must hold).
+async fn own_claim(deps: &Deps, scope: &Scope, account: &str, index: &str) -> Result<u64, CommandFailure> {
+    match read_claim(deps, &aggregate_filter(scope, EMAIL_CLAIM, index)).await? {
+        Claim::Held(s) if s.envelope.data.get("account_id").and_then(|v| v.as_str()) == Some(account) => Ok(s.seq),
+        _ => Err(broken("an account's email claim", "the account does not hold its own email's claim")),
+    }
+}
+
+/// How an email change moves the claims: the new address must be free.
+async fn claim_move(
+    deps: &Deps,
+    scope: &Scope,
+    account: &str,
+    new_index: &str,
+    old_index: &str,
+) -> Result<ClaimMove, CommandFailure> {
+    let new_after = match read_claim(deps, &aggregate_filter(scope, EMAIL_CLAIM, new_index)).await? {
+        Claim::Free { after } => after,
+        Claim::Held(_) => return Err(CommandFailure::rejected(&AccountError::EmailTaken)),
+    };
+    Ok(ClaimMove { new_after, old_seq: own_claim(deps, scope, account, old_index).await? })
+}
+
+/// Checks the account's password; a wrong one is refused as bad input.
+async fn check_password(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    password: &Password,
+    state: &mut Option<Loaded<Account>>,
+) -> Result<(), CommandFailure> {
+    let current = loaded(deps, scope, id, state).await?;
+    if !current.state.is_registered() {
+        return Err(CommandFailure::rejected(&AccountError::NotFound));
+    }
+    let phc = match &current.state.password_hash {
+        Some(s) => Some(deps.keys.open_string(s).await.map_err(|e| broken("opening a password hash", e))?),
+        None => None,
+    };
+    if deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))? {
+        Ok(())
+    } else {
+        Err(CommandFailure::new("BAD_USER_INPUT", "the password is not correct"))
+    }
+}
+
+/// Erases an account: ends its sessions, releases its email, then destroys the
+/// person's key, which makes every personal field of theirs in the log
+/// unreadable. A crash between the append and the destruction is repaired by
+/// a retry: an erased account's key is destroyed again.
+async fn erase(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    stamp: &Stamp,
+    state: &mut Option<Loaded<Account>>,
+) -> CommandResult<AccountReply> {
+    let current = loaded(deps, scope, id, state).await?;
+    let kid = person_key_name(scope, id);
+    if current.state.erased {
+        deps.keys.destroy(&kid).await.map_err(|e| broken("destroying a person key", e))?;
+        return Ok(AccountReply::Erased { seq: current.version, sessions_ended: 0 });
+    }
+    let index = current.state.email_index.clone().ok_or_else(|| CommandFailure::rejected(&AccountError::NotFound))?;
+    let claim_seq = own_claim(deps, scope, id, &index).await?;
+    let erase = AccountCommand::Erase { claim_seq };
+    let (seq, events) = decide_on_registered(deps, scope, id, stamp, state, |_| Ok(erase)).await?;
+    deps.keys.destroy(&kid).await.map_err(|e| broken("destroying a person key", e))?;
+    Ok(AccountReply::Erased { seq, sessions_ended: sessions_ended(&events) })
 }
 
 /// Hashes the password and seals the personal fields: the command `decide` sees.
@@ -319,26 +454,30 @@ pub async fn prepare_registration(
         owner: input.owner,
         locale: input.locale.clone(),
         verification,
+        email_claim_after: 0,
     })
 }
 
-/// What an existing claim means for a registration: the same command seen
-/// again, or another account holding the email. A repeat of the command is
-/// answered only if it is the same request (digest) and proves the password
-/// again: repeating someone's idempotency key must not sign anyone in.
+/// What the email's claim means for a registration: free (after which
+/// sequence), the same command seen again, or another account holding the
+/// email. A repeat of the command is answered only if it is the same request
+/// (digest) and proves the password again: repeating someone's idempotency key
+/// must not sign anyone in.
 async fn existing_claim(
     deps: &Deps,
     scope: &Scope,
     claim: &str,
     stamp: &Stamp,
     password: &Password,
-) -> Result<Option<CommandResult<AccountReply>>, CommandFailure> {
-    let stored = deps.store.last_on_subject(claim).await.map_err(|e| broken("reading an email claim", e))?;
-    let Some(stored) = stored else { return Ok(None) };
+) -> Result<Result<u64, CommandResult<AccountReply>>, CommandFailure> {
+    let stored = match read_claim(deps, claim).await? {
+        Claim::Free { after } => return Ok(Ok(after)),
+        Claim::Held(stored) => stored,
+    };
     if stored.envelope.command_id != stamp.command_id.as_str() {
-        return Ok(Some(Err(CommandFailure::rejected(&AccountError::EmailTaken))));
+        return Ok(Err(Err(CommandFailure::rejected(&AccountError::EmailTaken))));
     }
-    Ok(Some(replayed_registration(deps, scope, &stored, stamp, password).await))
+    Ok(Err(replayed_registration(deps, scope, &stored, stamp, password).await))
 }
 
 /// Answers a repeated registration whose claim is `claim`.
@@ -376,7 +515,10 @@ async fn after_refused_append(
     stamp: &Stamp,
     password: &Password,
 ) -> CommandResult<AccountReply> {
-    existing_claim(deps, scope, claim, stamp, password).await?.unwrap_or_else(|| Err(CommandFailure::conflict()))
+    match existing_claim(deps, scope, claim, stamp, password).await? {
+        Ok(_) => Err(CommandFailure::conflict()),
+        Err(answer) => answer,
+    }
 }
 
 async fn register(
@@ -387,10 +529,12 @@ async fn register(
     state: &mut Option<Loaded<Account>>,
 ) -> CommandResult<AccountReply> {
     let (_, claim) = email_claim(deps, scope, &input.email).await?;
-    if let Some(answer) = existing_claim(deps, scope, &claim, stamp, &input.password).await? {
-        return answer;
-    }
-    let registration = prepare_registration(deps, scope, &input).await?;
+    let after = match existing_claim(deps, scope, &claim, stamp, &input.password).await? {
+        Ok(after) => after,
+        Err(answer) => return answer,
+    };
+    let mut registration = prepare_registration(deps, scope, &input).await?;
+    registration.email_claim_after = after;
     let cmd = AccountCommand::Register(Box::new(registration));
     let id = input.account_id.as_str();
     match execute::<Account>(&deps.store, scope, id, state.take(), stamp, &cmd, deps.snapshot_every).await {
@@ -569,14 +713,9 @@ async fn login(
 ) -> CommandResult<AccountReply> {
     let Ctx { scope, deps } = ctx;
     let (email_index, claim) = email_claim(deps, scope, email).await?;
-    let holder = deps
-        .store
-        .last_on_subject(&claim)
-        .await
-        .map_err(|e| broken("reading an email claim", e))?
-        .and_then(|s| serde_json::from_value::<EmailReserved>(s.envelope.data).ok());
+    let holder = holder_of(deps, &claim).await?;
     let id = match &holder {
-        Some(h) => h.account_id.clone(),
+        Some(h) => h.clone(),
         None => decoy_account(scope, &email_index).to_string(),
     };
     // The actor's cached state, checked against the log's newest sequence for the
@@ -623,14 +762,7 @@ async fn request_reset(
 ) -> CommandResult<AccountReply> {
     let Ctx { scope, deps } = ctx;
     let (_, claim) = email_claim(deps, scope, email).await?;
-    let holder = deps
-        .store
-        .last_on_subject(&claim)
-        .await
-        .map_err(|e| broken("reading an email claim", e))?
-        .and_then(|s| serde_json::from_value::<EmailReserved>(s.envelope.data).ok());
-    let Some(holder) = holder else { return Ok(AccountReply::ResetRequested) };
-    let id = holder.account_id;
+    let Some(id) = holder_of(deps, &claim).await? else { return Ok(AccountReply::ResetRequested) };
     let mut state = cache.get(&id).await;
     let challenge = challenge_for(deps, scope, &id, now(), deps.accounts.reset_ttl_secs).await?;
     let cmd = AccountCommand::RequestPasswordReset { challenge };

@@ -16,7 +16,8 @@ use super::request::{
 };
 use crate::App;
 use crate::edge::limits::Key;
-use crate::read_model::UserRow;
+use crate::graphql::request::RequestCtx;
+use crate::read_model::{UserOrder, UserQuery, UserRow};
 
 /// The largest page `users` returns.
 pub const MAX_PAGE: i32 = 100;
@@ -156,6 +157,22 @@ pub(crate) fn issue(
     })
 }
 
+/// Sends an erasure and waits until the node refuses the person's tokens.
+async fn erased(
+    ctx: &Context<'_>,
+    app: &App,
+    req: &RequestCtx,
+    operation: &str,
+    request: AccountRequest,
+) -> async_graphql::Result<bool> {
+    let reply: AccountReply = send(app, req, &req.scope, "account", command_id(req, operation), request).await?;
+    let AccountReply::Erased { seq, sessions_ended } = reply else {
+        return Err(internal("unexpected reply", operation));
+    };
+    settle_or_revoke(ctx, app, seq, sessions_ended).await;
+    Ok(true)
+}
+
 /// The signed-in account's id, as a command names it.
 pub(crate) fn own_account(p: &crate::edge::auth::Claims) -> async_graphql::Result<AccountId> {
     AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))
@@ -175,21 +192,41 @@ impl AccountQuery {
         load_user(app, &req.scope, &p.sub).await
     }
 
-    /// The tenant's accounts, oldest first (the tenant owner only).
+    /// The tenant's accounts (the tenant owner only): filtered by case-insensitive
+    /// substrings of the email or name and by verification, ordered, and paged
+    /// with cursors.
     async fn users(
         &self,
         ctx: &Context<'_>,
+        filter: Option<UserFilter>,
+        order_by: Option<UserOrderBy>,
         #[graphql(desc = "page size, 1 to 100", default = 20)] first: i32,
         #[graphql(desc = "the `endCursor` of the previous page")] after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, User>> {
+    ) -> async_graphql::Result<Connection<String, User, UsersTotal>> {
         let (app, req) = parts(ctx);
         let p = principal(req)?;
         if !(1..=MAX_PAGE).contains(&first) {
             return Err(bad_input("first", format!("must be between 1 and {MAX_PAGE}")));
         }
-        let after_seq = match &after {
-            Some(c) => decode_cursor(c).ok_or_else(|| bad_input("after", "not a cursor returned by `users`"))?,
-            None => 0,
+        let filter = filter.unwrap_or_default();
+        for (field, value) in [("filter.email", &filter.email), ("filter.name", &filter.name)] {
+            if value.as_ref().is_some_and(|v| v.chars().count() > 254 || v.chars().any(char::is_control)) {
+                return Err(bad_input(field, "at most 254 characters, no control characters"));
+            }
+        }
+        let order_by = order_by.unwrap_or_default();
+        let order = match order_by.field {
+            UserOrderField::CreatedAt => UserOrder::CreatedAt,
+            UserOrderField::Email => UserOrder::Email,
+            UserOrderField::Lastname => UserOrder::Lastname,
+        };
+        let descending = order_by.direction == OrderDirection::Desc;
+        let after_key = match &after {
+            Some(c) => Some(
+                decode_cursor(c, order, descending)
+                    .ok_or_else(|| bad_input("after", "not a cursor of `users` in this order"))?,
+            ),
+            None => None,
         };
         consistent(app, req).await;
         let caller = app.read_model.user(&req.scope, &p.sub).await.map_err(|e| internal("reading a user", e))?;
@@ -201,23 +238,100 @@ impl AccountQuery {
             return Err(error("FORBIDDEN", "only the tenant owner may list users"));
         }
         let limit = first as usize;
-        let mut rows =
-            app.read_model.users(&req.scope, after_seq, limit + 1).await.map_err(|e| internal("listing users", e))?;
+        let query = UserQuery {
+            email: filter.email.filter(|s| !s.is_empty()),
+            name: filter.name.filter(|s| !s.is_empty()),
+            verified: filter.verified,
+            order,
+            descending,
+            after: after_key,
+            limit: limit + 1,
+        };
+        let (mut rows, total) =
+            app.read_model.search_users(&req.scope, &query).await.map_err(|e| internal("listing users", e))?;
         let has_next = rows.len() > limit;
         rows.truncate(limit);
-        let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().map(|r| Edge::new(encode_cursor(r.seq), User::from_row(&req.scope, r))));
+        let mut conn = Connection::with_additional_fields(after.is_some(), has_next, UsersTotal { total_count: total });
+        conn.edges.extend(
+            rows.into_iter().map(|r| Edge::new(encode_cursor(order, descending, &r), User::from_row(&req.scope, r))),
+        );
         Ok(conn)
     }
 }
 
-fn encode_cursor(seq: u64) -> String {
-    B64.encode(format!("user:{seq}"))
+/// How many accounts match a `users` query, over all its pages.
+#[derive(SimpleObject)]
+pub struct UsersTotal {
+    total_count: u64,
 }
 
-fn decode_cursor(c: &str) -> Option<u64> {
+/// What `users` keeps; every field narrows the result.
+#[derive(InputObject, Default)]
+pub struct UserFilter {
+    /// A case-insensitive part of the email.
+    email: Option<String>,
+    /// A case-insensitive part of the first name, last name or both.
+    name: Option<String>,
+    verified: Option<bool>,
+}
+
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserOrderField {
+    #[default]
+    CreatedAt,
+    Email,
+    Lastname,
+}
+
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderDirection {
+    #[default]
+    Asc,
+    Desc,
+}
+
+#[derive(InputObject, Default)]
+pub struct UserOrderBy {
+    field: UserOrderField,
+    #[graphql(default)]
+    direction: OrderDirection,
+}
+
+/// The sort key `users` compares for `order`, as the read model computes it.
+fn sort_key(order: UserOrder, row: &UserRow) -> String {
+    match order {
+        UserOrder::CreatedAt => String::new(),
+        UserOrder::Email => row.email.to_lowercase(),
+        UserOrder::Lastname => row.lastname.to_lowercase(),
+    }
+}
+
+fn order_tag(order: UserOrder, descending: bool) -> String {
+    let o = match order {
+        UserOrder::CreatedAt => "c",
+        UserOrder::Email => "e",
+        UserOrder::Lastname => "l",
+    };
+    format!("{o}{}", if descending { "d" } else { "a" })
+}
+
+/// A cursor: the order it belongs to, the row's sequence and its sort key.
+fn encode_cursor(order: UserOrder, descending: bool, row: &UserRow) -> String {
+    B64.encode(format!("user:{}:{}:{}", order_tag(order, descending), row.seq, sort_key(order, row)))
+}
+
+fn decode_cursor(c: &str, order: UserOrder, descending: bool) -> Option<(String, u64)> {
+    if c.len() > 1024 {
+        return None;
+    }
     let raw = String::from_utf8(B64.decode(c).ok()?).ok()?;
-    raw.strip_prefix("user:")?.parse().ok()
+    let rest = raw.strip_prefix("user:")?;
+    let (tag, rest) = rest.split_once(':')?;
+    if tag != order_tag(order, descending) {
+        return None;
+    }
+    let (seq, key) = rest.split_once(':')?;
+    Some((key.to_owned(), seq.parse().ok()?))
 }
 
 #[derive(InputObject)]
@@ -254,6 +368,17 @@ pub struct ResetPasswordInput {
     /// The token of the reset mail's link.
     token: String,
     /// The new password (8 to 128 characters).
+    password: String,
+}
+
+#[derive(InputObject)]
+pub struct ChangeEmailInput {
+    new_email: String,
+    password: String,
+}
+
+#[derive(InputObject)]
+pub struct DeleteAccountInput {
     password: String,
 }
 
@@ -430,6 +555,50 @@ impl AccountMutation {
         Ok(true)
     }
 
+    /// Mails a verification to `newEmail` (and a notice to the current address).
+    /// The address changes, and the old one is free for others, only once the
+    /// new one is verified with `verifyEmail`. An address taken in the tenant
+    /// gets `BAD_USER_INPUT`.
+    async fn change_email(&self, ctx: &Context<'_>, input: ChangeEmailInput) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        let request = AccountRequest::ChangeEmail {
+            account_id: own_account(p)?,
+            new_email: parse("newEmail", Email::parse(&input.new_email))?,
+            password: Password::parse(&input.password)
+                .map_err(|_| error("BAD_USER_INPUT", "the password is not correct"))?,
+        };
+        let reply: AccountReply =
+            send(app, req, &req.scope, "account", command_id(req, "changeEmail"), request).await?;
+        let AccountReply::ChangeRequested { seq } = reply else {
+            return Err(internal("unexpected reply", "changeEmail"));
+        };
+        settle(ctx, app, seq).await;
+        Ok(true)
+    }
+
+    /// Erases the signed-in account, proving its password: its sessions end,
+    /// its personal data can no longer be read anywhere, even in the event log,
+    /// and its email is free again. The tenant's last owner cannot.
+    async fn delete_account(&self, ctx: &Context<'_>, input: DeleteAccountInput) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        let p = principal(req)?;
+        let request = AccountRequest::DeleteAccount {
+            account_id: own_account(p)?,
+            password: Password::parse(&input.password)
+                .map_err(|_| error("BAD_USER_INPUT", "the password is not correct"))?,
+        };
+        erased(ctx, app, req, "deleteAccount", request).await
+    }
+
+    /// Erases an account of the tenant, as `deleteAccount` does (the tenant owner only).
+    async fn remove_user(&self, ctx: &Context<'_>, id: async_graphql::ID) -> async_graphql::Result<bool> {
+        let (app, req) = parts(ctx);
+        principal(req)?;
+        let account_id = AccountId::parse(&id).map_err(|_| bad_input("id", "not an account id"))?;
+        erased(ctx, app, req, "removeUser", AccountRequest::RemoveUser { account_id }).await
+    }
+
     /// Changes the signed-in account's password, proving the current one;
     /// every other session of the account ends.
     async fn change_password(&self, ctx: &Context<'_>, input: ChangePasswordInput) -> async_graphql::Result<bool> {
@@ -472,9 +641,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
-        assert_eq!(decode_cursor("not-a-cursor"), None);
-        assert_eq!(decode_cursor(&B64.encode("other:1")), None);
+    fn cursors_round_trip_only_in_their_own_order_and_reject_garbage() {
+        let row = UserRow {
+            account_id: "a".into(),
+            email: "Ada@Example.com".into(),
+            firstname: "Ada".into(),
+            lastname: "Lovelace".into(),
+            owner: false,
+            seq: 42,
+            created_at: String::new(),
+            email_verified: false,
+            locale: None,
+        };
+        let c = encode_cursor(UserOrder::Email, false, &row);
+        assert_eq!(decode_cursor(&c, UserOrder::Email, false), Some(("ada@example.com".into(), 42)));
+        assert_eq!(decode_cursor(&c, UserOrder::Email, true), None);
+        assert_eq!(decode_cursor(&c, UserOrder::CreatedAt, false), None);
+        assert_eq!(decode_cursor("not-a-cursor", UserOrder::CreatedAt, false), None);
+        assert_eq!(decode_cursor(&B64.encode("other:1"), UserOrder::CreatedAt, false), None);
     }
 }

@@ -91,6 +91,26 @@ impl Projection for Accounts {
                         serde_json::json!({ "account": e.aggregate_id() }),
                     )]
                 }
+                "EmailChanged" => {
+                    let id = e.record("user", e.aggregate_id())?;
+                    let kid = person_key_name(e.scope, e.aggregate_id());
+                    vec![statement(
+                        format!("UPDATE {id} SET email = $email, email_verified = true RETURN NONE"),
+                        serde_json::json!({ "email": e.open("email", &kid).await? }),
+                    )]
+                }
+                "AccountErased" => {
+                    // The person leaves the read models with their sessions; their
+                    // events stay in the log, sealed under a key that is gone.
+                    let id = e.record("user", e.aggregate_id())?;
+                    vec![
+                        statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({})),
+                        statement(
+                            "DELETE session WHERE account_id = $account RETURN NONE".into(),
+                            serde_json::json!({ "account": e.aggregate_id() }),
+                        ),
+                    ]
+                }
                 "EmailVerified" => {
                     let id = e.record("user", e.aggregate_id())?;
                     vec![statement(format!("UPDATE {id} SET email_verified = true RETURN NONE"), serde_json::json!({}))]
