@@ -411,7 +411,8 @@ async fn check_password(
 /// Erases an account: ends its sessions, releases its email, then destroys the
 /// person's key, which makes every personal field of theirs in the log
 /// unreadable. A crash between the append and the destruction is repaired by
-/// a retry: an erased account's key is destroyed again.
+/// the next erasure asked of the account, which destroys the key again (and
+/// answers NOT_FOUND, as for any account that is gone).
 async fn erase(
     deps: &Deps,
     scope: &Scope,
@@ -422,8 +423,10 @@ async fn erase(
     let current = loaded(deps, scope, id, state).await?;
     let kid = person_key_name(scope, id);
     if current.state.erased {
+        // Already erased; destroying the key again repairs a crash that came
+        // between the erasure's append and the key's destruction.
         deps.keys.destroy(&kid).await.map_err(|e| broken("destroying a person key", e))?;
-        return Ok(AccountReply::Erased { seq: current.version, sessions_ended: 0 });
+        return Err(CommandFailure::rejected(&AccountError::NotFound));
     }
     let index = current.state.email_index.clone().ok_or_else(|| CommandFailure::rejected(&AccountError::NotFound))?;
     let claim_seq = own_claim(deps, scope, id, &index).await?;

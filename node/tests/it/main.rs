@@ -2,6 +2,7 @@
 
 mod harness;
 mod http;
+mod lifecycle;
 mod limits;
 
 mod accounts;
