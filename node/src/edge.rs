@@ -3,6 +3,7 @@
 //! before anything is executed.
 
 pub mod auth;
+pub mod i18n;
 pub mod limits;
 pub mod sessions;
 
@@ -33,6 +34,14 @@ pub fn routes(app: Arc<App>) -> impl poem::Endpoint {
         .at("/graphql", get(graphiql).post(graphql_root))
         .at("/t/:tenant/graphql", get(graphiql).post(graphql_tenant))
         .data(app)
+}
+
+/// `refuse` in the caller's language.
+fn refuse_in(locale: &Locale, status: StatusCode, code: &str, message: &str) -> Response {
+    match i18n::localize(message, locale) {
+        Some(translated) => refuse(status, code, &translated),
+        None => refuse(status, code, message),
+    }
 }
 
 /// An error answered before GraphQL runs, in the GraphQL response shape.
@@ -237,13 +246,21 @@ async fn execute(
     path_tenant: Option<String>,
     body: Body,
 ) -> Response {
+    // The caller's language, for messages.
+    let locale = headers
+        .get("accept-language")
+        .and_then(|v| v.to_str().ok())
+        .map(Locale::from_accept_language)
+        .unwrap_or_default();
+
     // 1. Where the request says it goes.
     let mut claimed = Vec::new();
     if let Some(h) = headers.get("x-tenant-id") {
         match h.to_str() {
             Ok(s) => claimed.push(Claimed { source: "x-tenant-id", raw: s.to_owned() }),
             Err(_) => {
-                return refuse(
+                return refuse_in(
+                    &locale,
                     StatusCode::BAD_REQUEST,
                     "BAD_USER_INPUT",
                     "invalid tenant id in x-tenant-id: not ASCII",
@@ -262,7 +279,8 @@ async fn execute(
         let t = match TenantId::parse(&c.raw) {
             Ok(t) => t,
             Err(e) => {
-                return refuse(
+                return refuse_in(
+                    &locale,
                     StatusCode::BAD_REQUEST,
                     "BAD_USER_INPUT",
                     &format!("invalid tenant id in {}: {e}", c.source),
@@ -270,7 +288,8 @@ async fn execute(
             }
         };
         if tenant.as_ref().is_some_and(|prev| *prev != t) {
-            return refuse(
+            return refuse_in(
+                &locale,
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "the tenant named by the header, path and subdomain disagree",
@@ -282,7 +301,8 @@ async fn execute(
     // 2. Who is asking.
     let principal = match bearer(headers) {
         Err(()) => {
-            return refuse(
+            return refuse_in(
+                &locale,
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHENTICATED",
                 "the Authorization header must be `Bearer <token>`",
@@ -291,14 +311,19 @@ async fn execute(
         Ok(None) => None,
         Ok(Some(token)) => match app.tokens.verify(token) {
             Ok(c) if c.sid.as_deref().is_some_and(|sid| app.revocations.is_revoked(sid)) => {
-                return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the session has ended; sign in again");
+                return refuse_in(
+                    &locale,
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHENTICATED",
+                    "the session has ended; sign in again",
+                );
             }
             Ok(c) => Some(c),
             Err(TokenError::Expired) => {
-                return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired");
+                return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired");
             }
             Err(TokenError::Invalid) => {
-                return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid");
+                return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid");
             }
         },
     };
@@ -306,22 +331,22 @@ async fn execute(
     // 3. The token's tenant must match the request's; with no tenant named, it decides.
     let scope = match (&tenant, &principal) {
         (Some(t), Some(p)) if p.tenant != t.as_str() => {
-            return refuse(StatusCode::FORBIDDEN, "FORBIDDEN", "this token was issued for another tenant");
+            return refuse_in(&locale, StatusCode::FORBIDDEN, "FORBIDDEN", "this token was issued for another tenant");
         }
         (Some(t), _) => Scope::Tenant(t.clone()),
         (None, Some(p)) if p.tenant != PLATFORM_TOKEN => match Scope::parse_token(&p.tenant) {
             Ok(s) => s,
-            Err(_) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"),
+            Err(_) => return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"),
         },
         (None, _) => Scope::Platform,
     };
     if let Scope::Tenant(t) = &scope {
         match app.tenant_exists(t).await {
             Ok(true) => {}
-            Ok(false) => return refuse(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant"),
+            Ok(false) => return refuse_in(&locale, StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant"),
             Err(e) => {
                 tracing::error!(error = %e, "checking a tenant");
-                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");
+                return refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");
             }
         }
     }
@@ -330,14 +355,22 @@ async fn execute(
     let bytes = match body.into_bytes_limit(MAX_BODY).await {
         Ok(b) => b,
         Err(poem::error::ReadBodyError::PayloadTooLarge) => {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "BAD_USER_INPUT", "the request body is larger than 1 MiB");
+            return refuse_in(
+                &locale,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "the request body is larger than 1 MiB",
+            );
         }
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the request body could not be read"),
+        Err(_) => {
+            return refuse_in(&locale, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the request body could not be read");
+        }
     };
     let mut request: async_graphql::Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(_) => {
-            return refuse(
+            return refuse_in(
+                &locale,
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "the body must be a JSON object: {\"query\": \"...\", \"variables\": {...}}",
@@ -348,7 +381,8 @@ async fn execute(
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
         Some(_) => {
-            return refuse(
+            return refuse_in(
+                &locale,
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "idempotency-key must be 1 to 255 ASCII characters",
@@ -361,27 +395,27 @@ async fn execute(
     {
         None => None,
         Some(Some(n)) => Some(n),
-        Some(None) => return refuse(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "canopy-consistency must be a number"),
+        Some(None) => {
+            return refuse_in(&locale, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "canopy-consistency must be a number");
+        }
     };
 
     // 5. Run it.
     app.documents.prepare(&mut request);
-    let locale = headers
-        .get("accept-language")
-        .and_then(|v| v.to_str().ok())
-        .map(Locale::from_accept_language)
-        .unwrap_or_default();
     let user_agent = headers
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .and_then(actors::domain::session::UserAgent::from_header);
-    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale, user_agent, client };
+    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale: locale.clone(), user_agent, client };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {
         // Parse, validation and limit errors come from async-graphql without a code.
         let ext = e.extensions.get_or_insert_with(Default::default);
         if ext.get("code").is_none() {
             ext.set("code", "BAD_USER_INPUT");
+        }
+        if let Some(translated) = i18n::localize(&e.message, &locale) {
+            e.message = translated;
         }
     }
     let headers = response.http_headers.clone();

@@ -2,6 +2,7 @@
 
 mod harness;
 mod http;
+mod identity_input;
 mod lifecycle;
 mod limits;
 

@@ -1,0 +1,171 @@
+//! Error messages in the caller's language (`Accept-Language`). Messages are
+//! written in English where they are raised; this catalog gives each one its
+//! translation, and `extensions.code` never changes, so clients branch on the
+//! code and show the message. A message without a translation stays English.
+
+use actors::domain::account::Locale;
+
+/// English message → German message.
+const DE: &[(&str, &str)] = &[
+    ("a code has exactly 6 digits", "ein Code hat genau 6 Ziffern"),
+    (
+        "a name has 1 to 100 characters and no control characters",
+        "ein Name hat 1 bis 100 Zeichen und keine Steuerzeichen",
+    ),
+    ("a password has 8 to 128 characters", "ein Passwort hat 8 bis 128 Zeichen"),
+    ("a tenant id has at least 2 characters", "eine Mandanten-ID hat mindestens 2 Zeichen"),
+    ("a tenant id has at most 63 characters", "eine Mandanten-ID hat höchstens 63 Zeichen"),
+    (
+        "a tenant id may only hold lowercase letters, digits and '-', and must start with a letter or digit",
+        "eine Mandanten-ID enthält nur Kleinbuchstaben, Ziffern und '-' und beginnt mit einem Buchstaben oder einer Ziffer",
+    ),
+    ("a tenant id must not be empty", "eine Mandanten-ID darf nicht leer sein"),
+    (
+        "a tenant name has 1 to 100 characters and no control characters",
+        "ein Mandantenname hat 1 bis 100 Zeichen und keine Steuerzeichen",
+    ),
+    ("a tenant with this slug already exists", "einen Mandanten mit dieser ID gibt es schon"),
+    ("an account with this email already exists", "ein Konto mit dieser E-Mail-Adresse gibt es schon"),
+    ("at most 254 characters, no control characters", "höchstens 254 Zeichen, keine Steuerzeichen"),
+    ("canopy-consistency must be a number", "canopy-consistency muss eine Zahl sein"),
+    (
+        "another change to the same data happened at the same time; retry the request",
+        "gleichzeitig wurden dieselben Daten geändert; bitte die Anfrage wiederholen",
+    ),
+    ("give exactly one of `code` and `token`", "genau eines von `code` und `token` angeben"),
+    ("idempotency key reused with a different request", "Idempotenzschlüssel für eine andere Anfrage wiederverwendet"),
+    ("internal error", "interner Fehler"),
+    (
+        "internal error; the request was not applied or may be retried safely",
+        "interner Fehler; die Anfrage wurde nicht ausgeführt oder kann gefahrlos wiederholt werden",
+    ),
+    ("invalid email or password", "E-Mail-Adresse oder Passwort ist falsch"),
+    ("no such account", "dieses Konto gibt es nicht"),
+    ("no such session", "diese Sitzung gibt es nicht"),
+    ("not a cursor of `users` in this order", "kein Cursor von `users` in dieser Reihenfolge"),
+    ("not a session id", "keine Sitzungs-ID"),
+    ("not an account id", "keine Konto-ID"),
+    ("only a platform administrator may do this", "nur eine Plattform-Administration darf das"),
+    ("only a platform administrator may create tenants", "nur eine Plattform-Administration darf Mandanten anlegen"),
+    ("only the tenant owner may list users", "nur der Eigentümer des Mandanten darf Benutzer auflisten"),
+    ("only the tenant's owner may remove users", "nur der Eigentümer des Mandanten darf Benutzer entfernen"),
+    ("sign in first", "bitte zuerst anmelden"),
+    (
+        "sign in first: send `Authorization: Bearer <token>`",
+        "bitte zuerst anmelden: `Authorization: Bearer <token>` senden",
+    ),
+    ("supported locales are: en, de", "unterstützte Sprachen: en, de"),
+    ("the current password is not correct", "das aktuelle Passwort ist falsch"),
+    (
+        "the last owner of a tenant cannot be deleted; make someone else owner first",
+        "der letzte Eigentümer eines Mandanten kann nicht gelöscht werden; zuerst jemand anderen zum Eigentümer machen",
+    ),
+    ("the password is not correct", "das Passwort ist falsch"),
+    ("the refresh token is not valid; sign in again", "das Refresh-Token ist ungültig; bitte neu anmelden"),
+    ("the request body could not be read", "der Anfrageinhalt konnte nicht gelesen werden"),
+    ("the request body is larger than 1 MiB", "der Anfrageinhalt ist größer als 1 MiB"),
+    ("the session has ended; sign in again", "die Sitzung ist beendet; bitte neu anmelden"),
+    ("the token has expired", "das Token ist abgelaufen"),
+    ("the token is not valid", "das Token ist ungültig"),
+    ("this account is already registered", "dieses Konto ist schon registriert"),
+    (
+        "this code or link is wrong, already used or expired",
+        "dieser Code oder Link ist falsch, schon benutzt oder abgelaufen",
+    ),
+    ("this email address is already verified", "diese E-Mail-Adresse ist schon bestätigt"),
+    ("this is already the account's address", "das ist schon die Adresse des Kontos"),
+    ("this is not a token Canopy issued", "dieses Token stammt nicht von Canopy"),
+    ("this is not a valid email address", "das ist keine gültige E-Mail-Adresse"),
+    ("this is not an account id", "das ist keine Konto-ID"),
+    ("this token belongs to no session", "dieses Token gehört zu keiner Sitzung"),
+    ("this token was issued for another tenant", "dieses Token wurde für einen anderen Mandanten ausgestellt"),
+    ("unknown tenant", "unbekannter Mandant"),
+    ("you may only act on your own account", "nur am eigenen Konto erlaubt"),
+    ("you may only change your own account", "nur das eigene Konto darf geändert werden"),
+    ("you may only end your own sessions", "nur eigene Sitzungen dürfen beendet werden"),
+];
+
+/// `message` in `locale`, or `None` when it stays as it is (English, or no
+/// translation). Handles the shapes that carry values: `{field}: {message}`
+/// and `... retry in {n} s`.
+pub fn localize(message: &str, locale: &Locale) -> Option<String> {
+    if locale.as_str() != "de" {
+        return None;
+    }
+    if let Some(found) = DE.iter().find(|(en, _)| *en == message) {
+        return Some(found.1.to_owned());
+    }
+    for (prefix, de) in [
+        ("too many attempts; retry in ", "zu viele Versuche; erneut in "),
+        ("too many requests; retry in ", "zu viele Anfragen; erneut in "),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            return Some(format!("{de}{rest}"));
+        }
+    }
+    // `field: message`, as bad input names its field.
+    let (field, inner) = message.split_once(": ")?;
+    if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
+        return None;
+    }
+    if let Some(rest) = inner.strip_prefix("must be between ") {
+        return Some(format!("{field}: muss zwischen {}", rest.replace(" and ", " und ") + " liegen"));
+    }
+    localize(inner, locale).map(|t| format!("{field}: {t}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn german_callers_get_german_messages_and_others_get_english() {
+        let de = Locale::parse("de").unwrap();
+        let en = Locale::parse("en").unwrap();
+        assert_eq!(localize("invalid email or password", &de).unwrap(), "E-Mail-Adresse oder Passwort ist falsch");
+        assert_eq!(localize("invalid email or password", &en), None);
+        assert_eq!(
+            localize("password: a password has 8 to 128 characters", &de).unwrap(),
+            "password: ein Passwort hat 8 bis 128 Zeichen"
+        );
+        assert_eq!(localize("too many attempts; retry in 12 s", &de).unwrap(), "zu viele Versuche; erneut in 12 s");
+        assert_eq!(localize("first: must be between 1 and 100", &de).unwrap(), "first: muss zwischen 1 und 100 liegen");
+        assert_eq!(localize("something nobody translated", &de), None);
+    }
+
+    #[test]
+    fn every_domain_message_has_a_translation() {
+        use actors::domain::account::{AccountError, InputError};
+        let errors: Vec<String> = [
+            AccountError::EmailTaken,
+            AccountError::AlreadyRegistered,
+            AccountError::NotFound,
+            AccountError::AlreadyVerified,
+            AccountError::InvalidProof,
+            AccountError::InvalidRefreshToken,
+            AccountError::SessionNotFound,
+            AccountError::SameEmail,
+            AccountError::LastOwner,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .chain(
+            [
+                InputError::InvalidEmail,
+                InputError::InvalidPasswordLength,
+                InputError::InvalidName,
+                InputError::InvalidAccountId,
+                InputError::InvalidCode,
+                InputError::InvalidToken,
+                InputError::UnsupportedLocale,
+            ]
+            .iter()
+            .map(ToString::to_string),
+        )
+        .collect();
+        let de = Locale::parse("de").unwrap();
+        for e in errors {
+            assert!(localize(&e, &de).is_some(), "no German for {e:?}");
+        }
+    }
+}
