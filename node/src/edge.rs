@@ -389,16 +389,19 @@ async fn execute(
             );
         }
     };
-    let consistency = match headers
-        .get("canopy-consistency")
-        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
-    {
-        None => None,
-        Some(Some(n)) => Some(n),
-        Some(None) => {
-            return refuse_in(&locale, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "canopy-consistency must be a number");
-        }
-    };
+    let consistency =
+        match headers.get("canopy-consistency").map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
+            None => None,
+            Some(Some(n)) => Some(n),
+            Some(None) => {
+                return refuse_in(
+                    &locale,
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    "canopy-consistency must be a number",
+                );
+            }
+        };
 
     // 5. Run it.
     app.documents.prepare(&mut request);

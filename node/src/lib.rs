@@ -456,6 +456,38 @@ pub async fn reader_credentials(
     auth.reader_creds(tenant, expires)
 }
 
+/// A connection to a running node's NATS, for the command line: an external
+/// NATS with the configured credentials, or the managed server on `nats_port`
+/// with the node credentials under `<data_dir>/nats/auth`.
+pub async fn connect_running(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let (url, creds, tls) = match config.external_nats()? {
+        Some(external) => external,
+        None => {
+            let auth = nats::auth::NatsAuth::load(&nats::auth_dir(&config.data_dir))
+                .context("while reading the managed NATS's keys (is --data-dir the node's?)")?;
+            (
+                format!("nats://127.0.0.1:{}", config.nats_port),
+                nats::credentials::Credentials::CredsFile(auth.node_creds_path()),
+                nats::credentials::Tls::default(),
+            )
+        }
+    };
+    nats::connect(&url, &creds, &tls, Duration::from_secs(5))
+        .await
+        .context("while connecting to the node's NATS (is the node running?)")
+}
+
+/// `canopy keys rotate`: sign new tokens with a new key; the old one verifies
+/// until its last token has expired. Every running node follows at once.
+pub async fn rotate_signing_key(config: &Config) -> anyhow::Result<String> {
+    let client = connect_running(config).await?;
+    let (_, keys_kv) = EventStore::open(client.clone(), config.replicas).await?;
+    let keys = KeyRing::new(keys_kv, master_key(config)?);
+    let kid = edge::auth::rotate_signing_key(&keys, config.token_ttl_secs).await?;
+    client.flush().await?;
+    Ok(kid)
+}
+
 /// `canopy projections rebuild`: drop every read model and replay the log.
 pub async fn rebuild_projections(config: &Config) -> anyhow::Result<u64> {
     let core = Core::open(config).await?;

@@ -28,6 +28,11 @@ enum Cmd {
         #[command(subcommand)]
         action: ProjectionsCmd,
     },
+    /// Token signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
     /// NATS authentication: keys, the server's authorization, credentials.
     Nats {
         #[command(subcommand)]
@@ -64,6 +69,14 @@ enum NatsCmd {
         #[arg(long)]
         auth_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Sign new access tokens with a new key. Tokens signed before stay valid
+    /// (the old public key stays in the JWKS until the last of them expires),
+    /// so nobody is signed out. The node must be running.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -142,6 +155,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 "Save it as a .creds file and read stream EVENTS with {consumer}, using inbox prefix {} (README, \"Following events\").",
                 reader.inbox_prefix
             );
+            Ok(())
+        }
+        Cmd::Keys { action: KeysCmd::Rotate } => {
+            let kid = canopy_node::rotate_signing_key(&config).await?;
+            println!("{kid}");
+            eprintln!("New tokens are signed with key {kid}; tokens signed before stay valid until they expire.");
             Ok(())
         }
         Cmd::Projections { action: ProjectionsCmd::Dump } => {

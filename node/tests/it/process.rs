@@ -355,3 +355,40 @@ async fn the_managed_nats_refuses_strangers_and_the_cli_issues_a_tenants_read_on
     assert_eq!(subjects.len(), 4, "{subjects:?}");
     assert!(subjects.iter().all(|s| s.starts_with("evt.acme.")));
 }
+
+#[tokio::test]
+async fn the_cli_rotates_the_signing_key_of_a_running_node_without_signing_anyone_out() {
+    let data = TempDir::new().unwrap();
+    let nats_port = free_port();
+    let mut c = spawn(data.path(), nats_port, &[]);
+    c.ready().await;
+    let owner = setup_tenant(&c).await;
+    let out = Command::new(BIN)
+        .args(["keys", "rotate", "--nats-port", &nats_port.to_string()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(kid.len(), 16, "{kid:?}");
+    // The node follows: the JWKS offers both keys, and new tokens use the new one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jwks: serde_json::Value =
+            serde_json::from_str(&reqwest::get(c.url("/.well-known/jwks.json")).await.unwrap().text().await.unwrap())
+                .unwrap();
+        let kids: Vec<String> =
+            jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
+        if kids.len() == 2 && kids.contains(&kid) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node did not follow the rotation: {jwks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = token_of(&login(&c, "owner@acme.test", "owner-password").await, "login");
+    assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some(kid.as_str()));
+    // The token from before the rotation still works.
+    let me = c.gql(Some("acme"), Some(&owner), ME, json!({})).await;
+    assert!(me["data"]["me"]["id"].is_string(), "{me}");
+}
