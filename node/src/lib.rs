@@ -7,6 +7,7 @@ pub mod config;
 pub mod edge;
 pub mod graphql;
 pub mod nats;
+pub mod outbound;
 pub mod projection;
 pub mod read_model;
 pub mod router;

@@ -1,0 +1,3 @@
+//! Side effects that leave the system: mail today; webhooks and push later.
+
+pub mod mail;
