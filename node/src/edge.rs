@@ -147,6 +147,27 @@ async fn metrics_text(app: &App) -> String {
         "GraphQL documents of up to 16 KiB, by whether their parse was remembered.",
         &[("{parse=\"remembered\"}", remembered), ("{parse=\"parsed\"}", parsed)],
     );
+    family(
+        &mut out,
+        "canopy_mail_sent_total",
+        "counter",
+        "Mails this node handed to the SMTP relay or wrote to the outbox, since start.",
+        &[("", app.mail.sent())],
+    );
+    family(
+        &mut out,
+        "canopy_mail_retried_total",
+        "counter",
+        "Failed mail attempts this node will try again after a backoff, since start.",
+        &[("", app.mail.retried())],
+    );
+    family(
+        &mut out,
+        "canopy_mail_dead_total",
+        "counter",
+        "Mails this node moved to MAIL_DEAD, since start.",
+        &[("", app.mail.dead())],
+    );
     let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
         Ok(ractor::rpc::CallResult::Success(n)) => n,
         _ => 0,

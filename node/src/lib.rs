@@ -62,6 +62,8 @@ pub struct App {
     pub schema: CanopySchema,
     pub documents: graphql::Documents,
     pub node: ActorRef<NodeMsg>,
+    /// The mailer's counters, for `/metrics`.
+    pub mail: Arc<outbound::mail::MailStats>,
     known_tenants: RwLock<HashSet<TenantId>>,
 }
 
@@ -218,6 +220,12 @@ async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The mail queue exists before anything can fill it; the mailer is built
+    // (its relay and sender checked) before any actor starts.
+    outbound::mail::ensure_streams(core.store.jetstream(), config.replicas).await?;
+    let mail = Arc::new(outbound::mail::MailStats::default());
+    let mailer = outbound::mail::mailer::Mailer::new(config, core.store.jetstream().clone(), mail.clone())?;
+
     let hasher = Hasher::new(config.hash_concurrency(), owasp_params());
     let deps = Deps {
         store: core.store.clone(),
@@ -247,6 +255,7 @@ async fn serve(
         actors::tree::CHILDREN,
     );
     tasks.spawn(router.run(cancel.clone()));
+    tasks.spawn(mailer.run(cancel.clone()));
     // Keys destroyed anywhere leave this node's key ring, and their persons'
     // personal data leaves its read models (the projector blanks them).
     let (destroyed_tx, destroyed_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -307,6 +316,7 @@ async fn serve(
         schema: graphql::schema_with(config.introspection),
         documents: graphql::Documents::default(),
         node: node.clone(),
+        mail,
         known_tenants: RwLock::default(),
     });
 

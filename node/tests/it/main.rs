@@ -10,6 +10,7 @@ mod bench;
 mod commands;
 mod contracts;
 mod event_store;
+mod mail;
 mod nats_auth;
 mod process;
 mod projection;
