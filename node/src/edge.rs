@@ -165,7 +165,7 @@ async fn metrics_text(app: &App) -> String {
         &mut out,
         "canopy_mail_dead_total",
         "counter",
-        "Mails this node moved to MAIL_DEAD, since start.",
+        "Mails this node moved to MAIL_DEAD (`canopy mail dead`), since start.",
         &[("", app.mail.dead())],
     );
     let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {

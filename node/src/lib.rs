@@ -407,6 +407,44 @@ pub async fn reader_credentials(
     auth.reader_creds(tenant, expires)
 }
 
+/// A connection to the node's NATS as a node, for the command line: the
+/// configured external server with its credentials, or the managed server on
+/// `127.0.0.1:{nats_port}` with the credential `canopy serve` wrote
+/// (`<data_dir>/nats/auth/canopy.creds`).
+pub async fn node_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let (url, creds, tls) = match config.external_nats()? {
+        Some(external) => external,
+        None => {
+            let creds = nats::auth_dir(&config.data_dir).join(nats::auth::NODE_CREDS);
+            if !creds.exists() {
+                anyhow::bail!("{} does not exist: start the node (`canopy serve`) first", creds.display());
+            }
+            (
+                format!("nats://127.0.0.1:{}", config.nats_port),
+                nats::credentials::Credentials::CredsFile(creds),
+                nats::credentials::Tls::default(),
+            )
+        }
+    };
+    nats::connect_with(&url, &creds, &tls).await.context("while connecting to the node's NATS (is the node running?)")
+}
+
+/// `canopy mail dead`: the dead letters, oldest first.
+pub async fn mail_dead_letters(config: &Config) -> anyhow::Result<Vec<outbound::mail::dead::DeadLetter>> {
+    let js = async_nats::jetstream::new(node_nats(config).await?);
+    outbound::mail::dead::list(&js).await
+}
+
+/// `canopy mail retry <ID> | --all`: moves dead letters back into the queue;
+/// returns their ids.
+pub async fn mail_retry(config: &Config, which: outbound::mail::dead::Selection) -> anyhow::Result<Vec<u64>> {
+    let client = node_nats(config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let moved = outbound::mail::dead::retry(&js, which).await;
+    let _ = client.flush().await;
+    moved
+}
+
 /// `canopy projections rebuild`: drop every read model and replay the log.
 pub async fn rebuild_projections(config: &Config) -> anyhow::Result<u64> {
     let core = Core::open(config).await?;

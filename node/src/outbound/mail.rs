@@ -117,7 +117,7 @@ pub fn queue_config(replicas: usize) -> stream::Config {
     }
 }
 
-/// `MAIL_DEAD`: kept until an operator deletes a letter (limits retention, no
+/// `MAIL_DEAD`: kept until a retry moves a letter back (limits retention, no
 /// age limit); direct gets list it without a consumer.
 pub fn dead_config(replicas: usize) -> stream::Config {
     stream::Config {

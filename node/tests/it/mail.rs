@@ -1,17 +1,19 @@
 //! The mail queue and the mailer against a real SMTP server
 //! (`scripts/smtp_sink.py`): delivery with both parts, retries while the relay
-//! is down, dead letters, one delivery per message id across restarts, and the
-//! outbox without a relay.
+//! is down, dead letters and their retry, one delivery per message id across
+//! restarts, the outbox without a relay, and `canopy mail dead` as a user runs it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actors::domain::tenant::Scope;
 use async_nats::jetstream;
-use canopy_node::outbound::mail::dead;
+use canopy_node::outbound::mail::dead::{self, Selection};
 use canopy_node::outbound::mail::{self, MailKind, OutgoingMail, TemplateVars};
+use tempfile::TempDir;
 
 use crate::harness::*;
+use crate::process;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -119,10 +121,11 @@ async fn a_mail_is_retried_while_the_relay_is_down_and_delivered_once_it_is_up()
 }
 
 #[tokio::test]
-async fn a_rejected_mail_becomes_a_dead_letter_with_its_error() {
+async fn a_rejected_mail_becomes_a_dead_letter_that_a_retry_delivers() {
     let nats = NatsServer::start();
     let js = js(&nats).await;
     let rejecting = SmtpSink::rejecting(550);
+    let port = rejecting.port;
     let node = mail_node(&nats, Some(rejecting.url()), 5, &[50]).await;
     let mail = verification("ada@example.com");
     mail::enqueue(&js, "evt-3:verify_email", &mail).await.unwrap();
@@ -135,7 +138,16 @@ async fn a_rejected_mail_becomes_a_dead_letter_with_its_error() {
     assert_eq!(letter.to, "a***@example.com");
     assert!(letter.error.contains("550") && letter.error.contains("Refused by the test sink"), "{letter:?}");
     assert!(!letter.error.contains("ada@example.com"), "{letter:?}");
-    assert_eq!(node.metric("canopy_mail_sent_total").await, 0);
+    assert!(dead::retry(&js, Selection::One(letter.id + 1000)).await.is_err(), "no such letter");
+
+    // The relay works again: the letter goes back into MAIL and arrives.
+    drop(rejecting);
+    let sink = SmtpSink::start_on(port);
+    assert_eq!(dead::retry(&js, Selection::All).await.unwrap(), vec![letter.id]);
+    let received = sink.wait_for_mails(1, WAIT).await;
+    check_verification(&received[0], &mail);
+    assert!(dead::list(&js).await.unwrap().is_empty(), "the letter left MAIL_DEAD");
+    node.wait_metric("canopy_mail_sent_total", 1, WAIT).await;
 }
 
 #[tokio::test]
@@ -197,6 +209,61 @@ async fn without_an_smtp_url_each_mail_is_an_eml_file_in_the_outbox() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777, 0o600);
     check_verification(&std::fs::read_to_string(&files[0]).unwrap(), &mail);
+}
+
+#[tokio::test]
+async fn canopy_mail_dead_lists_dead_letters_with_masked_addresses_and_retry_requeues_them() {
+    let data = TempDir::new().unwrap();
+    let nats_port = free_port();
+    let rejecting = SmtpSink::rejecting(550);
+    let mut canopy = process::spawn(
+        data.path(),
+        nats_port,
+        &[("CANOPY_SMTP_URL", &rejecting.url()), ("CANOPY_MAIL_MAX_ATTEMPTS", "1")],
+    );
+    canopy.ready().await;
+
+    // Queue a mail as a reactor would, with the node's own credentials.
+    let creds = canopy_node::nats::auth_dir(data.path()).join(canopy_node::nats::auth::NODE_CREDS);
+    let client = canopy_node::nats::connect(
+        &format!("nats://127.0.0.1:{nats_port}"),
+        &canopy_node::nats::credentials::Credentials::CredsFile(creds),
+        &Default::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let js = jetstream::new(client);
+    mail::enqueue(&js, "evt-7:verify_email", &verification("ada@example.com")).await.unwrap();
+    let first = wait_dead(&js, 1).await[0].id;
+
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(process::BIN);
+        cmd.args(args).arg("--data-dir").arg(data.path()).args(["--nats-port", &nats_port.to_string()]);
+        cmd.output()
+    };
+    let out = run(&["mail", "dead"]).await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("ID"), "{stdout}");
+    assert!(
+        stdout.contains("a***@example.com") && stdout.contains("verify_email") && stdout.contains("550"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ada@example.com") && !stderr.contains("ada@example.com"), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("123456"), "never the body: {stdout}");
+
+    let out = run(&["mail", "retry", "--all"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), format!("moved 1 dead letter(s) back into MAIL: {first}"));
+    // The relay still refuses it, so it comes back as a new letter.
+    let again = wait_dead(&js, 1).await;
+    assert!(again.len() == 1 && again[0].id > first, "{again:?}");
+    assert!(!run(&["mail", "retry", &first.to_string()]).await.unwrap().status.success(), "already moved");
+    let log = canopy.log_text();
+    assert!(log.contains("mail moved to MAIL_DEAD"), "{log}");
+    assert!(!log.contains("ada@example.com") && !log.contains("123456"), "the node's log names no address or code");
 }
 
 #[test]

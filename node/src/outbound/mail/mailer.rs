@@ -206,7 +206,7 @@ impl Mailer {
                 self.remember(done, msg_id).await;
                 self.settle(m, AckKind::Term, seq).await;
                 MailStats::count(&self.stats.dead);
-                tracing::warn!(scope, kind, seq, attempts, %error, "mail moved to MAIL_DEAD");
+                tracing::warn!(scope, kind, seq, attempts, %error, "mail moved to MAIL_DEAD (`canopy mail dead` lists it)");
             }
             Err(e) => {
                 let delay = backoff_after(&self.backoff, attempts);
