@@ -90,9 +90,9 @@ impl Mailer {
         let mut messages =
             consumer.stream().max_messages_per_batch(CONCURRENT).messages().await.context("while pulling from MAIL")?;
         let mut sending = FuturesUnordered::new();
-        loop {
+        let ended = loop {
             tokio::select! {
-                () = cancel.cancelled() => break,
+                () = cancel.cancelled() => break Ok(()),
                 Some(()) = sending.next(), if !sending.is_empty() => {}
                 next = messages.next(), if sending.len() < CONCURRENT => match next {
                     Some(Ok(m)) => sending.push(self.deliver(&done, m)),
@@ -100,18 +100,19 @@ impl Mailer {
                         use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
                         // A missed heartbeat is a slow link; the stream recovers by itself.
                         if e.kind() != K::MissingHeartbeat {
-                            return Err(e).context("while pulling from MAIL");
+                            break Err(anyhow::Error::new(e).context("while pulling from MAIL"));
                         }
                         tracing::debug!(error = %e, "the mailer missed a heartbeat");
                     }
-                    None => anyhow::bail!("the pull from MAIL ended"),
+                    None => break Err(anyhow::anyhow!("the pull from MAIL ended")),
                 },
             }
-        }
-        // Stopping: mails already with the relay get a moment to finish; any
-        // still unanswered after it are handed out again after the ack wait.
+        };
+        // Mails already with the relay get a moment to finish, so a relay that
+        // accepted one is answered with an ack; any still unanswered after it
+        // are handed out again after the ack wait.
         let _ = tokio::time::timeout(DRAIN, async { while sending.next().await.is_some() {} }).await;
-        Ok(())
+        ended
     }
 
     async fn deliver(&self, done: &kv::Store, m: jetstream::Message) {
