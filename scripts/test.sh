@@ -4,4 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# The mail tests send to a real SMTP server, scripts/smtp_sink.py, built on aiosmtpd.
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "test: installing aiosmtpd (pip install aiosmtpd==1.4.6) for the SMTP sink of the mail tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6 >&2
+fi
 cargo test --workspace --all-targets "$@"

@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::nats::credentials::{Credentials, Tls, redact_url, split_url_credentials};
+use crate::outbound::mail::transport::SmtpSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,6 +99,21 @@ pub struct Config {
     /// Where the links in mails point: the application's public address
     /// (unset: this node's own HTTP address).
     pub app_url: Option<String>,
+    /// The SMTP relay: `smtp://host[:port]` (STARTTLS when offered; add
+    /// `?tls=required` to insist, `?tls=none` to never), or `smtps://host[:port]`
+    /// (TLS from the start), optionally with `user:password@`. Unset: mail is
+    /// written as `.eml` files to `<data_dir>/outbox/`.
+    pub smtp_url: Option<String>,
+    /// The relay's user and password, when they are not in `smtp_url`.
+    pub smtp_user: Option<String>,
+    pub smtp_password: Option<SecretString>,
+    /// The `From` of every mail, e.g. `Acme <no-reply@acme.example>`.
+    pub mail_from: String,
+    /// How many times a mail is tried before it becomes a dead letter.
+    pub mail_max_attempts: u32,
+    /// The wait after each failed attempt, in milliseconds; attempts past the
+    /// list's end wait its last entry.
+    pub mail_backoff_ms: Vec<u64>,
 }
 
 impl Default for Config {
@@ -144,6 +160,12 @@ impl Default for Config {
             rate_limits: Default::default(),
             trust_forwarded_for: false,
             app_url: None,
+            smtp_url: None,
+            smtp_user: None,
+            smtp_password: None,
+            mail_from: "Canopy <no-reply@localhost>".into(),
+            mail_max_attempts: 8,
+            mail_backoff_ms: vec![5_000, 30_000, 120_000, 600_000, 1_800_000],
         }
     }
 }
@@ -171,6 +193,12 @@ pub struct Overrides {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub surreal_url: Option<String>,
+    /// Send mail through this SMTP relay (smtp://host:port, smtps://host:port)
+    /// instead of writing it to the outbox; put a password in CANOPY_SMTP_PASSWORD,
+    /// not here, where other users of the machine can read it.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +260,28 @@ impl Config {
             return Err(ConfigError("metrics_token must have at least 16 characters".into()));
         }
         self.external_nats()?;
+        self.smtp()?;
+        if let Err(e) = self.mail_from.parse::<lettre::message::Mailbox>() {
+            return Err(ConfigError(format!("mail_from is not a mailbox like `Canopy <no-reply@example.com>` ({e})")));
+        }
+        if !(1..=100).contains(&self.mail_max_attempts) {
+            return Err(ConfigError("mail_max_attempts must be between 1 and 100".into()));
+        }
+        if self.mail_backoff_ms.is_empty() || self.mail_backoff_ms.iter().any(|ms| *ms > 86_400_000) {
+            return Err(ConfigError("mail_backoff_ms is a list of one or more waits of at most a day".into()));
+        }
         Ok(())
+    }
+
+    /// The SMTP relay and how to authenticate to it; `None` writes mail to the outbox.
+    pub fn smtp(&self) -> Result<Option<SmtpSettings>, ConfigError> {
+        let Some(url) = &self.smtp_url else {
+            if self.smtp_user.is_some() || self.smtp_password.is_some() {
+                return Err(ConfigError("smtp_user and smtp_password need an smtp_url".into()));
+            }
+            return Ok(None);
+        };
+        SmtpSettings::parse(url, self.smtp_user.as_deref(), self.smtp_password.as_ref()).map(Some).map_err(ConfigError)
     }
 
     /// The external NATS's address without credentials, how to authenticate to
@@ -321,6 +370,12 @@ impl Config {
             "verification_resend_secs": self.verification_resend_secs,
             "password_reset_ttl_secs": self.password_reset_ttl_secs,
             "app_url": self.app_url(),
+            "smtp_url": self.smtp_url.as_deref().map(redact_url).unwrap_or_else(|| format!("none: mail goes to {}", self.data_dir.join("outbox").display())),
+            "smtp_user": self.smtp_user,
+            "smtp_password": secret(&self.smtp_password),
+            "mail_from": self.mail_from,
+            "mail_max_attempts": self.mail_max_attempts,
+            "mail_backoff_ms": self.mail_backoff_ms,
         })
     }
 
@@ -359,6 +414,48 @@ mod tests {
         for secret in ["c2VjcmV0LW1hc3Rlci1rZXk", "hunter2hunter2", "root@example.com"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+    }
+
+    #[test]
+    fn the_smtp_password_is_never_printed_and_mail_settings_are_checked() {
+        let cfg =
+            Config { smtp_url: Some("smtps://mailer:hunter2hunter2@smtp.example.com".into()), ..Config::default() };
+        cfg.validate().unwrap();
+        let shown = cfg.redacted().to_string();
+        assert!(!shown.contains("hunter2hunter2") && shown.contains("smtp.example.com"), "{shown}");
+        let cfg = Config {
+            smtp_url: Some("smtp://smtp.example.com".into()),
+            smtp_user: Some("mailer".into()),
+            smtp_password: Some("hunter2hunter2".to_owned().into()),
+            ..Config::default()
+        };
+        assert!(cfg.smtp().unwrap().is_some());
+        assert!(!cfg.redacted().to_string().contains("hunter2hunter2"));
+        let bad = |c: Config| c.validate().unwrap_err().to_string();
+        let err = bad(Config { smtp_url: Some("smtpx://u:hunter2hunter2@h".into()), ..Config::default() });
+        assert!(!err.contains("hunter2hunter2"), "{err}");
+        assert!(bad(Config { smtp_user: Some("u".into()), ..Config::default() }).contains("smtp_url"));
+        assert!(bad(Config { mail_from: "not a mailbox".into(), ..Config::default() }).contains("mail_from"));
+        assert!(bad(Config { mail_max_attempts: 0, ..Config::default() }).contains("mail_max_attempts"));
+        assert!(bad(Config { mail_backoff_ms: vec![], ..Config::default() }).contains("mail_backoff_ms"));
+        assert!(Config::default().smtp().unwrap().is_none(), "no smtp_url: the outbox");
+    }
+
+    // The closure's error type is figment's own, as `Jail` requires.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn mail_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CANOPY_SMTP_URL", "smtp://127.0.0.1:2525?tls=none");
+            jail.set_env("CANOPY_MAIL_FROM", "Acme <no-reply@acme.example>");
+            jail.set_env("CANOPY_MAIL_MAX_ATTEMPTS", "3");
+            jail.set_env("CANOPY_MAIL_BACKOFF_MS", "[10, 20]");
+            let cfg = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.smtp_url.as_deref(), Some("smtp://127.0.0.1:2525?tls=none"));
+            assert_eq!(cfg.mail_from, "Acme <no-reply@acme.example>");
+            assert_eq!((cfg.mail_max_attempts, cfg.mail_backoff_ms), (3, vec![10, 20]));
+            Ok(())
+        });
     }
 
     #[test]

@@ -159,6 +159,27 @@ async fn metrics_text(app: &App) -> String {
         "GraphQL documents of up to 16 KiB, by whether their parse was remembered.",
         &[("{parse=\"remembered\"}", remembered), ("{parse=\"parsed\"}", parsed)],
     );
+    family(
+        &mut out,
+        "canopy_mail_sent_total",
+        "counter",
+        "Mails this node handed to the SMTP relay or wrote to the outbox, since start.",
+        &[("", app.mail.sent())],
+    );
+    family(
+        &mut out,
+        "canopy_mail_retried_total",
+        "counter",
+        "Failed mail attempts this node will try again after a backoff, since start.",
+        &[("", app.mail.retried())],
+    );
+    family(
+        &mut out,
+        "canopy_mail_dead_total",
+        "counter",
+        "Mails this node moved to MAIL_DEAD (`canopy mail dead`), since start.",
+        &[("", app.mail.dead())],
+    );
     let trees = match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
         Ok(ractor::rpc::CallResult::Success(n)) => n,
         _ => 0,
@@ -204,14 +225,10 @@ fn client_address(app: &App, req: &Request) -> std::net::IpAddr {
     if !app.config.trust_forwarded_for {
         return peer;
     }
-    req.headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .last()
-        .unwrap_or(peer)
+    // The last entry is the one the trusted proxy wrote; anything before it
+    // came from the client. An entry that is not an address counts as none.
+    let last = req.headers().get_all("x-forwarded-for").iter().next_back().and_then(|v| v.to_str().ok());
+    last.and_then(|v| v.rsplit(',').next()).and_then(|a| a.trim().parse().ok()).unwrap_or(peer)
 }
 
 /// Where the request says its tenant is, before any check.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod edge;
 pub mod graphql;
 pub mod nats;
+pub mod outbound;
 pub mod projection;
 pub mod read_model;
 pub mod router;
@@ -64,6 +65,8 @@ pub struct App {
     pub schema: CanopySchema,
     pub documents: graphql::Documents,
     pub node: ActorRef<NodeMsg>,
+    /// The mailer's counters, for `/metrics`.
+    pub mail: Arc<outbound::mail::MailStats>,
     known_tenants: RwLock<HashSet<TenantId>>,
 }
 
@@ -221,6 +224,12 @@ async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The mail queue exists before anything can fill it; the mailer is built
+    // (its relay and sender checked) before any actor starts.
+    outbound::mail::ensure_streams(core.store.jetstream(), config.replicas).await?;
+    let mail = Arc::new(outbound::mail::MailStats::default());
+    let mailer = outbound::mail::mailer::Mailer::new(config, core.store.jetstream().clone(), mail.clone())?;
+
     let hasher = Hasher::new(config.hash_concurrency(), owasp_params());
     let deps = Deps {
         store: core.store.clone(),
@@ -257,6 +266,14 @@ async fn serve(
         actors::tree::CHILDREN,
     );
     tasks.spawn(router.run(cancel.clone()));
+    tasks.spawn(mailer.run(cancel.clone()));
+    // Mails come from events only: the reactor follows the log durably.
+    let reactor = outbound::reactor::MailReactor {
+        store: core.store.clone(),
+        keys: core.keys.clone(),
+        app_url: config.app_url(),
+    };
+    tasks.spawn(reactor.run(cancel.clone()));
     // Keys destroyed anywhere leave this node's key ring, and their persons'
     // personal data leaves its read models (the projector blanks them).
     let (destroyed_tx, destroyed_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -338,6 +355,7 @@ async fn serve(
         schema: graphql::schema_with(config.introspection),
         documents: graphql::Documents::default(),
         node: node.clone(),
+        mail,
         known_tenants: RwLock::default(),
     });
 
@@ -456,36 +474,53 @@ pub async fn reader_credentials(
     auth.reader_creds(tenant, expires)
 }
 
-/// A connection to a running node's NATS, for the command line: an external
-/// NATS with the configured credentials, or the managed server on `nats_port`
-/// with the node credentials under `<data_dir>/nats/auth`.
-pub async fn connect_running(config: &Config) -> anyhow::Result<async_nats::Client> {
+/// A connection to the node's NATS as a node, for the command line: the
+/// configured external server with its credentials, or the managed server on
+/// `127.0.0.1:{nats_port}` with the credential `canopy serve` wrote
+/// (`<data_dir>/nats/auth/canopy.creds`).
+pub async fn node_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
     let (url, creds, tls) = match config.external_nats()? {
         Some(external) => external,
         None => {
-            let auth = nats::auth::NatsAuth::load(&nats::auth_dir(&config.data_dir))
-                .context("while reading the managed NATS's keys (is --data-dir the node's?)")?;
+            let creds = nats::auth_dir(&config.data_dir).join(nats::auth::NODE_CREDS);
+            if !creds.exists() {
+                anyhow::bail!("{} does not exist: start the node (`canopy serve`) first", creds.display());
+            }
             (
                 format!("nats://127.0.0.1:{}", config.nats_port),
-                nats::credentials::Credentials::CredsFile(auth.node_creds_path()),
+                nats::credentials::Credentials::CredsFile(creds),
                 nats::credentials::Tls::default(),
             )
         }
     };
-    nats::connect(&url, &creds, &tls, Duration::from_secs(5))
-        .await
-        .context("while connecting to the node's NATS (is the node running?)")
+    nats::connect_with(&url, &creds, &tls).await.context("while connecting to the node's NATS (is the node running?)")
 }
 
 /// `canopy keys rotate`: sign new tokens with a new key; the old one verifies
 /// until its last token has expired. Every running node follows at once.
 pub async fn rotate_signing_key(config: &Config) -> anyhow::Result<String> {
-    let client = connect_running(config).await?;
+    let client = node_nats(config).await?;
     let (_, keys_kv) = EventStore::open(client.clone(), config.replicas).await?;
     let keys = KeyRing::new(keys_kv, master_key(config)?);
     let kid = edge::auth::rotate_signing_key(&keys, config.token_ttl_secs).await?;
     client.flush().await?;
     Ok(kid)
+}
+
+/// `canopy mail dead`: the dead letters, oldest first.
+pub async fn mail_dead_letters(config: &Config) -> anyhow::Result<Vec<outbound::mail::dead::DeadLetter>> {
+    let js = async_nats::jetstream::new(node_nats(config).await?);
+    outbound::mail::dead::list(&js).await
+}
+
+/// `canopy mail retry <ID> | --all`: moves dead letters back into the queue;
+/// returns their ids.
+pub async fn mail_retry(config: &Config, which: outbound::mail::dead::Selection) -> anyhow::Result<Vec<u64>> {
+    let client = node_nats(config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let moved = outbound::mail::dead::retry(&js, which).await;
+    let _ = client.flush().await;
+    moved
 }
 
 /// `canopy projections rebuild`: drop every read model and replay the log.

@@ -1,5 +1,6 @@
 //! The `canopy` command line: `serve` runs a node, `projections rebuild` rebuilds
-//! the read models from the event log, `nats` manages NATS credentials.
+//! the read models from the event log, `nats` manages NATS credentials, `mail`
+//! lists and retries dead letters.
 
 use std::path::PathBuf;
 
@@ -37,6 +38,27 @@ enum Cmd {
     Nats {
         #[command(subcommand)]
         action: NatsCmd,
+    },
+    /// Mail the node gave up on (the node's NATS must be running).
+    Mail {
+        #[command(subcommand)]
+        action: MailCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailCmd {
+    /// List dead letters: id, time, scope, kind, attempts, the masked
+    /// recipient and the last error.
+    Dead,
+    /// Move dead letters back into the queue, to be tried again.
+    Retry {
+        /// The dead letter's id (from `canopy mail dead`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -161,6 +183,19 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let kid = canopy_node::rotate_signing_key(&config).await?;
             println!("{kid}");
             eprintln!("New tokens are signed with key {kid}; tokens signed before stay valid until they expire.");
+            Ok(())
+        }
+        Cmd::Mail { action: MailCmd::Dead } => {
+            let letters = canopy_node::mail_dead_letters(&config).await?;
+            print!("{}", canopy_node::outbound::mail::dead::table(&letters));
+            Ok(())
+        }
+        Cmd::Mail { action: MailCmd::Retry { id, all: _ } } => {
+            use canopy_node::outbound::mail::dead::Selection;
+            let which = id.map_or(Selection::All, Selection::One);
+            let moved = canopy_node::mail_retry(&config, which).await?;
+            let ids: Vec<String> = moved.iter().map(u64::to_string).collect();
+            println!("moved {} dead letter(s) back into MAIL: {}", moved.len(), ids.join(" "));
             Ok(())
         }
         Cmd::Projections { action: ProjectionsCmd::Dump } => {

@@ -407,8 +407,10 @@ pub struct Registration {
     pub lastname: Sealed,
     pub owner: bool,
     pub locale: Locale,
-    /// The verification mailed with the registration.
-    pub verification: NewChallenge,
+    /// The verification mailed with the registration; `None` for an address
+    /// whoever created the account vouches for (the platform's administrator,
+    /// from the node's configuration).
+    pub verification: Option<NewChallenge>,
     /// The sequence the email's claim must still be at: 0 for an address never
     /// claimed, the sequence of its release for one that was freed.
     pub email_claim_after: u64,
@@ -533,6 +535,10 @@ pub struct AccountRegistered {
     /// The locale for mails and messages (absent in events written before locales).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
+    /// The address needs no verification: whoever created the account vouched
+    /// for it (the platform administrator from the configuration).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub email_verified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -680,25 +686,27 @@ impl Aggregate for Account {
                     return Err(AccountError::AlreadyRegistered);
                 }
                 let claim = EmailReserved { account_id: r.account_id.clone() };
+                let mut events = vec![AccountEvent::AccountRegistered(AccountRegistered {
+                    account_id: r.account_id.clone(),
+                    email_index: r.email_index.clone(),
+                    email: r.email.clone(),
+                    password_hash: r.password_hash.clone(),
+                    firstname: r.firstname.clone(),
+                    lastname: r.lastname.clone(),
+                    owner: r.owner,
+                    locale: Some(r.locale.as_str().to_owned()),
+                    email_verified: r.verification.is_none(),
+                })];
+                if let Some(challenge) = &r.verification {
+                    events.push(verification_requested(
+                        challenge,
+                        VerificationPurpose::Registration,
+                        &r.email,
+                        &r.email_index,
+                    ));
+                }
                 Ok(Decision {
-                    events: vec![
-                        AccountEvent::AccountRegistered(AccountRegistered {
-                            account_id: r.account_id.clone(),
-                            email_index: r.email_index.clone(),
-                            email: r.email.clone(),
-                            password_hash: r.password_hash.clone(),
-                            firstname: r.firstname.clone(),
-                            lastname: r.lastname.clone(),
-                            owner: r.owner,
-                            locale: Some(r.locale.as_str().to_owned()),
-                        }),
-                        verification_requested(
-                            &r.verification,
-                            VerificationPurpose::Registration,
-                            &r.email,
-                            &r.email_index,
-                        ),
-                    ],
+                    events,
                     reservations: vec![Reservation {
                         aggregate: EMAIL_CLAIM,
                         key: r.email_index.clone(),
@@ -933,6 +941,7 @@ impl Aggregate for Account {
                 state.lastname = Some(e.lastname.clone());
                 state.owner = e.owner;
                 state.locale = e.locale.clone();
+                state.email_verified = e.email_verified;
             }
             AccountEvent::ProfileUpdated(e) => {
                 state.firstname = Some(e.firstname.clone());
@@ -1042,7 +1051,7 @@ mod tests {
             lastname: sealed("lovelace"),
             owner: false,
             locale: Locale::parse("de").unwrap(),
-            verification: challenge("ch1", 100),
+            verification: Some(challenge("ch1", 100)),
             email_claim_after: 0,
         }
     }
@@ -1074,6 +1083,7 @@ mod tests {
             lastname: r.lastname,
             owner: false,
             locale: Some("de".into()),
+            email_verified: false,
         })
     }
 

@@ -17,6 +17,7 @@ use super::{INSTALL_HINT, NATS_CONF, connect_with};
 pub struct LocalNats {
     child: std::process::Child,
     pub url: String,
+    port: u16,
     dir: PathBuf,
     /// The keys of its accounts, when it runs the repository's `nats.conf`.
     pub auth: Option<NatsAuth>,
@@ -48,25 +49,31 @@ impl LocalNats {
         let conf = dir.join("nats.conf");
         std::fs::write(&conf, custom.unwrap_or(NATS_CONF))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = std::process::Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.join("store"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))?;
+        let child = spawn(&dir, port)?;
         let scheme = if custom.is_some_and(|c| c.contains("tls {")) { "tls" } else { "nats" };
-        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), dir, auth };
+        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), port, dir, auth };
+        me.wait_listening()?;
+        Ok(me)
+    }
+
+    fn wait_listening(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if Instant::now() > deadline {
-                bail!("nats-server did not start on port {port}");
+                bail!("nats-server did not start on port {}", self.port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(me)
+        Ok(())
+    }
+
+    /// Stops the server (SIGKILL: what a crash leaves) and starts it again on
+    /// the same port, configuration and store, for tests of what survives.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.dir, self.port)?;
+        self.wait_listening()
     }
 
     /// The node's credentials for this server.
@@ -86,6 +93,19 @@ impl LocalNats {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Starts nats-server on the configuration and store in `dir`.
+fn spawn(dir: &Path, port: u16) -> anyhow::Result<std::process::Child> {
+    std::process::Command::new("nats-server")
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("store"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))
 }
 
 impl Drop for LocalNats {

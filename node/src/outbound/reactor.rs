@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use actors::domain::account::{Account, AccountEvent, AccountId};
+use actors::domain::account::{Account, AccountEvent, AccountId, VerificationPurpose};
 use actors::domain::challenge::{Purpose, Secret};
 use actors::domain::tenant::{Scope, Tenant};
 use actors::store::event_store::{EventStore, EventSubject, Stored, decode, event_of};
@@ -123,7 +123,8 @@ impl MailReactor {
         let kid = person_key_name(&scope, account.as_str());
         let mail = match event_of::<Account>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
             AccountEvent::EmailVerificationRequested(e) => {
-                let link = self.link(&scope, "verify-email", &account, &e.secret, &kid, Purpose::VerifyEmail, e.expires_at);
+                let link =
+                    self.link(&scope, "verify-email", &account, &e.secret, &kid, Purpose::VerifyEmail, e.expires_at);
                 let (secret, link) = link.await?;
                 let vars = TemplateVars {
                     code: Some(secret.code(Purpose::VerifyEmail).as_str().to_owned()),
@@ -132,11 +133,32 @@ impl MailReactor {
                     ..TemplateVars::default()
                 };
                 let to = self.open_personal(&e.email, &kid).await?;
-                self.compose(&scope, &account, &kid, to, MailKind::VerifyEmail, vars).await?
+                if e.purpose == VerificationPurpose::EmailChange {
+                    // The current address hears of the change first, under an id
+                    // of its own: a notice, with no code and no link.
+                    let state = load::<Account>(&self.store, &scope, account.as_str()).await.map_err(later)?.state;
+                    if let Some(old) = &state.email {
+                        let old = self.open_personal(old, &kid).await?;
+                        let notice = self
+                            .compose(&scope, &account, &kid, old, MailKind::EmailChangeNotice, TemplateVars::default())
+                            .await?;
+                        enqueue(js, &format!("{}.notice", stored.envelope.id), &notice).await.map_err(later)?;
+                    }
+                    self.compose(&scope, &account, &kid, to, MailKind::VerifyNewEmail, vars).await?
+                } else {
+                    self.compose(&scope, &account, &kid, to, MailKind::VerifyEmail, vars).await?
+                }
             }
             AccountEvent::PasswordResetRequested(e) => {
-                let link =
-                    self.link(&scope, "reset-password", &account, &e.secret, &kid, Purpose::ResetPassword, e.expires_at);
+                let link = self.link(
+                    &scope,
+                    "reset-password",
+                    &account,
+                    &e.secret,
+                    &kid,
+                    Purpose::ResetPassword,
+                    e.expires_at,
+                );
                 let (_, link) = link.await?;
                 let vars = TemplateVars {
                     link: Some(link),

@@ -33,7 +33,7 @@ impl Projection for Accounts {
                     // `RETURN NONE`: the projector reads no results.
                     vec![statement(
                         format!(
-                            "UPSERT {id} CONTENT {{ account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at, email_verified: false, locale: $locale }} RETURN NONE"
+                            "UPSERT {id} CONTENT {{ account_id: $id, email: $email, firstname: $first, lastname: $last, owner: $owner, seq: $seq, created_at: $at, email_verified: $verified, locale: $locale }} RETURN NONE"
                         ),
                         serde_json::json!({
                             "id": account_id,
@@ -43,6 +43,7 @@ impl Projection for Accounts {
                             "owner": owner,
                             "seq": e.stored.seq, "at": e.stored.envelope.occurred_at,
                             "locale": e.data.get("locale").and_then(Value::as_str).unwrap_or("en"),
+                            "verified": e.data.get("email_verified").and_then(Value::as_bool).unwrap_or(false),
                         }),
                     )]
                 }

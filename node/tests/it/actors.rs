@@ -30,11 +30,16 @@ async fn node(nats: &NatsServer, idle: Duration) -> ActorRef<NodeMsg> {
 
 /// What a node's trees share; two nodes given clones of it share one log and keys.
 async fn deps(nats: &NatsServer, snapshot_every: u64) -> Deps {
+    deps_with(nats, snapshot_every, MasterKey::generate()).await
+}
+
+/// Deps whose keys a node with the same `master` key can open.
+pub(crate) async fn deps_with(nats: &NatsServer, snapshot_every: u64, master: MasterKey) -> Deps {
     let client = nats.client().await;
     let (store, keys) = EventStore::open(client, 1).await.unwrap();
     Deps {
         store,
-        keys: KeyRing::new(keys, MasterKey::generate()),
+        keys: KeyRing::new(keys, master),
         hasher: Hasher::new(2, owasp_params()),
         snapshot_every,
         cache_per_tenant: 100,
@@ -42,7 +47,7 @@ async fn deps(nats: &NatsServer, snapshot_every: u64) -> Deps {
     }
 }
 
-async fn spawn(deps: Deps, idle: Duration) -> ActorRef<NodeMsg> {
+pub(crate) async fn spawn(deps: Deps, idle: Duration) -> ActorRef<NodeMsg> {
     Actor::spawn(None, NodeSupervisor, NodeArgs { deps, idle_timeout: idle, children: actors::tree::CHILDREN })
         .await
         .unwrap()
@@ -56,7 +61,7 @@ async fn tree(node: &ActorRef<NodeMsg>, scope: Scope) -> ActorRef<TenantMsg> {
     }
 }
 
-async fn create_tenant(node: &ActorRef<NodeMsg>, slug: &str) -> String {
+pub(crate) async fn create_tenant(node: &ActorRef<NodeMsg>, slug: &str) -> String {
     let platform = tree(node, Scope::Platform).await;
     let cmd = CommandEnvelope {
         command_id: CommandId::parse(&format!("create-{slug}")).unwrap(),

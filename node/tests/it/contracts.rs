@@ -123,6 +123,56 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
     assert_eq!(verified["data"]["verifyEmail"]["emailVerified"], true, "{verified}");
     let out = node.gql(Some("acme"), Some(&token), "mutation { logout }", json!({})).await;
     assert_eq!(out["data"]["logout"], true, "{out}");
+    // A reset through the mailed link, an email change, an erasure.
+    let reset = "mutation($e: String!) { requestPasswordReset(input: {email: $e}) }";
+    node.gql(Some("acme"), None, reset, json!({ "e": "grace@example.com" })).await;
+    let link = node.outbox_mails("grace@example.com", 2).await.last().unwrap().link_token().unwrap();
+    let done = node
+        .gql(
+            Some("acme"),
+            None,
+            "mutation($t: String!) { resetPassword(input: {token: $t, password: \"a-newer-password\"}) }",
+            json!({ "t": link }),
+        )
+        .await;
+    assert_eq!(done["data"]["resetPassword"], true, "{done}");
+    let login = node
+        .gql(
+            Some("acme"),
+            None,
+            LOGIN,
+            json!({ "input": { "email": "grace@example.com", "password": "a-newer-password" } }),
+        )
+        .await;
+    let token = token_of(&login, "login");
+    let change = node
+        .gql(
+            Some("acme"),
+            Some(&token),
+            "mutation { changeEmail(input: {newEmail: \"grace2@example.com\", password: \"a-newer-password\"}) }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(change["data"]["changeEmail"], true, "{change}");
+    let code = node.verification_code("grace2@example.com").await;
+    let verified = node
+        .gql(
+            Some("acme"),
+            Some(&token),
+            "mutation($c: String!) { verifyEmail(input: {code: $c}) { email } }",
+            json!({ "c": code }),
+        )
+        .await;
+    assert_eq!(verified["data"]["verifyEmail"]["email"], "grace2@example.com", "{verified}");
+    let erased = node
+        .gql(
+            Some("acme"),
+            Some(&token),
+            "mutation { deleteAccount(input: {password: \"a-newer-password\"}) }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(erased["data"]["deleteAccount"], true, "{erased}");
 
     let schemas: std::collections::HashMap<String, Value> =
         event_schemas().into_iter().map(|(n, _, s)| (n, s)).collect();

@@ -1,5 +1,5 @@
 //! Shared test helpers: a real nats-server per test (own port, own temp store),
-//! a real node in-process on port 0, and a small GraphQL client.
+//! a real node in-process on port 0, a real SMTP server, and a small GraphQL client.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -48,6 +48,11 @@ impl NatsServer {
     pub fn local(&self) -> &LocalNats {
         &self.0
     }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.0.restart().expect("restart the test nats-server");
+    }
 }
 
 pub fn test_config(nats: &NatsServer, data: &std::path::Path) -> Config {
@@ -92,7 +97,7 @@ impl TestNode {
             let _ = rx.await;
         }));
         let http = reqwest::Client::new();
-        let node = Self { addr, http, stop: Some(tx), handle: Some(handle), data };
+        let mut node = Self { addr, http, stop: Some(tx), handle: Some(handle), data };
         node.wait_ready().await;
         node
     }
@@ -101,6 +106,7 @@ impl TestNode {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The node's data directory (a temporary one, removed with the node).
     pub fn data_dir(&self) -> &std::path::Path {
         self.data.path()
     }
@@ -111,30 +117,56 @@ impl TestNode {
         self.gql(Some(tenant), None, REFRESH, json!({ "t": t })).await
     }
 
-    /// The mails written to this node's outbox for `to`, oldest first, parsed;
-    /// waits up to 10 s for at least `n` of them.
-    pub async fn outbox_mails(&self, to: &str, n: usize) -> Vec<Mail> {
+    /// The mails in this node's outbox for `to` now, oldest first, parsed.
+    pub fn outbox_mails_now(&self, to: &str) -> Vec<Mail> {
         let dir = self.data.path().join("outbox");
+        let mut found: Vec<(std::time::SystemTime, Mail)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "eml") {
+                continue;
+            }
+            let Ok(raw) = std::fs::read(&path) else { continue };
+            let Some(mail) = Mail::parse(&raw) else { continue };
+            if mail.to.eq_ignore_ascii_case(to) {
+                let at = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                found.push((at, mail));
+            }
+        }
+        found.sort_by_key(|(at, _)| *at);
+        found.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// `outbox_mails_now`, waiting up to 10 s for at least `n` of them.
+    pub async fn outbox_mails(&self, to: &str, n: usize) -> Vec<Mail> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut found: Vec<(std::time::SystemTime, Mail)> = Vec::new();
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.extension().is_none_or(|e| e != "eml") {
-                    continue;
-                }
-                let Ok(raw) = std::fs::read(&path) else { continue };
-                let Some(mail) = Mail::parse(&raw) else { continue };
-                if mail.to.eq_ignore_ascii_case(to) {
-                    let at = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((at, mail));
-                }
-            }
+            let found = self.outbox_mails_now(to);
             if found.len() >= n {
-                found.sort_by_key(|(at, _)| *at);
-                return found.into_iter().map(|(_, m)| m).collect();
+                return found;
             }
             assert!(Instant::now() < deadline, "{n} mail(s) to {to} did not reach the outbox in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of an unlabelled sample in `/metrics`, 0 when absent.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0, |v| v.trim().parse().unwrap_or_else(|_| panic!("{name} is not a number: {v}")))
+    }
+
+    /// Waits until `metric(name)` is at least `at_least`; returns it.
+    pub async fn wait_metric(&self, name: &str, at_least: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name).await;
+            if v >= at_least {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{name} stayed at {v}, below {at_least}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -145,11 +177,11 @@ impl TestNode {
         mails.last().unwrap().code().unwrap_or_else(|| panic!("no code in {:?}", mails.last().unwrap().text))
     }
 
-    pub async fn wait_ready(&self) {
+    pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(h) = &self.handle {
-                assert!(!h.is_finished(), "the node stopped during start-up");
+            if let Some(h) = self.handle.take_if(|h| h.is_finished()) {
+                panic!("the node stopped during start-up: {:?}", h.await);
             }
             if let Ok(r) = self.http.get(self.url("/readyz")).send().await
                 && r.status() == 200
@@ -347,5 +379,95 @@ impl Mail {
         let end =
             rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')).unwrap_or(rest.len());
         Some(rest[..end].to_owned())
+    }
+}
+
+/// A real SMTP server (`scripts/smtp_sink.py`, on aiosmtpd) on 127.0.0.1: it
+/// writes each mail it accepts to a temporary directory as `<n>.eml`. Killed in
+/// `Drop`.
+pub struct SmtpSink {
+    child: std::process::Child,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl SmtpSink {
+    /// A sink that accepts every mail, on a free port.
+    pub fn start() -> Self {
+        Self::launch(free_port(), None)
+    }
+
+    /// A sink that accepts every mail, on `port` (one reserved earlier).
+    pub fn start_on(port: u16) -> Self {
+        Self::launch(port, None)
+    }
+
+    /// A sink that answers every RCPT and DATA with `code` (550: a permanent
+    /// failure), on a free port.
+    pub fn rejecting(code: u16) -> Self {
+        Self::launch(free_port(), Some(code))
+    }
+
+    fn launch(port: u16, reject: Option<u16>) -> Self {
+        let dir = TempDir::new().unwrap();
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(repo_file("scripts/smtp_sink.py"))
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null());
+        if let Some(code) = reject {
+            cmd.args(["--reject", &code.to_string()]);
+        }
+        let child = cmd.spawn().expect("python3 on PATH");
+        let mut sink = Self { child, port, dir };
+        // It listens once the port takes connections.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = sink.child.try_wait().unwrap() {
+                panic!("the SMTP sink exited with {status}: is aiosmtpd installed? (scripts/test.sh installs it)");
+            }
+            assert!(Instant::now() < deadline, "the SMTP sink did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        sink
+    }
+
+    /// `smtp://127.0.0.1:{port}` (the sink offers no STARTTLS, so none is tried).
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The mails received so far, in the order received.
+    pub fn mails(&self) -> Vec<String> {
+        let mut numbered: Vec<(u64, String)> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.unwrap().path();
+                let n = path.file_name()?.to_str()?.strip_suffix(".eml")?.parse().ok()?;
+                Some((n, std::fs::read_to_string(&path).unwrap()))
+            })
+            .collect();
+        numbered.sort();
+        numbered.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Waits until at least `n` mails arrived; returns them all.
+    pub async fn wait_for_mails(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mails = self.mails();
+            if mails.len() >= n {
+                return mails;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} mails arrived in {timeout:?}", mails.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -10,15 +10,15 @@ use tempfile::TempDir;
 
 use crate::harness::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_canopy");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_canopy");
 
-struct Canopy {
+pub(crate) struct Canopy {
     child: Child,
     http: u16,
     log: PathBuf,
 }
 
-fn spawn(data: &Path, nats_port: u16, extra_env: &[(&str, &str)]) -> Canopy {
+pub(crate) fn spawn(data: &Path, nats_port: u16, extra_env: &[(&str, &str)]) -> Canopy {
     let http = free_port();
     let log = data.join(format!("canopy-{http}.log"));
     let out = std::fs::File::create(&log).unwrap();
@@ -42,7 +42,7 @@ impl Canopy {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
 
-    async fn ready(&mut self) {
+    pub(crate) async fn ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -84,7 +84,7 @@ impl Canopy {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
 }
