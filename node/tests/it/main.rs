@@ -5,6 +5,7 @@ mod http;
 mod identity_input;
 mod lifecycle;
 mod limits;
+mod passwords;
 
 mod accounts;
 mod actors;

@@ -130,3 +130,29 @@ async fn mail_for_events_written_while_no_node_ran_arrives_once_a_node_starts_an
     second.outbox_mails("late@example.com", 1).await;
     assert!(second.outbox_mails_now("owner@acme.test").is_empty(), "the owner's mail was sent twice");
 }
+
+#[tokio::test]
+async fn a_registration_reaches_a_real_smtp_server_and_its_code_verifies() {
+    let nats = NatsServer::start();
+    let sink = SmtpSink::start();
+    let node = TestNode::start_configured(&nats, |c| {
+        c.smtp_url = Some(sink.url());
+        c.mail_from = "Acme <no-reply@acme.test>".into();
+    })
+    .await;
+    node.tenant("acme", "owner@acme.test").await;
+    let r = register_in(&node, "smtp@example.com", "en").await;
+    let token = token_of(&r, "register");
+    // The owner's mail and this one.
+    let received = sink.wait_for_mails(2, Duration::from_secs(15)).await;
+    let mail = received
+        .iter()
+        .filter_map(|raw| Mail::parse(raw.as_bytes()))
+        .find(|m| m.to == "smtp@example.com")
+        .expect("the registration's mail reached the SMTP server");
+    assert_eq!(mail.from, "no-reply@acme.test");
+    let code = mail.code().expect("a code");
+    assert!(mail.html.contains(&code));
+    let r = node.gql(Some("acme"), Some(&token), VERIFY_CODE, json!({ "c": code })).await;
+    assert_eq!(r["data"]["verifyEmail"]["emailVerified"], true, "{r}");
+}
