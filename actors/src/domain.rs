@@ -2,6 +2,19 @@
 //! events, and the ids that reach subjects. Nothing here awaits or knows NATS,
 //! actors or GraphQL.
 
+/// A `Debug` that prints only the type's name, for input types that hold
+/// personal data or secrets: they cannot reach a log by accident. (Defined
+/// before the modules so that they can use it.)
+macro_rules! redacted_debug {
+    ($($t:ident),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "(<redacted>)"))
+            }
+        }
+    )*};
+}
+
 pub mod account;
 pub mod aggregate;
 pub mod challenge;

@@ -184,15 +184,6 @@ impl Locale {
 
 // Emails, passwords and names are personal data or secrets: their debug output is
 // redacted, so they cannot reach a log by accident.
-macro_rules! redacted_debug {
-    ($($t:ident),*) => {$(
-        impl fmt::Debug for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(concat!(stringify!($t), "(<redacted>)"))
-            }
-        }
-    )*};
-}
 
 redacted_debug!(Email, Password, PersonName);
 

@@ -146,16 +146,6 @@ impl LinkToken {
     }
 }
 
-macro_rules! redacted_debug {
-    ($($t:ident),*) => {$(
-        impl fmt::Debug for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(concat!(stringify!($t), "(<redacted>)"))
-            }
-        }
-    )*};
-}
-
 redacted_debug!(Code, LinkToken);
 
 #[cfg(test)]

@@ -199,10 +199,14 @@ impl Tokens {
     /// Expects `install_crypto` to have run (`Core::open` does it first).
     pub async fn load(keys: &KeyRing, issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
         let (stored, _) = stored_keys(keys).await?;
+        Self::with_keys(&stored, issuer, ttl_secs)
+    }
+
+    fn with_keys(stored: &StoredKeys, issuer: String, ttl_secs: u64) -> anyhow::Result<Self> {
         Ok(Self {
             issuer,
             ttl_secs: ttl_secs as i64,
-            ring: std::sync::RwLock::new(Arc::new(Self::ring(&stored)?)),
+            ring: std::sync::RwLock::new(Arc::new(Self::ring(stored)?)),
             verified: quick_cache::sync::Cache::new(VERIFIED_CAPACITY),
             full_checks: AtomicU64::new(0),
         })
@@ -262,13 +266,7 @@ impl Tokens {
         let stored = StoredKeys {
             keys: vec![StoredKey { kid: kid_of(seed), seed: B64.encode(seed), created_at: 0, retired_at: None }],
         };
-        Ok(Self {
-            issuer,
-            ttl_secs: ttl_secs as i64,
-            ring: std::sync::RwLock::new(Arc::new(Self::ring(&stored)?)),
-            verified: quick_cache::sync::Cache::new(VERIFIED_CAPACITY),
-            full_checks: AtomicU64::new(0),
-        })
+        Self::with_keys(&stored, issuer, ttl_secs)
     }
 
     fn current_ring(&self) -> Arc<SigningRing> {

@@ -471,3 +471,13 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// The emails of a `users` answer's edges, in order.
+pub fn user_emails(r: &Value) -> Vec<String> {
+    r["data"]["users"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| e["node"]["email"].as_str().unwrap().to_owned())
+        .collect()
+}

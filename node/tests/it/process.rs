@@ -110,12 +110,7 @@ async fn wait_port_closed(port: u16) {
 
 async fn users(c: &Canopy, owner: &str) -> Vec<String> {
     let r = c.gql(Some("acme"), Some(owner), "{ users(first: 100) { edges { node { email } } } }", json!({})).await;
-    r["data"]["users"]["edges"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"))
-        .iter()
-        .map(|e| e["node"]["email"].as_str().unwrap().to_owned())
-        .collect()
+    user_emails(&r)
 }
 
 async fn login(c: &Canopy, email: &str, password: &str) -> serde_json::Value {

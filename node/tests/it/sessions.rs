@@ -159,6 +159,8 @@ async fn a_key_rotation_signs_new_tokens_while_old_ones_verify_until_they_expire
     let master = std::fs::read_to_string(node.data_dir().join("master.key")).unwrap();
     let (_, kv) = actors::store::event_store::EventStore::open(nats.client().await, 1).await.unwrap();
     let ring = actors::store::seal::KeyRing::new(kv, actors::store::seal::MasterKey::from_base64(&master).unwrap());
+    // A rotation period: nothing is due while the key is younger than it.
+    assert_eq!(canopy_node::edge::auth::rotate_if_due(&ring, 3, 86_400).await.unwrap(), None);
     let new_kid = canopy_node::edge::auth::rotate_signing_key(&ring, 3).await.unwrap();
     assert_ne!(new_kid, kid_of(&before));
 
