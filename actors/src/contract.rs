@@ -137,6 +137,37 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
         .collect()
 }
 
+/// The permission catalog as published in `schemas/permissions.json`: every
+/// permission with what it allows, and the built-in roles' sets.
+pub fn permission_catalog() -> Value {
+    use crate::domain::access::{ADMIN, CATALOG, MEMBER, OWNER, builtin_permissions};
+    let role = |id: &str| {
+        let ps: Vec<&str> = builtin_permissions(id).unwrap_or_default().iter().map(|p| p.as_str()).collect();
+        json!({ "id": id, "permissions": ps })
+    };
+    json!({
+        "permissions": CATALOG.iter().map(|(name, allows)| json!({ "name": name, "allows": allows })).collect::<Vec<_>>(),
+        "builtInRoles": [role(OWNER), role(ADMIN), role(MEMBER)],
+    })
+}
+
+/// The same catalog as a Markdown table, for `schemas/permissions.md`.
+pub fn permission_table() -> String {
+    use crate::domain::access::{ADMIN, CATALOG, MEMBER, builtin_permissions};
+    let (admin, member) =
+        (builtin_permissions(ADMIN).unwrap_or_default(), builtin_permissions(MEMBER).unwrap_or_default());
+    let mut out = String::from(
+        "# Permissions\n\nGenerated from `actors/src/domain/access.rs` (`CATALOG`); `schemas/permissions.json` holds the same.\nPermissions are `{action}_{resource}`. Built-in roles: `owner` holds every permission; `admin` and `member` hold the marked ones. Custom roles hold any set of them.\n\n| permission | allows | admin | member |\n|---|---|---|---|\n",
+    );
+    for (name, allows) in CATALOG {
+        let mark = |set: &std::collections::BTreeSet<crate::domain::access::Permission>| {
+            if set.iter().any(|p| p.as_str() == *name) { "yes" } else { "" }
+        };
+        out.push_str(&format!("| `{name}` | {allows} | {} | {} |\n", mark(&admin), mark(&member)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ macro_rules! redacted_debug {
     )*};
 }
 
+pub mod access;
 pub mod account;
 pub mod aggregate;
 pub mod challenge;

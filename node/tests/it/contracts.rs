@@ -32,6 +32,13 @@ fn the_committed_graphql_schema_matches_the_code() {
 }
 
 #[test]
+fn the_committed_permission_catalog_matches_the_code() {
+    let json = serde_json::to_string_pretty(&actors::contract::permission_catalog()).unwrap() + "\n";
+    compare("schemas/permissions.json", &json);
+    compare("schemas/permissions.md", &actors::contract::permission_table());
+}
+
+#[test]
 fn every_event_type_has_its_committed_json_schema() {
     let schemas = event_schemas();
     for (name, _, schema) in &schemas {
