@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::access::{Permission, RoleDescription, RoleId, RoleName};
 use crate::domain::account::{AccountId, Email, Locale, Password, PersonName};
 use crate::domain::challenge::{Code, LinkToken};
 use crate::domain::ids::CommandId;
@@ -252,6 +253,23 @@ pub enum AccountReply {
     },
 }
 
+/// Requests to a tenant's `RoleActor` (aggregate `access`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AccessRequest {
+    CreateRole { name: RoleName, description: RoleDescription, permissions: Vec<Permission> },
+    UpdateRole { role_id: RoleId, name: RoleName, description: RoleDescription, permissions: Vec<Permission> },
+    DeleteRole { role_id: RoleId },
+    SetMemberRoles { account_id: AccountId, roles: Vec<RoleId> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AccessReply {
+    Done { seq: u64 },
+    RoleCreated { role_id: String, seq: u64 },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TenantRequest {
@@ -349,6 +367,10 @@ string_wire!(LinkToken, expose);
 string_wire!(SessionId, as_str);
 string_wire!(RefreshToken, expose);
 string_wire!(UserAgent, as_str);
+string_wire!(Permission, as_str);
+string_wire!(RoleName, as_str);
+string_wire!(RoleDescription, as_str);
+string_wire!(RoleId, as_str);
 
 #[cfg(test)]
 mod tests {

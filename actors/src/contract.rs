@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde_json::{Value, json};
 
+use crate::domain::access::{Access, AccessEvent};
 use crate::domain::account::{
     Account, AccountEvent, EMAIL_CLAIM, EMAIL_RELEASED, EMAIL_RELEASED_VERSION, EMAIL_RESERVED, EMAIL_RESERVED_VERSION,
     EmailReleased, EmailReserved,
@@ -22,6 +23,7 @@ pub fn current_data(env: &Envelope) -> Result<Cow<'_, Value>, UpcastError> {
     let current = match env.aggregate.as_str() {
         a if a == Account::NAME => Account::event_version(t),
         a if a == Tenant::NAME => Tenant::event_version(t),
+        a if a == Access::NAME => Access::event_version(t),
         EMAIL_CLAIM if t == EMAIL_RELEASED => EMAIL_RELEASED_VERSION,
         EMAIL_CLAIM => EMAIL_RESERVED_VERSION,
         _ => 1,
@@ -33,6 +35,7 @@ pub fn current_data(env: &Envelope) -> Result<Cow<'_, Value>, UpcastError> {
     match env.aggregate.as_str() {
         a if a == Account::NAME => upcast_to_current::<Account>(t, v, d).map(Cow::Owned),
         a if a == Tenant::NAME => upcast_to_current::<Tenant>(t, v, d).map(Cow::Owned),
+        a if a == Access::NAME => upcast_to_current::<Access>(t, v, d).map(Cow::Owned),
         _ if v < current => Err(UpcastError::Missing { event_type: t.to_owned(), version: v }),
         _ => Err(UpcastError::Newer { event_type: t.to_owned(), version: v, current }),
     }
@@ -90,6 +93,9 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
     }
     for (name, data) in variants(to_value(schemars::schema_for!(TenantEvent))) {
         all.push((name.clone(), Tenant::NAME, Tenant::event_version(&name), data));
+    }
+    for (name, data) in variants(to_value(schemars::schema_for!(AccessEvent))) {
+        all.push((name.clone(), Access::NAME, Access::event_version(&name), data));
     }
     let mut claim = to_value(schemars::schema_for!(EmailReserved));
     if let Some(o) = claim.as_object_mut() {
@@ -178,6 +184,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "AccessEstablished",
                 "AccountErased",
                 "AccountRegistered",
                 "EmailChanged",
@@ -185,9 +192,13 @@ mod tests {
                 "EmailReserved",
                 "EmailVerificationRequested",
                 "EmailVerified",
+                "MemberRolesChanged",
                 "PasswordChanged",
                 "PasswordResetRequested",
                 "ProfileUpdated",
+                "RoleCreated",
+                "RoleDeleted",
+                "RoleUpdated",
                 "SessionRefreshed",
                 "SessionRevoked",
                 "SessionStarted",

@@ -4,6 +4,7 @@
 //! rebuilds its state from the log when it next needs it. Every child is the
 //! generic `AggregateActor` with its aggregate's `Handler`.
 
+pub mod access;
 pub mod account;
 pub mod aggregate_actor;
 pub mod deps;
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, encode_result};
 use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::Scope;
+use access::AccessHandler;
 use account::AccountHandler;
 use aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg, Handler};
 use deps::{Deps, broken};
@@ -193,8 +195,11 @@ pub struct ChildSpec {
 /// Every kind of aggregate a node's trees run. An aggregate joins the tree,
 /// and `cmd.{tenant}.{aggregate}` reaches it, with its line here (a node passes
 /// this list in `Deps` to its trees and to its router).
-pub const CHILDREN: &[ChildSpec] =
-    &[ChildSpec::of::<AccountHandler>(true, true), ChildSpec::of::<DirectoryHandler>(true, false)];
+pub const CHILDREN: &[ChildSpec] = &[
+    ChildSpec::of::<AccountHandler>(true, true),
+    ChildSpec::of::<AccessHandler>(false, true),
+    ChildSpec::of::<DirectoryHandler>(true, false),
+];
 
 impl ChildSpec {
     pub const fn of<H>(on_platform: bool, in_tenants: bool) -> Self

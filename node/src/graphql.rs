@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptySubscription, MergedObject, Schema};
 
+pub mod access;
 pub mod accounts;
 pub mod request;
 pub mod sessions;
@@ -16,11 +17,16 @@ pub mod tenants;
 
 /// What can be read: the signed-in account, a tenant's users, the platform's tenants.
 #[derive(MergedObject, Default)]
-pub struct Query(accounts::AccountQuery, sessions::SessionQuery, tenants::TenantQuery);
+pub struct Query(accounts::AccountQuery, access::AccessQuery, sessions::SessionQuery, tenants::TenantQuery);
 
 /// What can be changed: accounts, profiles and tenants.
 #[derive(MergedObject, Default)]
-pub struct Mutation(accounts::AccountMutation, sessions::SessionMutation, tenants::TenantMutation);
+pub struct Mutation(
+    accounts::AccountMutation,
+    access::AccessMutation,
+    sessions::SessionMutation,
+    tenants::TenantMutation,
+);
 
 pub type CanopySchema = Schema<Query, Mutation, EmptySubscription>;
 

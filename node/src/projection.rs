@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::read_model::{DbChanges, DeadLetter, ReadError, ReadModel, Statement, db_name, record_id};
 
+pub mod access;
 pub mod accounts;
 pub mod event;
 pub mod tenants;
@@ -31,7 +32,7 @@ use event::{ERASED, Event, Projection, Unapplied, refused, statement};
 
 /// Every projection: an aggregate's events reach the read models through its
 /// entry here.
-const PROJECTIONS: &[&dyn Projection] = &[&accounts::Accounts, &tenants::Tenants];
+const PROJECTIONS: &[&dyn Projection] = &[&accounts::Accounts, &access::AccessControl, &tenants::Tenants];
 
 /// How far the projector has got: the stream sequence of the last applied event.
 #[derive(Clone)]

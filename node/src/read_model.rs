@@ -10,6 +10,8 @@ use actors::domain::ids::is_safe_token;
 use actors::domain::tenant::{Scope, TenantId};
 use anyhow::Context;
 use secrecy::ExposeSecret;
+use std::collections::BTreeSet;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use surrealdb::Surreal;
@@ -21,6 +23,7 @@ use crate::config::Config;
 pub const NAMESPACE: &str = "canopy";
 const SYSTEM_TABLES: &str = include_str!("../../schemas/surreal/system.surql");
 const ACCOUNT_TABLES: &str = include_str!("../../schemas/surreal/accounts.surql");
+const ACCESS_TABLES: &str = include_str!("../../schemas/surreal/access.surql");
 
 /// The database of a scope. Slugs hold only `[a-z0-9-]`, and `-` becomes `_`, so
 /// the name is always a plain identifier and two slugs never share one.
@@ -83,6 +86,15 @@ pub struct UserQuery {
     pub descending: bool,
     pub after: Option<(String, u64)>,
     pub limit: usize,
+}
+
+/// A custom role, as `roles` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleRow {
+    pub role_id: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
 }
 
 /// An open session, as `sessions` lists it.
@@ -278,8 +290,11 @@ impl ReadModel {
         }
         let s = self.root.clone();
         s.use_ns(NAMESPACE).use_db(db).await.map_err(read_err)?;
-        let tables =
-            if db == "system" { format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}") } else { ACCOUNT_TABLES.to_owned() };
+        let tables = if db == "system" {
+            format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}")
+        } else {
+            format!("{ACCOUNT_TABLES}\n{ACCESS_TABLES}")
+        };
         s.query(tables).await.and_then(|r| r.check()).map_err(read_err)?;
         sessions.insert(db.to_owned(), s.clone());
         Ok(s)
@@ -335,6 +350,54 @@ impl ReadModel {
         let Some(id) = record_id("user", account_id) else { return Ok(None) };
         let rows = self.select(&db_name(scope), &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
         Ok(rows.into_iter().next())
+    }
+
+    /// A tenant's custom roles, by name.
+    pub async fn roles(&self, scope: &Scope) -> Result<Vec<RoleRow>, ReadError> {
+        self.select(
+            &db_name(scope),
+            "SELECT role_id, name, description, permissions FROM role ORDER BY name",
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// The roles an account holds: its assignment, else `owner` for the
+    /// tenant's creator (tenants from before roles) and `member` for anyone.
+    pub async fn roles_of(&self, scope: &Scope, account_id: &str) -> Result<Vec<String>, ReadError> {
+        #[derive(Deserialize)]
+        struct Held {
+            roles: Vec<String>,
+        }
+        let Some(id) = record_id("member_role", account_id) else { return Ok(vec!["member".into()]) };
+        let held: Vec<Held> =
+            self.select(&db_name(scope), &format!("SELECT roles FROM {id}"), serde_json::json!({})).await?;
+        if let Some(h) = held.into_iter().next() {
+            return Ok(h.roles);
+        }
+        let owner = self.user(scope, account_id).await?.is_some_and(|u| u.owner);
+        Ok(vec![if owner { "owner" } else { "member" }.into()])
+    }
+
+    /// What an account may do in its tenant: the union of its roles' permissions.
+    pub async fn permissions_of(&self, scope: &Scope, account_id: &str) -> Result<BTreeSet<String>, ReadError> {
+        let roles = self.roles_of(scope, account_id).await?;
+        let mut out = BTreeSet::new();
+        let mut custom = false;
+        for r in &roles {
+            match actors::domain::access::builtin_permissions(r) {
+                Some(ps) => out.extend(ps.iter().map(|p| p.as_str().to_owned())),
+                None => custom = true,
+            }
+        }
+        if custom {
+            for role in self.roles(scope).await? {
+                if roles.contains(&role.role_id) {
+                    out.extend(role.permissions);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// An account's open sessions, most recently used first.
@@ -537,7 +600,20 @@ impl ReadModel {
                     serde_json::json!({}),
                 )
                 .await?;
-            let mut content = serde_json::json!({ "tenant": tenants, "user": users, "session": sessions });
+            // Access control belongs to tenants: `system` has no such tables.
+            let (roles, assignments): (Vec<serde_json::Value>, Vec<serde_json::Value>) = if db == "system" {
+                (Vec::new(), Vec::new())
+            } else {
+                let roles = "SELECT role_id, name, description, permissions FROM role ORDER BY role_id";
+                let assignments = "SELECT account_id, roles FROM member_role ORDER BY account_id";
+                (
+                    self.select(&db, roles, serde_json::json!({})).await?,
+                    self.select(&db, assignments, serde_json::json!({})).await?,
+                )
+            };
+            let mut content = serde_json::json!({
+                "tenant": tenants, "user": users, "session": sessions, "role": roles, "member_role": assignments,
+            });
             if db == "system" {
                 content["dead_letter"] = serde_json::to_value(self.dead_letters().await?).map_err(read_err)?;
             }

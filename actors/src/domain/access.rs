@@ -104,6 +104,55 @@ impl RoleName {
     }
 }
 
+/// A role's description: at most 500 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleDescription(String);
+
+impl RoleDescription {
+    pub fn parse(raw: &str) -> Result<Self, AccessError> {
+        let t = raw.trim();
+        if t.chars().count() > 500 || t.chars().any(char::is_control) {
+            return Err(AccessError::InvalidDescription);
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A role's id: a built-in name, or the UUID of a custom role.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoleId(String);
+
+impl RoleId {
+    pub fn parse(raw: &str) -> Result<Self, AccessError> {
+        if builtin_permissions(raw).is_some() {
+            return Ok(Self(raw.to_owned()));
+        }
+        match uuid::Uuid::try_parse(raw) {
+            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
+            _ => Err(AccessError::UnknownRole),
+        }
+    }
+
+    /// The id of a role created by command `seed` (a retry gets the same one).
+    pub fn derived(seed: &str) -> Self {
+        Self(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RoleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A custom role as the tenant defined it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleDef {
@@ -164,13 +213,13 @@ pub enum AccessCommand {
     CreateRole {
         role_id: String,
         name: RoleName,
-        description: String,
+        description: RoleDescription,
         permissions: BTreeSet<Permission>,
     },
     UpdateRole {
         role_id: String,
         name: RoleName,
-        description: String,
+        description: RoleDescription,
         permissions: BTreeSet<Permission>,
     },
     DeleteRole {
@@ -241,6 +290,8 @@ pub enum AccessError {
     LastOwner,
     #[error("a member holds at least one role")]
     NoRoles,
+    #[error("a description has at most 500 characters and no control characters")]
+    InvalidDescription,
 }
 
 impl DomainError for AccessError {
@@ -251,7 +302,8 @@ impl DomainError for AccessError {
             AccessError::UnknownPermission(_)
             | AccessError::InvalidRoleName
             | AccessError::BuiltInRole
-            | AccessError::NoRoles => "BAD_USER_INPUT",
+            | AccessError::NoRoles
+            | AccessError::InvalidDescription => "BAD_USER_INPUT",
         }
     }
 }
@@ -276,6 +328,10 @@ impl Aggregate for Access {
         let one = |e| Ok(Decision::events(vec![e]));
         match cmd {
             AccessCommand::Establish { owner_account_id } => {
+                // Established once: a second request (a race) changes nothing.
+                if state.owners() > 0 {
+                    return Ok(Decision::events(Vec::new()));
+                }
                 one(AccessEvent::AccessEstablished(AccessEstablished { owner_account_id: owner_account_id.clone() }))
             }
             AccessCommand::CreateRole { role_id, name, description, permissions } => {
@@ -285,7 +341,7 @@ impl Aggregate for Access {
                 one(AccessEvent::RoleCreated(RoleChanged {
                     role_id: role_id.clone(),
                     name: name.as_str().to_owned(),
-                    description: description.clone(),
+                    description: description.as_str().to_owned(),
                     permissions: names(permissions),
                 }))
             }
@@ -302,7 +358,7 @@ impl Aggregate for Access {
                 one(AccessEvent::RoleUpdated(RoleChanged {
                     role_id: role_id.clone(),
                     name: name.as_str().to_owned(),
-                    description: description.clone(),
+                    description: description.as_str().to_owned(),
                     permissions: names(permissions),
                 }))
             }
@@ -397,7 +453,7 @@ mod tests {
         AccessCommand::CreateRole {
             role_id: id.into(),
             name: RoleName::parse(name).unwrap(),
-            description: String::new(),
+            description: RoleDescription::default(),
             permissions: perms(ps),
         }
     }

@@ -4,6 +4,7 @@
 //! one slug run in its lane; creations of different slugs run at once.
 
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
+use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState};
 use crate::domain::account::{Account, AccountCommand};
 use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
@@ -115,6 +116,14 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
     batch.extend(
         batch_for::<Account>(&scope, owner_id.as_str(), 0, &stamp, &owner.events, &owner.reservations)
             .map_err(|e| broken("building the owner batch", e))?,
+    );
+    // The tenant's access control starts with its creator as owner, in the same batch.
+    let access =
+        Access::decide(&AccessState::default(), &AccessCommand::Establish { owner_account_id: owner_id.to_string() })
+            .map_err(|e| CommandFailure::rejected(&e))?;
+    batch.extend(
+        batch_for::<Access>(&scope, ACCESS_ID, 0, &stamp, &access.events, &[])
+            .map_err(|e| broken("building the access batch", e))?,
     );
     match deps.store.append(&stamp.command_id, batch).await {
         Ok(appended) if appended.duplicate => match existing(deps, &slug, &stamp).await? {

@@ -111,6 +111,23 @@ impl User {
         Ok(self.row(ctx).await?.email_verified)
     }
 
+    /// The ids of the roles the account holds in its tenant.
+    async fn roles(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        if self.scope == Scope::Platform {
+            return Ok(Vec::new());
+        }
+        parts(ctx).0.read_model.roles_of(&self.scope, &self.id).await.map_err(|e| internal("reading roles", e))
+    }
+
+    /// What the account may do in its tenant: its roles' permissions.
+    async fn permissions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        if self.scope == Scope::Platform {
+            return Ok(Vec::new());
+        }
+        let held = parts(ctx).0.read_model.permissions_of(&self.scope, &self.id).await;
+        Ok(held.map_err(|e| internal("reading grants", e))?.into_iter().collect())
+    }
+
     /// The language of the account's mails and messages (`en`, `de`).
     async fn locale(&self, ctx: &Context<'_>) -> async_graphql::Result<&str> {
         Ok(self.row(ctx).await?.locale.as_deref().unwrap_or(Locale::default().as_str()))
@@ -229,13 +246,15 @@ impl AccountQuery {
             None => None,
         };
         consistent(app, req).await;
-        let caller = app.read_model.user(&req.scope, &p.sub).await.map_err(|e| internal("reading a user", e))?;
-        let allowed = match &req.scope {
-            Scope::Platform => caller.is_some(),
-            Scope::Tenant(_) => caller.is_some_and(|c| c.owner),
-        };
-        if !allowed {
-            return Err(error("FORBIDDEN", "only the tenant owner may list users"));
+        match &req.scope {
+            Scope::Platform => {
+                let caller =
+                    app.read_model.user(&req.scope, &p.sub).await.map_err(|e| internal("reading a user", e))?;
+                if caller.is_none() {
+                    return Err(error("FORBIDDEN", "only a platform administrator may do this"));
+                }
+            }
+            Scope::Tenant(_) => super::access::require(app, req, "read_users").await?,
         }
         let limit = first as usize;
         let query = UserQuery {

@@ -130,6 +130,33 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
     assert_eq!(verified["data"]["verifyEmail"]["emailVerified"], true, "{verified}");
     let out = node.gql(Some("acme"), Some(&token), "mutation { logout }", json!({})).await;
     assert_eq!(out["data"]["logout"], true, "{out}");
+    // Roles: create, assign, take back, change, delete.
+    let me = node.gql(Some("acme"), Some(&owner), "{ me { id } }", json!({})).await;
+    let _ = me;
+    let role = node
+        .gql(
+            Some("acme"),
+            Some(&owner),
+            "mutation { createRole(input: {name: \"Support\", permissions: [\"read_users\"]}) { id } }",
+            json!({}),
+        )
+        .await;
+    let role_id = role["data"]["createRole"]["id"].as_str().unwrap_or_else(|| panic!("{role}")).to_owned();
+    let grace_id = r["data"]["register"]["user"]["id"].as_str().unwrap().to_owned();
+    let assign = "mutation($u: ID!, $r: [ID!]!) { changeMemberRole(input: {userId: $u, roles: $r}) }";
+    node.gql(Some("acme"), Some(&owner), assign, json!({ "u": grace_id, "r": [role_id] })).await;
+    node.gql(Some("acme"), Some(&owner), assign, json!({ "u": grace_id, "r": ["member"] })).await;
+    node.gql(
+        Some("acme"),
+        Some(&owner),
+        "mutation($id: ID!) { updateRole(input: {id: $id, name: \"Help\", permissions: []}) { id } }",
+        json!({ "id": role_id }),
+    )
+    .await;
+    let deleted = node
+        .gql(Some("acme"), Some(&owner), "mutation($id: ID!) { deleteRole(id: $id) }", json!({ "id": role_id }))
+        .await;
+    assert_eq!(deleted["data"]["deleteRole"], true, "{deleted}");
     // A reset through the mailed link, an email change, an erasure.
     let reset = "mutation($e: String!) { requestPasswordReset(input: {email: $e}) }";
     node.gql(Some("acme"), None, reset, json!({ "e": "grace@example.com" })).await;

@@ -18,5 +18,6 @@ mod mail;
 mod nats_auth;
 mod process;
 mod projection;
+mod roles;
 mod sessions;
 mod verification;

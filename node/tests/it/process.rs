@@ -341,13 +341,14 @@ async fn the_managed_nats_refuses_strangers_and_the_cli_issues_a_tenants_read_on
         while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
             subjects.push(m.subject.to_string());
         }
-        if subjects.len() >= 4 || Instant::now() > deadline {
+        if subjects.len() >= 5 || Instant::now() > deadline {
             break subjects;
         }
     };
     // The owner's registration (the account, its verification and its email
-    // claim) and the session of their sign-in.
-    assert_eq!(subjects.len(), 4, "{subjects:?}");
+    // claim), the tenant's access control with its owner, and the session of
+    // the owner's sign-in.
+    assert_eq!(subjects.len(), 5, "{subjects:?}");
     assert!(subjects.iter().all(|s| s.starts_with("evt.acme.")));
 }
 

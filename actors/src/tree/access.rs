@@ -1,0 +1,141 @@
+//! The access handler (`RoleActor`): roles and their assignment in one tenant.
+//! Every command takes the tenant's one `access` lane, and the handler checks
+//! the sender's permissions against the very state the decision is made on, so
+//! a permission taken away in the previous command already counts.
+
+use std::collections::BTreeSet;
+
+use crate::command::{AccessReply, AccessRequest, CommandEnvelope, CommandFailure, CommandResult};
+use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState, RoleId};
+use crate::domain::tenant::{Scope, TenantCreated};
+use crate::store::event_store::Stamp;
+use crate::tree::account::request_digest;
+use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
+use crate::tree::deps::{Deps, broken};
+use crate::tree::directory::tenant_created_subject;
+use crate::tree::executor::{ExecError, Loaded, execute, load};
+
+pub struct AccessHandler;
+
+pub type RoleActor = AggregateActor<AccessHandler>;
+pub type RoleMsg = AggregateMsg<AccessHandler>;
+
+impl Handler for AccessHandler {
+    type Aggregate = Access;
+    type Request = AccessRequest;
+    type Reply = AccessReply;
+    const NAME: &'static str = "RoleActor";
+
+    fn route(scope: &Scope, envelope: &CommandEnvelope<AccessRequest>) -> CommandResult<Route> {
+        if envelope.principal.account_in(scope).is_none() {
+            return Err(CommandFailure::forbidden("only a member of this tenant may change its roles"));
+        }
+        Ok(Route::Lane(ACCESS_ID.to_owned()))
+    }
+
+    async fn run(
+        ctx: &Ctx,
+        _id: &str,
+        envelope: CommandEnvelope<AccessRequest>,
+        state: &mut Option<Loaded<Access>>,
+    ) -> CommandResult<AccessReply> {
+        let Ctx { scope, deps } = ctx;
+        let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
+        let sender =
+            envelope.principal.account_in(scope).cloned().ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+        let stamp = Stamp { command_id: envelope.command_id, digest };
+        established(deps, scope, &stamp, state).await?;
+        let current = &state.as_ref().expect("established loads the state").state;
+        let created = matches!(envelope.request, AccessRequest::CreateRole { .. })
+            .then(|| RoleId::derived(&format!("{scope}/role/{}", stamp.command_id)));
+        let (needs, cmd) = command_for(envelope.request, created.clone());
+        if !current.permissions_of(sender.as_str()).contains(needs) {
+            return Err(CommandFailure::forbidden(&format!("this needs the permission {needs}")));
+        }
+        let done = execute::<Access>(&deps.store, scope, ACCESS_ID, state.take(), &stamp, &cmd, deps.snapshot_every)
+            .await
+            .map_err(|e| match e {
+                ExecError::Conflict => CommandFailure::conflict(),
+                ExecError::ReusedId => CommandFailure::reused_id(),
+                ExecError::Rejected(e) => CommandFailure::rejected(&e),
+                ExecError::Broken(e) => broken("appending an access change", e),
+            })?;
+        *state = Some(done.loaded);
+        Ok(match created {
+            Some(role_id) => AccessReply::RoleCreated { role_id: role_id.to_string(), seq: done.seq },
+            None => AccessReply::Done { seq: done.seq },
+        })
+    }
+}
+
+/// The permission a request needs, and the command it becomes.
+fn command_for(request: AccessRequest, created: Option<RoleId>) -> (&'static str, AccessCommand) {
+    match request {
+        AccessRequest::CreateRole { name, description, permissions } => (
+            "manage_roles",
+            AccessCommand::CreateRole {
+                role_id: created.map(|r| r.to_string()).unwrap_or_default(),
+                name,
+                description,
+                permissions: permissions.into_iter().collect(),
+            },
+        ),
+        AccessRequest::UpdateRole { role_id, name, description, permissions } => (
+            "manage_roles",
+            AccessCommand::UpdateRole {
+                role_id: role_id.to_string(),
+                name,
+                description,
+                permissions: permissions.into_iter().collect(),
+            },
+        ),
+        AccessRequest::DeleteRole { role_id } => {
+            ("manage_roles", AccessCommand::DeleteRole { role_id: role_id.to_string() })
+        }
+        AccessRequest::SetMemberRoles { account_id, roles } => (
+            "assign_roles",
+            AccessCommand::SetMemberRoles {
+                account_id: account_id.to_string(),
+                roles: roles.into_iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
+            },
+        ),
+    }
+}
+
+/// Loads the tenant's access state; a tenant created before access control
+/// existed gets its creator established as owner first (from the directory's
+/// `TenantCreated`), in its own append.
+async fn established(
+    deps: &Deps,
+    scope: &Scope,
+    stamp: &Stamp,
+    state: &mut Option<Loaded<Access>>,
+) -> Result<(), CommandFailure> {
+    if state.is_none() {
+        *state = Some(load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?);
+    }
+    let needs_owner = state.as_ref().is_some_and(|s| s.version == 0 && s.state == AccessState::default());
+    let Scope::Tenant(slug) = scope else { return Ok(()) };
+    if !needs_owner {
+        return Ok(());
+    }
+    let created = deps
+        .store
+        .last_on_subject(&tenant_created_subject(slug))
+        .await
+        .map_err(|e| broken("reading the tenant directory", e))?
+        .ok_or_else(CommandFailure::unknown_tenant)?;
+    let tenant: TenantCreated =
+        serde_json::from_value(created.envelope.data).map_err(|e| broken("decoding TenantCreated", e))?;
+    let cmd = AccessCommand::Establish { owner_account_id: tenant.owner_account_id };
+    let own = Stamp { command_id: crate::domain::ids::CommandId::fresh(), digest: stamp.digest.clone() };
+    match execute::<Access>(&deps.store, scope, ACCESS_ID, state.take(), &own, &cmd, deps.snapshot_every).await {
+        Ok(done) => *state = Some(done.loaded),
+        // Another command established it first: read what it wrote.
+        Err(ExecError::Conflict) => {
+            *state = Some(load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?)
+        }
+        Err(e) => return Err(broken("establishing access", e)),
+    }
+    Ok(())
+}

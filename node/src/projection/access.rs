@@ -1,0 +1,84 @@
+//! A tenant's roles and role assignments in its database: `role` (custom
+//! roles) and `member_role` (members whose roles differ from `member`).
+//! The edge reads them to learn what a caller may do.
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use actors::domain::tenant::Scope;
+
+use super::event::{Event, Projection, Unapplied, refused, statement};
+use crate::read_model::Statement;
+
+pub struct AccessControl;
+
+/// A list of strings from the event's data, each a safe token.
+fn strings(e: &Event<'_>, field: &str) -> Result<Vec<String>, Unapplied> {
+    let list =
+        e.data.get(field).and_then(Value::as_array).ok_or_else(|| refused(format!("field `{field}` is not a list")))?;
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .filter(|s| s.len() <= 128 && !s.chars().any(char::is_control))
+                .map(str::to_owned)
+                .ok_or_else(|| refused(format!("field `{field}` holds something other than short strings")))
+        })
+        .collect()
+}
+
+impl Projection for AccessControl {
+    fn aggregate(&self) -> &'static str {
+        "access"
+    }
+
+    fn statements<'a>(&'a self, e: &'a Event<'a>) -> BoxFuture<'a, Result<Vec<Statement>, Unapplied>> {
+        Box::pin(async move {
+            if *e.scope == Scope::Platform {
+                return Err(refused("access control belongs to tenants"));
+            }
+            Ok(match e.event_type() {
+                "AccessEstablished" => {
+                    let account = e.text("owner_account_id")?;
+                    let id = e.record("member_role", &account)?;
+                    vec![statement(
+                        format!("UPSERT {id} CONTENT {{ account_id: $account, roles: ['owner'] }} RETURN NONE"),
+                        serde_json::json!({ "account": account }),
+                    )]
+                }
+                "RoleCreated" | "RoleUpdated" => {
+                    let role_id = e.text("role_id")?;
+                    let id = e.record("role", &role_id)?;
+                    vec![statement(
+                        format!(
+                            "UPSERT {id} CONTENT {{ role_id: $role, name: $name, description: $description, permissions: $permissions }} RETURN NONE"
+                        ),
+                        serde_json::json!({
+                            "role": role_id,
+                            "name": e.text("name")?,
+                            "description": e.text("description")?,
+                            "permissions": strings(e, "permissions")?,
+                        }),
+                    )]
+                }
+                "RoleDeleted" => {
+                    let id = e.record("role", &e.text("role_id")?)?;
+                    vec![statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({}))]
+                }
+                "MemberRolesChanged" => {
+                    let account = e.text("account_id")?;
+                    let id = e.record("member_role", &account)?;
+                    let roles = strings(e, "roles")?;
+                    if roles == ["member"] {
+                        vec![statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({}))]
+                    } else {
+                        vec![statement(
+                            format!("UPSERT {id} CONTENT {{ account_id: $account, roles: $roles }} RETURN NONE"),
+                            serde_json::json!({ "account": account, "roles": roles }),
+                        )]
+                    }
+                }
+                _ => Vec::new(),
+            })
+        })
+    }
+}
