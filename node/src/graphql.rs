@@ -8,6 +8,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 pub mod access;
 pub mod accounts;
+pub mod permissions;
 pub mod request;
 pub mod sessions;
 pub mod tenants;
@@ -41,6 +42,7 @@ pub fn schema() -> CanopySchema {
 /// The schema, with introspection (`__schema`, `__type`) answered or refused.
 pub fn schema_with(introspection: bool) -> CanopySchema {
     let builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .extension(permissions::RootFieldGuard)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY);
     if introspection { builder.finish() } else { builder.disable_introspection().finish() }

@@ -8,6 +8,7 @@ use crate::command::{
     AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof, IssuedSession,
     SessionRequest, SessionSelection,
 };
+use crate::domain::access::{ACCESS_ID, Access};
 use crate::domain::account::{
     Account, AccountCommand, AccountError, AccountEvent, AccountId, ClaimMove, EMAIL_CLAIM, EMAIL_RELEASED, Email,
     EmailReserved, Locale, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason,
@@ -212,11 +213,8 @@ impl Handler for AccountHandler {
             }
             AccountRequest::RemoveUser { .. } => {
                 let owner = envelope_owner.as_ref().ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
-                let sender = load::<Account>(&deps.store, scope, owner.as_str())
-                    .await
-                    .map_err(|e| broken("loading the sender's account", e))?;
-                if !(sender.state.is_registered() && sender.state.owner) {
-                    return Err(CommandFailure::forbidden("only the tenant's owner may remove users"));
+                if !may_remove_members(deps, scope, owner).await? {
+                    return Err(CommandFailure::forbidden("this needs the permission remove_members"));
                 }
                 erase(deps, scope, id, &stamp, state).await
             }
@@ -290,6 +288,18 @@ pub struct NewAccount {
 /// The time commands are decided at, in Unix seconds.
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Whether `sender` holds `remove_members` in the tenant's access control; in
+/// a tenant from before roles, whether it is the tenant's owner.
+async fn may_remove_members(deps: &Deps, scope: &Scope, sender: &AccountId) -> Result<bool, CommandFailure> {
+    let access = load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?;
+    if access.version > 0 {
+        return Ok(access.state.permissions_of(sender.as_str()).contains("remove_members"));
+    }
+    let account =
+        load::<Account>(&deps.store, scope, sender.as_str()).await.map_err(|e| broken("loading the sender", e))?;
+    Ok(account.state.is_registered() && account.state.owner)
 }
 
 /// How many sessions a decision ended.

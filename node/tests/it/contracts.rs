@@ -35,7 +35,36 @@ fn the_committed_graphql_schema_matches_the_code() {
 fn the_committed_permission_catalog_matches_the_code() {
     let json = serde_json::to_string_pretty(&actors::contract::permission_catalog()).unwrap() + "\n";
     compare("schemas/permissions.json", &json);
-    compare("schemas/permissions.md", &actors::contract::permission_table());
+    let table = actors::contract::permission_table() + &canopy_node::graphql::permissions::field_table();
+    compare("schemas/permissions.md", &table);
+}
+
+/// Every root field of the schema declares what it needs, and the table names
+/// no field the schema does not have.
+#[tokio::test]
+async fn every_graphql_field_declares_its_permission() {
+    let schema = canopy_node::graphql::schema();
+    let r = schema.execute("{ __schema { queryType { fields { name } } mutationType { fields { name } } } }").await;
+    let data = r.data.into_json().unwrap();
+    let mut fields = BTreeSet::new();
+    for (root, key) in [("Query", "queryType"), ("Mutation", "mutationType")] {
+        for f in data["__schema"][key]["fields"].as_array().unwrap() {
+            let name = f["name"].as_str().unwrap().to_owned();
+            assert!(
+                canopy_node::graphql::permissions::needs(root, &name).is_some(),
+                "{root}.{name} declares no permission in graphql/permissions.rs"
+            );
+            fields.insert(format!("{root}.{name}"));
+        }
+    }
+    for (root, name, _) in canopy_node::graphql::permissions::ROOT_FIELDS {
+        assert!(fields.contains(&format!("{root}.{name}")), "{root}.{name} is declared but not in the schema");
+    }
+    for (_, _, needs) in canopy_node::graphql::permissions::ROOT_FIELDS {
+        if let canopy_node::graphql::permissions::Needs::Permission(p) = needs {
+            assert!(actors::domain::access::Permission::parse(p).is_ok(), "{p} is not in the catalog");
+        }
+    }
 }
 
 #[test]

@@ -1,0 +1,161 @@
+//! What every root field of the API needs, in one table, and the extension
+//! that enforces it before the field's resolver runs. A field missing from the
+//! table is refused (`FORBIDDEN`), and a test walks the schema so that none is
+//! missing. `schemas/permissions.md` lists the table.
+
+use std::sync::Arc;
+
+use actors::domain::tenant::{PLATFORM_TOKEN, Scope};
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo};
+use async_graphql::{ServerResult, Value};
+
+use super::request::{RequestCtx, error};
+use crate::App;
+
+/// What a root field needs from its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Anyone, signed in or not (the resolver may still check a proof).
+    Public,
+    /// A signed-in account or access token; what it acts on is its own.
+    SignedIn,
+    /// In a tenant, a caller holding this permission; on the platform, an administrator.
+    Permission(&'static str),
+    /// A platform administrator.
+    PlatformAdmin,
+}
+
+impl Needs {
+    pub fn describe(self) -> String {
+        match self {
+            Needs::Public => "public".into(),
+            Needs::SignedIn => "signed in (acts on one's own account)".into(),
+            Needs::Permission(p) => format!("`{p}`"),
+            Needs::PlatformAdmin => "platform administrator".into(),
+        }
+    }
+}
+
+/// Every root field: its type, its name, and what it needs.
+pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
+    ("Query", "me", Needs::SignedIn),
+    ("Query", "users", Needs::Permission("read_users")),
+    ("Query", "roles", Needs::Permission("read_roles")),
+    ("Query", "sessions", Needs::SignedIn),
+    ("Query", "tenants", Needs::PlatformAdmin),
+    ("Mutation", "register", Needs::Public),
+    ("Mutation", "login", Needs::Public),
+    ("Mutation", "refreshSession", Needs::Public),
+    ("Mutation", "requestPasswordReset", Needs::Public),
+    ("Mutation", "resetPassword", Needs::Public),
+    ("Mutation", "verifyEmail", Needs::Public),
+    ("Mutation", "updateProfile", Needs::SignedIn),
+    ("Mutation", "changeEmail", Needs::SignedIn),
+    ("Mutation", "changePassword", Needs::SignedIn),
+    ("Mutation", "resendVerification", Needs::SignedIn),
+    ("Mutation", "deleteAccount", Needs::SignedIn),
+    ("Mutation", "logout", Needs::SignedIn),
+    ("Mutation", "logoutEverywhere", Needs::SignedIn),
+    ("Mutation", "revokeSession", Needs::SignedIn),
+    ("Mutation", "removeUser", Needs::Permission("remove_members")),
+    ("Mutation", "createRole", Needs::Permission("manage_roles")),
+    ("Mutation", "updateRole", Needs::Permission("manage_roles")),
+    ("Mutation", "deleteRole", Needs::Permission("manage_roles")),
+    ("Mutation", "changeMemberRole", Needs::Permission("assign_roles")),
+    ("Mutation", "createTenant", Needs::PlatformAdmin),
+];
+
+pub fn needs(parent: &str, field: &str) -> Option<Needs> {
+    ROOT_FIELDS.iter().find(|(t, f, _)| *t == parent && *f == field).map(|(_, _, n)| *n)
+}
+
+/// The table as Markdown, for `schemas/permissions.md`.
+pub fn field_table() -> String {
+    let mut out = String::from(
+        "\n## What each GraphQL field needs\n\nGenerated from `node/src/graphql/permissions.rs` (`ROOT_FIELDS`); a field not listed is refused.\n\n| field | needs |\n|---|---|\n",
+    );
+    for (parent, field, needs) in ROOT_FIELDS {
+        out.push_str(&format!("| `{parent}.{field}` | {} |\n", needs.describe()));
+    }
+    out
+}
+
+/// Checks a caller against what a field needs.
+pub async fn allowed(app: &App, req: &RequestCtx, needs: Needs) -> async_graphql::Result<()> {
+    let signed_in = || {
+        req.principal
+            .as_ref()
+            .ok_or_else(|| error("UNAUTHENTICATED", "sign in first: send `Authorization: Bearer <token>`"))
+    };
+    match needs {
+        Needs::Public => Ok(()),
+        Needs::SignedIn => signed_in().map(|_| ()),
+        Needs::PlatformAdmin => {
+            let p = signed_in()?;
+            if req.scope == Scope::Platform && p.tenant == PLATFORM_TOKEN {
+                Ok(())
+            } else {
+                Err(error("FORBIDDEN", "only a platform administrator may do this"))
+            }
+        }
+        Needs::Permission(permission) => {
+            let p = signed_in()?;
+            if req.scope == Scope::Platform {
+                return if p.tenant == PLATFORM_TOKEN {
+                    Ok(())
+                } else {
+                    Err(error("FORBIDDEN", "only a platform administrator may do this"))
+                };
+            }
+            let held = app
+                .read_model
+                .permissions_of(&req.scope, &p.sub)
+                .await
+                .map_err(|e| super::request::internal("reading grants", e))?;
+            if held.contains(permission) {
+                Ok(())
+            } else {
+                Err(error("FORBIDDEN", format!("this needs the permission {permission}")))
+            }
+        }
+    }
+}
+
+/// The extension that runs `allowed` before each root field.
+pub struct RootFieldGuard;
+
+impl ExtensionFactory for RootFieldGuard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(RootFieldGuardExtension)
+    }
+}
+
+struct RootFieldGuardExtension;
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for RootFieldGuardExtension {
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        let root = info.parent_type == "Query" || info.parent_type == "Mutation";
+        // Introspection (`__schema`, `__type`, `__typename`) is governed by the
+        // `introspection` option, not by grants.
+        if !root || info.is_for_introspection || info.name.starts_with("__") {
+            return next.run(ctx, info).await;
+        }
+        let pos = info.field.name.pos;
+        let Some(needs) = needs(info.parent_type, info.name) else {
+            return Err(error("FORBIDDEN", "this field declares no permission").into_server_error(pos));
+        };
+        let (Some(app), Some(req)) = (ctx.data_opt::<Arc<App>>(), ctx.data_opt::<RequestCtx>()) else {
+            return Err(error("INTERNAL", "internal error").into_server_error(pos));
+        };
+        match allowed(app, req, needs).await {
+            Ok(()) => next.run(ctx, info).await,
+            Err(e) => Err(e.into_server_error(pos)),
+        }
+    }
+}
