@@ -9,7 +9,7 @@ use crate::command::{AccessReply, AccessRequest, CommandEnvelope, CommandFailure
 use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState, RoleId};
 use crate::domain::tenant::{Scope, TenantCreated};
 use crate::store::event_store::Stamp;
-use crate::tree::account::request_digest;
+use crate::tree::account::{failure, request_digest};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::directory::tenant_created_subject;
@@ -54,12 +54,7 @@ impl Handler for AccessHandler {
         }
         let done = execute::<Access>(&deps.store, scope, ACCESS_ID, state.take(), &stamp, &cmd, deps.snapshot_every)
             .await
-            .map_err(|e| match e {
-                ExecError::Conflict => CommandFailure::conflict(),
-                ExecError::ReusedId => CommandFailure::reused_id(),
-                ExecError::Rejected(e) => CommandFailure::rejected(&e),
-                ExecError::Broken(e) => broken("appending an access change", e),
-            })?;
+            .map_err(|e| failure(e, "appending an access change"))?;
         *state = Some(done.loaded);
         Ok(match created {
             Some(role_id) => AccessReply::RoleCreated { role_id: role_id.to_string(), seq: done.seq },

@@ -577,7 +577,7 @@ async fn register(
 }
 
 /// The failure a command reports for an executor error.
-pub fn failure(e: ExecError<AccountError>, what: &str) -> CommandFailure {
+pub fn failure<E: crate::domain::aggregate::DomainError>(e: ExecError<E>, what: &str) -> CommandFailure {
     match e {
         ExecError::Conflict => CommandFailure::conflict(),
         ExecError::ReusedId => CommandFailure::reused_id(),
