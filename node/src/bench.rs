@@ -65,6 +65,10 @@ pub struct Report {
     pub machine: Value,
     pub quick: bool,
     pub results: Vec<Stats>,
+    /// Scenarios asked for that could not run here, with the reason (M
+    /// without aiosmtpd).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub skipped: std::collections::BTreeMap<String, String>,
 }
 
 /// Latencies (µs) of one or more measured stretches, their total length, and
@@ -312,6 +316,19 @@ struct Http {
 
 impl Http {
     async fn gql(&self, tenant: Option<&str>, token: Option<&str>, query: &str, vars: Value) -> anyhow::Result<Value> {
+        self.gql_from(None, tenant, token, query, vars).await
+    }
+
+    /// `gql` from the client address `from`, sent as `X-Forwarded-For` (the
+    /// bench's node trusts it), as if through a proxy in front of the node.
+    async fn gql_from(
+        &self,
+        from: Option<std::net::IpAddr>,
+        tenant: Option<&str>,
+        token: Option<&str>,
+        query: &str,
+        vars: Value,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .client
             .post(&self.url)
@@ -322,6 +339,9 @@ impl Http {
         }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(ip) = from {
+            req = req.header("x-forwarded-for", ip.to_string());
         }
         let v: Value = serde_json::from_str(&req.send().await?.text().await?)?;
         if let Some(e) = v.get("errors") {
@@ -375,6 +395,37 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     // The bench shares the node's master key, so its own actors (F, G) can open the
     // keys the node created.
     let master = actors::store::seal::MasterKey::generate();
+    // M needs a real SMTP server before the node starts (its relay is fixed at
+    // startup); without one the node writes mail to its outbox, as it does in
+    // the other scenarios' fixtures anyway.
+    let mut skipped = std::collections::BTreeMap::new();
+    let sink = if opts.only.as_ref().is_none_or(|o| o.to_uppercase().contains('M')) {
+        match SmtpSink::start(&root.join("smtp-sink")).await {
+            Ok(sink) => Some(sink),
+            Err(why) => {
+                tracing::warn!("scenario M skipped: {why:#}");
+                skipped.insert("M".to_owned(), format!("{why:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // Every client of the bench comes from 127.0.0.1, or from the address R
+    // puts in `X-Forwarded-For`: with the default limits the fixtures' 64
+    // registrations, R's sign-ins and I's flood of logins would be refused
+    // after the first few. Every attempt still reads and writes the limits'
+    // counters, as in production; only their maximum is out of reach.
+    let unlimited = crate::edge::limits::Limit::new(u32::MAX, 60);
+    let rate_limits = crate::edge::limits::RateLimits {
+        login_per_address: unlimited,
+        login_per_account: unlimited,
+        register_per_address: unlimited,
+        password_reset_per_address: unlimited,
+        password_reset_per_account: unlimited,
+        verification_per_account: unlimited,
+        refresh_per_address: unlimited,
+    };
 
     let config = Config {
         nats_url: Some(nats.url.clone()),
@@ -387,6 +438,10 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         bootstrap_admin_email: Some("bench@canopy.test".into()),
         bootstrap_admin_password: Some("bench-admin-password".to_owned().into()),
         master_key: Some(master.to_base64().into()),
+        rate_limits,
+        // R's clients each send their own address, as a proxy would.
+        trust_forwarded_for: true,
+        smtp_url: sink.as_ref().map(SmtpSink::url),
         ..Config::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -423,6 +478,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         master,
         metrics: format!("http://{addr}/metrics"),
         only: opts.only.as_ref().map(|o| o.to_uppercase()),
+        sink,
     };
     let result = scenarios(&http, &nc, &fixture, &mut results).await;
     let _ = stop_tx.send(());
@@ -438,7 +494,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
             s.p99_vs_baseline = Some(s.p99_us as f64 / b.p99_us.max(1) as f64);
         }
     }
-    Ok(Report { machine: machine(), quick: opts.quick, results })
+    Ok(Report { machine: machine(), quick: opts.quick, results, skipped })
 }
 
 /// What one run measures and with what: sizes, the shared master key, the node's
@@ -452,6 +508,8 @@ struct Fixture {
     master: actors::store::seal::MasterKey,
     metrics: String,
     only: Option<String>,
+    /// The SMTP server the node relays to, when M runs.
+    sink: Option<SmtpSink>,
 }
 
 impl Fixture {
@@ -588,6 +646,12 @@ async fn scenarios(
         );
     }
 
+    // R: refreshSession through GraphQL, beside B's profile update: each worker
+    // rotates its own session's refresh token, always presenting the newest.
+    if fixture.wants('R') {
+        refresh(http, fixture, &owners, &drain, &publish, results).await?;
+    }
+
     // C: the same command as a GraphQL mutation, answered after read-your-writes.
     // The projector's batch counters are read before each level, so that H's
     // events per batch are those of the last (highest) level alone: averaged over
@@ -722,12 +786,286 @@ async fn scenarios(
         results.push(i_stats);
     }
 
+    if let Some(sink) = fixture.sink.as_ref().filter(|_| fixture.wants('M')) {
+        mail(nc, fixture, sink, &http.client, results).await?;
+    }
+
     if fixture.wants('F') {
         activation(nc, fixture, owners[0].clone(), results).await?;
     }
     if fixture.wants('G') {
         memory(nc, fixture, results).await?;
     }
+    Ok(())
+}
+
+const REFRESH: &str = "mutation($t: String!) { refreshSession(input: {refreshToken: $t}) { token refreshToken } }";
+
+/// R: `refreshSession` over GraphQL HTTP, at each level, against the paired
+/// raw-JetStream baseline like B and C. A refresh is an account command as a
+/// profile update is (one appended event, `SessionRefreshed`), plus what the
+/// edge adds: the rate limit's counter (two KV reads and a write per request),
+/// two keyed hashes of refresh tokens and a signed access token. It answers at
+/// the append's ack, without C's read-your-writes wait.
+///
+/// Each worker signs in once before the measurement (a sign-in hashes a
+/// password, which would dominate the figure) and owns that session: a
+/// refresh token works once, so two workers sharing one would revoke it. With
+/// 100 tenants every worker at 64 has an account of its own, as in B.
+/// Workers send their own client address, as 64 users would have; the second
+/// row at the highest level sends all of them from the bench's one address,
+/// where every refresh counts against the same rate-limit counter.
+async fn refresh<B, BFut>(
+    http: &Http,
+    fixture: &Fixture,
+    owners: &Arc<Vec<Actor>>,
+    drain: &Drain,
+    publish: &Arc<B>,
+    results: &mut Vec<Stats>,
+) -> anyhow::Result<()>
+where
+    B: Fn(usize, u64) -> BFut + Send + Sync + 'static,
+    BFut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let workers = *fixture.levels.iter().max().expect("levels");
+    // Each worker's tenant and newest refresh token. A worker's slot is only
+    // ever used by that worker, so the lock is never contended.
+    let mut sessions = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let who = &owners[w % owners.len()];
+        let email = format!("owner@{}.test", who.tenant);
+        let v = http
+            .gql(
+                Some(&who.tenant),
+                None,
+                "mutation($i: LoginInput!) { login(input: $i) { refreshToken } }",
+                json!({ "i": { "email": email, "password": "owner-password" } }),
+            )
+            .await?;
+        let refresh_token = v["data"]["login"]["refreshToken"].as_str().context("no refresh token")?.to_owned();
+        sessions.push((who.tenant.clone(), std::sync::Mutex::new(refresh_token)));
+    }
+    let sessions = Arc::new(sessions);
+    let top = workers;
+    let rows = fixture.levels.iter().map(|&c| (c, true)).chain([(top, false)]);
+    for (c, own_address) in rows {
+        let (http, sessions) = (http.clone(), sessions.clone());
+        let name =
+            if own_address { "R refreshSession through GraphQL" } else { "R refreshSession, one client address" };
+        results.push(
+            measure_against(name, c, fixture.duration, drain, publish, move |w, _| {
+                let (http, sessions) = (http.clone(), sessions.clone());
+                async move {
+                    let (tenant, slot) = &sessions[w];
+                    let presented = slot.lock().expect("a worker's own session").clone();
+                    let from = own_address.then(|| {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, (w / 250) as u8, (w % 250) as u8 + 1))
+                    });
+                    let v = http.gql_from(from, Some(tenant), None, REFRESH, json!({ "t": presented })).await?;
+                    let next = v["data"]["refreshSession"]["refreshToken"].as_str().context("no refresh token")?;
+                    *slot.lock().expect("a worker's own session") = next.to_owned();
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+    Ok(())
+}
+
+/// `scripts/smtp_sink.py`, the test suite's SMTP server (aiosmtpd), on a free
+/// port of 127.0.0.1: it writes every mail it accepts to `dir` as `<n>.eml`,
+/// fsynced. Killed when dropped.
+pub struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl SmtpSink {
+    /// Starts the sink and waits until it takes connections; an error (no
+    /// python3, no aiosmtpd) says why, so that M can be skipped.
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/smtp_sink.py");
+        // A port the kernel found free; the sink binds it right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // Its output goes to a file: a pipe nobody reads would stop it once full.
+        let log_path = dir.with_extension("log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = std::process::Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("while starting python3 scripts/smtp_sink.py")?;
+        let mut sink = Self { child, port, dir: dir.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if sink.child.try_wait()?.is_some() {
+                let why = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last = why.lines().last().unwrap_or("no output").to_owned();
+                bail!("the SMTP sink (scripts/smtp_sink.py) exited: {last} (pip install aiosmtpd)");
+            }
+            if Instant::now() > deadline {
+                bail!("the SMTP sink did not listen on port {port} within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(sink)
+    }
+
+    /// The relay URL for the node: plain SMTP, as the sink offers no STARTTLS.
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}?tls=none", self.port)
+    }
+
+    /// How many mails the sink has written.
+    fn received(&self) -> anyhow::Result<usize> {
+        let names = std::fs::read_dir(&self.dir)?.filter_map(|e| e.ok()?.file_name().into_string().ok());
+        Ok(names.filter(|n| n.ends_with(".eml") && !n.starts_with('.')).count())
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// M: mails through the `MAIL` queue to a real SMTP server on this host. A
+/// burst of distinct mails is enqueued as the reactors do (`mail::enqueue`,
+/// from 16 tasks at once), and the rate is the burst's size over the time from
+/// the first enqueue to the node counting the last one sent
+/// (`canopy_mail_sent_total`, polled every 5 ms). The burst's latencies pair
+/// the k-th acknowledged enqueue with the k-th mail counted sent: the queue
+/// hands mails out in order, and only the mailer's few in flight can swap
+/// neighbours, so they are the wait in the queue plus the send. A second row
+/// sends one mail at a time (enqueue to counted sent, polled every 1 ms): the
+/// latency of a mail that finds the queue empty.
+async fn mail(
+    nc: &async_nats::Client,
+    fixture: &Fixture,
+    sink: &SmtpSink,
+    client: &reqwest::Client,
+    results: &mut Vec<Stats>,
+) -> anyhow::Result<()> {
+    use crate::outbound::mail::{MailKind, OutgoingMail, STREAM, TemplateVars, enqueue, render};
+
+    let (burst, alone_rounds) = if fixture.quick { (40, 3) } else { (2_000, 20) };
+    let js = async_nats::jetstream::new(nc.clone());
+    let sent = || async {
+        let metrics = client.get(&fixture.metrics).send().await?.text().await?;
+        anyhow::Ok(gauge(&metrics, "canopy_mail_sent_total") as u64)
+    };
+    // The fixtures' own mails (verification of the registrations) leave first.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while js.get_stream(STREAM).await?.cached_info().state.messages > 0 {
+        if Instant::now() > deadline {
+            bail!("the fixtures' mails did not leave MAIL within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let scope = Scope::Tenant(TenantId::parse("bench-0")?);
+    let vars = TemplateVars {
+        tenant_name: "Bench".into(),
+        first_name: "Ada".into(),
+        code: Some("123456".into()),
+        link: Some("https://bench-0.canopy.test/verify?code=123456".into()),
+        expires_in: 15,
+        inviter: None,
+        role: None,
+    };
+    let rendered = render(MailKind::VerifyEmail, "en", &vars)?;
+    let run = uuid::Uuid::now_v7().simple();
+    let letter = move |i: usize| {
+        let mail = OutgoingMail::new(
+            format!("user{i}@bench.test"),
+            Some("Ada Bench".into()),
+            &scope,
+            MailKind::VerifyEmail,
+            rendered.clone(),
+        );
+        (format!("bench-mail-{run}-{i}"), mail)
+    };
+    let received_before = sink.received()?;
+
+    // The burst.
+    let base = sent().await?;
+    let (started, since, cpu) = (Instant::now(), monotonic(), process_cpu());
+    let queued = Arc::new(std::sync::Mutex::new(Vec::with_capacity(burst)));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut enqueuers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (js, queued, next, letter) = (js.clone(), queued.clone(), next.clone(), letter.clone());
+        enqueuers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= burst {
+                    return anyhow::Ok(());
+                }
+                let (id, mail) = letter(i);
+                if !enqueue(&js, &id, &mail).await? {
+                    bail!("mail {id} was taken for a duplicate");
+                }
+                queued.lock().expect("the enqueue times").push(Instant::now());
+            }
+        });
+    }
+    let mut sent_at = Vec::with_capacity(burst);
+    let deadline = Instant::now() + Duration::from_secs(if fixture.quick { 60 } else { 300 });
+    while sent_at.len() < burst {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = Instant::now();
+        let count = (sent().await?.saturating_sub(base) as usize).min(burst);
+        sent_at.resize(count.max(sent_at.len()), now);
+        while let Some(r) = enqueuers.try_join_next() {
+            r??;
+        }
+        if now > deadline {
+            bail!("{} of {burst} mails were sent within the deadline", sent_at.len());
+        }
+    }
+    while let Some(r) = enqueuers.join_next().await {
+        r??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let window = (since, monotonic());
+    let cpu_secs = process_cpu() - cpu;
+    let mut queued = std::mem::take(&mut *queued.lock().expect("the enqueue times"));
+    queued.sort_unstable();
+    let enqueued_in = queued.last().map_or(0.0, |q| q.duration_since(started).as_secs_f64());
+    let lat = queued.iter().zip(&sent_at).map(|(q, s)| s.saturating_duration_since(*q).as_micros() as u64).collect();
+    let mut st = from_samples("M mail queue to SMTP sink, burst", lat, secs);
+    st.concurrency = crate::outbound::mail::mailer::CONCURRENT;
+    st.windows = vec![Window { side: "measured", start: window.0, end: window.1 }];
+    st.extra.insert("enqueue_per_sec".into(), burst as f64 / enqueued_in.max(f64::MIN_POSITIVE));
+    st.extra.insert("cpu_us_per_op".into(), cpu_secs * 1e6 / burst as f64);
+    st.extra.insert("sink_received".into(), sink.received()?.saturating_sub(received_before) as f64);
+    results.push(st);
+
+    // One mail at a time.
+    let mut lat = Vec::with_capacity(alone_rounds);
+    let (started, since) = (Instant::now(), monotonic());
+    for r in 0..alone_rounds {
+        let (id, mail) = letter(burst + r);
+        let before = sent().await?;
+        let t = Instant::now();
+        enqueue(&js, &id, &mail).await?;
+        let deadline = t + Duration::from_secs(30);
+        while sent().await? <= before {
+            if Instant::now() > deadline {
+                bail!("a mail alone was not sent within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    let mut st = from_samples("M mail queue to SMTP sink, one at a time", lat, started.elapsed().as_secs_f64());
+    st.windows = vec![Window { side: "measured", start: since, end: monotonic() }];
+    results.push(st);
     Ok(())
 }
 

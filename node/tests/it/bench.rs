@@ -7,18 +7,20 @@ async fn the_quick_benchmark_runs_every_scenario() {
         canopy_node::bench::run(canopy_node::bench::Options { quick: true, out: None, only: None }).await.unwrap();
     let names: std::collections::BTreeSet<&str> =
         report.results.iter().map(|s| s.scenario.split(' ').next().unwrap()).collect();
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I"]);
+    // M needs aiosmtpd, as the mail tests do (scripts/test.sh installs it).
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "M", "R"]);
     for s in &report.results {
         assert!(s.ops > 0, "{} ran nothing", s.scenario);
         assert!(s.p50_us <= s.p99_us, "{s:?}");
-        if ["A", "B", "C", "D", "E", "F", "I"].iter().any(|p| s.scenario.starts_with(p)) {
+        if ["A", "B", "C", "D", "E", "F", "I", "M", "R"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.ops_per_sec.is_finite() && s.ops_per_sec > 0.0, "{s:?}");
         }
-        if ["A'", "B", "C", "D", "E"].iter().any(|p| s.scenario.starts_with(p)) {
+        if ["A'", "B", "C", "D", "E", "R"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.throughput_vs_baseline.is_some_and(f64::is_finite), "{s:?}");
         }
-        // A', B, C and E are measured in slices alternating with their own baseline.
-        if ["A'", "B", "C", "E"].iter().any(|p| s.scenario.starts_with(p)) {
+        // A', B, C, E and R are measured in slices alternating with their own baseline.
+        if ["A'", "B", "C", "E", "R"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.extra["paired_A_ops_per_sec"] > 0.0, "{s:?}");
             // The node's own CPU per command: this process's CPU clock, less what
             // the same clients spend on a raw publish.
@@ -33,6 +35,16 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert!(g.extra["kib_per_live_tree"].is_finite());
     let i = report.results.iter().find(|s| s.scenario.starts_with('I')).unwrap();
     assert!(i.extra["p99_vs_unloaded"] > 0.0 && i.extra["unloaded_p99_us"] > 0.0, "{i:?}");
+    // R runs at both levels from the workers' own addresses, and at the higher
+    // one from a single address.
+    let r: Vec<_> = report.results.iter().filter(|s| s.scenario.starts_with('R')).collect();
+    assert_eq!(r.iter().map(|s| s.concurrency).collect::<Vec<_>>(), [1, 64, 64], "{r:?}");
+    // M's burst reached the SMTP sink, every mail of it, and was timed from
+    // each enqueue to its send.
+    let burst = report.results.iter().find(|s| s.scenario.starts_with("M mail queue to SMTP sink, burst")).unwrap();
+    assert!(burst.extra["sink_received"] >= burst.ops as f64, "{burst:?}");
+    assert!(burst.extra["enqueue_per_sec"] > 0.0 && burst.p99_us > 0, "{burst:?}");
+    assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('M')).count(), 2);
     // F covers both sizes, with and without a snapshot.
     assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('F')).count(), 4);
     // Every measured stretch says when it ran, for splitting a profile by slice:
@@ -40,12 +52,12 @@ async fn the_quick_benchmark_runs_every_scenario() {
     let mut all = Vec::new();
     for s in &report.results {
         let count = |side: &str| s.windows.iter().filter(|w| w.side == side).count();
-        let paired = ["A'", "B", "C", "E"].iter().any(|p| s.scenario.starts_with(p));
+        let paired = ["A'", "B", "C", "E", "R"].iter().any(|p| s.scenario.starts_with(p));
         if paired {
             assert_eq!((count("measured"), count("baseline"), s.windows.len()), (4, 4, 8), "{s:?}");
         } else if s.scenario.starts_with('I') {
             assert_eq!((count("measured"), count("unloaded"), s.windows.len()), (4, 4, 8), "{s:?}");
-        } else if s.scenario.starts_with("A ") || s.scenario.starts_with('D') {
+        } else if s.scenario.starts_with("A ") || s.scenario.starts_with('D') || s.scenario.starts_with('M') {
             assert_eq!((count("measured"), s.windows.len()), (1, 1), "{s:?}");
         }
         if !s.windows.is_empty() {

@@ -26,7 +26,7 @@ use crate::nats::credentials::redact_url;
 
 /// Mails one node sends at once. The consumer hands over no more than this
 /// per pull, so no mail waits in this node's buffer while its ack wait runs.
-const CONCURRENT: usize = 4;
+pub(crate) const CONCURRENT: usize = 4;
 
 /// How long a delivery may stay unanswered before the server hands the mail
 /// out again (the mailer stopped during it): longer than a send may take.
