@@ -155,8 +155,7 @@ impl Handler for AccountHandler {
                 let mut claims = None;
                 let current = loaded(deps, scope, id, state).await?.state.clone();
                 if let Some(open) = current.verification.as_ref() {
-                    let bytes = deps.keys.open(&open.secret).await.map_err(|e| broken("opening a challenge", e))?;
-                    opened = Secret::from_bytes(&bytes).map(|s| (open.challenge_id.clone(), s));
+                    opened = open_secret(deps, &open.secret).await?.map(|s| (open.challenge_id.clone(), s));
                     if open.purpose == VerificationPurpose::EmailChange
                         && let Some(old_index) = &current.email_index
                     {
@@ -180,8 +179,7 @@ impl Handler for AccountHandler {
                 let at = now();
                 let mut opened = None;
                 if let Some(open) = loaded(deps, scope, id, state).await?.state.password_reset.as_ref() {
-                    let bytes = deps.keys.open(&open.secret).await.map_err(|e| broken("opening a challenge", e))?;
-                    opened = Secret::from_bytes(&bytes).map(|s| (open.challenge_id.clone(), s));
+                    opened = open_secret(deps, &open.secret).await?.map(|s| (open.challenge_id.clone(), s));
                 }
                 let Some((challenge_id, _)) =
                     opened.filter(|(_, secret)| secret.accepts_token(Purpose::ResetPassword, &token))
@@ -395,6 +393,23 @@ async fn claim_move(
     Ok(ClaimMove { new_after, old_seq: own_claim(deps, scope, account, old_index).await? })
 }
 
+/// Whether `password` matches a sealed hash. With no hash it compares against a
+/// dummy one, the same work, so an unknown account takes as long as a known one.
+async fn password_matches(deps: &Deps, sealed: Option<&Sealed>, password: &Password) -> Result<bool, CommandFailure> {
+    let phc = match sealed {
+        Some(s) => Some(deps.keys.open_string(s).await.map_err(|e| broken("opening a password hash", e))?),
+        None => None,
+    };
+    deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))
+}
+
+/// The secret of an open challenge, opened with the person's key; `None` if it
+/// does not have the length of one.
+async fn open_secret(deps: &Deps, sealed: &Sealed) -> Result<Option<Secret>, CommandFailure> {
+    let bytes = deps.keys.open(sealed).await.map_err(|e| broken("opening a challenge", e))?;
+    Ok(Secret::from_bytes(&bytes))
+}
+
 /// Checks the account's password; a wrong one is refused as bad input.
 async fn check_password(
     deps: &Deps,
@@ -407,11 +422,7 @@ async fn check_password(
     if !current.state.is_registered() {
         return Err(CommandFailure::rejected(&AccountError::NotFound));
     }
-    let phc = match &current.state.password_hash {
-        Some(s) => Some(deps.keys.open_string(s).await.map_err(|e| broken("opening a password hash", e))?),
-        None => None,
-    };
-    if deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))? {
+    if password_matches(deps, current.state.password_hash.as_ref(), password).await? {
         Ok(())
     } else {
         Err(CommandFailure::new("BAD_USER_INPUT", "the password is not correct"))
@@ -513,14 +524,10 @@ async fn replayed_registration(
         serde_json::from_value(claim.envelope.data.clone()).map_err(|e| broken("decoding an email claim", e))?;
     let account =
         load::<Account>(&deps.store, scope, &owner.account_id).await.map_err(|e| broken("loading an account", e))?;
-    let phc = match &account.state.password_hash {
-        Some(sealed) => Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?),
-        None => None,
-    };
-    match deps.hasher.verify(password, phc).await {
-        Ok(true) => Ok(AccountReply::Registered { account_id: owner.account_id, seq: claim.seq, session: None }),
-        Ok(false) => Err(CommandFailure::reused_id()),
-        Err(e) => Err(broken("verifying a password", e)),
+    if password_matches(deps, account.state.password_hash.as_ref(), password).await? {
+        Ok(AccountReply::Registered { account_id: owner.account_id, seq: claim.seq, session: None })
+    } else {
+        Err(CommandFailure::reused_id())
     }
 }
 
@@ -745,14 +752,8 @@ async fn login(
     }
     .map_err(|e| broken("loading an account", e))?;
     let owner = account.state.owner;
-    let phc = match (&holder, &account.state.password_hash) {
-        (Some(_), Some(sealed)) => {
-            Some(deps.keys.open_string(sealed).await.map_err(|e| broken("opening a password hash", e))?)
-        }
-        _ => None,
-    };
-    // With no hash, `verify` compares against a dummy one: the same work.
-    let ok = deps.hasher.verify(password, phc).await.map_err(|e| broken("verifying a password", e))?;
+    let sealed = holder.as_ref().and(account.state.password_hash.as_ref());
+    let ok = password_matches(deps, sealed, password).await?;
     if !(ok && holder.is_some()) {
         cache.remember(&id, account);
         return Err(CommandFailure::invalid_credentials());
