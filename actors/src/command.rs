@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::access::{Permission, RoleDescription, RoleId, RoleName};
+use crate::domain::access::{Actor, Permission, RoleDescription, RoleId, RoleName};
+use crate::domain::access_token::{TokenId, TokenName};
 use crate::domain::account::{AccountId, Email, Locale, Password, PersonName};
 use crate::domain::challenge::{Code, LinkToken};
 use crate::domain::ids::CommandId;
@@ -33,6 +34,9 @@ pub enum Principal {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session_id: Option<SessionId>,
     },
+    /// An API access token of `scope`, verified by the edge; what it may do is
+    /// decided by the tenant's access control, which knows its scopes.
+    Token { scope: Scope, token_id: TokenId },
 }
 
 impl Principal {
@@ -52,7 +56,19 @@ impl Principal {
     pub fn session(&self) -> Option<&SessionId> {
         match self {
             Principal::Account { session_id, .. } => session_id.as_ref(),
-            Principal::Anonymous => None,
+            Principal::Anonymous | Principal::Token { .. } => None,
+        }
+    }
+
+    /// Who acts in `scope`, for its access control: an account of the scope or
+    /// a token of it.
+    pub fn actor_in(&self, scope: &Scope) -> Option<Actor> {
+        match self {
+            Principal::Account { scope: s, account_id, .. } if s == scope => {
+                Some(Actor::Account(account_id.as_str().to_owned()))
+            }
+            Principal::Token { scope: s, token_id } if s == scope => Some(Actor::Token(token_id.as_str().to_owned())),
+            _ => None,
         }
     }
 }
@@ -253,21 +269,67 @@ pub enum AccountReply {
     },
 }
 
+impl AccessRequest {
+    /// What the request creates, naming the seed of the new thing's id (a
+    /// retry derives the same id).
+    pub fn created_kind(&self) -> &'static str {
+        match self {
+            AccessRequest::CreateToken { .. } => "token",
+            _ => "role",
+        }
+    }
+}
+
 /// Requests to a tenant's `RoleActor` (aggregate `access`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccessRequest {
-    CreateRole { name: RoleName, description: RoleDescription, permissions: Vec<Permission> },
-    UpdateRole { role_id: RoleId, name: RoleName, description: RoleDescription, permissions: Vec<Permission> },
-    DeleteRole { role_id: RoleId },
-    SetMemberRoles { account_id: AccountId, roles: Vec<RoleId> },
+    CreateRole {
+        name: RoleName,
+        description: RoleDescription,
+        permissions: Vec<Permission>,
+    },
+    UpdateRole {
+        role_id: RoleId,
+        name: RoleName,
+        description: RoleDescription,
+        permissions: Vec<Permission>,
+    },
+    DeleteRole {
+        role_id: RoleId,
+    },
+    SetMemberRoles {
+        account_id: AccountId,
+        roles: Vec<RoleId>,
+    },
+    /// `expires_at`: Unix seconds.
+    CreateToken {
+        name: TokenName,
+        scopes: Vec<Permission>,
+        expires_at: i64,
+    },
+    RevokeToken {
+        token_id: TokenId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AccessReply {
-    Done { seq: u64 },
-    RoleCreated { role_id: String, seq: u64 },
+    Done {
+        seq: u64,
+    },
+    RoleCreated {
+        role_id: String,
+        seq: u64,
+    },
+    /// `secret` is shown once: a retry of the same command finds the token
+    /// created and gets `None`.
+    TokenCreated {
+        token_id: String,
+        secret: Option<String>,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -371,6 +433,8 @@ string_wire!(Permission, as_str);
 string_wire!(RoleName, as_str);
 string_wire!(RoleDescription, as_str);
 string_wire!(RoleId, as_str);
+string_wire!(TokenName, as_str);
+string_wire!(TokenId, as_str);
 
 #[cfg(test)]
 mod tests {

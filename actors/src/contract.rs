@@ -185,6 +185,8 @@ mod tests {
             names,
             [
                 "AccessEstablished",
+                "AccessTokenCreated",
+                "AccessTokenRevoked",
                 "AccountErased",
                 "AccountRegistered",
                 "EmailChanged",
@@ -192,6 +194,7 @@ mod tests {
                 "EmailReserved",
                 "EmailVerificationRequested",
                 "EmailVerified",
+                "MemberRemoved",
                 "MemberRolesChanged",
                 "PasswordChanged",
                 "PasswordResetRequested",

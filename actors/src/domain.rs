@@ -16,6 +16,7 @@ macro_rules! redacted_debug {
 }
 
 pub mod access;
+pub mod access_token;
 pub mod account;
 pub mod aggregate;
 pub mod challenge;

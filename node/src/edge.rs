@@ -6,6 +6,7 @@ pub mod auth;
 pub mod i18n;
 pub mod limits;
 pub mod sessions;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use secrecy::ExposeSecret;
 use crate::App;
 use crate::edge::auth::TokenError;
 use crate::graphql::request::RequestCtx;
+use actors::domain::access_token::TokenSecret;
 
 /// The largest request body the GraphQL endpoint reads.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -315,8 +317,10 @@ async fn execute(
         tenant = Some(t);
     }
 
-    // 2. Who is asking.
-    let principal = match bearer(headers) {
+    // 2. Who is asking: an account's session token (a JWT), or an API access
+    // token (`cnp_…`) as `Authorization: Bearer` or `x-tenant-key`.
+    let bearer = match bearer(headers) {
+        Ok(b) => b,
         Err(()) => {
             return refuse_in(
                 &locale,
@@ -325,8 +329,30 @@ async fn execute(
                 "the Authorization header must be `Bearer <token>`",
             );
         }
-        Ok(None) => None,
-        Ok(Some(token)) => match app.tokens.verify(token) {
+    };
+    let tenant_key = match headers.get("x-tenant-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) => Some(k.trim()),
+        Some(Err(_)) => {
+            return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the access token is not valid");
+        }
+    };
+    let access_token = match (bearer, tenant_key) {
+        (Some(_), Some(_)) => {
+            return refuse_in(
+                &locale,
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "send one credential: `Authorization` or `x-tenant-key`, not both",
+            );
+        }
+        (None, Some(key)) => Some(key),
+        (Some(b), None) if TokenSecret::is_meant(b) => Some(b),
+        _ => None,
+    };
+    let principal = match bearer.filter(|_| access_token.is_none()) {
+        None => None,
+        Some(token) => match app.tokens.verify(token) {
             Ok(c) if c.sid.as_deref().is_some_and(|sid| app.revocations.is_revoked(sid)) => {
                 return refuse_in(
                     &locale,
@@ -344,6 +370,14 @@ async fn execute(
             }
         },
     };
+    if access_token.is_some() && tenant.is_none() {
+        return refuse_in(
+            &locale,
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "an access token works in its tenant: send `x-tenant-id` too",
+        );
+    }
 
     // 3. The token's tenant must match the request's; with no tenant named, it decides.
     let scope = match (&tenant, &principal) {
@@ -367,6 +401,23 @@ async fn execute(
             }
         }
     }
+    // An access token is checked against the tenant's current read model.
+    let token = match access_token {
+        None => None,
+        Some(raw) => match tokens::authenticate(&app.read_model, &scope, raw).await {
+            Ok(Ok(caller)) => {
+                app.token_usage.touch(&scope, &caller.token_id);
+                Some(caller)
+            }
+            Ok(Err(refused)) => {
+                return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", refused.message());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checking an access token");
+                return refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");
+            }
+        },
+    };
 
     // 4. The body, bounded, then parsed.
     let bytes = match body.into_bytes_limit(MAX_BODY).await {
@@ -426,7 +477,16 @@ async fn execute(
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .and_then(actors::domain::session::UserAgent::from_header);
-    let ctx = RequestCtx { scope, principal, idempotency_key, consistency, locale: locale.clone(), user_agent, client };
+    let ctx = RequestCtx {
+        scope,
+        principal,
+        token,
+        idempotency_key,
+        consistency,
+        locale: locale.clone(),
+        user_agent,
+        client,
+    };
     let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
     for e in &mut response.errors {
         // Parse, validation and limit errors come from async-graphql without a code.

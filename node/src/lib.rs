@@ -62,6 +62,8 @@ pub struct App {
     /// Sessions revoked recently: their access tokens are refused.
     pub revocations: Arc<edge::sessions::Revocations>,
     pub limits: edge::limits::RateLimiter,
+    /// When access tokens were last used.
+    pub token_usage: edge::tokens::TokenUsage,
     pub schema: CanopySchema,
     pub documents: graphql::Documents,
     pub node: ActorRef<NodeMsg>,
@@ -338,7 +340,10 @@ async fn serve(
         limit_key.as_slice().try_into().context("the rate limits' hash key has the wrong length")?,
     )
     .await
-    .context("while opening the rate-limit bucket")?;
+    .context("while opening the rate-limit stream")?;
+    let token_usage = edge::tokens::TokenUsage::open(core.store.jetstream(), config.replicas)
+        .await
+        .context("while opening the token usage bucket")?;
 
     let tokens = Tokens::load(&core.keys, config.issuer.clone(), config.token_ttl_secs)
         .await
@@ -352,6 +357,7 @@ async fn serve(
         progress,
         revocations,
         limits,
+        token_usage,
         schema: graphql::schema_with(config.introspection),
         documents: graphql::Documents::default(),
         node: node.clone(),

@@ -97,6 +97,20 @@ pub struct RoleRow {
     pub permissions: Vec<String>,
 }
 
+/// An access token (times in Unix seconds). `secret_hash` is for the edge's
+/// check only and is never shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRow {
+    pub token_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked: bool,
+    pub secret_hash: String,
+}
+
 /// An open session, as `sessions` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRow {
@@ -398,6 +412,30 @@ impl ReadModel {
             }
         }
         Ok(out)
+    }
+
+    /// One access token of a tenant.
+    pub async fn access_token(&self, scope: &Scope, token_id: &str) -> Result<Option<TokenRow>, ReadError> {
+        let Some(id) = record_id("access_token", token_id) else { return Ok(None) };
+        let rows = self.select(&db_name(scope), &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// A tenant's access tokens that have not been revoked, newest first
+    /// (expired ones included, so that their holders see why they fail).
+    pub async fn access_tokens(&self, scope: &Scope) -> Result<Vec<TokenRow>, ReadError> {
+        self.select(
+            &db_name(scope),
+            "SELECT * FROM access_token WHERE revoked = false ORDER BY created_at DESC, token_id LIMIT 500",
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// What a token may do now: its scopes, as far as its creator still holds them.
+    pub async fn token_permissions(&self, scope: &Scope, token: &TokenRow) -> Result<BTreeSet<String>, ReadError> {
+        let held = self.permissions_of(scope, &token.created_by).await?;
+        Ok(token.scopes.iter().filter(|p| held.contains(*p)).cloned().collect())
     }
 
     /// An account's open sessions, most recently used first.

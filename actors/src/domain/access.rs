@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::aggregate::{Aggregate, Decision, DomainError};
+use crate::domain::access_token::TokenName;
+use crate::domain::aggregate::{Aggregate, Decision, DomainError, Reservation};
+use crate::store::seal::Sealed;
 
 /// Every permission, `{action}_{resource}`, with what it allows. The published
 /// catalog (`schemas/permissions.json`) is generated from this list.
@@ -168,7 +170,32 @@ pub struct AccessState {
     pub roles: BTreeMap<String, RoleDef>,
     /// Members whose roles differ from `member`, by account id.
     pub assignments: BTreeMap<String, BTreeSet<String>>,
+    /// API access tokens by id, revoked ones included (an id is never reused).
+    pub tokens: BTreeMap<String, TokenDef>,
 }
+
+/// An access token as the tenant's access control knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenDef {
+    pub name: String,
+    pub scopes: BTreeSet<String>,
+    /// The account that created it; the token never does more than it may.
+    pub created_by: String,
+    pub expires_at: i64,
+    pub revoked: bool,
+}
+
+/// Who acts in the tenant: a member's account, or an access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Account(String),
+    Token(String),
+}
+
+/// At most this many live (neither revoked nor expired) tokens per tenant.
+pub const MAX_LIVE_TOKENS: usize = 100;
+/// The longest a token may live, in seconds (a year and a day).
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 366 * 24 * 3600;
 
 impl AccessState {
     /// The roles an account holds.
@@ -191,6 +218,39 @@ impl AccessState {
             }
         }
         out
+    }
+
+    /// What `actor` may do at `now`: a member's permissions, or a live token's
+    /// scopes as far as its creator still holds them.
+    pub fn effective(&self, actor: &Actor, now: i64) -> BTreeSet<String> {
+        match actor {
+            Actor::Account(id) => self.permissions_of(id),
+            Actor::Token(id) => match self.tokens.get(id) {
+                Some(t) if !t.revoked && t.expires_at > now => {
+                    t.scopes.intersection(&self.permissions_of(&t.created_by)).cloned().collect()
+                }
+                _ => BTreeSet::new(),
+            },
+        }
+    }
+
+    /// The account behind `actor`: itself, or a live token's creator.
+    pub fn account_behind(&self, actor: &Actor, now: i64) -> Option<String> {
+        match actor {
+            Actor::Account(id) => Some(id.clone()),
+            Actor::Token(id) => {
+                self.tokens.get(id).filter(|t| !t.revoked && t.expires_at > now).map(|t| t.created_by.clone())
+            }
+        }
+    }
+
+    fn live_tokens(&self, now: i64) -> usize {
+        self.tokens.values().filter(|t| !t.revoked && t.expires_at > now).count()
+    }
+
+    /// Whether `account_id` is the tenant's only owner, who may not leave.
+    pub fn is_last_owner(&self, account_id: &str) -> bool {
+        self.roles_of(account_id).contains(OWNER) && self.owners() <= 1
     }
 
     fn owners(&self) -> usize {
@@ -230,9 +290,18 @@ pub enum AccessCommand {
         account_id: String,
         roles: BTreeSet<String>,
     },
-    /// An account left the tenant: it holds nothing any more.
-    ForgetMember {
-        account_id: String,
+    /// Create an access token for `by`, whose scopes must be among what `by` may do.
+    CreateToken {
+        token_id: String,
+        name: TokenName,
+        scopes: BTreeSet<Permission>,
+        by: Actor,
+        now: i64,
+        expires_at: i64,
+        secret_hash: Sealed,
+    },
+    RevokeToken {
+        token_id: String,
     },
 }
 
@@ -246,6 +315,15 @@ pub enum AccessEvent {
     RoleDeleted(RoleDeleted),
     /// An account's roles changed (to exactly `roles`).
     MemberRolesChanged(MemberRolesChanged),
+    /// An access token was created; `secret_hash` is the SHA-256 of its secret,
+    /// sealed under the tenant's key.
+    AccessTokenCreated(AccessTokenCreated),
+    /// An access token stopped working.
+    AccessTokenRevoked(AccessTokenRevoked),
+    /// An account left the tenant (it was erased) and holds nothing any more;
+    /// the tokens it created stop working with it.
+    /// It is appended with the erasure, in the same batch (see `member_removed`).
+    MemberRemoved(MemberRemoved),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -272,6 +350,44 @@ pub struct MemberRolesChanged {
     pub roles: BTreeSet<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccessTokenCreated {
+    pub token_id: String,
+    pub name: String,
+    pub scopes: BTreeSet<String>,
+    pub created_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub secret_hash: Sealed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccessTokenRevoked {
+    pub token_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemberRemoved {
+    pub account_id: String,
+}
+
+/// The `MemberRemoved` that lands on the tenant's access aggregate in the same
+/// atomic batch as an account's erasure, expecting the access history to end at
+/// `access_seq` (the state the last-owner rule was checked on).
+pub fn member_removed(account_id: &str, access_seq: u64) -> Reservation {
+    Reservation {
+        aggregate: <Access as Aggregate>::NAME,
+        key: ACCESS_ID.to_owned(),
+        event_type: "MemberRemoved",
+        version: 1,
+        data: serde_json::to_value(MemberRemoved { account_id: account_id.to_owned() })
+            .expect("a MemberRemoved serializes"),
+        expected_seq: access_seq,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
     #[error("unknown permission: {0}")]
@@ -292,18 +408,34 @@ pub enum AccessError {
     NoRoles,
     #[error("a description has at most 500 characters and no control characters")]
     InvalidDescription,
+    #[error("a token has at least one scope")]
+    NoScopes,
+    #[error("a token's scopes must be among the permissions of whoever creates it")]
+    ScopesBeyondCreator,
+    #[error("a token expires in the future, within 366 days")]
+    InvalidExpiry,
+    #[error("the tenant has 100 live access tokens; revoke one first")]
+    TooManyTokens,
+    #[error("no such access token")]
+    UnknownToken,
 }
 
 impl DomainError for AccessError {
     fn code(&self) -> &'static str {
         match self {
-            AccessError::RoleAssigned | AccessError::LastOwner | AccessError::RoleNameTaken => "CONFLICT",
-            AccessError::UnknownRole => "NOT_FOUND",
+            AccessError::RoleAssigned
+            | AccessError::LastOwner
+            | AccessError::RoleNameTaken
+            | AccessError::TooManyTokens => "CONFLICT",
+            AccessError::UnknownRole | AccessError::UnknownToken => "NOT_FOUND",
+            AccessError::ScopesBeyondCreator => "FORBIDDEN",
             AccessError::UnknownPermission(_)
             | AccessError::InvalidRoleName
             | AccessError::BuiltInRole
             | AccessError::NoRoles
-            | AccessError::InvalidDescription => "BAD_USER_INPUT",
+            | AccessError::InvalidDescription
+            | AccessError::NoScopes
+            | AccessError::InvalidExpiry => "BAD_USER_INPUT",
         }
     }
 }
@@ -390,19 +522,38 @@ impl Aggregate for Access {
                     roles: roles.clone(),
                 }))
             }
-            AccessCommand::ForgetMember { account_id } => {
-                let held = state.roles_of(account_id);
-                if held.contains(OWNER) && state.owners() <= 1 {
-                    return Err(AccessError::LastOwner);
+            AccessCommand::CreateToken { token_id, name, scopes, by, now, expires_at, secret_hash } => {
+                if scopes.is_empty() {
+                    return Err(AccessError::NoScopes);
                 }
-                if !state.assignments.contains_key(account_id) {
-                    return Ok(Decision::events(Vec::new()));
+                if *expires_at <= *now || *expires_at > now + MAX_TOKEN_LIFETIME_SECS {
+                    return Err(AccessError::InvalidExpiry);
                 }
-                one(AccessEvent::MemberRolesChanged(MemberRolesChanged {
-                    account_id: account_id.clone(),
-                    roles: BTreeSet::from([MEMBER.to_owned()]),
+                let (held, Some(created_by)) = (state.effective(by, *now), state.account_behind(by, *now)) else {
+                    return Err(AccessError::ScopesBeyondCreator);
+                };
+                if !scopes.iter().all(|p| held.contains(p.as_str())) {
+                    return Err(AccessError::ScopesBeyondCreator);
+                }
+                if state.live_tokens(*now) >= MAX_LIVE_TOKENS {
+                    return Err(AccessError::TooManyTokens);
+                }
+                one(AccessEvent::AccessTokenCreated(AccessTokenCreated {
+                    token_id: token_id.clone(),
+                    name: name.as_str().to_owned(),
+                    scopes: names(scopes),
+                    created_by,
+                    created_at: *now,
+                    expires_at: *expires_at,
+                    secret_hash: secret_hash.clone(),
                 }))
             }
+            AccessCommand::RevokeToken { token_id } => match state.tokens.get(token_id) {
+                None => Err(AccessError::UnknownToken),
+                // Revoked once; asking again changes nothing.
+                Some(t) if t.revoked => Ok(Decision::events(Vec::new())),
+                Some(_) => one(AccessEvent::AccessTokenRevoked(AccessTokenRevoked { token_id: token_id.clone() })),
+            },
         }
     }
 
@@ -429,6 +580,29 @@ impl Aggregate for Access {
                     state.assignments.remove(&e.account_id);
                 } else {
                     state.assignments.insert(e.account_id.clone(), e.roles.clone());
+                }
+            }
+            AccessEvent::MemberRemoved(e) => {
+                state.assignments.remove(&e.account_id);
+                for t in state.tokens.values_mut().filter(|t| t.created_by == e.account_id) {
+                    t.revoked = true;
+                }
+            }
+            AccessEvent::AccessTokenCreated(e) => {
+                state.tokens.insert(
+                    e.token_id.clone(),
+                    TokenDef {
+                        name: e.name.clone(),
+                        scopes: e.scopes.clone(),
+                        created_by: e.created_by.clone(),
+                        expires_at: e.expires_at,
+                        revoked: false,
+                    },
+                );
+            }
+            AccessEvent::AccessTokenRevoked(e) => {
+                if let Some(t) = state.tokens.get_mut(&e.token_id) {
+                    t.revoked = true;
                 }
             }
         }
@@ -537,7 +711,7 @@ mod tests {
     fn the_last_owner_can_be_neither_demoted_nor_forgotten() {
         let history = vec![established()];
         check::<Access>(&history, set("o1", &[ADMIN]), Err(AccessError::LastOwner));
-        check::<Access>(&history, AccessCommand::ForgetMember { account_id: "o1".into() }, Err(AccessError::LastOwner));
+        assert!(replay::<Access>(&history).is_last_owner("o1"));
         let second = AccessEvent::MemberRolesChanged(MemberRolesChanged {
             account_id: "o2".into(),
             roles: BTreeSet::from([OWNER.to_owned()]),
@@ -548,5 +722,77 @@ mod tests {
             roles: BTreeSet::from([ADMIN.to_owned()]),
         });
         check::<Access>(&two, set("o1", &[ADMIN]), Ok(vec![demoted]));
+        assert!(!replay::<Access>(&two).is_last_owner("o1"));
+        // A removed member holds nothing, and the other owner is the last one again.
+        let removed = AccessEvent::MemberRemoved(MemberRemoved { account_id: "o1".into() });
+        let left = replay::<Access>(&[two, vec![removed.clone()]].concat());
+        assert_eq!(left.roles_of("o1"), BTreeSet::from([MEMBER.to_owned()]));
+        assert!(left.is_last_owner("o2"));
+        // The reservation carries exactly the event's data.
+        let r = member_removed("o1", 7);
+        assert_eq!(r.expected_seq, 7);
+        let tagged = serde_json::json!({ "type": r.event_type, "data": r.data });
+        assert_eq!(serde_json::from_value::<AccessEvent>(tagged).unwrap(), removed);
+    }
+
+    fn token(id: &str, by: Actor, ps: &[&str], now: i64) -> AccessCommand {
+        AccessCommand::CreateToken {
+            token_id: id.into(),
+            name: TokenName::parse("ci").unwrap(),
+            scopes: perms(ps),
+            by,
+            now,
+            expires_at: now + 3600,
+            secret_hash: Sealed::opaque_for_tests("h"),
+        }
+    }
+
+    #[test]
+    fn tokens_do_no_more_than_their_scopes_and_their_creator() {
+        let support = created("r1", "Support", &["read_users", "create_access-token"]);
+        let assigned = AccessEvent::MemberRolesChanged(MemberRolesChanged {
+            account_id: "a1".into(),
+            roles: BTreeSet::from(["r1".to_owned()]),
+        });
+        let history = vec![established(), support, assigned];
+        let a1 = Actor::Account("a1".into());
+        // Beyond the creator's permissions, empty, or expiring wrongly: refused.
+        check::<Access>(&history, token("t1", a1.clone(), &["read_audit"], 100), Err(AccessError::ScopesBeyondCreator));
+        check::<Access>(&history, token("t1", a1.clone(), &[], 100), Err(AccessError::NoScopes));
+        let mut late = token("t1", a1.clone(), &["read_users"], 100);
+        if let AccessCommand::CreateToken { expires_at, .. } = &mut late {
+            *expires_at = 100 + MAX_TOKEN_LIFETIME_SECS + 1;
+        }
+        check::<Access>(&history, late, Err(AccessError::InvalidExpiry));
+
+        let d = Access::decide(&replay::<Access>(&history), &token("t1", a1.clone(), &["read_users"], 100)).unwrap();
+        let live = [history.clone(), d.events].concat();
+        let state = replay::<Access>(&live);
+        let t1 = Actor::Token("t1".into());
+        assert_eq!(state.effective(&t1, 200), BTreeSet::from(["read_users".to_owned()]));
+        assert!(state.effective(&t1, 100 + 3600).is_empty(), "expired");
+        assert!(state.effective(&Actor::Token("t9".into()), 200).is_empty(), "unknown");
+        // A token creates tokens within its own scopes, on its creator's behalf.
+        let beyond = token("t2", t1.clone(), &["create_access-token"], 200);
+        check::<Access>(&live, beyond, Err(AccessError::ScopesBeyondCreator));
+        let d = Access::decide(&state, &token("t2", t1.clone(), &["read_users"], 200)).unwrap();
+        assert!(matches!(&d.events[..], [AccessEvent::AccessTokenCreated(c)] if c.created_by == "a1"));
+
+        // The creator loses the role: the token loses the permission with it.
+        let demoted = AccessEvent::MemberRolesChanged(MemberRolesChanged {
+            account_id: "a1".into(),
+            roles: BTreeSet::from([MEMBER.to_owned()]),
+        });
+        assert!(replay::<Access>(&[live.clone(), vec![demoted]].concat()).effective(&t1, 200).is_empty());
+
+        // Revoked, or its creator removed: it does nothing.
+        let revoked =
+            [live.clone(), vec![AccessEvent::AccessTokenRevoked(AccessTokenRevoked { token_id: "t1".into() })]]
+                .concat();
+        assert!(replay::<Access>(&revoked).effective(&t1, 200).is_empty());
+        check::<Access>(&revoked, AccessCommand::RevokeToken { token_id: "t1".into() }, Ok(vec![]));
+        check::<Access>(&live, AccessCommand::RevokeToken { token_id: "t9".into() }, Err(AccessError::UnknownToken));
+        let removed = [live, vec![AccessEvent::MemberRemoved(MemberRemoved { account_id: "a1".into() })]].concat();
+        assert!(replay::<Access>(&removed).effective(&t1, 200).is_empty());
     }
 }

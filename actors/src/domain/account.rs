@@ -11,6 +11,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::access::member_removed;
 use crate::domain::aggregate::{Aggregate, Decision, DomainError, Reservation};
 use crate::store::seal::Sealed;
 use subtle::ConstantTimeEq;
@@ -325,10 +326,26 @@ pub enum AccountCommand {
         new_index: String,
     },
     /// Erase the person: end every session, release the email's claim (at
-    /// `claim_seq`, the sequence of the claim this account holds).
+    /// `claim_seq`, the sequence of the claim this account holds) and leave the
+    /// tenant's access control as `membership` describes it.
     Erase {
         claim_seq: u64,
+        membership: Membership,
     },
+}
+
+/// An account's place in its tenant's access control, read just before an
+/// erasure: the erasure is refused for the last owner, and otherwise removes
+/// the member's roles in the same batch, expecting the access history to be
+/// exactly what was read (so a concurrent promotion or demotion conflicts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    /// The tenant's only owner (or, before the tenant had access control, its creator).
+    pub last_owner: bool,
+    /// The last sequence of the tenant's access history; `None` when access
+    /// control was never established (nothing to remove, and establishing it
+    /// later must find the history empty).
+    pub access_seq: Option<u64>,
 }
 
 /// Where the claims an email change moves stand: the new address's claim may be
@@ -797,11 +814,11 @@ impl Aggregate for Account {
                     new_index,
                 )]))
             }
-            AccountCommand::Erase { claim_seq } => {
+            AccountCommand::Erase { claim_seq, membership } => {
                 if !state.is_registered() {
                     return Err(AccountError::NotFound);
                 }
-                if state.owner {
+                if membership.last_owner {
                     return Err(AccountError::LastOwner);
                 }
                 let (Some(account_id), Some(index)) = (&state.account_id, &state.email_index) else {
@@ -812,14 +829,17 @@ impl Aggregate for Account {
                 events.push(AccountEvent::AccountErased(AccountErased { email_index: index.clone() }));
                 Ok(Decision {
                     events,
-                    reservations: vec![Reservation {
+                    reservations: [Reservation {
                         aggregate: EMAIL_CLAIM,
                         key: index.clone(),
                         event_type: EMAIL_RELEASED,
                         version: EMAIL_RELEASED_VERSION,
                         data: serde_json::json!({ "account_id": account_id }),
                         expected_seq: *claim_seq,
-                    }],
+                    }]
+                    .into_iter()
+                    .chain(membership.access_seq.map(|seq| member_removed(account_id.as_str(), seq)))
+                    .collect(),
                 })
             }
             AccountCommand::StartSession { session, max_sessions } => {
@@ -1026,6 +1046,7 @@ impl Aggregate for Account {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::access::ACCESS_ID;
     use crate::domain::aggregate::check;
 
     fn sealed(tag: &str) -> Sealed {
@@ -1370,9 +1391,10 @@ mod tests {
     #[test]
     fn erasing_ends_sessions_releases_the_email_and_spares_the_last_owner() {
         let history = vec![registered(), started("s1", "h1", 10)];
+        let member = Membership { last_owner: false, access_seq: Some(9) };
         let d = Account::decide(
             &crate::domain::aggregate::replay::<Account>(&history),
-            &AccountCommand::Erase { claim_seq: 3 },
+            &AccountCommand::Erase { claim_seq: 3, membership: member },
         )
         .unwrap();
         assert_eq!(
@@ -1382,17 +1404,30 @@ mod tests {
                 AccountEvent::AccountErased(AccountErased { email_index: "idx".into() })
             ]
         );
-        assert_eq!(d.reservations[0].event_type, EMAIL_RELEASED);
-        assert_eq!(d.reservations[0].expected_seq, 3);
+        let claims: Vec<_> = d.reservations.iter().map(|r| (r.event_type, r.key.as_str(), r.expected_seq)).collect();
+        assert_eq!(claims, [(EMAIL_RELEASED, "idx", 3), ("MemberRemoved", ACCESS_ID, 9)]);
         let erased = [history.clone(), d.events].concat();
         let state = crate::domain::aggregate::replay::<Account>(&erased);
         assert!(!state.is_registered() && state.email.is_none() && state.password_hash.is_none());
-        check::<Account>(&erased, AccountCommand::Erase { claim_seq: 3 }, Err(AccountError::NotFound));
-        let mut owner = registered();
-        if let AccountEvent::AccountRegistered(r) = &mut owner {
-            r.owner = true;
-        }
-        check::<Account>(&[owner], AccountCommand::Erase { claim_seq: 3 }, Err(AccountError::LastOwner));
+        check::<Account>(
+            &erased,
+            AccountCommand::Erase { claim_seq: 3, membership: member },
+            Err(AccountError::NotFound),
+        );
+        let last = Membership { last_owner: true, access_seq: Some(9) };
+        check::<Account>(
+            &history,
+            AccountCommand::Erase { claim_seq: 3, membership: last },
+            Err(AccountError::LastOwner),
+        );
+        // Without access control there is nothing to remove.
+        let before_roles = Membership { last_owner: false, access_seq: None };
+        let d = Account::decide(
+            &crate::domain::aggregate::replay::<Account>(&history),
+            &AccountCommand::Erase { claim_seq: 3, membership: before_roles },
+        )
+        .unwrap();
+        assert_eq!(d.reservations.len(), 1);
     }
 
     #[test]

@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 
 use crate::command::{AccessReply, AccessRequest, CommandEnvelope, CommandFailure, CommandResult};
 use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState, RoleId};
+use crate::domain::access_token::{TokenId, TokenSecret};
 use crate::domain::tenant::{Scope, TenantCreated};
 use crate::store::event_store::Stamp;
+use crate::store::seal::tenant_key_name;
 use crate::tree::account::{failure, request_digest};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
@@ -27,8 +29,10 @@ impl Handler for AccessHandler {
     const NAME: &'static str = "RoleActor";
 
     fn route(scope: &Scope, envelope: &CommandEnvelope<AccessRequest>) -> CommandResult<Route> {
-        if envelope.principal.account_in(scope).is_none() {
-            return Err(CommandFailure::forbidden("only a member of this tenant may change its roles"));
+        if envelope.principal.actor_in(scope).is_none() {
+            return Err(CommandFailure::forbidden(
+                "only a member or access token of this tenant may change its access",
+            ));
         }
         Ok(Route::Lane(ACCESS_ID.to_owned()))
     }
@@ -41,35 +45,62 @@ impl Handler for AccessHandler {
     ) -> CommandResult<AccessReply> {
         let Ctx { scope, deps } = ctx;
         let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
-        let sender =
-            envelope.principal.account_in(scope).cloned().ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+        let sender = envelope.principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
         let stamp = Stamp { command_id: envelope.command_id, digest };
         established(deps, scope, &stamp, state).await?;
         let current = &state.as_ref().expect("established loads the state").state;
-        let created = matches!(envelope.request, AccessRequest::CreateRole { .. })
-            .then(|| RoleId::derived(&format!("{scope}/role/{}", stamp.command_id)));
-        let (needs, cmd) = command_for(envelope.request, created.clone());
-        if !current.permissions_of(sender.as_str()).contains(needs) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let seed = format!("{scope}/{}/{}", envelope.request.created_kind(), stamp.command_id);
+        let (needs, cmd, secret) = match envelope.request {
+            AccessRequest::CreateToken { name, scopes, expires_at } => {
+                let token_id = TokenId::derived(&seed);
+                let secret = TokenSecret::generate(&token_id);
+                let kid = tenant_key_name(scope);
+                let key = deps.keys.key(&kid).await.map_err(|e| broken("reading the tenant key", e))?;
+                let cmd = AccessCommand::CreateToken {
+                    token_id: token_id.to_string(),
+                    name,
+                    scopes: scopes.into_iter().collect(),
+                    by: sender.clone(),
+                    now,
+                    expires_at,
+                    secret_hash: key.seal(&kid, secret.hash().as_bytes()),
+                };
+                ("create_access-token", cmd, Some(secret))
+            }
+            request => {
+                let (needs, cmd) = command_for(request, RoleId::derived(&seed))?;
+                (needs, cmd, None)
+            }
+        };
+        if !current.effective(&sender, now).contains(needs) {
             return Err(CommandFailure::forbidden(&format!("this needs the permission {needs}")));
         }
         let done = execute::<Access>(&deps.store, scope, ACCESS_ID, state.take(), &stamp, &cmd, deps.snapshot_every)
             .await
             .map_err(|e| failure(e, "appending an access change"))?;
         *state = Some(done.loaded);
-        Ok(match created {
-            Some(role_id) => AccessReply::RoleCreated { role_id: role_id.to_string(), seq: done.seq },
-            None => AccessReply::Done { seq: done.seq },
+        Ok(match cmd {
+            AccessCommand::CreateRole { role_id, .. } => AccessReply::RoleCreated { role_id, seq: done.seq },
+            AccessCommand::CreateToken { token_id, .. } => AccessReply::TokenCreated {
+                token_id,
+                // A retry finds the token created by the first try, whose secret was
+                // shown then and is kept nowhere.
+                secret: secret.filter(|_| !done.replayed).map(|s| s.expose()),
+                seq: done.seq,
+            },
+            _ => AccessReply::Done { seq: done.seq },
         })
     }
 }
 
 /// The permission a request needs, and the command it becomes.
-fn command_for(request: AccessRequest, created: Option<RoleId>) -> (&'static str, AccessCommand) {
-    match request {
+fn command_for(request: AccessRequest, created: RoleId) -> CommandResult<(&'static str, AccessCommand)> {
+    Ok(match request {
         AccessRequest::CreateRole { name, description, permissions } => (
             "manage_roles",
             AccessCommand::CreateRole {
-                role_id: created.map(|r| r.to_string()).unwrap_or_default(),
+                role_id: created.to_string(),
                 name,
                 description,
                 permissions: permissions.into_iter().collect(),
@@ -94,7 +125,12 @@ fn command_for(request: AccessRequest, created: Option<RoleId>) -> (&'static str
                 roles: roles.into_iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
             },
         ),
-    }
+        AccessRequest::RevokeToken { token_id } => {
+            ("revoke_access-token", AccessCommand::RevokeToken { token_id: token_id.to_string() })
+        }
+        // Built with its secret by the caller.
+        AccessRequest::CreateToken { .. } => return Err(CommandFailure::internal()),
+    })
 }
 
 /// Loads the tenant's access state; a tenant created before access control

@@ -8,10 +8,10 @@ use crate::command::{
     AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof, IssuedSession,
     SessionRequest, SessionSelection,
 };
-use crate::domain::access::{ACCESS_ID, Access};
+use crate::domain::access::{ACCESS_ID, Access, Actor};
 use crate::domain::account::{
     Account, AccountCommand, AccountError, AccountEvent, AccountId, ClaimMove, EMAIL_CLAIM, EMAIL_RELEASED, Email,
-    EmailReserved, Locale, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason,
+    EmailReserved, Locale, Membership, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason,
     VerificationPurpose, WhichSessions,
 };
 use crate::domain::challenge::{Purpose, Secret};
@@ -72,7 +72,7 @@ impl Handler for AccountHandler {
             }
             // Whether the sender owns the tenant is checked when it runs.
             AccountRequest::RemoveUser { account_id } => {
-                if envelope.principal.account_in(scope).is_none() {
+                if envelope.principal.actor_in(scope).is_none() {
                     return Err(CommandFailure::forbidden("only the tenant's owner may remove users"));
                 }
                 Ok(Route::Lane(account_id.to_string()))
@@ -93,7 +93,7 @@ impl Handler for AccountHandler {
         let Ctx { scope, deps } = ctx;
         let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
         let envelope_session = envelope.principal.session().cloned();
-        let envelope_owner = envelope.principal.account_in(scope).cloned();
+        let envelope_actor = envelope.principal.actor_in(scope);
         let stamp = Stamp { command_id: envelope.command_id, digest };
         match envelope.request {
             AccountRequest::Register { email, password, firstname, lastname, locale, session } => {
@@ -210,8 +210,8 @@ impl Handler for AccountHandler {
                 erase(deps, scope, id, &stamp, state).await
             }
             AccountRequest::RemoveUser { .. } => {
-                let owner = envelope_owner.as_ref().ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
-                if !may_remove_members(deps, scope, owner).await? {
+                let actor = envelope_actor.as_ref().ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+                if !may_remove_members(deps, scope, actor).await? {
                     return Err(CommandFailure::forbidden("this needs the permission remove_members"));
                 }
                 erase(deps, scope, id, &stamp, state).await
@@ -290,14 +290,24 @@ fn now() -> i64 {
 
 /// Whether `sender` holds `remove_members` in the tenant's access control; in
 /// a tenant from before roles, whether it is the tenant's owner.
-async fn may_remove_members(deps: &Deps, scope: &Scope, sender: &AccountId) -> Result<bool, CommandFailure> {
+async fn may_remove_members(deps: &Deps, scope: &Scope, sender: &Actor) -> Result<bool, CommandFailure> {
     let access = load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?;
     if access.version > 0 {
-        return Ok(access.state.permissions_of(sender.as_str()).contains("remove_members"));
+        return Ok(access.state.effective(sender, now()).contains("remove_members"));
     }
-    let account =
-        load::<Account>(&deps.store, scope, sender.as_str()).await.map_err(|e| broken("loading the sender", e))?;
+    let Actor::Account(sender) = sender else { return Ok(false) };
+    let account = load::<Account>(&deps.store, scope, sender).await.map_err(|e| broken("loading the sender", e))?;
     Ok(account.state.is_registered() && account.state.owner)
+}
+
+/// Where `account_id` stands in the tenant's access control; in a tenant from
+/// before roles, its creator (`creator`) is the one owner.
+async fn membership(deps: &Deps, scope: &Scope, account_id: &str, creator: bool) -> Result<Membership, CommandFailure> {
+    let access = load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?;
+    if access.version == 0 {
+        return Ok(Membership { last_owner: creator, access_seq: None });
+    }
+    Ok(Membership { last_owner: access.state.is_last_owner(account_id), access_seq: Some(access.version) })
 }
 
 /// How many sessions a decision ended.
@@ -451,7 +461,8 @@ async fn erase(
     }
     let index = current.state.email_index.clone().ok_or_else(|| CommandFailure::rejected(&AccountError::NotFound))?;
     let claim_seq = own_claim(deps, scope, id, &index).await?;
-    let erase = AccountCommand::Erase { claim_seq };
+    let membership = membership(deps, scope, id, current.state.owner).await?;
+    let erase = AccountCommand::Erase { claim_seq, membership };
     let (seq, events) = decide_on_registered(deps, scope, id, stamp, state, |_| Ok(erase)).await?;
     deps.keys.destroy(&kid).await.map_err(|e| broken("destroying a person key", e))?;
     Ok(AccountReply::Erased { seq, sessions_ended: sessions_ended(&events) })

@@ -1,23 +1,35 @@
 //! Rate limits on the operations an attacker repeats: sign-in, registration,
 //! password resets, email verification and session refresh (OWASP ASVS 5.0,
-//! chapter 6). Counters live in the NATS KV bucket `ratelimits`, so every node
-//! of a cluster counts together; a limit is a sliding window (the previous
-//! window's count, weighted by how much of it still overlaps, plus the current
-//! one), which needs two keys per check and no clock beyond the node's.
+//! chapter 6). Counters live in the JetStream counter stream `RATELIMITS`
+//! (`allow_msg_counter`, nats-server 2.12 and later), so every node of a
+//! cluster counts together and every attempt is counted exactly once: an
+//! increment is one publish the server adds up atomically, and its ack carries
+//! the new total. A limit is a sliding window (the previous window's count,
+//! weighted by how much of it still overlaps, plus the current one), which needs
+//! two counters per check and no clock beyond the node's.
+//!
+//! The stream is kept in memory: counting an attempt costs no disk write, and
+//! the price is that a restarted nats-server (a whole cluster, with replicas)
+//! forgets the counts of the windows in progress. An attacker cannot cause a
+//! restart, so this gives a brute-force at most one extra window per restart.
 //!
 //! A limit counts per client address, or per account *and* address: a flood
 //! against one account from one address stops there, and the account's owner
-//! signing in from anywhere else is not locked out. Keys hold only keyed hashes
-//! of addresses and emails.
+//! signing in from anywhere else is not locked out. Subjects hold only keyed
+//! hashes of addresses and emails.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 
-/// The bucket's name.
-pub const BUCKET: &str = "ratelimits";
+/// The counter stream's name.
+pub const STREAM: &str = "RATELIMITS";
+/// The subjects of its counters: `ratelimit.{operation}.{a|aa}.{hash}.{window}`.
+const PREFIX: &str = "ratelimit";
+/// The header that makes a publish to a counter stream an increment.
+const INCREMENT: &str = "Nats-Incr";
 
 /// At most `max` attempts per `window_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,37 +106,40 @@ pub struct Limited {
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    kv: kv::Store,
-    /// Keys the hashes in key names, so the bucket tells nothing about who tried.
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    /// Keys the hashes in subjects, so the stream tells nothing about who tried.
     hash_key: [u8; 32],
 }
 
 impl RateLimiter {
-    /// Opens (creating it if needed) the bucket; its entries live two of the
-    /// longest windows, long enough for every sliding window to read them.
+    /// Opens (creating it if needed) the counter stream; its counters live two
+    /// of the longest windows, long enough for every sliding window to read them.
     pub async fn open(
         js: &jetstream::Context,
         limits: &RateLimits,
         replicas: usize,
         hash_key: [u8; 32],
     ) -> anyhow::Result<Self> {
-        let config = kv::Config {
-            bucket: BUCKET.into(),
-            description: "rate-limit counters: keyed hashes of addresses and accounts, per window".into(),
-            history: 1,
+        let config = jetstream::stream::Config {
+            name: STREAM.into(),
+            description: Some("rate-limit counters: keyed hashes of addresses and accounts, per window".into()),
+            subjects: vec![format!("{PREFIX}.>")],
+            allow_message_counter: true,
+            allow_direct: true,
             max_age: Duration::from_secs(limits.longest_window() * 2),
-            storage: jetstream::stream::StorageType::File,
+            storage: jetstream::stream::StorageType::Memory,
             num_replicas: replicas,
             ..Default::default()
         };
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js.create_key_value(config).await?,
+        let stream = match js.get_stream(STREAM).await {
+            Ok(s) => s,
+            Err(_) => js.create_stream(config).await?,
         };
-        Ok(Self { kv, hash_key })
+        Ok(Self { js: js.clone(), stream, hash_key })
     }
 
-    fn name(&self, operation: &str, key: Key<'_>) -> String {
+    fn subject(&self, operation: &str, key: Key<'_>, window: u64) -> String {
         use hmac::Mac;
         let mut mac =
             hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.hash_key).expect("HMAC takes a key of any length");
@@ -140,64 +155,77 @@ impl RateLimiter {
             Key::Address(..) => "a",
             Key::AccountAddress(..) => "aa",
         };
-        format!("{operation}.{dimension}.{hex}")
+        // The operation names are the node's own constants, safe subject tokens.
+        format!("{PREFIX}.{operation}.{dimension}.{hex}.{window}")
     }
 
     /// Counts one attempt under each of `checks`, unless one of them is past
-    /// its limit: then nothing is counted and the answer says when to retry.
-    /// A counter that cannot be read (NATS down) lets the attempt through: the
-    /// operations behind it are safe on their own, only slower to brute-force.
+    /// its limit: then the attempt is taken back from every counter it was
+    /// added to, and the answer says when to retry. Of many concurrent
+    /// attempts exactly as many pass as the limit leaves room for, because the
+    /// server orders the increments.
+    ///
+    /// A counter that cannot be reached (NATS down) lets the attempt through:
+    /// the operations behind it are safe on their own, only slower to
+    /// brute-force.
     pub async fn check(&self, checks: &[(&str, Key<'_>, Limit)]) -> Result<(), Limited> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-        let mut to_count = Vec::with_capacity(checks.len());
+        let mut counted = Vec::with_capacity(checks.len());
+        let mut refused = None;
         for (operation, key, limit) in checks {
             let window = limit.window_secs.max(1);
             let (current, elapsed) = (now / window, now % window);
-            let base = self.name(operation, *key);
-            let (previous_count, _) = self.read(&format!("{base}.{}", current.saturating_sub(1))).await;
-            let current_name = format!("{base}.{current}");
-            let (current_count, revision) = self.read(&current_name).await;
-            // The share of the previous window that still lies inside the sliding one.
+            let previous_count = self.read(&self.subject(operation, *key, current.saturating_sub(1))).await;
+            let subject = self.subject(operation, *key, current);
+            let Some(current_count) = self.add(&subject, 1).await else { continue };
+            counted.push(subject);
+            // The share of the previous window that still lies inside the sliding one;
+            // `current_count` includes this attempt.
             let weighted = previous_count as f64 * (window - elapsed) as f64 / window as f64;
-            if weighted + current_count as f64 >= f64::from(limit.max) {
-                return Err(Limited { retry_after_secs: (window - elapsed).max(1) });
+            if weighted + current_count as f64 > f64::from(limit.max) {
+                refused = Some(Limited { retry_after_secs: (window - elapsed).max(1) });
+                break;
             }
-            to_count.push((current_name, current_count, revision));
         }
-        for (name, count, revision) in to_count {
-            self.increment(&name, count, revision).await;
+        let Some(limited) = refused else { return Ok(()) };
+        for subject in counted {
+            self.add(&subject, -1).await;
         }
-        Ok(())
+        Err(limited)
     }
 
-    async fn read(&self, name: &str) -> (u64, u64) {
-        match self.kv.entry(name).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let n = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-                (n, e.revision)
-            }
-            Ok(_) => (0, 0),
+    /// A counter's value (0 when it has none, or cannot be read).
+    async fn read(&self, subject: &str) -> u64 {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => counter_value(&message.payload).unwrap_or(0).max(0) as u64,
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => 0,
             Err(e) => {
                 tracing::warn!(error = %e, "reading a rate-limit counter");
-                (0, 0)
+                0
             }
         }
     }
 
-    /// Adds one to a counter, retrying a few times when another node wrote first.
-    async fn increment(&self, name: &str, mut count: u64, mut revision: u64) {
-        for _ in 0..5 {
-            let value = (count + 1).to_string().into_bytes().into();
-            let written = if revision == 0 {
-                self.kv.create(name, value).await.is_ok()
-            } else {
-                self.kv.update(name, value, revision).await.is_ok()
-            };
-            if written {
-                return;
+    /// Adds `delta` to a counter; its new value, or None when it cannot be reached.
+    async fn add(&self, subject: &str, delta: i64) -> Option<i64> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(INCREMENT, delta.to_string().as_str());
+        let ack = async { self.js.publish_with_headers(subject.to_owned(), headers, bytes::Bytes::new()).await?.await };
+        match ack.await {
+            Ok(ack) => ack.value.as_deref().and_then(|v| v.parse().ok()),
+            Err(e) => {
+                tracing::warn!(error = %e, "counting a rate-limited attempt");
+                None
             }
-            (count, revision) = self.read(name).await;
         }
-        tracing::warn!("a rate-limit counter stayed contended; one attempt was not counted");
     }
+}
+
+/// The total a counter message holds: `{"val":"N"}`.
+fn counter_value(payload: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Counter {
+        val: String,
+    }
+    serde_json::from_slice::<Counter>(payload).ok()?.val.parse().ok()
 }

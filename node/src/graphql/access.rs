@@ -7,11 +7,13 @@ use actors::command::{AccessReply, AccessRequest};
 use actors::domain::access::{
     ADMIN, MEMBER, OWNER, Permission, RoleDescription, RoleId, RoleName, builtin_permissions,
 };
+use actors::domain::access_token::{TokenId, TokenName};
 use actors::domain::account::AccountId;
 use actors::domain::tenant::Scope;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use super::request::{bad_input, command_id, consistent, error, failure, internal, parts, principal, send, settle};
+use super::accounts::rfc3339;
+use super::request::{bad_input, command_id, consistent, error, failure, internal, parts, send, settle};
 use crate::App;
 
 /// A role: built in (`owner`, `admin`, `member`) or defined by the tenant.
@@ -57,6 +59,23 @@ pub struct AccessQuery;
 
 #[Object]
 impl AccessQuery {
+    /// The tenant's access tokens that have not been revoked, newest first
+    /// (permission `read_access-tokens`). Secrets are never shown.
+    async fn access_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AccessToken>> {
+        let (app, req) = parts(ctx);
+        if req.scope == Scope::Platform {
+            return Err(error("BAD_USER_INPUT", "access tokens belong to a tenant: send `x-tenant-id`"));
+        }
+        consistent(app, req).await;
+        let rows = app.read_model.access_tokens(&req.scope).await.map_err(|e| internal("reading access tokens", e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let last_used_at = app.token_usage.last_used(&req.scope, &r.token_id).await.map(rfc3339);
+            out.push(AccessToken::from_row(r, last_used_at));
+        }
+        Ok(out)
+    }
+
     /// The tenant's roles (permission `read_roles`).
     async fn roles(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Role>> {
         let (app, req) = parts(ctx);
@@ -67,6 +86,56 @@ impl AccessQuery {
         all_roles(app, &req.scope).await
     }
 }
+
+/// An API access token, without its secret.
+#[derive(SimpleObject, Clone)]
+pub struct AccessToken {
+    id: ID,
+    name: String,
+    /// Permissions from the catalog; the token does no more than its creator may.
+    scopes: Vec<String>,
+    /// The account that created it.
+    created_by: ID,
+    created_at: String,
+    expires_at: String,
+    /// When it was last used, to the minute; `null` if never.
+    last_used_at: Option<String>,
+}
+
+impl AccessToken {
+    fn from_row(r: crate::read_model::TokenRow, last_used_at: Option<String>) -> Self {
+        Self {
+            id: ID(r.token_id),
+            name: r.name,
+            scopes: r.scopes,
+            created_by: ID(r.created_by),
+            created_at: rfc3339(r.created_at),
+            expires_at: rfc3339(r.expires_at),
+            last_used_at,
+        }
+    }
+}
+
+/// A new access token and its secret, shown this once.
+#[derive(SimpleObject)]
+pub struct CreatedAccessToken {
+    /// `cnp_…`: send it as `x-tenant-key` (with `x-tenant-id`) or as
+    /// `Authorization: Bearer`. Only its hash is kept.
+    secret: String,
+    access_token: AccessToken,
+}
+
+#[derive(InputObject)]
+pub struct CreateAccessTokenInput {
+    name: String,
+    /// Permissions from the catalog, each held by the creator.
+    scopes: Vec<String>,
+    /// RFC 3339, within 366 days; 90 days from now when left out.
+    expires_at: Option<String>,
+}
+
+/// The default lifetime of an access token.
+const DEFAULT_TOKEN_DAYS: i64 = 90;
 
 #[derive(InputObject)]
 pub struct CreateRoleInput {
@@ -93,11 +162,12 @@ pub struct ChangeMemberRoleInput {
     roles: Vec<ID>,
 }
 
-fn permissions(raw: &[String]) -> async_graphql::Result<Vec<Permission>> {
+/// Permission names of the input `field`.
+fn permissions(field: &'static str, raw: &[String]) -> async_graphql::Result<Vec<Permission>> {
     if raw.len() > 100 {
-        return Err(bad_input("permissions", "at most 100"));
+        return Err(bad_input(field, "at most 100"));
     }
-    raw.iter().map(|p| Permission::parse(p).map_err(|e| bad_input("permissions", e))).collect()
+    raw.iter().map(|p| Permission::parse(p).map_err(|e| bad_input(field, e))).collect()
 }
 
 fn role_id(field: &'static str, raw: &str) -> async_graphql::Result<RoleId> {
@@ -106,13 +176,14 @@ fn role_id(field: &'static str, raw: &str) -> async_graphql::Result<RoleId> {
 
 async fn run(ctx: &Context<'_>, operation: &str, request: AccessRequest) -> async_graphql::Result<AccessReply> {
     let (app, req) = parts(ctx);
-    principal(req)?;
     if req.scope == Scope::Platform {
         return Err(error("FORBIDDEN", "roles belong to a tenant: send `x-tenant-id`"));
     }
     let reply: AccessReply = send(app, req, &req.scope, "access", command_id(req, operation), request).await?;
     let seq = match &reply {
-        AccessReply::Done { seq } | AccessReply::RoleCreated { seq, .. } => *seq,
+        AccessReply::Done { seq } | AccessReply::RoleCreated { seq, .. } | AccessReply::TokenCreated { seq, .. } => {
+            *seq
+        }
     };
     settle(ctx, app, seq).await;
     Ok(reply)
@@ -138,7 +209,7 @@ impl AccessMutation {
         let request = AccessRequest::CreateRole {
             name: RoleName::parse(&input.name).map_err(|e| bad_input("name", e))?,
             description: RoleDescription::parse(&input.description).map_err(|e| bad_input("description", e))?,
-            permissions: permissions(&input.permissions)?,
+            permissions: permissions("permissions", &input.permissions)?,
         };
         let AccessReply::RoleCreated { role_id, .. } = run(ctx, "createRole", request).await? else {
             return Err(internal("unexpected reply", "createRole"));
@@ -153,7 +224,7 @@ impl AccessMutation {
             role_id: id.clone(),
             name: RoleName::parse(&input.name).map_err(|e| bad_input("name", e))?,
             description: RoleDescription::parse(&input.description).map_err(|e| bad_input("description", e))?,
-            permissions: permissions(&input.permissions)?,
+            permissions: permissions("permissions", &input.permissions)?,
         };
         run(ctx, "updateRole", request).await?;
         role(parts(ctx).0, &parts(ctx).1.scope, id.as_str()).await
@@ -181,5 +252,50 @@ impl AccessMutation {
             .map_err(|e| internal("reading a user", e))?
             .ok_or_else(|| error("NOT_FOUND", "no such account"))?;
         run(ctx, "changeMemberRole", AccessRequest::SetMemberRoles { account_id, roles }).await.map(|_| true)
+    }
+
+    /// Creates an API access token (permission `create_access-token`) whose
+    /// scopes are among the creator's permissions. The secret is in this answer
+    /// and nowhere else; a retry with the same `idempotency-key` finds the token
+    /// created and gets `CONFLICT`, since the secret cannot be shown again.
+    async fn create_access_token(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateAccessTokenInput,
+    ) -> async_graphql::Result<CreatedAccessToken> {
+        let (app, req) = parts(ctx);
+        let name = TokenName::parse(&input.name).map_err(|e| bad_input("name", e))?;
+        let scopes = permissions("scopes", &input.scopes)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expires_at = match &input.expires_at {
+            None => now + DEFAULT_TOKEN_DAYS * 24 * 3600,
+            Some(raw) => time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad_input("expiresAt", "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z"))?
+                .unix_timestamp(),
+        };
+        let request = AccessRequest::CreateToken { name, scopes, expires_at };
+        let AccessReply::TokenCreated { token_id, secret, .. } = run(ctx, "createAccessToken", request).await? else {
+            return Err(internal("unexpected reply", "createAccessToken"));
+        };
+        let Some(secret) = secret else {
+            return Err(error(
+                "CONFLICT",
+                "this token was created by an earlier request with the same idempotency-key, and its secret was shown then; revoke it and create another",
+            ));
+        };
+        let row = app
+            .read_model
+            .access_token(&req.scope, &token_id)
+            .await
+            .map_err(|e| internal("reading an access token", e))?
+            .ok_or_else(|| internal("a created token is not in the read model", &token_id))?;
+        Ok(CreatedAccessToken { secret, access_token: AccessToken::from_row(row, None) })
+    }
+
+    /// Revokes an access token (permission `revoke_access-token`): it is
+    /// refused from the next request on. Revoking a revoked token is a no-op.
+    async fn revoke_access_token(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let token_id = TokenId::parse(&id).map_err(|_| error("NOT_FOUND", "id: no such access token"))?;
+        run(ctx, "revokeAccessToken", AccessRequest::RevokeToken { token_id }).await.map(|_| true)
     }
 }

@@ -62,6 +62,9 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Mutation", "updateRole", Needs::Permission("manage_roles")),
     ("Mutation", "deleteRole", Needs::Permission("manage_roles")),
     ("Mutation", "changeMemberRole", Needs::Permission("assign_roles")),
+    ("Query", "accessTokens", Needs::Permission("read_access-tokens")),
+    ("Mutation", "createAccessToken", Needs::Permission("create_access-token")),
+    ("Mutation", "revokeAccessToken", Needs::Permission("revoke_access-token")),
     ("Mutation", "createTenant", Needs::PlatformAdmin),
 ];
 
@@ -80,8 +83,19 @@ pub fn field_table() -> String {
     out
 }
 
-/// Checks a caller against what a field needs.
+/// Checks a caller against what a field needs. An access token acts for its
+/// tenant, never as an account: it may use exactly the fields whose permission
+/// its scopes (as far as its creator still holds them) include.
 pub async fn allowed(app: &App, req: &RequestCtx, needs: Needs) -> async_graphql::Result<()> {
+    if let Some(token) = &req.token {
+        return match needs {
+            Needs::Public => Ok(()),
+            Needs::Permission(p) if token.permissions.contains(p) => Ok(()),
+            Needs::Permission(p) => Err(error("FORBIDDEN", format!("this needs the permission {p}"))),
+            Needs::SignedIn => Err(error("FORBIDDEN", "an access token acts for its tenant, not as an account")),
+            Needs::PlatformAdmin => Err(error("FORBIDDEN", "only a platform administrator may do this")),
+        };
+    }
     let signed_in = || {
         req.principal
             .as_ref()

@@ -16,12 +16,16 @@ use sha2::{Digest, Sha256};
 
 use crate::App;
 use crate::edge::auth::Claims;
+use crate::edge::tokens::TokenCaller;
 
 /// Who is asking, and for which tenant; resolved by the edge before execution.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
     pub scope: Scope,
     pub principal: Option<Claims>,
+    /// The API access token the request came with, checked by the edge (never
+    /// together with `principal`).
+    pub token: Option<TokenCaller>,
     /// From the `idempotency-key` header: retries with the same key apply once.
     pub idempotency_key: Option<String>,
     /// From the `canopy-consistency` header: wait until the read models reach it.
@@ -101,7 +105,11 @@ pub async fn limit(
 pub fn command_id(req: &RequestCtx, operation: &str) -> CommandId {
     match &req.idempotency_key {
         Some(key) => {
-            let who = req.principal.as_ref().map_or("anonymous", |p| p.sub.as_str());
+            let who = match (&req.principal, &req.token) {
+                (Some(p), _) => p.sub.as_str(),
+                (None, Some(t)) => t.token_id.as_str(),
+                (None, None) => "anonymous",
+            };
             let digest = Sha256::digest(format!("{}\0{who}\0{operation}\0{key}", req.scope).as_bytes());
             let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
             CommandId::parse(&hex).expect("32 hex characters are a command id")
@@ -110,8 +118,12 @@ pub fn command_id(req: &RequestCtx, operation: &str) -> CommandId {
     }
 }
 
-/// The principal a command carries: the verified token's account, or nobody.
+/// The principal a command carries: the verified session token's account, the
+/// access token, or nobody.
 pub fn command_principal(req: &RequestCtx) -> async_graphql::Result<Principal> {
+    if let Some(t) = &req.token {
+        return Ok(Principal::Token { scope: req.scope.clone(), token_id: t.token_id.clone() });
+    }
     let Some(p) = &req.principal else { return Ok(Principal::Anonymous) };
     let scope = Scope::parse_token(&p.tenant).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;
     let account_id = AccountId::parse(&p.sub).map_err(|_| error("UNAUTHENTICATED", "the token is not valid"))?;

@@ -75,7 +75,7 @@ impl SessionMutation {
         let token = RefreshToken::parse(&input.refresh_token)
             .map_err(|_| super::request::error("UNAUTHENTICATED", "the refresh token is not valid; sign in again"))?;
         // A refresh is not idempotent: its new token is shown once.
-        let anonymous = RequestCtx { principal: None, idempotency_key: None, ..req.clone() };
+        let anonymous = RequestCtx { principal: None, token: None, idempotency_key: None, ..req.clone() };
         let reply: AccountReply = send(
             app,
             &anonymous,

@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use actors::domain::tenant::Scope;
+use actors::store::seal::tenant_key_name;
 
 use super::event::{Event, Projection, Unapplied, refused, statement};
 use crate::read_model::Statement;
@@ -64,18 +65,48 @@ impl Projection for AccessControl {
                     let id = e.record("role", &e.text("role_id")?)?;
                     vec![statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({}))]
                 }
+                // Kept even for `member` alone: a row says the account's roles were
+                // set, so a demoted creator is not read as the owner again.
                 "MemberRolesChanged" => {
                     let account = e.text("account_id")?;
                     let id = e.record("member_role", &account)?;
-                    let roles = strings(e, "roles")?;
-                    if roles == ["member"] {
-                        vec![statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({}))]
-                    } else {
-                        vec![statement(
-                            format!("UPSERT {id} CONTENT {{ account_id: $account, roles: $roles }} RETURN NONE"),
-                            serde_json::json!({ "account": account, "roles": roles }),
-                        )]
-                    }
+                    vec![statement(
+                        format!("UPSERT {id} CONTENT {{ account_id: $account, roles: $roles }} RETURN NONE"),
+                        serde_json::json!({ "account": account, "roles": strings(e, "roles")? }),
+                    )]
+                }
+                "MemberRemoved" => {
+                    let account = e.text("account_id")?;
+                    let id = e.record("member_role", &account)?;
+                    vec![
+                        statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({})),
+                        statement(
+                            "UPDATE access_token SET revoked = true WHERE created_by = $account RETURN NONE".into(),
+                            serde_json::json!({ "account": account }),
+                        ),
+                    ]
+                }
+                "AccessTokenCreated" => {
+                    let token = e.text("token_id")?;
+                    let id = e.record("access_token", &token)?;
+                    vec![statement(
+                        format!(
+                            "UPSERT {id} CONTENT {{ token_id: $token, name: $name, scopes: $scopes, created_by: $by, created_at: $created, expires_at: $expires, revoked: false, secret_hash: $hash }} RETURN NONE"
+                        ),
+                        serde_json::json!({
+                            "token": token,
+                            "name": e.text("name")?,
+                            "scopes": strings(e, "scopes")?,
+                            "by": e.text("created_by")?,
+                            "created": e.int("created_at")?,
+                            "expires": e.int("expires_at")?,
+                            "hash": e.open("secret_hash", &tenant_key_name(e.scope)).await?,
+                        }),
+                    )]
+                }
+                "AccessTokenRevoked" => {
+                    let id = e.record("access_token", &e.text("token_id")?)?;
+                    vec![statement(format!("UPDATE {id} SET revoked = true RETURN NONE"), serde_json::json!({}))]
                 }
                 _ => Vec::new(),
             })

@@ -68,6 +68,14 @@ impl Event<'_> {
             .ok_or_else(|| refused(format!("field `{k}` is missing or not a string")))
     }
 
+    /// An integer field of the data.
+    pub fn int(&self, k: &str) -> Result<i64, Unapplied> {
+        self.data
+            .get(k)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| refused(format!("field `{k}` is missing or not an integer")))
+    }
+
     /// A record id literal for a key from the log. Record ids are written as
     /// literals: `type::record(...)` made every statement a function call, a
     /// measurable share of the projector's cost; `record_id` only accepts

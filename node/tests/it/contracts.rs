@@ -186,6 +186,21 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
         .gql(Some("acme"), Some(&owner), "mutation($id: ID!) { deleteRole(id: $id) }", json!({ "id": role_id }))
         .await;
     assert_eq!(deleted["data"]["deleteRole"], true, "{deleted}");
+    // An access token, created and revoked.
+    let created = node
+        .gql(
+            Some("acme"),
+            Some(&owner),
+            "mutation { createAccessToken(input: {name: \"ci\", scopes: [\"read_users\"]}) { accessToken { id } } }",
+            json!({}),
+        )
+        .await;
+    let token_id =
+        created["data"]["createAccessToken"]["accessToken"]["id"].as_str().unwrap_or_else(|| panic!("{created}"));
+    let revoked = node
+        .gql(Some("acme"), Some(&owner), "mutation($id: ID!) { revokeAccessToken(id: $id) }", json!({ "id": token_id }))
+        .await;
+    assert_eq!(revoked["data"]["revokeAccessToken"], true, "{revoked}");
     // A reset through the mailed link, an email change, an erasure.
     let reset = "mutation($e: String!) { requestPasswordReset(input: {email: $e}) }";
     node.gql(Some("acme"), None, reset, json!({ "e": "grace@example.com" })).await;

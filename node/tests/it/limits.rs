@@ -108,3 +108,36 @@ async fn forwarded_addresses_are_ignored_unless_trusted() {
     let r = login_from(&node, "203.0.113.99", "owner@acme.test", "wrong-password").await;
     assert_eq!(code(&r), "RATE_LIMITED", "{r}");
 }
+
+/// Concurrent attempts from one address are each counted: of 40 refreshes sent
+/// at once with room for 10, exactly 10 pass, on two nodes counting together.
+#[tokio::test]
+async fn concurrent_attempts_are_counted_exactly() {
+    let nats = NatsServer::start();
+    let limited = |c: &mut canopy_node::Config| {
+        c.trust_forwarded_for = true;
+        c.rate_limits.refresh_per_address = Limit::new(10, 3600);
+    };
+    let node = TestNode::start_configured(&nats, limited).await;
+    node.tenant("acme", "owner@acme.test").await;
+    let master = std::fs::read_to_string(node.data_dir().join("master.key")).unwrap();
+    let other = TestNode::start_configured(&nats, |c| {
+        limited(c);
+        c.master_key = Some(master.trim().to_owned().into());
+    })
+    .await;
+
+    // Unknown refresh tokens: every attempt is counted, and none can succeed.
+    let body = json!({ "query": "mutation($t: String!) { refreshSession(input: { refreshToken: $t }) { token } }",
+        "variables": { "t": "not-a-refresh-token" } });
+    let attempts = (0..40).map(|i| {
+        let n = if i % 2 == 0 { &node } else { &other };
+        let body = body.clone();
+        async move { n.post("/graphql", &[("x-tenant-id", "acme"), ("x-forwarded-for", "192.0.2.77")], body).await.1 }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let limited = answers.iter().filter(|r| code(r) == "RATE_LIMITED").count();
+    let let_through: Vec<&str> = answers.iter().map(code).filter(|c| *c != "RATE_LIMITED").collect();
+    assert_eq!(limited, 30, "exactly the attempts past the limit are refused; the others: {let_through:?}");
+    assert!(let_through.iter().all(|c| *c == "UNAUTHENTICATED"), "{let_through:?}");
+}

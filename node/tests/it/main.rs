@@ -7,6 +7,7 @@ mod lifecycle;
 mod limits;
 mod passwords;
 
+mod access_tokens;
 mod accounts;
 mod actors;
 mod bad_input;

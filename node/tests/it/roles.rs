@@ -105,3 +105,51 @@ async fn roles_keep_their_rules_and_refusals_append_nothing() {
     let r = q(&node, "acme", &owner, DELETE, json!({ "id": support })).await;
     assert_eq!(r["data"]["deleteRole"], true, "{r}");
 }
+
+/// Ownership is a role, not a birthright: once another member owns the tenant,
+/// its creator may leave, the new sole owner may not, and an erased member's
+/// roles are gone with it (in the same atomic append as the erasure).
+#[tokio::test]
+async fn the_last_owner_is_whoever_holds_the_role_and_erasure_removes_roles() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let creator = node.tenant("acme", "owner@acme.test").await;
+    let creator_id =
+        q(&node, "acme", &creator, "{ me { id } }", json!({})).await["data"]["me"]["id"].as_str().unwrap().to_owned();
+    let r = node.register("acme", "bob@example.com", "bob-the-builder").await;
+    let (bob_id, bob) = (r["data"]["register"]["user"]["id"].as_str().unwrap().to_owned(), token_of(&r, "register"));
+    let r = node.register("acme", "carol@example.com", "carol-the-clerk").await;
+    let (carol_id, carol) =
+        (r["data"]["register"]["user"]["id"].as_str().unwrap().to_owned(), token_of(&r, "register"));
+    let delete = "mutation($p: String!) { deleteAccount(input: {password: $p}) }";
+
+    // The creator is the last owner: it may not leave.
+    let before = last_seq(&nats).await;
+    let r = q(&node, "acme", &creator, delete, json!({ "p": "owner-password" })).await;
+    assert_eq!(code(&r), "CONFLICT", "{r}");
+    assert_eq!(last_seq(&nats).await, before, "a refused erasure appended something");
+
+    // Bob becomes an owner and demotes the creator; the creator may leave now.
+    let r = q(&node, "acme", &creator, ASSIGN, json!({ "u": bob_id, "r": ["owner"] })).await;
+    assert_eq!(r["data"]["changeMemberRole"], true, "{r}");
+    let r = q(&node, "acme", &bob, ASSIGN, json!({ "u": creator_id, "r": ["admin"] })).await;
+    assert_eq!(r["data"]["changeMemberRole"], true, "{r}");
+    let r = q(&node, "acme", &creator, delete, json!({ "p": "owner-password" })).await;
+    assert_eq!(r["data"]["deleteAccount"], true, "{r}");
+    // Bob is the last owner now, though he did not create the tenant.
+    let r = q(&node, "acme", &bob, delete, json!({ "p": "bob-the-builder" })).await;
+    assert_eq!(code(&r), "CONFLICT", "{r}");
+
+    // Carol holds a custom role; removing her removes the assignment, so the role can go.
+    let r = q(&node, "acme", &bob, CREATE, json!({ "n": "Support", "p": ["read_users"] })).await;
+    let support = r["data"]["createRole"]["id"].as_str().unwrap().to_owned();
+    q(&node, "acme", &bob, ASSIGN, json!({ "u": carol_id, "r": [support] })).await;
+    assert_eq!(code(&q(&node, "acme", &bob, DELETE, json!({ "id": support })).await), "CONFLICT");
+    let r = q(&node, "acme", &bob, "mutation($id: ID!) { removeUser(id: $id) }", json!({ "id": carol_id })).await;
+    assert_eq!(r["data"]["removeUser"], true, "{r}");
+    assert_eq!(code(&q(&node, "acme", &carol, ME_ROLES, json!({})).await), "UNAUTHENTICATED");
+    let r = q(&node, "acme", &bob, DELETE, json!({ "id": support })).await;
+    assert_eq!(r["data"]["deleteRole"], true, "{r}");
+    let counts = event_counts(&nats).await;
+    assert_eq!(counts.get("MemberRemoved"), Some(&2), "{counts:?}");
+}
