@@ -172,6 +172,19 @@ pub enum AccountRequest {
     VerifyEmail {
         proof: EmailProof,
     },
+    /// Accept an invitation by its link's token: a newcomer's account is
+    /// created (its address proven by the link), or an existing account with
+    /// the invited address proves its password; either gets the role and a
+    /// session.
+    AcceptInvitation {
+        token: LinkToken,
+        password: Password,
+        firstname: PersonName,
+        lastname: PersonName,
+        locale: Locale,
+        #[serde(default)]
+        session: SessionRequest,
+    },
 }
 
 /// What a new session records about its client.
@@ -311,6 +324,15 @@ pub enum AccessRequest {
     RevokeToken {
         token_id: TokenId,
     },
+    /// `locale`: the language of the invitation mail.
+    Invite {
+        email: Email,
+        role: RoleId,
+        locale: Locale,
+    },
+    RevokeInvitation {
+        invitation_id: AccountId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +350,10 @@ pub enum AccessReply {
     TokenCreated {
         token_id: String,
         secret: Option<String>,
+        seq: u64,
+    },
+    Invited {
+        invitation_id: String,
         seq: u64,
     },
 }

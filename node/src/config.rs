@@ -96,6 +96,8 @@ pub struct Config {
     pub verification_resend_secs: u64,
     /// How long a password reset link stays valid, in seconds.
     pub password_reset_ttl_secs: u64,
+    /// How long an invitation to join a tenant stays valid, in seconds.
+    pub invitation_ttl_secs: u64,
     /// Where the links in mails point: the application's public address
     /// (unset: this node's own HTTP address).
     pub app_url: Option<String>,
@@ -154,6 +156,7 @@ impl Default for Config {
             verification_ttl_secs: 24 * 3600,
             verification_resend_secs: 60,
             password_reset_ttl_secs: 1800,
+            invitation_ttl_secs: 7 * 86_400,
             refresh_ttl_secs: 30 * 86_400,
             max_sessions_per_account: 50,
             signing_key_rotation_days: None,
@@ -369,6 +372,7 @@ impl Config {
             "verification_ttl_secs": self.verification_ttl_secs,
             "verification_resend_secs": self.verification_resend_secs,
             "password_reset_ttl_secs": self.password_reset_ttl_secs,
+            "invitation_ttl_secs": self.invitation_ttl_secs,
             "app_url": self.app_url(),
             "smtp_url": self.smtp_url.as_deref().map(redact_url).unwrap_or_else(|| format!("none: mail goes to {}", self.data_dir.join("outbox").display())),
             "smtp_user": self.smtp_user,

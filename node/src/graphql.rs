@@ -8,6 +8,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 pub mod access;
 pub mod accounts;
+pub mod invitations;
 pub mod permissions;
 pub mod request;
 pub mod sessions;
@@ -18,13 +19,20 @@ pub mod tenants;
 
 /// What can be read: the signed-in account, a tenant's users, the platform's tenants.
 #[derive(MergedObject, Default)]
-pub struct Query(accounts::AccountQuery, access::AccessQuery, sessions::SessionQuery, tenants::TenantQuery);
+pub struct Query(
+    accounts::AccountQuery,
+    access::AccessQuery,
+    invitations::InvitationQuery,
+    sessions::SessionQuery,
+    tenants::TenantQuery,
+);
 
 /// What can be changed: accounts, profiles and tenants.
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     accounts::AccountMutation,
     access::AccessMutation,
+    invitations::InvitationMutation,
     sessions::SessionMutation,
     tenants::TenantMutation,
 );

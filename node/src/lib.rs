@@ -1,6 +1,10 @@
 //! The `canopy` node: configuration, NATS bootstrap, the HTTP/GraphQL edge, the
 //! command router, projections into SurrealDB, and the actor tree from `actors`.
 
+// `Config::redacted` lists every option in one `serde_json::json!`, deeper than
+// the default macro recursion limit allows.
+#![recursion_limit = "256"]
+
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
@@ -245,6 +249,7 @@ async fn serve(
             refresh_ttl_secs: config.refresh_ttl_secs as i64,
             max_sessions: config.max_sessions_per_account.max(1),
             reset_ttl_secs: config.password_reset_ttl_secs as i64,
+            invitation_ttl_secs: config.invitation_ttl_secs as i64,
         },
     };
     let (node, node_handle) = Actor::spawn(

@@ -111,6 +111,19 @@ pub struct TokenRow {
     pub secret_hash: String,
 }
 
+/// An invitation (times in Unix seconds); `email` only while pending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvitationRow {
+    pub invitation_id: String,
+    pub email: Option<String>,
+    pub role: String,
+    pub invited_by: String,
+    pub invited_at: i64,
+    pub expires_at: i64,
+    pub status: String,
+    pub accepted_by: Option<String>,
+}
+
 /// An open session, as `sessions` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRow {
@@ -412,6 +425,23 @@ impl ReadModel {
             }
         }
         Ok(out)
+    }
+
+    /// A tenant's invitations, newest first (at most 500).
+    pub async fn invitations(&self, scope: &Scope) -> Result<Vec<InvitationRow>, ReadError> {
+        self.select(
+            &db_name(scope),
+            "SELECT * FROM invitation ORDER BY invited_at DESC, invitation_id LIMIT 500",
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// One invitation of a tenant.
+    pub async fn invitation(&self, scope: &Scope, invitation_id: &str) -> Result<Option<InvitationRow>, ReadError> {
+        let Some(id) = record_id("invitation", invitation_id) else { return Ok(None) };
+        let rows = self.select(&db_name(scope), &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
+        Ok(rows.into_iter().next())
     }
 
     /// One access token of a tenant.

@@ -172,7 +172,35 @@ pub struct AccessState {
     pub assignments: BTreeMap<String, BTreeSet<String>>,
     /// API access tokens by id, revoked ones included (an id is never reused).
     pub tokens: BTreeMap<String, TokenDef>,
+    /// Invitations by id (the id of the account a newcomer gets), every status.
+    pub invitations: BTreeMap<String, InvitationDef>,
 }
+
+/// An invitation to join the tenant with a role. Its email and the secret
+/// behind its link are sealed under the key of the account id it reserves, so
+/// revoking it (or erasing the account it became) shreds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvitationDef {
+    pub email: Sealed,
+    /// The blind index of the address, as for accounts.
+    pub email_index: String,
+    pub role: String,
+    pub invited_by: String,
+    pub expires_at: i64,
+    pub secret: Sealed,
+    pub status: InvitationStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationStatus {
+    Pending,
+    Accepted,
+    Revoked,
+}
+
+/// At most this many pending invitations per tenant.
+pub const MAX_PENDING_INVITATIONS: usize = 500;
 
 /// An access token as the tenant's access control knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +272,23 @@ impl AccessState {
         }
     }
 
+    /// The invitation `id` if it can still be accepted at `now`.
+    pub fn open_invitation(&self, id: &str, now: i64) -> Option<&InvitationDef> {
+        self.invitations.get(id).filter(|i| i.status == InvitationStatus::Pending && i.expires_at > now)
+    }
+
+    fn pending_invitations(&self, now: i64) -> impl Iterator<Item = &InvitationDef> {
+        self.invitations.values().filter(move |i| i.status == InvitationStatus::Pending && i.expires_at > now)
+    }
+
+    /// The permissions a role grants (none for an unknown role).
+    fn role_permissions(&self, role_id: &str) -> BTreeSet<String> {
+        match builtin_permissions(role_id) {
+            Some(ps) => ps.iter().map(|p| p.as_str().to_owned()).collect(),
+            None => self.roles.get(role_id).map(|r| r.permissions.clone()).unwrap_or_default(),
+        }
+    }
+
     fn live_tokens(&self, now: i64) -> usize {
         self.tokens.values().filter(|t| !t.revoked && t.expires_at > now).count()
     }
@@ -303,6 +348,31 @@ pub enum AccessCommand {
     RevokeToken {
         token_id: String,
     },
+    /// Invite someone by email with `role`; `by` may only hand out a role whose
+    /// permissions it holds. `email` and `secret` are sealed under the key of
+    /// `invitation_id`.
+    Invite {
+        invitation_id: String,
+        email: Sealed,
+        email_index: String,
+        role: String,
+        by: Actor,
+        now: i64,
+        expires_at: i64,
+        secret: Sealed,
+        locale: String,
+    },
+    RevokeInvitation {
+        invitation_id: String,
+    },
+    /// An existing account of the tenant accepted an invitation (its proof was
+    /// checked by the caller); a newcomer's acceptance lands with its
+    /// registration instead (`invitation_accepted`).
+    AcceptInvitation {
+        invitation_id: String,
+        account_id: String,
+        now: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -320,6 +390,14 @@ pub enum AccessEvent {
     AccessTokenCreated(AccessTokenCreated),
     /// An access token stopped working.
     AccessTokenRevoked(AccessTokenRevoked),
+    /// Someone was invited by mail; `email` and `secret` are sealed under the key
+    /// of the account id the invitation reserves.
+    MemberInvited(MemberInvited),
+    /// An invitation was accepted by `account_id`, which now holds its role
+    /// besides those it was given before (a newcomer holds exactly it).
+    InvitationAccepted(InvitationAccepted),
+    /// An invitation can no longer be accepted.
+    InvitationRevoked(InvitationRevoked),
     /// An account left the tenant (it was erased) and holds nothing any more;
     /// the tokens it created stop working with it.
     /// It is appended with the erasure, in the same batch (see `member_removed`).
@@ -369,6 +447,55 @@ pub struct AccessTokenRevoked {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemberInvited {
+    pub invitation_id: String,
+    pub email: Sealed,
+    pub email_index: String,
+    pub role: String,
+    pub invited_by: String,
+    /// Unix seconds.
+    pub invited_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The random secret the invitation's link derives from.
+    pub secret: Sealed,
+    /// The language of the invitation mail.
+    pub locale: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationAccepted {
+    pub invitation_id: String,
+    pub account_id: String,
+    /// The role the invitation granted.
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InvitationRevoked {
+    pub invitation_id: String,
+}
+
+/// A newcomer's `InvitationAccepted`, landing on the tenant's access aggregate
+/// in the same atomic batch as the account's registration, expecting the access
+/// history to end at `access_seq` (the state the invitation was checked on).
+pub fn invitation_accepted(invitation_id: &str, account_id: &str, role: &str, access_seq: u64) -> Reservation {
+    Reservation {
+        aggregate: <Access as Aggregate>::NAME,
+        key: ACCESS_ID.to_owned(),
+        event_type: "InvitationAccepted",
+        version: 1,
+        data: serde_json::to_value(InvitationAccepted {
+            invitation_id: invitation_id.to_owned(),
+            account_id: account_id.to_owned(),
+            role: role.to_owned(),
+        })
+        .expect("an InvitationAccepted serializes"),
+        expected_seq: access_seq,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberRemoved {
     pub account_id: String,
 }
@@ -400,7 +527,7 @@ pub enum AccessError {
     UnknownRole,
     #[error("built-in roles cannot be changed or deleted")]
     BuiltInRole,
-    #[error("the role is assigned to members; take it from them first")]
+    #[error("the role is assigned to members or pending invitations; take it from them first")]
     RoleAssigned,
     #[error("the tenant's last owner must stay an owner")]
     LastOwner,
@@ -418,6 +545,16 @@ pub enum AccessError {
     TooManyTokens,
     #[error("no such access token")]
     UnknownToken,
+    #[error("you may only invite with a role whose permissions you hold")]
+    RoleBeyondInviter,
+    #[error("this address has a pending invitation; revoke it first")]
+    AlreadyInvited,
+    #[error("the tenant has 500 pending invitations; revoke some first")]
+    TooManyInvitations,
+    #[error("no such invitation")]
+    UnknownInvitation,
+    #[error("the invitation is not valid, was used or has expired")]
+    InvitationClosed,
 }
 
 impl DomainError for AccessError {
@@ -426,16 +563,19 @@ impl DomainError for AccessError {
             AccessError::RoleAssigned
             | AccessError::LastOwner
             | AccessError::RoleNameTaken
-            | AccessError::TooManyTokens => "CONFLICT",
-            AccessError::UnknownRole | AccessError::UnknownToken => "NOT_FOUND",
-            AccessError::ScopesBeyondCreator => "FORBIDDEN",
+            | AccessError::TooManyTokens
+            | AccessError::AlreadyInvited
+            | AccessError::TooManyInvitations => "CONFLICT",
+            AccessError::UnknownRole | AccessError::UnknownToken | AccessError::UnknownInvitation => "NOT_FOUND",
+            AccessError::ScopesBeyondCreator | AccessError::RoleBeyondInviter => "FORBIDDEN",
             AccessError::UnknownPermission(_)
             | AccessError::InvalidRoleName
             | AccessError::BuiltInRole
             | AccessError::NoRoles
             | AccessError::InvalidDescription
             | AccessError::NoScopes
-            | AccessError::InvalidExpiry => "BAD_USER_INPUT",
+            | AccessError::InvalidExpiry
+            | AccessError::InvitationClosed => "BAD_USER_INPUT",
         }
     }
 }
@@ -501,7 +641,11 @@ impl Aggregate for Access {
                 if !state.roles.contains_key(role_id) {
                     return Err(AccessError::UnknownRole);
                 }
-                if state.assignments.values().any(|r| r.contains(role_id)) {
+                // Invitations that were never accepted or revoked hold it too, expired
+                // or not: revoking them frees it.
+                let invited =
+                    state.invitations.values().any(|i| i.status == InvitationStatus::Pending && &i.role == role_id);
+                if invited || state.assignments.values().any(|r| r.contains(role_id)) {
                     return Err(AccessError::RoleAssigned);
                 }
                 one(AccessEvent::RoleDeleted(RoleDeleted { role_id: role_id.clone() }))
@@ -554,6 +698,57 @@ impl Aggregate for Access {
                 Some(t) if t.revoked => Ok(Decision::events(Vec::new())),
                 Some(_) => one(AccessEvent::AccessTokenRevoked(AccessTokenRevoked { token_id: token_id.clone() })),
             },
+            AccessCommand::Invite { invitation_id, email, email_index, role, by, now, expires_at, secret, locale } => {
+                if !state.has_role(role) {
+                    return Err(AccessError::UnknownRole);
+                }
+                let (held, Some(invited_by)) = (state.effective(by, *now), state.account_behind(by, *now)) else {
+                    return Err(AccessError::RoleBeyondInviter);
+                };
+                if !state.role_permissions(role).is_subset(&held) {
+                    return Err(AccessError::RoleBeyondInviter);
+                }
+                if state.pending_invitations(*now).any(|i| &i.email_index == email_index) {
+                    return Err(AccessError::AlreadyInvited);
+                }
+                if state.pending_invitations(*now).count() >= MAX_PENDING_INVITATIONS {
+                    return Err(AccessError::TooManyInvitations);
+                }
+                if state.invitations.contains_key(invitation_id) {
+                    return Err(AccessError::AlreadyInvited);
+                }
+                one(AccessEvent::MemberInvited(MemberInvited {
+                    invitation_id: invitation_id.clone(),
+                    email: email.clone(),
+                    email_index: email_index.clone(),
+                    role: role.clone(),
+                    invited_by,
+                    invited_at: *now,
+                    expires_at: *expires_at,
+                    secret: secret.clone(),
+                    locale: locale.clone(),
+                }))
+            }
+            AccessCommand::RevokeInvitation { invitation_id } => match state.invitations.get(invitation_id) {
+                None => Err(AccessError::UnknownInvitation),
+                Some(i) if i.status == InvitationStatus::Pending => {
+                    one(AccessEvent::InvitationRevoked(InvitationRevoked { invitation_id: invitation_id.clone() }))
+                }
+                // Revoked once; asking again changes nothing (and lets the caller
+                // destroy the invitation's key again, should that have failed).
+                Some(i) if i.status == InvitationStatus::Revoked => Ok(Decision::events(Vec::new())),
+                Some(_) => Err(AccessError::InvitationClosed),
+            },
+            AccessCommand::AcceptInvitation { invitation_id, account_id, now } => {
+                let Some(invitation) = state.open_invitation(invitation_id, *now) else {
+                    return Err(AccessError::InvitationClosed);
+                };
+                one(AccessEvent::InvitationAccepted(InvitationAccepted {
+                    invitation_id: invitation_id.clone(),
+                    account_id: account_id.clone(),
+                    role: invitation.role.clone(),
+                }))
+            }
         }
     }
 
@@ -603,6 +798,39 @@ impl Aggregate for Access {
             AccessEvent::AccessTokenRevoked(e) => {
                 if let Some(t) = state.tokens.get_mut(&e.token_id) {
                     t.revoked = true;
+                }
+            }
+            AccessEvent::MemberInvited(e) => {
+                state.invitations.insert(
+                    e.invitation_id.clone(),
+                    InvitationDef {
+                        email: e.email.clone(),
+                        email_index: e.email_index.clone(),
+                        role: e.role.clone(),
+                        invited_by: e.invited_by.clone(),
+                        expires_at: e.expires_at,
+                        secret: e.secret.clone(),
+                        status: InvitationStatus::Pending,
+                    },
+                );
+            }
+            AccessEvent::InvitationAccepted(e) => {
+                // The invited role joins the roles the account was given (none for a
+                // newcomer, who then holds exactly it).
+                let mut roles = state.assignments.get(&e.account_id).cloned().unwrap_or_default();
+                if let Some(i) = state.invitations.get_mut(&e.invitation_id) {
+                    i.status = InvitationStatus::Accepted;
+                    roles.insert(e.role.clone());
+                    if roles.len() == 1 && roles.contains(MEMBER) {
+                        state.assignments.remove(&e.account_id);
+                    } else {
+                        state.assignments.insert(e.account_id.clone(), roles);
+                    }
+                }
+            }
+            AccessEvent::InvitationRevoked(e) => {
+                if let Some(i) = state.invitations.get_mut(&e.invitation_id) {
+                    i.status = InvitationStatus::Revoked;
                 }
             }
         }
@@ -794,5 +1022,76 @@ mod tests {
         check::<Access>(&live, AccessCommand::RevokeToken { token_id: "t9".into() }, Err(AccessError::UnknownToken));
         let removed = [live, vec![AccessEvent::MemberRemoved(MemberRemoved { account_id: "a1".into() })]].concat();
         assert!(replay::<Access>(&removed).effective(&t1, 200).is_empty());
+    }
+
+    fn invite(id: &str, index: &str, role: &str, by: &str, now: i64) -> AccessCommand {
+        AccessCommand::Invite {
+            invitation_id: id.into(),
+            email: Sealed::opaque_for_tests("e"),
+            email_index: index.into(),
+            role: role.into(),
+            by: Actor::Account(by.into()),
+            now,
+            expires_at: now + 100,
+            secret: Sealed::opaque_for_tests("s"),
+            locale: "en".into(),
+        }
+    }
+
+    #[test]
+    fn invitations_grant_no_more_than_the_inviter_holds_and_are_used_once() {
+        let support = created("r1", "Support", &["read_users"]);
+        let admin = AccessEvent::MemberRolesChanged(MemberRolesChanged {
+            account_id: "ad".into(),
+            roles: BTreeSet::from([ADMIN.to_owned()]),
+        });
+        let history = vec![established(), support, admin];
+        // An admin may not invite an owner; nobody invites with an unknown role.
+        check::<Access>(&history, invite("i1", "x", OWNER, "ad", 10), Err(AccessError::RoleBeyondInviter));
+        check::<Access>(&history, invite("i1", "x", "r9", "o1", 10), Err(AccessError::UnknownRole));
+        let d = Access::decide(&replay::<Access>(&history), &invite("i1", "x", "r1", "ad", 10)).unwrap();
+        let invited = [history.clone(), d.events].concat();
+        // One pending invitation per address; the role cannot be deleted meanwhile.
+        check::<Access>(&invited, invite("i2", "x", MEMBER, "o1", 20), Err(AccessError::AlreadyInvited));
+        check::<Access>(&invited, AccessCommand::DeleteRole { role_id: "r1".into() }, Err(AccessError::RoleAssigned));
+        let state = replay::<Access>(&invited);
+        assert!(state.open_invitation("i1", 50).is_some() && state.open_invitation("i1", 110).is_none());
+
+        // Accepted by a newcomer (as a registration's reservation does): it holds exactly the role.
+        let r = invitation_accepted("i1", "n1", "r1", 42);
+        assert_eq!((r.expected_seq, r.event_type), (42, "InvitationAccepted"));
+        let accepted: AccessEvent =
+            serde_json::from_value(serde_json::json!({ "type": r.event_type, "data": r.data })).unwrap();
+        let used = [invited.clone(), vec![accepted]].concat();
+        let state = replay::<Access>(&used);
+        assert_eq!(state.roles_of("n1"), BTreeSet::from(["r1".to_owned()]));
+        assert!(state.open_invitation("i1", 50).is_none());
+        let again = AccessCommand::AcceptInvitation { invitation_id: "i1".into(), account_id: "n2".into(), now: 50 };
+        check::<Access>(&used, again, Err(AccessError::InvitationClosed));
+        check::<Access>(
+            &used,
+            AccessCommand::RevokeInvitation { invitation_id: "i1".into() },
+            Err(AccessError::InvitationClosed),
+        );
+
+        // An existing account adds the role to those it was given.
+        let d = Access::decide(&replay::<Access>(&used), &invite("i3", "y", "r1", "o1", 60)).unwrap();
+        let both = [used, d.events].concat();
+        let accept = AccessCommand::AcceptInvitation { invitation_id: "i3".into(), account_id: "ad".into(), now: 70 };
+        let d = Access::decide(&replay::<Access>(&both), &accept).unwrap();
+        let state = replay::<Access>(&[both.clone(), d.events].concat());
+        assert_eq!(state.roles_of("ad"), BTreeSet::from([ADMIN.to_owned(), "r1".to_owned()]));
+
+        // Revoked: closed, and revoking again changes nothing.
+        let revoke = AccessCommand::RevokeInvitation { invitation_id: "i3".into() };
+        let d = Access::decide(&replay::<Access>(&both), &revoke).unwrap();
+        let revoked = [both, d.events].concat();
+        check::<Access>(&revoked, revoke, Ok(vec![]));
+        assert!(replay::<Access>(&revoked).open_invitation("i3", 70).is_none());
+        check::<Access>(
+            &revoked,
+            AccessCommand::RevokeInvitation { invitation_id: "i9".into() },
+            Err(AccessError::UnknownInvitation),
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::access::member_removed;
+use crate::domain::access::{invitation_accepted, member_removed};
 use crate::domain::aggregate::{Aggregate, Decision, DomainError, Reservation};
 use crate::store::seal::Sealed;
 use subtle::ConstantTimeEq;
@@ -422,6 +422,17 @@ pub struct Registration {
     /// The sequence the email's claim must still be at: 0 for an address never
     /// claimed, the sequence of its release for one that was freed.
     pub email_claim_after: u64,
+    /// The invitation this registration accepts: its acceptance lands in the
+    /// same batch, expecting the access history to be where it was checked.
+    pub invitation: Option<InvitationUse>,
+}
+
+/// An invitation accepted by a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationUse {
+    pub invitation_id: String,
+    pub role: String,
+    pub access_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -713,17 +724,23 @@ impl Aggregate for Account {
                         &r.email_index,
                     ));
                 }
-                Ok(Decision {
-                    events,
-                    reservations: vec![Reservation {
-                        aggregate: EMAIL_CLAIM,
-                        key: r.email_index.clone(),
-                        event_type: EMAIL_RESERVED,
-                        version: EMAIL_RESERVED_VERSION,
-                        data: serde_json::to_value(claim).expect("a plain struct serialises"),
-                        expected_seq: r.email_claim_after,
-                    }],
-                })
+                let mut reservations = vec![Reservation {
+                    aggregate: EMAIL_CLAIM,
+                    key: r.email_index.clone(),
+                    event_type: EMAIL_RESERVED,
+                    version: EMAIL_RESERVED_VERSION,
+                    data: serde_json::to_value(claim).expect("a plain struct serialises"),
+                    expected_seq: r.email_claim_after,
+                }];
+                if let Some(used) = &r.invitation {
+                    reservations.push(invitation_accepted(
+                        &used.invitation_id,
+                        &r.account_id,
+                        &used.role,
+                        used.access_seq,
+                    ));
+                }
+                Ok(Decision { events, reservations })
             }
             AccountCommand::UpdateProfile { firstname, lastname, locale } => {
                 if !state.is_registered() {
@@ -1065,6 +1082,7 @@ mod tests {
             locale: Locale::parse("de").unwrap(),
             verification: Some(challenge("ch1", 100)),
             email_claim_after: 0,
+            invitation: None,
         }
     }
 

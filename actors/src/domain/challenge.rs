@@ -23,6 +23,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub enum Purpose {
     VerifyEmail,
     ResetPassword,
+    /// An invitation to join a tenant; its token names the account id the
+    /// invitation reserves.
+    Invitation,
 }
 
 impl Purpose {
@@ -30,6 +33,7 @@ impl Purpose {
         match self {
             Purpose::VerifyEmail => "verify-email",
             Purpose::ResetPassword => "reset-password",
+            Purpose::Invitation => "invitation",
         }
     }
 }

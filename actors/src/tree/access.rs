@@ -8,9 +8,11 @@ use std::collections::BTreeSet;
 use crate::command::{AccessReply, AccessRequest, CommandEnvelope, CommandFailure, CommandResult};
 use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState, RoleId};
 use crate::domain::access_token::{TokenId, TokenSecret};
+use crate::domain::challenge::Secret;
 use crate::domain::tenant::{Scope, TenantCreated};
 use crate::store::event_store::Stamp;
-use crate::store::seal::tenant_key_name;
+use crate::store::seal::{person_key_name, tenant_key_name};
+use crate::tree::account::{account_id_for, email_claim};
 use crate::tree::account::{failure, request_digest};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
@@ -68,6 +70,27 @@ impl Handler for AccessHandler {
                 };
                 ("create_access-token", cmd, Some(secret))
             }
+            AccessRequest::Invite { email, role, locale } => {
+                let invitation_id = account_id_for(scope, &stamp.command_id);
+                let (email_index, _) = email_claim(deps, scope, &email).await?;
+                // The invitee's address and the link's secret are sealed under the key
+                // of the account id the invitation reserves.
+                let kid = person_key_name(scope, invitation_id.as_str());
+                let key = deps.keys.key(&kid).await.map_err(|e| broken("creating an invitation's key", e))?;
+                let secret = Secret::generate();
+                let cmd = AccessCommand::Invite {
+                    invitation_id: invitation_id.to_string(),
+                    email: key.seal(&kid, email.as_str().as_bytes()),
+                    email_index,
+                    role: role.to_string(),
+                    by: sender.clone(),
+                    now,
+                    expires_at: now + deps.accounts.invitation_ttl_secs,
+                    secret: key.seal(&kid, secret.as_bytes()),
+                    locale: locale.as_str().to_owned(),
+                };
+                ("invite_members", cmd, None)
+            }
             request => {
                 let (needs, cmd) = command_for(request, RoleId::derived(&seed))?;
                 (needs, cmd, None)
@@ -82,6 +105,13 @@ impl Handler for AccessHandler {
         *state = Some(done.loaded);
         Ok(match cmd {
             AccessCommand::CreateRole { role_id, .. } => AccessReply::RoleCreated { role_id, seq: done.seq },
+            AccessCommand::Invite { invitation_id, .. } => AccessReply::Invited { invitation_id, seq: done.seq },
+            AccessCommand::RevokeInvitation { invitation_id } => {
+                // The invitee's address and the link's secret become unreadable.
+                let kid = person_key_name(scope, &invitation_id);
+                deps.keys.destroy(&kid).await.map_err(|e| broken("destroying an invitation's key", e))?;
+                AccessReply::Done { seq: done.seq }
+            }
             AccessCommand::CreateToken { token_id, .. } => AccessReply::TokenCreated {
                 token_id,
                 // A retry finds the token created by the first try, whose secret was
@@ -128,8 +158,11 @@ fn command_for(request: AccessRequest, created: RoleId) -> CommandResult<(&'stat
         AccessRequest::RevokeToken { token_id } => {
             ("revoke_access-token", AccessCommand::RevokeToken { token_id: token_id.to_string() })
         }
-        // Built with its secret by the caller.
-        AccessRequest::CreateToken { .. } => return Err(CommandFailure::internal()),
+        AccessRequest::RevokeInvitation { invitation_id } => {
+            ("invite_members", AccessCommand::RevokeInvitation { invitation_id: invitation_id.to_string() })
+        }
+        // Built with their secrets by the caller.
+        AccessRequest::CreateToken { .. } | AccessRequest::Invite { .. } => return Err(CommandFailure::internal()),
     })
 }
 

@@ -8,18 +8,18 @@ use crate::command::{
     AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof, IssuedSession,
     SessionRequest, SessionSelection,
 };
-use crate::domain::access::{ACCESS_ID, Access, Actor};
+use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessError, Actor};
 use crate::domain::account::{
     Account, AccountCommand, AccountError, AccountEvent, AccountId, ClaimMove, EMAIL_CLAIM, EMAIL_RELEASED, Email,
-    EmailReserved, Locale, Membership, NewChallenge, NewSession, Password, PersonName, Registration, RevokeReason,
-    VerificationPurpose, WhichSessions,
+    EmailReserved, InvitationUse, Locale, Membership, NewChallenge, NewSession, Password, PersonName, Registration,
+    RevokeReason, VerificationPurpose, WhichSessions,
 };
-use crate::domain::challenge::{Purpose, Secret};
+use crate::domain::challenge::{LinkToken, Purpose, Secret};
 use crate::domain::ids::CommandId;
 use crate::domain::session::{RefreshToken, SessionId};
 use crate::domain::tenant::Scope;
 use crate::store::event_store::{Stamp, Stored, aggregate_filter};
-use crate::store::seal::{DataKey, Sealed, person_key_name, tenant_key_name};
+use crate::store::seal::{DataKey, SealError, Sealed, person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
@@ -79,6 +79,8 @@ impl Handler for AccountHandler {
             }
             // A reset link's token is its own proof.
             AccountRequest::ResetPassword { token, .. } => Ok(Route::Lane(token.account_id().to_string())),
+            // An invitation's token names the account id it reserves.
+            AccountRequest::AcceptInvitation { token, .. } => Ok(Route::Lane(token.account_id().to_string())),
             // Both find their account by its email first.
             AccountRequest::Login { .. } | AccountRequest::RequestPasswordReset { .. } => Ok(Route::Free),
         }
@@ -98,7 +100,16 @@ impl Handler for AccountHandler {
         match envelope.request {
             AccountRequest::Register { email, password, firstname, lastname, locale, session } => {
                 let account_id = account_id_for(scope, &stamp.command_id);
-                let input = NewAccount { account_id, email, password, firstname, lastname, owner: false, locale };
+                let input = NewAccount {
+                    account_id,
+                    email,
+                    password,
+                    firstname,
+                    lastname,
+                    owner: false,
+                    locale,
+                    invitation: None,
+                };
                 let reply = register(deps, scope, &stamp, input, state).await?;
                 let (AccountReply::Registered { account_id, seq, .. }, Some(request)) = (&reply, session) else {
                     return Ok(reply);
@@ -111,6 +122,10 @@ impl Handler for AccountHandler {
                     seq: at.max(*seq),
                     session: Some(session),
                 })
+            }
+            AccountRequest::AcceptInvitation { token, password, firstname, lastname, locale, session } => {
+                let acceptance = Acceptance { token, password, firstname, lastname, locale, session };
+                accept_invitation(deps, scope, &stamp, acceptance, state).await
             }
             AccountRequest::RefreshSession { token } => refresh_session(deps, scope, id, &stamp, &token, state).await,
             AccountRequest::RevokeSessions { which, .. } => {
@@ -281,6 +296,9 @@ pub struct NewAccount {
     pub lastname: PersonName,
     pub owner: bool,
     pub locale: Locale,
+    /// The invitation the account accepts: its address is proven by the
+    /// invitation's link, so no verification is mailed.
+    pub invitation: Option<InvitationUse>,
 }
 
 /// The time commands are decided at, in Unix seconds.
@@ -349,7 +367,7 @@ async fn challenge_for(
 
 /// The email's index in this scope (a keyed hash) and the filter of its claim's
 /// subjects (`evt.{scope}.email.{index}.>`).
-async fn email_claim(deps: &Deps, scope: &Scope, email: &Email) -> Result<(String, String), CommandFailure> {
+pub(crate) async fn email_claim(deps: &Deps, scope: &Scope, email: &Email) -> Result<(String, String), CommandFailure> {
     let index = tenant_key(deps, scope).await?.blind_index("email", &email.normalized());
     let filter = aggregate_filter(scope, EMAIL_CLAIM, &index);
     Ok((index, filter))
@@ -439,6 +457,93 @@ async fn check_password(
     }
 }
 
+/// What `acceptInvitation` carries.
+struct Acceptance {
+    token: LinkToken,
+    password: Password,
+    firstname: PersonName,
+    lastname: PersonName,
+    locale: Locale,
+    session: SessionRequest,
+}
+
+/// Accepts an invitation. The token must match the open invitation's secret.
+/// A newcomer is registered under the account id the invitation reserved, in
+/// one batch with the invitation's acceptance (expecting the access history
+/// the invitation was checked on); an account that already holds the invited
+/// address proves its password and gets the role. Both get a session.
+async fn accept_invitation(
+    deps: &Deps,
+    scope: &Scope,
+    stamp: &Stamp,
+    a: Acceptance,
+    state: &mut Option<Loaded<Account>>,
+) -> CommandResult<AccountReply> {
+    let closed = || CommandFailure::rejected(&AccessError::InvitationClosed);
+    let invitation_id = a.token.account_id().clone();
+    let access = load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?;
+    let invitation = access.state.open_invitation(invitation_id.as_str(), now()).ok_or_else(closed)?.clone();
+    let kid = person_key_name(scope, invitation_id.as_str());
+    // The key is gone when the invitation was revoked (or its account erased).
+    let opened = match deps.keys.existing_key(&kid).await {
+        Ok(key) => key,
+        Err(SealError::MissingKey(_)) => return Err(closed()),
+        Err(e) => return Err(broken("reading an invitation's key", e)),
+    };
+    let secret = opened.open(&invitation.secret).ok().and_then(|b| Secret::from_bytes(&b)).ok_or_else(closed)?;
+    if !secret.accepts_token(Purpose::Invitation, &a.token) {
+        return Err(closed());
+    }
+    let email = opened
+        .open(&invitation.email)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|e| Email::parse(&e).ok())
+        .ok_or_else(|| broken("an invitation's email", "does not open"))?;
+    let (_, claim) = email_claim(deps, scope, &email).await?;
+    let (account_id, seq) = match holder_of(deps, &claim).await? {
+        None => {
+            let input = NewAccount {
+                account_id: invitation_id.clone(),
+                email,
+                password: a.password,
+                firstname: a.firstname,
+                lastname: a.lastname,
+                owner: false,
+                locale: a.locale,
+                invitation: Some(InvitationUse {
+                    invitation_id: invitation_id.to_string(),
+                    role: invitation.role.clone(),
+                    access_seq: access.version,
+                }),
+            };
+            match register(deps, scope, stamp, input, state).await? {
+                AccountReply::Registered { account_id, seq, .. } => (account_id, seq),
+                _ => return Err(CommandFailure::internal()),
+            }
+        }
+        Some(holder) => {
+            // An account of this tenant has the address: it proves its password,
+            // and the invitation's reserved id will never be an account.
+            let mut holder_state = None;
+            check_password(deps, scope, &holder, &a.password, &mut holder_state).await?;
+            let cmd = AccessCommand::AcceptInvitation {
+                invitation_id: invitation_id.to_string(),
+                account_id: holder.clone(),
+                now: now(),
+            };
+            let done = execute::<Access>(&deps.store, scope, ACCESS_ID, Some(access), stamp, &cmd, deps.snapshot_every)
+                .await
+                .map_err(|e| failure(e, "accepting an invitation"))?;
+            deps.keys.destroy(&kid).await.map_err(|e| broken("destroying an invitation's key", e))?;
+            let (session, at) = start_session(deps, scope, &holder, stamp, &a.session, &mut holder_state).await?;
+            return Ok(AccountReply::Registered { account_id: holder, seq: at.max(done.seq), session: Some(session) });
+        }
+    };
+    let (session, at) = start_session(deps, scope, &account_id, stamp, &a.session, state).await?;
+    Ok(AccountReply::Registered { account_id, seq: at.max(seq), session: Some(session) })
+}
+
 /// Erases an account: ends its sessions, releases its email, then destroys the
 /// person's key, which makes every personal field of theirs in the log
 /// unreadable. A crash between the append and the destruction is repaired by
@@ -480,9 +585,9 @@ pub async fn prepare_registration(
     let person_key = deps.keys.key(&person_kid).await.map_err(|e| broken("creating a person key", e))?;
     // The platform's administrators come from the node's configuration, whose
     // author vouches for the address; everyone else proves it.
-    let verification = match scope {
-        Scope::Platform => None,
-        Scope::Tenant(_) => Some(new_challenge(deps, scope, input.account_id.as_str(), now()).await?),
+    let verification = match (scope, &input.invitation) {
+        (Scope::Platform, _) | (_, Some(_)) => None,
+        (Scope::Tenant(_), None) => Some(new_challenge(deps, scope, input.account_id.as_str(), now()).await?),
     };
     Ok(Registration {
         account_id: input.account_id.as_str().to_owned(),
@@ -495,6 +600,7 @@ pub async fn prepare_registration(
         locale: input.locale.clone(),
         verification,
         email_claim_after: 0,
+        invitation: input.invitation.clone(),
     })
 }
 

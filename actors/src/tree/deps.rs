@@ -32,6 +32,8 @@ pub struct AccountPolicy {
     pub max_sessions: usize,
     /// How long a password reset link stays valid.
     pub reset_ttl_secs: i64,
+    /// How long an invitation stays valid.
+    pub invitation_ttl_secs: i64,
 }
 
 impl Default for AccountPolicy {
@@ -42,6 +44,7 @@ impl Default for AccountPolicy {
             refresh_ttl_secs: 30 * 86_400,
             max_sessions: 50,
             reset_ttl_secs: 1800,
+            invitation_ttl_secs: 7 * 86_400,
         }
     }
 }

@@ -104,6 +104,7 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
             lastname: crate::domain::account::PersonName::parse(slug.as_str()).expect("a slug is a valid name"),
             owner: true,
             locale: Default::default(),
+            invitation: None,
         },
     )
     .await?;

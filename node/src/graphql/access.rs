@@ -174,16 +174,22 @@ fn role_id(field: &'static str, raw: &str) -> async_graphql::Result<RoleId> {
     RoleId::parse(raw).map_err(|_| error("NOT_FOUND", format!("{field}: no such role")))
 }
 
-async fn run(ctx: &Context<'_>, operation: &str, request: AccessRequest) -> async_graphql::Result<AccessReply> {
+/// Sends a request to the tenant's `RoleActor` and waits for read-your-writes.
+pub(super) async fn run(
+    ctx: &Context<'_>,
+    operation: &str,
+    request: AccessRequest,
+) -> async_graphql::Result<AccessReply> {
     let (app, req) = parts(ctx);
     if req.scope == Scope::Platform {
         return Err(error("FORBIDDEN", "roles belong to a tenant: send `x-tenant-id`"));
     }
     let reply: AccessReply = send(app, req, &req.scope, "access", command_id(req, operation), request).await?;
     let seq = match &reply {
-        AccessReply::Done { seq } | AccessReply::RoleCreated { seq, .. } | AccessReply::TokenCreated { seq, .. } => {
-            *seq
-        }
+        AccessReply::Done { seq }
+        | AccessReply::RoleCreated { seq, .. }
+        | AccessReply::TokenCreated { seq, .. }
+        | AccessReply::Invited { seq, .. } => *seq,
     };
     settle(ctx, app, seq).await;
     Ok(reply)

@@ -65,6 +65,10 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Query", "accessTokens", Needs::Permission("read_access-tokens")),
     ("Mutation", "createAccessToken", Needs::Permission("create_access-token")),
     ("Mutation", "revokeAccessToken", Needs::Permission("revoke_access-token")),
+    ("Query", "invitations", Needs::Permission("read_invitations")),
+    ("Mutation", "inviteMember", Needs::Permission("invite_members")),
+    ("Mutation", "revokeInvitation", Needs::Permission("invite_members")),
+    ("Mutation", "acceptInvitation", Needs::Public),
     ("Mutation", "createTenant", Needs::PlatformAdmin),
 ];
 

@@ -1,4 +1,4 @@
-//! The mail reactor: a durable consumer on `EVENTS` that turns account events
+//! The mail reactor: a durable consumer on `EVENTS` that turns account events (and invitations)
 //! into mails on the `MAIL` queue. Its position lives in NATS (the consumer's
 //! acknowledgements), and each mail's queue message id is its event's id, so a
 //! crash between the event and the mail loses no mail and a restart queues none
@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
+use actors::domain::access::{ACCESS_ID, Access, AccessEvent, MemberInvited};
 use actors::domain::account::{Account, AccountEvent, AccountId, VerificationPurpose};
+use actors::domain::aggregate::Aggregate;
 use actors::domain::challenge::{Purpose, Secret};
 use actors::domain::tenant::{Scope, Tenant};
 use actors::store::event_store::{EventStore, EventSubject, Stored, decode, event_of};
@@ -26,10 +28,11 @@ use crate::outbound::mail::{MailKind, OutgoingMail, TemplateVars, enqueue, rende
 pub const CONSUMER: &str = "mail-reactor";
 
 /// The events that produce mail.
-const FILTERS: [&str; 3] = [
+const FILTERS: [&str; 4] = [
     "evt.*.account.*.EmailVerificationRequested",
     "evt.*.account.*.PasswordResetRequested",
     "evt.*.account.*.PasswordChanged",
+    "evt.*.access.tenant.MemberInvited",
 ];
 
 /// How long a failed event waits before it is offered again.
@@ -80,17 +83,15 @@ impl MailReactor {
         let js = self.store.jetstream();
         let stream = js.get_stream(actors::store::event_store::STREAM).await?;
         let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    description: Some("turns account events into mails on MAIL".into()),
-                    filter_subjects: FILTERS.iter().map(|s| (*s).to_owned()).collect(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
+            // Created, or updated to today's filters when an older node made it.
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                description: Some("turns account events into mails on MAIL".into()),
+                filter_subjects: FILTERS.iter().map(|s| (*s).to_owned()).collect(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            })
             .await?;
         let mut messages = consumer.messages().await?;
         while let Some(msg) = messages.next().await {
@@ -119,6 +120,12 @@ impl MailReactor {
             return Err(Skip::Never("the envelope disagrees with its subject".into()));
         }
         let scope = Scope::parse_token(at.tenant).map_err(|_| Skip::Never("not a tenant".into()))?;
+        if at.aggregate == <Access as Aggregate>::NAME {
+            return match event_of::<Access>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
+                AccessEvent::MemberInvited(e) => queue(js, &stored, &self.invitation(&scope, &e).await?).await,
+                _ => Ok(()),
+            };
+        }
         let account = AccountId::parse(at.aggregate_id).map_err(|_| Skip::Never("not an account id".into()))?;
         let kid = person_key_name(&scope, account.as_str());
         let mail = match event_of::<Account>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
@@ -182,6 +189,32 @@ impl MailReactor {
 
     /// Opens a challenge's secret and builds its link; an expired challenge
     /// gets no mail.
+    /// The invitation mail: to the invited address, in the inviter's language,
+    /// naming the inviter, the role and the tenant.
+    async fn invitation(&self, scope: &Scope, e: &MemberInvited) -> Result<OutgoingMail, Skip> {
+        let invitation = AccountId::parse(&e.invitation_id).map_err(|_| Skip::Never("not an invitation id".into()))?;
+        let kid = person_key_name(scope, invitation.as_str());
+        let (_, link) = self
+            .link(scope, "accept-invitation", &invitation, &e.secret, &kid, Purpose::Invitation, e.expires_at)
+            .await?;
+        let inviter = AccountId::parse(&e.invited_by).map_err(|_| Skip::Never("not an account id".into()))?;
+        let inviter_kid = person_key_name(scope, inviter.as_str());
+        let inviter = Person::of(self, scope, &inviter, &inviter_kid).await?;
+        let access = load::<Access>(&self.store, scope, ACCESS_ID).await.map_err(later)?.state;
+        let role = access.roles.get(&e.role).map_or_else(|| e.role.clone(), |r| r.name.clone());
+        let vars = TemplateVars {
+            tenant_name: tenant_name(&self.store, scope).await?,
+            link: Some(link),
+            expires_in: minutes(e.expires_at - e.invited_at),
+            inviter: Some(inviter.firstname),
+            role: Some(role),
+            ..TemplateVars::default()
+        };
+        let to = self.open_personal(&e.email, &kid).await?;
+        let rendered = render(MailKind::Invitation, &e.locale, &vars).map_err(later)?;
+        Ok(OutgoingMail::new(to, None, scope, MailKind::Invitation, rendered))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn link(
         &self,

@@ -1,12 +1,13 @@
-//! A tenant's roles and role assignments in its database: `role` (custom
-//! roles) and `member_role` (members whose roles differ from `member`).
+//! A tenant's access control in its database: `role` (custom roles),
+//! `member_role` (members whose roles were set), `access_token` and
+//! `invitation`.
 //! The edge reads them to learn what a caller may do.
 
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use actors::domain::tenant::Scope;
-use actors::store::seal::tenant_key_name;
+use actors::store::seal::{person_key_name, tenant_key_name};
 
 use super::event::{Event, Projection, Unapplied, refused, statement};
 use crate::read_model::Statement;
@@ -102,6 +103,52 @@ impl Projection for AccessControl {
                             "expires": e.int("expires_at")?,
                             "hash": e.open("secret_hash", &tenant_key_name(e.scope)).await?,
                         }),
+                    )]
+                }
+                "MemberInvited" => {
+                    let invitation = e.text("invitation_id")?;
+                    let id = e.record("invitation", &invitation)?;
+                    let kid = person_key_name(e.scope, &invitation);
+                    vec![statement(
+                        format!(
+                            "UPSERT {id} CONTENT {{ invitation_id: $invitation, email: $email, role: $role, invited_by: $by, invited_at: $at, expires_at: $expires, status: 'pending' }} RETURN NONE"
+                        ),
+                        serde_json::json!({
+                            "invitation": invitation,
+                            "email": e.open("email", &kid).await?,
+                            "role": e.text("role")?,
+                            "by": e.text("invited_by")?,
+                            "at": e.int("invited_at")?,
+                            "expires": e.int("expires_at")?,
+                        }),
+                    )]
+                }
+                // The role joins those the account was given (a newcomer holds exactly it).
+                "InvitationAccepted" => {
+                    let account = e.text("account_id")?;
+                    let id = e.record("invitation", &e.text("invitation_id")?)?;
+                    let member = e.record("member_role", &account)?;
+                    let vars = serde_json::json!({ "account": account, "role": e.text("role")? });
+                    vec![
+                        statement(
+                            format!(
+                                "UPDATE {id} SET status = 'accepted', email = NONE, accepted_by = $account RETURN NONE"
+                            ),
+                            vars.clone(),
+                        ),
+                        statement(
+                            format!(
+                                "UPSERT {member} SET account_id = $account, roles = array::union(roles ?? [], [$role]) RETURN NONE"
+                            ),
+                            vars,
+                        ),
+                    ]
+                }
+                "InvitationRevoked" => {
+                    let id = e.record("invitation", &e.text("invitation_id")?)?;
+                    vec![statement(
+                        format!("UPDATE {id} SET status = 'revoked', email = NONE RETURN NONE"),
+                        serde_json::json!({}),
                     )]
                 }
                 "AccessTokenRevoked" => {

@@ -201,6 +201,25 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
         .gql(Some("acme"), Some(&owner), "mutation($id: ID!) { revokeAccessToken(id: $id) }", json!({ "id": token_id }))
         .await;
     assert_eq!(revoked["data"]["revokeAccessToken"], true, "{revoked}");
+    // Invitations: one accepted, one revoked.
+    let invite = "mutation($e: String!) { inviteMember(input: {email: $e, role: \"member\"}) { id } }";
+    node.gql(Some("acme"), Some(&owner), invite, json!({ "e": "ivy@example.com" })).await;
+    let link = node.outbox_mails("ivy@example.com", 1).await.pop().unwrap().link_token().unwrap();
+    let accepted = node
+        .gql(
+            Some("acme"),
+            None,
+            "mutation($t: String!) { acceptInvitation(input: {token: $t, password: \"ivys-password\", firstname: \"I\", lastname: \"V\"}) { token } }",
+            json!({ "t": link }),
+        )
+        .await;
+    assert!(accepted["data"]["acceptInvitation"]["token"].is_string(), "{accepted}");
+    let second = node.gql(Some("acme"), Some(&owner), invite, json!({ "e": "jo@example.com" })).await;
+    let second = second["data"]["inviteMember"]["id"].as_str().unwrap_or_else(|| panic!("{second}"));
+    let revoked = node
+        .gql(Some("acme"), Some(&owner), "mutation($id: ID!) { revokeInvitation(id: $id) }", json!({ "id": second }))
+        .await;
+    assert_eq!(revoked["data"]["revokeInvitation"], true, "{revoked}");
     // A reset through the mailed link, an email change, an erasure.
     let reset = "mutation($e: String!) { requestPasswordReset(input: {email: $e}) }";
     node.gql(Some("acme"), None, reset, json!({ "e": "grace@example.com" })).await;

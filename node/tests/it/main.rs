@@ -3,6 +3,7 @@
 mod harness;
 mod http;
 mod identity_input;
+mod invitations;
 mod lifecycle;
 mod limits;
 mod passwords;
