@@ -133,15 +133,12 @@ impl RoleId {
         if builtin_permissions(raw).is_some() {
             return Ok(Self(raw.to_owned()));
         }
-        match uuid::Uuid::try_parse(raw) {
-            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
-            _ => Err(AccessError::UnknownRole),
-        }
+        crate::domain::ids::canonical_uuid(raw).map(Self).ok_or(AccessError::UnknownRole)
     }
 
     /// The id of a role created by command `seed` (a retry gets the same one).
     pub fn derived(seed: &str) -> Self {
-        Self(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string())
+        Self(crate::domain::ids::derived_uuid(seed))
     }
 
     pub fn as_str(&self) -> &str {

@@ -29,14 +29,11 @@ pub struct TokenId(String);
 
 impl TokenId {
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        match uuid::Uuid::try_parse(raw) {
-            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
-            _ => Err(InputError::InvalidToken),
-        }
+        crate::domain::ids::canonical_uuid(raw).map(Self).ok_or(InputError::InvalidToken)
     }
 
     pub fn derived(seed: &str) -> Self {
-        Self(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string())
+        Self(crate::domain::ids::derived_uuid(seed))
     }
 
     pub fn as_str(&self) -> &str {

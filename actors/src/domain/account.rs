@@ -24,15 +24,12 @@ pub struct AccountId(String);
 
 impl AccountId {
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        match uuid::Uuid::try_parse(raw) {
-            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
-            _ => Err(InputError::InvalidAccountId),
-        }
+        crate::domain::ids::canonical_uuid(raw).map(Self).ok_or(InputError::InvalidAccountId)
     }
 
     /// The id of a new account: a UUID v5 of `seed`.
     pub fn derived(seed: &str) -> Self {
-        Self(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string())
+        Self(crate::domain::ids::derived_uuid(seed))
     }
 
     pub fn as_str(&self) -> &str {

@@ -10,6 +10,21 @@ pub fn is_safe_token(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// `raw` if it is a UUID in canonical form (lowercase, hyphenated): the shape
+/// of every id that names an account, a role, a session or an access token.
+pub fn canonical_uuid(raw: &str) -> Option<String> {
+    match uuid::Uuid::try_parse(raw) {
+        Ok(u) if u.hyphenated().to_string() == raw => Some(raw.to_owned()),
+        _ => None,
+    }
+}
+
+/// The canonical UUID v5 of `seed`: the id of something a command creates, the
+/// same for a retry of the command.
+pub fn derived_uuid(seed: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string()
+}
+
 /// A command's id: 1 to 64 ASCII letters, digits, `-` or `_`. It becomes part of
 /// `Nats-Msg-Id` headers and of derived aggregate ids, so nothing else can pass.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -22,10 +22,7 @@ impl SessionId {
     }
 
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        match uuid::Uuid::try_parse(raw) {
-            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
-            _ => Err(InputError::InvalidToken),
-        }
+        crate::domain::ids::canonical_uuid(raw).map(Self).ok_or(InputError::InvalidToken)
     }
 
     pub fn as_str(&self) -> &str {
