@@ -42,6 +42,7 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Query", "users", Needs::Permission("read_users")),
     ("Query", "roles", Needs::Permission("read_roles")),
     ("Query", "sessions", Needs::SignedIn),
+    ("Query", "tenant", Needs::Permission("read_tenant")),
     ("Query", "tenants", Needs::PlatformAdmin),
     ("Mutation", "register", Needs::Public),
     ("Mutation", "login", Needs::Public),

@@ -1,4 +1,5 @@
-//! Tenants in GraphQL: the platform administrators' `tenants` and `createTenant`.
+//! Tenants in GraphQL: a member's `tenant`, and the platform administrators'
+//! `tenants` and `createTenant`.
 
 use actors::command::{TenantReply, TenantRequest};
 use actors::domain::account::{Email, Password};
@@ -15,11 +16,20 @@ pub struct Tenant {
     slug: String,
     name: String,
     created_at: String,
+    /// The account that created the tenant, its first owner (`roles` and
+    /// `users` tell who owns it now).
+    owner: async_graphql::ID,
 }
 
 impl From<TenantRow> for Tenant {
     fn from(r: TenantRow) -> Self {
-        Self { id: r.slug.clone(), slug: r.slug, name: r.name, created_at: r.created_at }
+        Self {
+            id: r.slug.clone(),
+            slug: r.slug,
+            name: r.name,
+            created_at: r.created_at,
+            owner: async_graphql::ID(r.owner_account_id),
+        }
     }
 }
 
@@ -29,6 +39,17 @@ pub struct TenantQuery;
 
 #[Object]
 impl TenantQuery {
+    /// The caller's tenant (permission `read_tenant`, which every member holds).
+    async fn tenant(&self, ctx: &Context<'_>) -> async_graphql::Result<Tenant> {
+        let (app, req) = parts(ctx);
+        let Scope::Tenant(slug) = &req.scope else {
+            return Err(super::request::error("BAD_USER_INPUT", "name the tenant: send `x-tenant-id`"));
+        };
+        consistent(app, req).await;
+        let row = app.read_model.tenant(slug).await.map_err(|e| internal("reading a tenant", e))?;
+        row.map(Tenant::from).ok_or_else(|| super::request::error("NOT_FOUND", "unknown tenant"))
+    }
+
     /// Every tenant (platform administrators only).
     async fn tenants(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Tenant>> {
         let (app, req) = parts(ctx);

@@ -185,3 +185,31 @@ async fn scopes_stay_within_the_creator_and_follow_its_roles() {
     let (_, again) = node.post("/graphql", &headers, body).await;
     assert_eq!(code(&again), "CONFLICT", "{again}");
 }
+
+/// `tenant` shows a member its tenant; a token needs `read_tenant` in its
+/// scopes, and nobody reads another tenant's.
+#[tokio::test]
+async fn members_read_their_tenant_and_tokens_need_the_scope() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let globex = node.tenant("globex", "owner@globex.test").await;
+    let r = node.register("acme", "bob@example.com", "bob-the-builder").await;
+    let bob = token_of(&r, "register");
+    let query = "{ tenant { slug name createdAt owner } }";
+    let me = node.gql(Some("acme"), Some(&owner), "{ me { id } }", json!({})).await;
+    let t = node.gql(Some("acme"), Some(&bob), query, json!({})).await;
+    assert_eq!(t["data"]["tenant"]["slug"], "acme", "{t}");
+    assert_eq!(t["data"]["tenant"]["owner"], me["data"]["me"]["id"], "{t}");
+    assert_eq!(code(&node.gql(Some("acme"), None, query, json!({})).await), "UNAUTHENTICATED");
+    assert_eq!(code(&node.gql(Some("acme"), Some(&globex), query, json!({})).await), "FORBIDDEN");
+
+    let without = create(&node, &owner, json!(["read_users"])).await;
+    let without = without["data"]["createAccessToken"]["secret"].as_str().unwrap().to_owned();
+    let with_scope = create(&node, &owner, json!(["read_tenant"])).await;
+    let with_scope = with_scope["data"]["createAccessToken"]["secret"].as_str().unwrap().to_owned();
+    let r = with(&node, &[("x-tenant-id", "acme"), ("x-tenant-key", &without)], query).await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = with(&node, &[("x-tenant-id", "acme"), ("x-tenant-key", &with_scope)], query).await;
+    assert_eq!(r["data"]["tenant"]["name"], "Tenant acme", "{r}");
+}
