@@ -282,17 +282,6 @@ pub enum AccountReply {
     },
 }
 
-impl AccessRequest {
-    /// What the request creates, naming the seed of the new thing's id (a
-    /// retry derives the same id).
-    pub fn created_kind(&self) -> &'static str {
-        match self {
-            AccessRequest::CreateToken { .. } => "token",
-            _ => "role",
-        }
-    }
-}
-
 /// Requests to a tenant's `RoleActor` (aggregate `access`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -406,7 +406,7 @@ async fn execute(
         None => None,
         Some(raw) => match tokens::authenticate(&app.read_model, &scope, raw).await {
             Ok(Ok(caller)) => {
-                app.token_usage.touch(&scope, &caller.token_id);
+                app.token_usage.touch(&scope, &caller.token_id).await;
                 Some(caller)
             }
             Ok(Err(refused)) => {

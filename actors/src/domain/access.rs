@@ -235,14 +235,12 @@ impl AccessState {
 
     /// What an account may do: the union of its roles' permissions.
     pub fn permissions_of(&self, account_id: &str) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for role in self.roles_of(account_id) {
-            match builtin_permissions(&role) {
-                Some(ps) => out.extend(ps.iter().map(|p| p.as_str().to_owned())),
-                None => out.extend(self.roles.get(&role).into_iter().flat_map(|r| r.permissions.iter().cloned())),
-            }
-        }
-        out
+        self.roles_of(account_id).iter().flat_map(|r| self.role_permissions(r)).collect()
+    }
+
+    /// The token `id` if it works at `now` (neither revoked nor expired).
+    fn live_token(&self, id: &str, now: i64) -> Option<&TokenDef> {
+        self.tokens.get(id).filter(|t| !t.revoked && t.expires_at > now)
     }
 
     /// What `actor` may do at `now`: a member's permissions, or a live token's
@@ -250,12 +248,10 @@ impl AccessState {
     pub fn effective(&self, actor: &Actor, now: i64) -> BTreeSet<String> {
         match actor {
             Actor::Account(id) => self.permissions_of(id),
-            Actor::Token(id) => match self.tokens.get(id) {
-                Some(t) if !t.revoked && t.expires_at > now => {
-                    t.scopes.intersection(&self.permissions_of(&t.created_by)).cloned().collect()
-                }
-                _ => BTreeSet::new(),
-            },
+            Actor::Token(id) => self
+                .live_token(id, now)
+                .map(|t| t.scopes.intersection(&self.permissions_of(&t.created_by)).cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -263,9 +259,7 @@ impl AccessState {
     pub fn account_behind(&self, actor: &Actor, now: i64) -> Option<String> {
         match actor {
             Actor::Account(id) => Some(id.clone()),
-            Actor::Token(id) => {
-                self.tokens.get(id).filter(|t| !t.revoked && t.expires_at > now).map(|t| t.created_by.clone())
-            }
+            Actor::Token(id) => self.live_token(id, now).map(|t| t.created_by.clone()),
         }
     }
 
@@ -287,7 +281,7 @@ impl AccessState {
     }
 
     fn live_tokens(&self, now: i64) -> usize {
-        self.tokens.values().filter(|t| !t.revoked && t.expires_at > now).count()
+        self.tokens.keys().filter(|id| self.live_token(id, now).is_some()).count()
     }
 
     /// Whether `account_id` is the tenant's only owner, who may not leave.

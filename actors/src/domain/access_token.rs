@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::{Digest, Sha256};
 
-use crate::domain::account::InputError;
+use crate::domain::account::{InputError, short_text};
 
 /// What every secret starts with.
 pub const PREFIX: &str = "cnp_";
@@ -120,12 +120,7 @@ pub struct TokenName(String);
 
 impl TokenName {
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        let t = raw.trim();
-        let n = t.chars().count();
-        if n == 0 || n > 100 || t.chars().any(char::is_control) {
-            return Err(InputError::InvalidName);
-        }
-        Ok(Self(t.to_owned()))
+        short_text(raw).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

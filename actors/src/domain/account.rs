@@ -114,18 +114,24 @@ impl Password {
     }
 }
 
+/// The rule of short names (a person's, an access token's): trimmed, 1 to 100
+/// characters, no control characters.
+pub fn short_text(raw: &str) -> Result<String, InputError> {
+    let t = raw.trim();
+    let n = t.chars().count();
+    if n == 0 || n > 100 || t.chars().any(char::is_control) {
+        return Err(InputError::InvalidName);
+    }
+    Ok(t.to_owned())
+}
+
 /// A first or last name: 1 to 100 characters, trimmed, no control characters.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PersonName(String);
 
 impl PersonName {
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        let t = raw.trim();
-        let n = t.chars().count();
-        if n == 0 || n > 100 || t.chars().any(char::is_control) {
-            return Err(InputError::InvalidName);
-        }
-        Ok(Self(t.to_owned()))
+        short_text(raw).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::command::{AccessReply, AccessRequest, CommandEnvelope, CommandFailure, CommandResult};
-use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState, RoleId};
+use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState, Actor, RoleId};
 use crate::domain::access_token::{TokenId, TokenSecret};
 use crate::domain::challenge::Secret;
 use crate::domain::tenant::{Scope, TenantCreated};
@@ -52,53 +52,12 @@ impl Handler for AccessHandler {
         established(deps, scope, &stamp, state).await?;
         let current = &state.as_ref().expect("established loads the state").state;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let seed = format!("{scope}/{}/{}", envelope.request.created_kind(), stamp.command_id);
-        let (needs, cmd, secret) = match envelope.request {
-            AccessRequest::CreateToken { name, scopes, expires_at } => {
-                let token_id = TokenId::derived(&seed);
-                let secret = TokenSecret::generate(&token_id);
-                let kid = tenant_key_name(scope);
-                let key = deps.keys.key(&kid).await.map_err(|e| broken("reading the tenant key", e))?;
-                let cmd = AccessCommand::CreateToken {
-                    token_id: token_id.to_string(),
-                    name,
-                    scopes: scopes.into_iter().collect(),
-                    by: sender.clone(),
-                    now,
-                    expires_at,
-                    secret_hash: key.seal(&kid, secret.hash().as_bytes()),
-                };
-                ("create_access-token", cmd, Some(secret))
-            }
-            AccessRequest::Invite { email, role, locale } => {
-                let invitation_id = account_id_for(scope, &stamp.command_id);
-                let (email_index, _) = email_claim(deps, scope, &email).await?;
-                // The invitee's address and the link's secret are sealed under the key
-                // of the account id the invitation reserves.
-                let kid = person_key_name(scope, invitation_id.as_str());
-                let key = deps.keys.key(&kid).await.map_err(|e| broken("creating an invitation's key", e))?;
-                let secret = Secret::generate();
-                let cmd = AccessCommand::Invite {
-                    invitation_id: invitation_id.to_string(),
-                    email: key.seal(&kid, email.as_str().as_bytes()),
-                    email_index,
-                    role: role.to_string(),
-                    by: sender.clone(),
-                    now,
-                    expires_at: now + deps.accounts.invitation_ttl_secs,
-                    secret: key.seal(&kid, secret.as_bytes()),
-                    locale: locale.as_str().to_owned(),
-                };
-                ("invite_members", cmd, None)
-            }
-            request => {
-                let (needs, cmd) = command_for(request, RoleId::derived(&seed))?;
-                (needs, cmd, None)
-            }
-        };
+        // Checked before anything is prepared: a refused invitation makes no key.
+        let needs = permission_for(&envelope.request);
         if !current.effective(&sender, now).contains(needs) {
             return Err(CommandFailure::forbidden(&format!("this needs the permission {needs}")));
         }
+        let (cmd, secret) = command_for(deps, scope, &stamp, sender, now, envelope.request).await?;
         let done = execute::<Access>(&deps.store, scope, ACCESS_ID, state.take(), &stamp, &cmd, deps.snapshot_every)
             .await
             .map_err(|e| failure(e, "appending an access change"))?;
@@ -124,46 +83,90 @@ impl Handler for AccessHandler {
     }
 }
 
-/// The permission a request needs, and the command it becomes.
-fn command_for(request: AccessRequest, created: RoleId) -> CommandResult<(&'static str, AccessCommand)> {
-    Ok(match request {
-        AccessRequest::CreateRole { name, description, permissions } => (
-            "manage_roles",
-            AccessCommand::CreateRole {
-                role_id: created.to_string(),
-                name,
-                description,
-                permissions: permissions.into_iter().collect(),
-            },
-        ),
-        AccessRequest::UpdateRole { role_id, name, description, permissions } => (
-            "manage_roles",
-            AccessCommand::UpdateRole {
-                role_id: role_id.to_string(),
-                name,
-                description,
-                permissions: permissions.into_iter().collect(),
-            },
-        ),
-        AccessRequest::DeleteRole { role_id } => {
-            ("manage_roles", AccessCommand::DeleteRole { role_id: role_id.to_string() })
+/// The permission a request needs.
+fn permission_for(request: &AccessRequest) -> &'static str {
+    match request {
+        AccessRequest::CreateRole { .. } | AccessRequest::UpdateRole { .. } | AccessRequest::DeleteRole { .. } => {
+            "manage_roles"
         }
-        AccessRequest::SetMemberRoles { account_id, roles } => (
-            "assign_roles",
-            AccessCommand::SetMemberRoles {
-                account_id: account_id.to_string(),
-                roles: roles.into_iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
-            },
-        ),
-        AccessRequest::RevokeToken { token_id } => {
-            ("revoke_access-token", AccessCommand::RevokeToken { token_id: token_id.to_string() })
+        AccessRequest::SetMemberRoles { .. } => "assign_roles",
+        AccessRequest::CreateToken { .. } => "create_access-token",
+        AccessRequest::RevokeToken { .. } => "revoke_access-token",
+        AccessRequest::Invite { .. } | AccessRequest::RevokeInvitation { .. } => "invite_members",
+    }
+}
+
+/// The command a request becomes, with a new token's secret (shown once).
+/// What a command creates gets an id derived from the command's, so a retry
+/// finds it; an invitation reserves the id of the account a newcomer gets.
+async fn command_for(
+    deps: &Deps,
+    scope: &Scope,
+    stamp: &Stamp,
+    by: Actor,
+    now: i64,
+    request: AccessRequest,
+) -> CommandResult<(AccessCommand, Option<TokenSecret>)> {
+    let cmd = match request {
+        AccessRequest::CreateRole { name, description, permissions } => AccessCommand::CreateRole {
+            role_id: RoleId::derived(&format!("{scope}/role/{}", stamp.command_id)).to_string(),
+            name,
+            description,
+            permissions: permissions.into_iter().collect(),
+        },
+        AccessRequest::UpdateRole { role_id, name, description, permissions } => AccessCommand::UpdateRole {
+            role_id: role_id.to_string(),
+            name,
+            description,
+            permissions: permissions.into_iter().collect(),
+        },
+        AccessRequest::DeleteRole { role_id } => AccessCommand::DeleteRole { role_id: role_id.to_string() },
+        AccessRequest::SetMemberRoles { account_id, roles } => AccessCommand::SetMemberRoles {
+            account_id: account_id.to_string(),
+            roles: roles.into_iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
+        },
+        AccessRequest::CreateToken { name, scopes, expires_at } => {
+            let token_id = TokenId::derived(&format!("{scope}/token/{}", stamp.command_id));
+            let secret = TokenSecret::generate(&token_id);
+            let kid = tenant_key_name(scope);
+            let key = deps.keys.key(&kid).await.map_err(|e| broken("reading the tenant key", e))?;
+            let cmd = AccessCommand::CreateToken {
+                token_id: token_id.to_string(),
+                name,
+                scopes: scopes.into_iter().collect(),
+                by,
+                now,
+                expires_at,
+                secret_hash: key.seal(&kid, secret.hash().as_bytes()),
+            };
+            return Ok((cmd, Some(secret)));
+        }
+        AccessRequest::RevokeToken { token_id } => AccessCommand::RevokeToken { token_id: token_id.to_string() },
+        AccessRequest::Invite { email, role, locale } => {
+            let invitation_id = account_id_for(scope, &stamp.command_id);
+            let (email_index, _) = email_claim(deps, scope, &email).await?;
+            // The invitee's address and the link's secret are sealed under the key
+            // of the account id the invitation reserves.
+            let kid = person_key_name(scope, invitation_id.as_str());
+            let key = deps.keys.key(&kid).await.map_err(|e| broken("creating an invitation's key", e))?;
+            let secret = Secret::generate();
+            AccessCommand::Invite {
+                invitation_id: invitation_id.to_string(),
+                email: key.seal(&kid, email.as_str().as_bytes()),
+                email_index,
+                role: role.to_string(),
+                by,
+                now,
+                expires_at: now + deps.accounts.invitation_ttl_secs,
+                secret: key.seal(&kid, secret.as_bytes()),
+                locale: locale.as_str().to_owned(),
+            }
         }
         AccessRequest::RevokeInvitation { invitation_id } => {
-            ("invite_members", AccessCommand::RevokeInvitation { invitation_id: invitation_id.to_string() })
+            AccessCommand::RevokeInvitation { invitation_id: invitation_id.to_string() }
         }
-        // Built with their secrets by the caller.
-        AccessRequest::CreateToken { .. } | AccessRequest::Invite { .. } => return Err(CommandFailure::internal()),
-    })
+    };
+    Ok((cmd, None))
 }
 
 /// Loads the tenant's access state; a tenant created before access control

@@ -19,7 +19,7 @@ use crate::domain::ids::CommandId;
 use crate::domain::session::{RefreshToken, SessionId};
 use crate::domain::tenant::Scope;
 use crate::store::event_store::{Stamp, Stored, aggregate_filter};
-use crate::store::seal::{DataKey, SealError, Sealed, person_key_name, tenant_key_name};
+use crate::store::seal::{DataKey, Sealed, person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
@@ -483,23 +483,16 @@ async fn accept_invitation(
     let invitation_id = a.token.account_id().clone();
     let access = load::<Access>(&deps.store, scope, ACCESS_ID).await.map_err(|e| broken("loading access", e))?;
     let invitation = access.state.open_invitation(invitation_id.as_str(), now()).ok_or_else(closed)?.clone();
-    let kid = person_key_name(scope, invitation_id.as_str());
-    // The key is gone when the invitation was revoked (or its account erased).
-    let opened = match deps.keys.existing_key(&kid).await {
-        Ok(key) => key,
-        Err(SealError::MissingKey(_)) => return Err(closed()),
-        Err(e) => return Err(broken("reading an invitation's key", e)),
-    };
-    let secret = opened.open(&invitation.secret).ok().and_then(|b| Secret::from_bytes(&b)).ok_or_else(closed)?;
+    // An open invitation's key exists: revoking or accepting closes it first.
+    let secret = open_secret(deps, &invitation.secret).await?.ok_or_else(closed)?;
     if !secret.accepts_token(Purpose::Invitation, &a.token) {
         return Err(closed());
     }
-    let email = opened
-        .open(&invitation.email)
+    let email = deps.keys.open(&invitation.email).await.map_err(|e| broken("opening an invitation's email", e))?;
+    let email = String::from_utf8(email)
         .ok()
-        .and_then(|b| String::from_utf8(b).ok())
         .and_then(|e| Email::parse(&e).ok())
-        .ok_or_else(|| broken("an invitation's email", "does not open"))?;
+        .ok_or_else(|| broken("an invitation's email", "is not an address"))?;
     let (_, claim) = email_claim(deps, scope, &email).await?;
     let (account_id, seq) = match holder_of(deps, &claim).await? {
         None => {
@@ -535,6 +528,7 @@ async fn accept_invitation(
             let done = execute::<Access>(&deps.store, scope, ACCESS_ID, Some(access), stamp, &cmd, deps.snapshot_every)
                 .await
                 .map_err(|e| failure(e, "accepting an invitation"))?;
+            let kid = person_key_name(scope, invitation_id.as_str());
             deps.keys.destroy(&kid).await.map_err(|e| broken("destroying an invitation's key", e))?;
             let (session, at) = start_session(deps, scope, &holder, stamp, &a.session, &mut holder_state).await?;
             return Ok(AccountReply::Registered { account_id: holder, seq: at.max(done.seq), session: Some(session) });

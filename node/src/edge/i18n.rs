@@ -83,6 +83,74 @@ const DE: &[(&str, &str)] = &[
     ("you may only act on your own account", "nur am eigenen Konto erlaubt"),
     ("you may only change your own account", "nur das eigene Konto darf geändert werden"),
     ("you may only end your own sessions", "nur eigene Sitzungen dürfen beendet werden"),
+    // Roles, access tokens and invitations.
+    (
+        "a role name has 1 to 50 characters: letters, digits, spaces, '-' and '_'",
+        "ein Rollenname hat 1 bis 50 Zeichen: Buchstaben, Ziffern, Leerzeichen, '-' und '_'",
+    ),
+    ("a role with this name already exists", "eine Rolle mit diesem Namen gibt es schon"),
+    ("no such role", "diese Rolle gibt es nicht"),
+    ("built-in roles cannot be changed or deleted", "eingebaute Rollen lassen sich weder ändern noch löschen"),
+    (
+        "the role is assigned to members or pending invitations; take it from them first",
+        "die Rolle ist Mitgliedern oder offenen Einladungen zugewiesen; zuerst dort entfernen",
+    ),
+    ("the tenant's last owner must stay an owner", "der letzte Eigentümer des Mandanten muss Eigentümer bleiben"),
+    ("a member holds at least one role", "ein Mitglied hat mindestens eine Rolle"),
+    (
+        "a description has at most 500 characters and no control characters",
+        "eine Beschreibung hat höchstens 500 Zeichen und keine Steuerzeichen",
+    ),
+    ("a token has at least one scope", "ein Token hat mindestens einen Geltungsbereich"),
+    (
+        "a token's scopes must be among the permissions of whoever creates it",
+        "die Geltungsbereiche eines Tokens müssen zu den Berechtigungen seines Erstellers gehören",
+    ),
+    ("a token expires in the future, within 366 days", "ein Token läuft in der Zukunft ab, innerhalb von 366 Tagen"),
+    (
+        "the tenant has 100 live access tokens; revoke one first",
+        "der Mandant hat 100 gültige Zugriffstokens; zuerst eines widerrufen",
+    ),
+    ("no such access token", "dieses Zugriffstoken gibt es nicht"),
+    (
+        "you may only invite with a role whose permissions you hold",
+        "Einladungen nur mit einer Rolle, deren Berechtigungen Sie selbst haben",
+    ),
+    (
+        "this address has a pending invitation; revoke it first",
+        "für diese Adresse gibt es eine offene Einladung; zuerst widerrufen",
+    ),
+    (
+        "the tenant has 500 pending invitations; revoke some first",
+        "der Mandant hat 500 offene Einladungen; zuerst einige widerrufen",
+    ),
+    ("no such invitation", "diese Einladung gibt es nicht"),
+    (
+        "the invitation is not valid, was used or has expired",
+        "die Einladung ist ungültig, wurde schon verwendet oder ist abgelaufen",
+    ),
+    ("the access token is not valid", "das Zugriffstoken ist ungültig"),
+    (
+        "the access token is not valid for this tenant, or was revoked",
+        "das Zugriffstoken gilt nicht für diesen Mandanten oder wurde widerrufen",
+    ),
+    ("the access token has expired", "das Zugriffstoken ist abgelaufen"),
+    (
+        "an access token works in its tenant: send `x-tenant-id` too",
+        "ein Zugriffstoken gilt in seinem Mandanten: auch `x-tenant-id` senden",
+    ),
+    (
+        "send one credential: `Authorization` or `x-tenant-key`, not both",
+        "nur eine Anmeldung senden: `Authorization` oder `x-tenant-key`, nicht beides",
+    ),
+    (
+        "an access token acts for its tenant, not as an account",
+        "ein Zugriffstoken handelt für seinen Mandanten, nicht als Konto",
+    ),
+    (
+        "this token was created by an earlier request with the same idempotency-key, and its secret was shown then; revoke it and create another",
+        "dieses Token entstand durch eine frühere Anfrage mit demselben idempotency-key, und sein Geheimnis wurde damals gezeigt; widerrufen und ein neues erstellen",
+    ),
 ];
 
 /// `message` in `locale`, or `None` when it stays as it is (English, or no
@@ -98,6 +166,8 @@ pub fn localize(message: &str, locale: &Locale) -> Option<String> {
     for (prefix, de) in [
         ("too many attempts; retry in ", "zu viele Versuche; erneut in "),
         ("too many requests; retry in ", "zu viele Anfragen; erneut in "),
+        ("this needs the permission ", "dafür braucht es die Berechtigung "),
+        ("unknown permission: ", "unbekannte Berechtigung: "),
     ] {
         if let Some(rest) = message.strip_prefix(prefix) {
             return Some(format!("{de}{rest}"));
@@ -135,6 +205,7 @@ mod tests {
 
     #[test]
     fn every_domain_message_has_a_translation() {
+        use actors::domain::access::AccessError;
         use actors::domain::account::{AccountError, InputError};
         let errors: Vec<String> = [
             AccountError::EmailTaken,
@@ -149,6 +220,33 @@ mod tests {
         ]
         .iter()
         .map(ToString::to_string)
+        .chain(
+            [
+                AccessError::UnknownPermission("read_everything".into()),
+                AccessError::InvalidRoleName,
+                AccessError::RoleNameTaken,
+                AccessError::UnknownRole,
+                AccessError::BuiltInRole,
+                AccessError::RoleAssigned,
+                AccessError::LastOwner,
+                AccessError::NoRoles,
+                AccessError::InvalidDescription,
+                AccessError::NoScopes,
+                AccessError::ScopesBeyondCreator,
+                AccessError::InvalidExpiry,
+                AccessError::TooManyTokens,
+                AccessError::UnknownToken,
+                AccessError::RoleBeyondInviter,
+                AccessError::AlreadyInvited,
+                AccessError::TooManyInvitations,
+                AccessError::UnknownInvitation,
+                AccessError::InvitationClosed,
+            ]
+            .iter()
+            .map(ToString::to_string),
+        )
+        .chain(crate::edge::tokens::Refused::ALL.iter().map(|r| r.message().to_owned()))
+        .chain(["this needs the permission read_users".to_owned()])
         .chain(
             [
                 InputError::InvalidEmail,

@@ -175,9 +175,11 @@ impl RateLimiter {
         for (operation, key, limit) in checks {
             let window = limit.window_secs.max(1);
             let (current, elapsed) = (now / window, now % window);
-            let previous_count = self.read(&self.subject(operation, *key, current.saturating_sub(1))).await;
+            let previous = self.subject(operation, *key, current.saturating_sub(1));
             let subject = self.subject(operation, *key, current);
-            let Some(current_count) = self.add(&subject, 1).await else { continue };
+            // Two independent round trips, in flight together.
+            let (previous_count, current_count) = tokio::join!(self.read(&previous), self.add(&subject, 1));
+            let Some(current_count) = current_count else { continue };
             counted.push(subject);
             // The share of the previous window that still lies inside the sliding one;
             // `current_count` includes this attempt.

@@ -40,6 +40,8 @@ pub enum Refused {
 }
 
 impl Refused {
+    pub const ALL: [Refused; 3] = [Refused::Malformed, Refused::Unknown, Refused::Expired];
+
     pub fn message(self) -> &'static str {
         match self {
             Refused::Malformed => "the access token is not valid",
@@ -101,9 +103,10 @@ impl TokenUsage {
         format!("{}.{token_id}", scope.token())
     }
 
-    /// Records a use now, unless this node recorded one in the last minute. The
-    /// write happens in the background: a request does not wait for it.
-    pub fn touch(&self, scope: &Scope, token_id: &TokenId) {
+    /// Records a use now, unless this node recorded one in the last minute: at
+    /// most one request per token and minute waits for the write. A failed
+    /// write is logged, and the request goes on.
+    pub async fn touch(&self, scope: &Scope, token_id: &TokenId) {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let key = Self::key(scope, token_id.as_str());
         {
@@ -117,12 +120,9 @@ impl TokenUsage {
             }
             written.insert(key.clone(), now);
         }
-        let kv = self.kv.clone();
-        tokio::spawn(async move {
-            if let Err(e) = kv.put(key, now.to_string().into()).await {
-                tracing::warn!(error = %e, "recording an access token's use");
-            }
-        });
+        if let Err(e) = self.kv.put(key, now.to_string().into()).await {
+            tracing::warn!(error = %e, "recording an access token's use");
+        }
     }
 
     /// When a token was last used (Unix seconds), if it was.

@@ -13,7 +13,7 @@ use actors::domain::tenant::Scope;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::accounts::rfc3339;
-use super::request::{bad_input, command_id, consistent, error, failure, internal, parts, send, settle};
+use super::request::{bad_input, command_id, consistent, error, failure, internal, parts, send, settle, tenant_of};
 use crate::App;
 
 /// A role: built in (`owner`, `admin`, `member`) or defined by the tenant.
@@ -63,25 +63,18 @@ impl AccessQuery {
     /// (permission `read_access-tokens`). Secrets are never shown.
     async fn access_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AccessToken>> {
         let (app, req) = parts(ctx);
-        if req.scope == Scope::Platform {
-            return Err(error("BAD_USER_INPUT", "access tokens belong to a tenant: send `x-tenant-id`"));
-        }
+        tenant_of(req, "access tokens belong to a tenant")?;
         consistent(app, req).await;
         let rows = app.read_model.access_tokens(&req.scope).await.map_err(|e| internal("reading access tokens", e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let last_used_at = app.token_usage.last_used(&req.scope, &r.token_id).await.map(rfc3339);
-            out.push(AccessToken::from_row(r, last_used_at));
-        }
-        Ok(out)
+        let used = rows.iter().map(|r| app.token_usage.last_used(&req.scope, &r.token_id));
+        let used = futures::future::join_all(used).await;
+        Ok(rows.into_iter().zip(used).map(|(r, at)| AccessToken::from_row(r, at.map(rfc3339))).collect())
     }
 
     /// The tenant's roles (permission `read_roles`).
     async fn roles(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Role>> {
         let (app, req) = parts(ctx);
-        if req.scope == Scope::Platform {
-            return Err(error("BAD_USER_INPUT", "roles belong to a tenant: send `x-tenant-id`"));
-        }
+        tenant_of(req, "roles belong to a tenant")?;
         consistent(app, req).await;
         all_roles(app, &req.scope).await
     }

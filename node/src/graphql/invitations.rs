@@ -7,12 +7,13 @@ use actors::command::{AccessReply, AccessRequest, AccountReply, AccountRequest, 
 use actors::domain::access::RoleId;
 use actors::domain::account::{AccountId, Email, Password, PersonName};
 use actors::domain::challenge::LinkToken;
-use actors::domain::tenant::Scope;
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
 
 use super::access::run;
 use super::accounts::{AuthPayload, issue, rfc3339};
-use super::request::{bad_input, command_id, consistent, error, internal, limit, parse, parts, send, settle};
+use super::request::{
+    bad_input, command_id, consistent, error, internal, limit, parse, parts, send, settle, tenant_of,
+};
 use crate::edge::limits::Key;
 use crate::read_model::InvitationRow;
 
@@ -91,9 +92,7 @@ impl InvitationQuery {
     /// The tenant's invitations, newest first (permission `read_invitations`).
     async fn invitations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Invitation>> {
         let (app, req) = parts(ctx);
-        if req.scope == Scope::Platform {
-            return Err(error("BAD_USER_INPUT", "invitations belong to a tenant: send `x-tenant-id`"));
-        }
+        tenant_of(req, "invitations belong to a tenant")?;
         consistent(app, req).await;
         let rows = app.read_model.invitations(&req.scope).await.map_err(|e| internal("reading invitations", e))?;
         Ok(rows.into_iter().map(Invitation::from_row).collect())
@@ -144,9 +143,7 @@ impl InvitationMutation {
         input: AcceptInvitationInput,
     ) -> async_graphql::Result<AuthPayload> {
         let (app, req) = parts(ctx);
-        if req.scope == Scope::Platform {
-            return Err(error("BAD_USER_INPUT", "an invitation belongs to a tenant: send `x-tenant-id`"));
-        }
+        tenant_of(req, "an invitation belongs to a tenant")?;
         let limits = &app.config.rate_limits;
         limit(app, &[("register", Key::Address(req.client), limits.register_per_address)]).await?;
         let request = AccountRequest::AcceptInvitation {

@@ -8,7 +8,7 @@ use actors::command::{CommandEnvelope, CommandFailure, CommandResult, Principal,
 use actors::domain::account::{AccountId, InputError, Locale};
 use actors::domain::ids::CommandId;
 use actors::domain::session::{SessionId, UserAgent};
-use actors::domain::tenant::Scope;
+use actors::domain::tenant::{Scope, TenantId};
 use async_graphql::{Context, ErrorExtensions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +86,15 @@ pub fn platform_admin(req: &RequestCtx) -> async_graphql::Result<&Claims> {
         return Err(error("FORBIDDEN", "only a platform administrator may do this"));
     }
     Ok(p)
+}
+
+/// The request's tenant, for what belongs to one: on the platform,
+/// `BAD_USER_INPUT` with `what` ("roles belong to a tenant") and how to name one.
+pub fn tenant_of<'a>(req: &'a RequestCtx, what: &str) -> async_graphql::Result<&'a TenantId> {
+    match &req.scope {
+        Scope::Tenant(t) => Ok(t),
+        Scope::Platform => Err(error("BAD_USER_INPUT", format!("{what}: send `x-tenant-id`"))),
+    }
 }
 
 /// Counts an attempt against rate limits; past one, `RATE_LIMITED` with

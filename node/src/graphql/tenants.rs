@@ -42,9 +42,7 @@ impl TenantQuery {
     /// The caller's tenant (permission `read_tenant`, which every member holds).
     async fn tenant(&self, ctx: &Context<'_>) -> async_graphql::Result<Tenant> {
         let (app, req) = parts(ctx);
-        let Scope::Tenant(slug) = &req.scope else {
-            return Err(super::request::error("BAD_USER_INPUT", "name the tenant: send `x-tenant-id`"));
-        };
+        let slug = super::request::tenant_of(req, "name the tenant")?;
         consistent(app, req).await;
         let row = app.read_model.tenant(slug).await.map_err(|e| internal("reading a tenant", e))?;
         row.map(Tenant::from).ok_or_else(|| super::request::error("NOT_FOUND", "unknown tenant"))

@@ -1,5 +1,5 @@
-//! The mail reactor: a durable consumer on `EVENTS` that turns account events (and invitations)
-//! into mails on the `MAIL` queue. Its position lives in NATS (the consumer's
+//! The mail reactor: a durable consumer on `EVENTS` that turns account events
+//! and invitations into mails on the `MAIL` queue. Its position lives in NATS (the consumer's
 //! acknowledgements), and each mail's queue message id is its event's id, so a
 //! crash between the event and the mail loses no mail and a restart queues none
 //! twice (the queue drops an id it has seen within its duplicate window).
@@ -86,7 +86,7 @@ impl MailReactor {
             // Created, or updated to today's filters when an older node made it.
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(CONSUMER.into()),
-                description: Some("turns account events into mails on MAIL".into()),
+                description: Some("turns account events and invitations into mails on MAIL".into()),
                 filter_subjects: FILTERS.iter().map(|s| (*s).to_owned()).collect(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
