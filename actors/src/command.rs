@@ -350,13 +350,58 @@ pub enum AccessReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TenantRequest {
-    Create { slug: TenantId, name: TenantName, owner_email: Email, owner_password: Password },
+    Create {
+        slug: TenantId,
+        name: TenantName,
+        owner_email: Email,
+        owner_password: Password,
+    },
+    /// By a member or token of the tenant holding `update_tenant`.
+    Rename {
+        slug: TenantId,
+        name: TenantName,
+    },
+    /// By a platform administrator.
+    Suspend {
+        slug: TenantId,
+    },
+    /// By a platform administrator.
+    Resume {
+        slug: TenantId,
+    },
+    /// By a platform administrator, or by a member of the tenant holding
+    /// `delete_tenant` who proves their password.
+    Delete {
+        slug: TenantId,
+        password: Option<Password>,
+    },
+}
+
+impl TenantRequest {
+    pub fn slug(&self) -> &TenantId {
+        match self {
+            TenantRequest::Create { slug, .. }
+            | TenantRequest::Rename { slug, .. }
+            | TenantRequest::Suspend { slug }
+            | TenantRequest::Resume { slug }
+            | TenantRequest::Delete { slug, .. } => slug,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TenantReply {
-    Created { slug: TenantId, owner_account_id: String, seq: u64 },
+    Created {
+        slug: TenantId,
+        owner_account_id: String,
+        seq: u64,
+    },
+    /// A lifecycle change, stored at `seq` (the tenant's last event when the
+    /// change was already in place).
+    Changed {
+        seq: u64,
+    },
 }
 
 /// Why a command did not succeed. `code` is the GraphQL `extensions.code`; the

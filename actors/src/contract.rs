@@ -208,7 +208,11 @@ mod tests {
                 "SessionRefreshed",
                 "SessionRevoked",
                 "SessionStarted",
-                "TenantCreated"
+                "TenantCreated",
+                "TenantDeleted",
+                "TenantRenamed",
+                "TenantResumed",
+                "TenantSuspended"
             ]
         );
     }

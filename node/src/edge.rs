@@ -3,15 +3,17 @@
 //! before anything is executed.
 
 pub mod auth;
+pub mod feed;
 pub mod i18n;
 pub mod limits;
 pub mod sessions;
+pub mod tenants;
 pub mod tokens;
 
 use std::sync::Arc;
 
 use actors::domain::account::Locale;
-use actors::domain::tenant::{PLATFORM_TOKEN, Scope, TenantId};
+use actors::domain::tenant::{PLATFORM_TOKEN, Scope, TenantId, TenantStatus};
 use async_graphql::http::GraphiQLSource;
 use poem::http::{HeaderMap, StatusCode};
 use poem::web::{Data, Html, Json, Path};
@@ -392,9 +394,15 @@ async fn execute(
         (None, _) => Scope::Platform,
     };
     if let Scope::Tenant(t) = &scope {
-        match app.tenant_exists(t).await {
-            Ok(true) => {}
-            Ok(false) => return refuse_in(&locale, StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant"),
+        match app.tenant_status(t).await {
+            Ok(Some(TenantStatus::Active)) => {}
+            // Everyone who would act in it: members, tokens, and those signing in.
+            Ok(Some(TenantStatus::Suspended)) => {
+                return refuse_in(&locale, StatusCode::FORBIDDEN, "FORBIDDEN", "this tenant is suspended");
+            }
+            Ok(None | Some(TenantStatus::Deleted)) => {
+                return refuse_in(&locale, StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant");
+            }
             Err(e) => {
                 tracing::error!(error = %e, "checking a tenant");
                 return refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");

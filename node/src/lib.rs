@@ -16,7 +16,7 @@ pub mod projection;
 pub mod read_model;
 pub mod router;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use actors::command::{AccountReply, AccountRequest, CommandEnvelope, CommandResult, Principal, command_subject};
 use actors::domain::account::{Email, Password, PersonName};
 use actors::domain::ids::CommandId;
-use actors::domain::tenant::{Scope, TenantId};
+use actors::domain::tenant::{Scope, TenantId, TenantStatus};
 use actors::hasher::{Hasher, owasp_params};
 use actors::store::event_store::EventStore;
 use actors::store::seal::{KeyRing, MasterKey};
@@ -34,7 +34,6 @@ use actors::tree::{NodeArgs, NodeMsg, NodeSupervisor};
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
 use secrecy::ExposeSecret;
-use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -49,6 +48,7 @@ pub use config::Config;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use crate::edge::auth::Tokens;
+use crate::edge::feed::Feed;
 use crate::graphql::CanopySchema;
 use crate::nats::ManagedNats;
 use crate::projection::{Progress, Projector};
@@ -73,21 +73,19 @@ pub struct App {
     pub node: ActorRef<NodeMsg>,
     /// The mailer's counters, for `/metrics`.
     pub mail: Arc<outbound::mail::MailStats>,
-    known_tenants: RwLock<HashSet<TenantId>>,
+    /// Each tenant's status, from the log.
+    pub tenants: Arc<edge::tenants::TenantStatuses>,
 }
 
 impl App {
-    /// Whether a tenant exists, from the directory read model (cached once seen:
-    /// tenants are never deleted).
-    pub async fn tenant_exists(&self, t: &TenantId) -> anyhow::Result<bool> {
-        if self.known_tenants.read().await.contains(t) {
-            return Ok(true);
+    /// Where a tenant is in its life (`None`: no such tenant). The log's feed
+    /// answers; a tenant it has not read of yet (created a moment ago on
+    /// another node) is looked up in the directory read model.
+    pub async fn tenant_status(&self, t: &TenantId) -> anyhow::Result<Option<TenantStatus>> {
+        if let Some(status) = self.tenants.status(t) {
+            return Ok(Some(status));
         }
-        let found = self.read_model.tenant(t).await?.is_some();
-        if found {
-            self.known_tenants.write().await.insert(t.clone());
-        }
-        Ok(found)
+        Ok(self.read_model.tenant(t).await?.map(|row| row.status()))
     }
 
     pub async fn readiness(&self) -> BTreeMap<&'static str, bool> {
@@ -98,7 +96,8 @@ impl App {
             ("stream", stream),
             ("surrealdb", self.read_model.health().await),
             ("projections", self.progress.caught_up()),
-            ("revocations", self.revocations.ready()),
+            ("revocations", self.revocations.marks().ready()),
+            ("tenants", self.tenants.marks().ready()),
         ])
     }
 }
@@ -331,7 +330,20 @@ async fn serve(
     // The edge refuses tokens of revoked sessions; it learns them from the log.
     let revocations = Arc::new(edge::sessions::Revocations::new(config.token_ttl_secs));
     let (feed, store, feed_cancel) = (revocations.clone(), core.store.clone(), cancel.clone());
-    tasks.spawn(async move { feed.run(store, feed_cancel).await });
+    tasks.spawn(async move { edge::feed::run(feed.as_ref(), store, feed_cancel).await });
+    // And each tenant's status; a deleted tenant's keys are shredded on sight.
+    let (tenants, deleted) = edge::tenants::TenantStatuses::new();
+    let tenants = Arc::new(tenants);
+    let (feed, store, feed_cancel) = (tenants.clone(), core.store.clone(), cancel.clone());
+    tasks.spawn(async move { edge::feed::run(feed.as_ref(), store, feed_cancel).await });
+    let (keys, store, shred_cancel) = (core.keys.clone(), core.store.clone(), cancel.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            () = edge::tenants::shred_deleted(keys, store, deleted) => {}
+            () = shred_cancel.cancelled() => {}
+        }
+        Ok(())
+    });
 
     let limit_key = core
         .keys
@@ -367,7 +379,7 @@ async fn serve(
         documents: graphql::Documents::default(),
         node: node.clone(),
         mail,
-        known_tenants: RwLock::default(),
+        tenants,
     });
 
     // Signing keys rotate anywhere (`canopy keys rotate`, or any node's rotation

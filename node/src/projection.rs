@@ -7,12 +7,12 @@
 //! event never holds back the read models of every tenant. It also blanks the
 //! personal data a read model copied from a person whose key was destroyed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actors::domain::tenant::Scope;
+use actors::domain::tenant::{PLATFORM_TOKEN, Scope, TenantId};
 use actors::store::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
 use actors::store::seal::{KeyRing, person_of_key};
 use async_nats::jetstream::consumer;
@@ -143,6 +143,9 @@ pub struct Projector {
     /// Persons whose personal data is still to be blanked: kept until the blanking
     /// commits, so a SurrealDB outage delays an erasure but never drops it.
     unerased: Vec<(Scope, String)>,
+    /// Deleted tenants (slugs): their database is gone, and nothing of theirs is
+    /// written again, neither an event that follows the deletion nor an erasure.
+    deleted: HashSet<String>,
 }
 
 /// Most events applied in one transaction per database.
@@ -158,7 +161,9 @@ struct Entry {
 enum Outcome {
     /// The event's statements, in the database of its tenant (none for claims
     /// and types this build does not project: they only move the checkpoint).
-    Apply { db: String, statements: Vec<Statement> },
+    /// `removes`: a database this event removes (a deleted tenant's), after
+    /// every statement of the batch for that database.
+    Apply { db: String, statements: Vec<Statement>, removes: Option<String> },
     /// The event is set aside as a dead letter, for this reason.
     SetAside(String),
 }
@@ -201,8 +206,16 @@ impl Grouped {
         let mut grouped = Self::default();
         for e in entries {
             match &e.outcome {
-                Outcome::Apply { statements, .. } if statements.is_empty() => {}
-                Outcome::Apply { db, statements } => grouped.add(db, statements.iter().cloned()),
+                Outcome::Apply { db, statements, removes } => {
+                    if !statements.is_empty() {
+                        grouped.add(db, statements.iter().cloned());
+                    }
+                    if let Some(removed) = removes {
+                        // Names are made by `db_name`: plain identifiers, safe to splice.
+                        let remove = statement(format!("REMOVE DATABASE IF EXISTS {removed}"), serde_json::json!({}));
+                        grouped.add(removed, [remove]);
+                    }
+                }
                 Outcome::SetAside(reason) => {
                     grouped.add(&db_name(&Scope::Platform), [dead_letter_statement(&e.dead_letter(reason))])
                 }
@@ -239,6 +252,13 @@ fn admit(seq: u64, subject: &str, payload: &[u8]) -> Result<(Scope, Stored), Una
         return Err(refused("envelope disagrees with its subject"));
     }
     Ok((scope, stored))
+}
+
+/// The slug a `TenantDeleted` subject names, for any other subject `None`.
+fn deleted_tenant(subject: &str) -> Option<&str> {
+    EventSubject::parse(subject)
+        .filter(|t| t.tenant == PLATFORM_TOKEN && t.aggregate == "tenant" && t.event_type == "TenantDeleted")
+        .map(|t| t.aggregate_id)
 }
 
 /// Commits the entries of a batch, which follow the checkpoint `before`, and
@@ -322,8 +342,20 @@ impl Projector {
             counts: counts.clone(),
         };
         let acks = store.acks();
-        let projector =
-            Self { rm, store, keys, tx, caught_up, lag, ack_lag, acks, counts, destroyed: None, unerased: Vec::new() };
+        let projector = Self {
+            rm,
+            store,
+            keys,
+            tx,
+            caught_up,
+            lag,
+            ack_lag,
+            acks,
+            counts,
+            destroyed: None,
+            unerased: Vec::new(),
+            deleted: HashSet::new(),
+        };
         (projector, p)
     }
 
@@ -367,6 +399,7 @@ impl Projector {
 
     async fn follow(&mut self, stop_at: Option<u64>) -> anyhow::Result<()> {
         let mut applied = self.rm.checkpoint().await?;
+        self.deleted = self.rm.deleted_tenants().await?.into_iter().collect();
         self.erase(applied).await?;
         let head = self.store.last_seq().await?;
         self.publish_progress(applied, head);
@@ -424,6 +457,9 @@ impl Projector {
                 let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
                 marks.push((info.stream_sequence, info.published));
                 entries.push(self.entry(info.stream_sequence, &m.subject, &m.payload).await?);
+                if let Some(slug) = deleted_tenant(&m.subject) {
+                    self.deleted.insert(slug.to_owned());
+                }
             }
             let last = marks.last().map_or(applied, |(seq, _)| *seq);
             let mut set_aside = Vec::new();
@@ -483,7 +519,9 @@ impl Projector {
         }
         let mut grouped = Grouped::default();
         for (scope, account_id) in &self.unerased {
-            grouped.add(&db_name(scope), erasure(account_id));
+            if !self.is_deleted(scope) {
+                grouped.add(&db_name(scope), erasure(account_id));
+            }
         }
         self.rm.apply(grouped.changes, applied).await?;
         tracing::info!(persons = self.unerased.len(), "blanked the personal data of persons whose key was destroyed");
@@ -517,15 +555,24 @@ impl Projector {
     /// error; an event that can never apply becomes a dead letter.
     async fn entry(&self, seq: u64, subject: &str, payload: &[u8]) -> anyhow::Result<Entry> {
         let applied = match admit(seq, subject, payload) {
+            // Nothing of a deleted tenant is written again: it would bring its database back.
+            Ok((scope, _)) if self.is_deleted(&scope) => Ok((db_name(&scope), Vec::new())),
             Ok((scope, ev)) => self.statements(&scope, &ev).await.map(|st| (db_name(&scope), st)),
             Err(e) => Err(e),
         };
+        let removes = deleted_tenant(subject)
+            .and_then(|slug| TenantId::parse(slug).ok())
+            .map(|slug| db_name(&Scope::Tenant(slug)));
         let outcome = match applied {
-            Ok((db, statements)) => Outcome::Apply { db, statements },
+            Ok((db, statements)) => Outcome::Apply { db, statements, removes },
             Err(Unapplied::Refused(reason)) => Outcome::SetAside(reason),
             Err(Unapplied::Unavailable(e)) => return Err(e),
         };
         Ok(Entry { seq, subject: subject.to_owned(), outcome })
+    }
+
+    fn is_deleted(&self, scope: &Scope) -> bool {
+        scope.tenant().is_some_and(|t| self.deleted.contains(t.as_str()))
     }
 
     async fn statements(&self, scope: &Scope, ev: &Stored) -> Result<Vec<Statement>, Unapplied> {
@@ -549,7 +596,6 @@ pub async fn rebuild(rm: &ReadModel, store: &EventStore, keys: &KeyRing) -> anyh
 
 #[cfg(test)]
 mod tests {
-    use actors::domain::tenant::TenantId;
 
     use super::*;
     use crate::config::Config;
@@ -607,7 +653,7 @@ mod tests {
         Entry {
             seq,
             subject: format!("evt.alpha.account.{id}.AccountRegistered"),
-            outcome: Outcome::Apply { db: db_name(&alpha()), statements: vec![statement(sql, vars)] },
+            outcome: Outcome::Apply { db: db_name(&alpha()), statements: vec![statement(sql, vars)], removes: None },
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actors::domain::ids::is_safe_token;
-use actors::domain::tenant::{Scope, TenantId};
+use actors::domain::tenant::{Scope, TenantId, TenantStatus};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use std::collections::BTreeSet;
@@ -49,7 +49,23 @@ pub struct TenantRow {
     pub owner_account_id: String,
     pub created_seq: u64,
     pub created_at: String,
+    /// `active`, `suspended` or `deleted` (`TenantStatus`).
+    #[serde(default)]
+    pub status: Option<String>,
 }
+
+impl TenantRow {
+    pub fn status(&self) -> TenantStatus {
+        match self.status.as_deref() {
+            Some("suspended") => TenantStatus::Suspended,
+            Some("deleted") => TenantStatus::Deleted,
+            _ => TenantStatus::Active,
+        }
+    }
+}
+
+/// The columns `TenantRow` reads.
+const TENANT_COLUMNS: &str = "slug, name, owner_account_id, created_seq, created_at, status";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UserRow {
@@ -350,19 +366,31 @@ impl ReadModel {
     }
 
     pub async fn tenants(&self) -> Result<Vec<TenantRow>, ReadError> {
-        self.select(
-            "system",
-            "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant ORDER BY slug",
-            serde_json::json!({}),
-        )
-        .await
+        self.select("system", &format!("SELECT {TENANT_COLUMNS} FROM tenant ORDER BY slug"), serde_json::json!({}))
+            .await
+    }
+
+    /// The slugs of deleted tenants.
+    pub async fn deleted_tenants(&self) -> Result<Vec<String>, ReadError> {
+        #[derive(Deserialize)]
+        struct Slug {
+            slug: String,
+        }
+        let rows: Vec<Slug> = self
+            .select(
+                "system",
+                "SELECT slug FROM tenant WHERE status = $s",
+                serde_json::json!({ "s": TenantStatus::Deleted.as_str() }),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.slug).collect())
     }
 
     pub async fn tenant(&self, slug: &TenantId) -> Result<Option<TenantRow>, ReadError> {
         let rows = self
             .select(
                 "system",
-                "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant WHERE slug = $slug",
+                &format!("SELECT {TENANT_COLUMNS} FROM tenant WHERE slug = $slug"),
                 serde_json::json!({ "slug": slug.as_str() }),
             )
             .await?;
@@ -645,12 +673,8 @@ impl ReadModel {
         let mut out = serde_json::Map::new();
         for db in self.databases().await? {
             let tenants: Vec<serde_json::Value> = if db == "system" {
-                self.select(
-                    &db,
-                    "SELECT slug, name, owner_account_id, created_seq, created_at FROM tenant ORDER BY slug",
-                    serde_json::json!({}),
-                )
-                .await?
+                self.select(&db, &format!("SELECT {TENANT_COLUMNS} FROM tenant ORDER BY slug"), serde_json::json!({}))
+                    .await?
             } else {
                 Vec::new()
             };

@@ -137,16 +137,51 @@ impl TenantName {
     }
 }
 
+/// Where a tenant is in its life. A deleted tenant's slug stays taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    #[default]
+    Active,
+    /// Its members and tokens are refused until a platform administrator resumes it.
+    Suspended,
+    /// Its data key is destroyed and its read models are dropped; nothing comes back.
+    Deleted,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Deleted => "deleted",
+        }
+    }
+}
+
 /// The tenant directory aggregate: one instance per slug, in the platform scope.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantState {
     pub created: bool,
     pub name: Option<TenantName>,
+    #[serde(default)]
+    pub status: TenantStatus,
+}
+
+impl TenantState {
+    /// Whether the tenant exists and is not deleted.
+    pub fn exists(&self) -> bool {
+        self.created && self.status != TenantStatus::Deleted
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum TenantCommand {
     Create { slug: TenantId, name: TenantName, owner_account_id: String },
+    Rename { name: TenantName },
+    Suspend,
+    Resume,
+    Delete,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -154,6 +189,17 @@ pub enum TenantCommand {
 pub enum TenantEvent {
     /// A tenant was created with its first owner account.
     TenantCreated(TenantCreated),
+    /// The tenant's display name changed.
+    TenantRenamed(TenantRenamed),
+    /// A platform administrator suspended the tenant: its members and tokens are
+    /// refused, and nothing of it is lost.
+    TenantSuspended(TenantSuspended),
+    /// A platform administrator lifted the suspension.
+    TenantResumed(TenantResumed),
+    /// The tenant was deleted: its data key is destroyed, so everything sealed
+    /// under it (and under its persons' keys) can no longer be read, and its slug
+    /// is never given out again.
+    TenantDeleted(TenantDeleted),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -163,19 +209,43 @@ pub struct TenantCreated {
     pub owner_account_id: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantRenamed {
+    pub name: TenantName,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantSuspended {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantResumed {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantDeleted {}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
     #[error("a tenant with this slug already exists")]
     AlreadyExists,
     #[error("a tenant name has 1 to 100 characters and no control characters")]
     InvalidName,
+    #[error("unknown tenant")]
+    NotFound,
+    #[error("this tenant is suspended")]
+    Suspended,
+    #[error("this tenant is already suspended")]
+    AlreadySuspended,
+    #[error("this tenant is not suspended")]
+    NotSuspended,
 }
 
 impl DomainError for TenantError {
     fn code(&self) -> &'static str {
         match self {
-            TenantError::AlreadyExists => "BAD_USER_INPUT",
-            TenantError::InvalidName => "BAD_USER_INPUT",
+            TenantError::AlreadyExists | TenantError::InvalidName => "BAD_USER_INPUT",
+            TenantError::NotFound => "NOT_FOUND",
+            TenantError::Suspended => "FORBIDDEN",
+            TenantError::AlreadySuspended | TenantError::NotSuspended => "CONFLICT",
         }
     }
 }
@@ -190,18 +260,42 @@ impl Aggregate for Tenant {
     type Error = TenantError;
 
     fn decide(state: &TenantState, cmd: &TenantCommand) -> Result<Decision<TenantEvent>, TenantError> {
-        match cmd {
-            TenantCommand::Create { slug, name, owner_account_id } => {
-                if state.created {
-                    return Err(TenantError::AlreadyExists);
-                }
-                Ok(Decision::events(vec![TenantEvent::TenantCreated(TenantCreated {
-                    slug: slug.clone(),
-                    name: name.clone(),
-                    owner_account_id: owner_account_id.clone(),
-                })]))
+        if let TenantCommand::Create { slug, name, owner_account_id } = cmd {
+            // A deleted tenant's slug stays taken.
+            if state.created {
+                return Err(TenantError::AlreadyExists);
             }
+            return Ok(Decision::events(vec![TenantEvent::TenantCreated(TenantCreated {
+                slug: slug.clone(),
+                name: name.clone(),
+                owner_account_id: owner_account_id.clone(),
+            })]));
         }
+        if !state.exists() {
+            return Err(TenantError::NotFound);
+        }
+        let event = match cmd {
+            TenantCommand::Create { .. } => unreachable!("handled above"),
+            TenantCommand::Rename { name } => {
+                if state.status == TenantStatus::Suspended {
+                    return Err(TenantError::Suspended);
+                }
+                if state.name.as_ref() == Some(name) {
+                    return Ok(Decision::events(Vec::new()));
+                }
+                TenantEvent::TenantRenamed(TenantRenamed { name: name.clone() })
+            }
+            TenantCommand::Suspend if state.status == TenantStatus::Suspended => {
+                return Err(TenantError::AlreadySuspended);
+            }
+            TenantCommand::Suspend => TenantEvent::TenantSuspended(TenantSuspended {}),
+            TenantCommand::Resume if state.status != TenantStatus::Suspended => {
+                return Err(TenantError::NotSuspended);
+            }
+            TenantCommand::Resume => TenantEvent::TenantResumed(TenantResumed {}),
+            TenantCommand::Delete => TenantEvent::TenantDeleted(TenantDeleted {}),
+        };
+        Ok(Decision::events(vec![event]))
     }
 
     fn evolve(mut state: TenantState, event: &TenantEvent) -> TenantState {
@@ -210,6 +304,10 @@ impl Aggregate for Tenant {
                 state.created = true;
                 state.name = Some(e.name.clone());
             }
+            TenantEvent::TenantRenamed(e) => state.name = Some(e.name.clone()),
+            TenantEvent::TenantSuspended(_) => state.status = TenantStatus::Suspended,
+            TenantEvent::TenantResumed(_) => state.status = TenantStatus::Active,
+            TenantEvent::TenantDeleted(_) => state.status = TenantStatus::Deleted,
         }
         state
     }
@@ -276,6 +374,50 @@ mod tests {
         });
         let cmd = TenantCommand::Create { slug, name, owner_account_id: "a2".into() };
         check::<Tenant>(&[created], cmd, Err(TenantError::AlreadyExists));
+    }
+
+    fn created(slug: &str) -> TenantEvent {
+        TenantEvent::TenantCreated(TenantCreated {
+            slug: TenantId::parse(slug).unwrap(),
+            name: TenantName::parse("Acme").unwrap(),
+            owner_account_id: "a1".into(),
+        })
+    }
+
+    #[test]
+    fn a_tenant_is_renamed_suspended_resumed_and_deleted_in_order() {
+        let other = TenantName::parse("Acme Corp").unwrap();
+        let renamed = TenantEvent::TenantRenamed(TenantRenamed { name: other.clone() });
+        check::<Tenant>(&[created("acme")], TenantCommand::Rename { name: other.clone() }, Ok(vec![renamed.clone()]));
+        // The same name again changes nothing.
+        check::<Tenant>(&[created("acme"), renamed.clone()], TenantCommand::Rename { name: other.clone() }, Ok(vec![]));
+        let suspended = TenantEvent::TenantSuspended(TenantSuspended {});
+        check::<Tenant>(&[created("acme")], TenantCommand::Suspend, Ok(vec![suspended.clone()]));
+        let history = [created("acme"), suspended.clone()];
+        check::<Tenant>(&history, TenantCommand::Suspend, Err(TenantError::AlreadySuspended));
+        check::<Tenant>(&history, TenantCommand::Rename { name: other.clone() }, Err(TenantError::Suspended));
+        check::<Tenant>(&history, TenantCommand::Resume, Ok(vec![TenantEvent::TenantResumed(TenantResumed {})]));
+        check::<Tenant>(&[created("acme")], TenantCommand::Resume, Err(TenantError::NotSuspended));
+        // A suspended tenant can still be deleted.
+        check::<Tenant>(&history, TenantCommand::Delete, Ok(vec![TenantEvent::TenantDeleted(TenantDeleted {})]));
+    }
+
+    #[test]
+    fn a_deleted_or_missing_tenant_takes_no_command_and_keeps_its_slug() {
+        let deleted = [created("acme"), TenantEvent::TenantDeleted(TenantDeleted {})];
+        let name = TenantName::parse("Again").unwrap();
+        for cmd in [
+            TenantCommand::Rename { name: name.clone() },
+            TenantCommand::Suspend,
+            TenantCommand::Resume,
+            TenantCommand::Delete,
+        ] {
+            check::<Tenant>(&deleted, cmd.clone(), Err(TenantError::NotFound));
+            check::<Tenant>(&[], cmd, Err(TenantError::NotFound));
+        }
+        let again =
+            TenantCommand::Create { slug: TenantId::parse("acme").unwrap(), name, owner_account_id: "a2".into() };
+        check::<Tenant>(&deleted, again, Err(TenantError::AlreadyExists));
     }
 
     #[test]

@@ -454,6 +454,18 @@ impl EventStore {
         Ok(info.state.last_sequence)
     }
 
+    /// Purges every snapshot of `scope` (a deleted tenant's): a snapshot is a
+    /// cache of state, and a deleted tenant keeps none.
+    pub async fn forget_snapshots(&self, scope: &Scope) -> Result<usize, StoreError> {
+        let keys = crate::store::bucket_keys(&self.inner.snapshots, &format!("{}.>", scope.token()))
+            .await
+            .map_err(unavailable)?;
+        for key in &keys {
+            self.inner.snapshots.purge(key).await.map_err(unavailable)?;
+        }
+        Ok(keys.len())
+    }
+
     pub async fn load_snapshot<S: serde::de::DeserializeOwned>(
         &self,
         key: &str,

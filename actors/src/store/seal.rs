@@ -61,7 +61,13 @@ pub enum SealError {
     Store(String),
     #[error("the master key must be 32 bytes, base64url encoded")]
     BadMasterKey,
+    #[error("the key `{0}` was destroyed for good")]
+    Shredded(String),
 }
+
+/// What a key destroyed for good holds in the `keys` bucket: a value no master
+/// key unwraps, so that `key` refuses to create the key again.
+const SHREDDED: &[u8] = b"shredded";
 
 /// 32 bytes of key material that never reach a log.
 #[derive(Clone)]
@@ -284,6 +290,7 @@ impl KeyRing {
         let entry = self.kv.get(name).await.map_err(|e| SealError::Store(e.to_string()))?;
         match entry {
             None => Ok(None),
+            Some(bytes) if bytes.as_ref() == SHREDDED => Err(SealError::Shredded(name.to_owned())),
             Some(bytes) => self.master.unwrap(name, &bytes).map(Some),
         }
     }
@@ -366,6 +373,32 @@ impl KeyRing {
         self.kv.purge(name).await.map_err(|e| SealError::Store(e.to_string()))?;
         self.cache.forget(name);
         Ok(())
+    }
+
+    /// Destroys a key as `destroy` does, then leaves a marker in its place, so
+    /// that `key` never makes a new one under the same name: for a deleted
+    /// tenant's data key, which nothing may seal under again.
+    pub async fn shred(&self, name: &str) -> Result<(), SealError> {
+        if matches!(self.secret(name).await, Err(SealError::Shredded(_))) {
+            return Ok(());
+        }
+        self.destroy(name).await?;
+        match self.kv.create(name, SHREDDED.into()).await {
+            Ok(_) => Ok(()),
+            // A key created again in between is destroyed too, then marked.
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Box::pin(self.shred(name)).await,
+            Err(e) => Err(SealError::Store(e.to_string())),
+        }
+    }
+
+    /// Destroys every key whose name starts with `prefix` (which ends in `.`):
+    /// the persons' keys of a deleted tenant.
+    pub async fn destroy_all(&self, prefix: &str) -> Result<usize, SealError> {
+        let names = crate::store::bucket_keys(&self.kv, &format!("{prefix}>")).await.map_err(SealError::Store)?;
+        for name in &names {
+            self.destroy(name).await?;
+        }
+        Ok(names.len())
     }
 
     /// Follows the `keys` bucket for as long as the future is polled (its owner

@@ -439,7 +439,7 @@ async fn open_secret(deps: &Deps, sealed: &Sealed) -> Result<Option<Secret>, Com
 }
 
 /// Checks the account's password; a wrong one is refused as bad input.
-async fn check_password(
+pub(crate) async fn check_password(
     deps: &Deps,
     scope: &Scope,
     id: &str,

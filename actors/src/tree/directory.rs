@@ -3,16 +3,17 @@
 //! never a tenant without an owner, nor an owner without a tenant. Creations of
 //! one slug run in its lane; creations of different slugs run at once.
 
-use crate::command::{CommandEnvelope, CommandFailure, CommandResult, TenantReply, TenantRequest};
+use crate::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, TenantReply, TenantRequest};
 use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState};
 use crate::domain::account::{Account, AccountCommand};
 use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
-use crate::store::event_store::{Stamp, StoreErrorKind, batch_for, event_subject};
-use crate::tree::account::{NewAccount, account_id_for, prepare_registration, request_digest};
+use crate::store::event_store::{EventStore, Stamp, StoreErrorKind, batch_for, event_subject};
+use crate::store::seal::{KeyRing, person_key_name, tenant_key_name};
+use crate::tree::account::{NewAccount, account_id_for, check_password, failure, prepare_registration, request_digest};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
-use crate::tree::executor::Loaded;
+use crate::tree::executor::{Loaded, execute, load};
 
 /// Tenants, in the platform's tree.
 pub struct DirectoryHandler;
@@ -31,10 +32,17 @@ impl Handler for DirectoryHandler {
             return Err(CommandFailure::new("NOT_FOUND", "tenants are created on the platform"));
         }
         // Checked here too, not only at the edge: whoever reaches `cmd._system.tenant`.
-        if !envelope.principal.is_platform_admin() {
-            return Err(CommandFailure::forbidden("only a platform administrator may create tenants"));
+        // A tenant's own callers are checked against its access state in `run`.
+        let slug = envelope.request.slug();
+        let admin = envelope.principal.is_platform_admin();
+        let insider = envelope.principal.actor_in(&Scope::Tenant(slug.clone())).is_some();
+        let allowed = match &envelope.request {
+            TenantRequest::Create { .. } | TenantRequest::Suspend { .. } | TenantRequest::Resume { .. } => admin,
+            TenantRequest::Rename { .. } | TenantRequest::Delete { .. } => admin || insider,
+        };
+        if !allowed {
+            return Err(CommandFailure::forbidden("only a platform administrator may do this"));
         }
-        let TenantRequest::Create { slug, .. } = &envelope.request;
         Ok(Route::Lane(slug.as_str().to_owned()))
     }
 
@@ -44,10 +52,83 @@ impl Handler for DirectoryHandler {
         envelope: CommandEnvelope<TenantRequest>,
         _state: &mut Option<Loaded<Tenant>>,
     ) -> CommandResult<TenantReply> {
-        // A creation reads the directory's subject itself: two nodes may race on
-        // one slug, and the expected sequence 0 lets exactly one win.
-        create(&ctx.deps, envelope).await
+        // Every command reads the directory's subject itself rather than a cached
+        // state: two nodes may race on one slug (the expected sequence lets one
+        // win), and lifecycle changes are rare.
+        if let TenantRequest::Create { .. } = envelope.request {
+            return create(&ctx.deps, envelope).await;
+        }
+        change(&ctx.deps, envelope).await
     }
+}
+
+/// A lifecycle change of an existing tenant: rename, suspend, resume, delete.
+async fn change(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
+    let digest = request_digest(deps, &Scope::Platform, &envelope.digest_input()).await?;
+    let CommandEnvelope { command_id, request, principal, .. } = envelope;
+    let stamp = Stamp { command_id, digest };
+    let tenant = Scope::Tenant(request.slug().clone());
+    let cmd = match request {
+        TenantRequest::Create { .. } => return Err(CommandFailure::internal()),
+        TenantRequest::Rename { name, .. } => {
+            if !principal.is_platform_admin() {
+                insider_may(deps, &tenant, &principal, "update_tenant").await?;
+            }
+            TenantCommand::Rename { name }
+        }
+        TenantRequest::Suspend { .. } => TenantCommand::Suspend,
+        TenantRequest::Resume { .. } => TenantCommand::Resume,
+        TenantRequest::Delete { password, .. } => {
+            if !principal.is_platform_admin() {
+                insider_may(deps, &tenant, &principal, "delete_tenant").await?;
+                // Only a member can prove a password; a token never deletes its tenant.
+                let account = principal
+                    .account_in(&tenant)
+                    .ok_or_else(|| CommandFailure::forbidden("deleting a tenant needs a member's password"))?;
+                let password =
+                    password.ok_or_else(|| CommandFailure::new("BAD_USER_INPUT", "the password is not correct"))?;
+                check_password(deps, &tenant, account.as_str(), &password, &mut None).await?;
+            }
+            TenantCommand::Delete
+        }
+    };
+    let slug = tenant.tenant().expect("a tenant scope").as_str().to_owned();
+    let done = execute::<Tenant>(&deps.store, &Scope::Platform, &slug, None, &stamp, &cmd, deps.snapshot_every)
+        .await
+        .map_err(|e| failure(e, "appending a tenant change"))?;
+    if let TenantCommand::Delete = cmd {
+        // After the append, so a tenant is never left alive without its keys; a
+        // retry of the command, and every node's tenant feed, repeat this.
+        shred_tenant(&deps.keys, &deps.store, &tenant).await?;
+    }
+    Ok(TenantReply::Changed { seq: done.seq })
+}
+
+/// Whether a member or token of `tenant` holds `permission` there now.
+async fn insider_may(
+    deps: &Deps,
+    tenant: &Scope,
+    principal: &Principal,
+    permission: &str,
+) -> Result<(), CommandFailure> {
+    let actor = principal.actor_in(tenant).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+    let access = load::<Access>(&deps.store, tenant, ACCESS_ID).await.map_err(|e| broken("loading access", e))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if access.state.effective(&actor, now).contains(permission) {
+        Ok(())
+    } else {
+        Err(CommandFailure::forbidden(&format!("this needs the permission {permission}")))
+    }
+}
+
+/// Makes a deleted tenant's sealed data unreadable for good: its data key is
+/// shredded (never created again), its persons' keys are destroyed, and its
+/// snapshots are purged. Repeating it does no harm.
+pub async fn shred_tenant(keys: &KeyRing, store: &EventStore, tenant: &Scope) -> Result<(), CommandFailure> {
+    keys.shred(&tenant_key_name(tenant)).await.map_err(|e| broken("shredding a tenant key", e))?;
+    keys.destroy_all(&person_key_name(tenant, "")).await.map_err(|e| broken("destroying a tenant's person keys", e))?;
+    store.forget_snapshots(tenant).await.map_err(|e| broken("purging a tenant's snapshots", e))?;
+    Ok(())
 }
 
 /// The subject of a tenant's creation event: its existence check.
@@ -87,7 +168,9 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
     let digest = request_digest(deps, &Scope::Platform, &envelope.digest_input()).await?;
     let CommandEnvelope { command_id, request, .. } = envelope;
     let stamp = Stamp { command_id, digest };
-    let TenantRequest::Create { slug, name, owner_email, owner_password } = request;
+    let TenantRequest::Create { slug, name, owner_email, owner_password } = request else {
+        return Err(CommandFailure::internal());
+    };
     if let Some(answer) = existing(deps, &slug, &stamp).await? {
         return answer;
     }

@@ -151,6 +151,15 @@ const DE: &[(&str, &str)] = &[
         "this token was created by an earlier request with the same idempotency-key, and its secret was shown then; revoke it and create another",
         "dieses Token entstand durch eine frühere Anfrage mit demselben idempotency-key, und sein Geheimnis wurde damals gezeigt; widerrufen und ein neues erstellen",
     ),
+    ("this tenant is suspended", "dieser Mandant ist gesperrt"),
+    ("only a member may do this, not an access token", "das darf nur ein Mitglied, kein Zugriffstoken"),
+    ("this tenant is already suspended", "dieser Mandant ist schon gesperrt"),
+    ("this tenant is not suspended", "dieser Mandant ist nicht gesperrt"),
+    (
+        "deleting a tenant needs a member's password",
+        "einen Mandanten löschen kann nur ein Mitglied mit seinem Passwort",
+    ),
+    ("the slug names another tenant than the request's", "der Slug nennt einen anderen Mandanten als die Anfrage"),
 ];
 
 /// `message` in `locale`, or `None` when it stays as it is (English, or no
@@ -207,6 +216,7 @@ mod tests {
     fn every_domain_message_has_a_translation() {
         use actors::domain::access::AccessError;
         use actors::domain::account::{AccountError, InputError};
+        use actors::domain::tenant::TenantError;
         let errors: Vec<String> = [
             AccountError::EmailTaken,
             AccountError::AlreadyRegistered,
@@ -241,6 +251,18 @@ mod tests {
                 AccessError::TooManyInvitations,
                 AccessError::UnknownInvitation,
                 AccessError::InvitationClosed,
+            ]
+            .iter()
+            .map(ToString::to_string),
+        )
+        .chain(
+            [
+                TenantError::AlreadyExists,
+                TenantError::InvalidName,
+                TenantError::NotFound,
+                TenantError::Suspended,
+                TenantError::AlreadySuspended,
+                TenantError::NotSuspended,
             ]
             .iter()
             .map(ToString::to_string),

@@ -21,6 +21,9 @@ pub enum Needs {
     SignedIn,
     /// In a tenant, a caller holding this permission; on the platform, an administrator.
     Permission(&'static str),
+    /// As `Permission`, for a member only: an access token is refused (what the
+    /// field does needs a member's password).
+    Member(&'static str),
     /// A platform administrator.
     PlatformAdmin,
 }
@@ -31,6 +34,7 @@ impl Needs {
             Needs::Public => "public".into(),
             Needs::SignedIn => "signed in (acts on one's own account)".into(),
             Needs::Permission(p) => format!("`{p}`"),
+            Needs::Member(p) => format!("`{p}`, as a member (not an access token)"),
             Needs::PlatformAdmin => "platform administrator".into(),
         }
     }
@@ -71,6 +75,10 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Mutation", "revokeInvitation", Needs::Permission("invite_members")),
     ("Mutation", "acceptInvitation", Needs::Public),
     ("Mutation", "createTenant", Needs::PlatformAdmin),
+    ("Mutation", "updateTenant", Needs::Permission("update_tenant")),
+    ("Mutation", "suspendTenant", Needs::PlatformAdmin),
+    ("Mutation", "resumeTenant", Needs::PlatformAdmin),
+    ("Mutation", "deleteTenant", Needs::Member("delete_tenant")),
 ];
 
 pub fn needs(parent: &str, field: &str) -> Option<Needs> {
@@ -97,6 +105,7 @@ pub async fn allowed(app: &App, req: &RequestCtx, needs: Needs) -> async_graphql
             Needs::Public => Ok(()),
             Needs::Permission(p) if token.permissions.contains(p) => Ok(()),
             Needs::Permission(p) => Err(error("FORBIDDEN", format!("this needs the permission {p}"))),
+            Needs::Member(_) => Err(error("FORBIDDEN", "only a member may do this, not an access token")),
             Needs::SignedIn => Err(error("FORBIDDEN", "an access token acts for its tenant, not as an account")),
             Needs::PlatformAdmin => Err(error("FORBIDDEN", "only a platform administrator may do this")),
         };
@@ -117,7 +126,7 @@ pub async fn allowed(app: &App, req: &RequestCtx, needs: Needs) -> async_graphql
                 Err(error("FORBIDDEN", "only a platform administrator may do this"))
             }
         }
-        Needs::Permission(permission) => {
+        Needs::Permission(permission) | Needs::Member(permission) => {
             let p = signed_in()?;
             if req.scope == Scope::Platform {
                 return if p.tenant == PLATFORM_TOKEN {

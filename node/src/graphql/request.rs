@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::App;
 use crate::edge::auth::Claims;
+use crate::edge::feed::Feed;
 use crate::edge::tokens::TokenCaller;
 
 /// Who is asking, and for which tenant; resolved by the edge before execution.
@@ -182,7 +183,7 @@ pub async fn settle_or_revoke(ctx: &Context<'_>, app: &App, seq: u64, ended: usi
         return;
     }
     let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
-    if !app.revocations.wait_for(seq, timeout).await {
+    if !app.revocations.marks().wait_for(seq, timeout).await {
         tracing::warn!(seq, "the revocation set did not reach the write in time; answering anyway");
     }
 }

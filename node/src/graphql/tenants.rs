@@ -1,13 +1,40 @@
-//! Tenants in GraphQL: a member's `tenant`, and the platform administrators'
-//! `tenants` and `createTenant`.
+//! Tenants in GraphQL: a member's `tenant` and `updateTenant`, the platform
+//! administrators' `tenants`, `createTenant`, `suspendTenant` and
+//! `resumeTenant`, and `deleteTenant` (an administrator, or a member holding
+//! `delete_tenant` with their password).
 
 use actors::command::{TenantReply, TenantRequest};
 use actors::domain::account::{Email, Password};
-use actors::domain::tenant::{Scope, TenantId, TenantName};
-use async_graphql::{Context, InputObject, Object, SimpleObject};
+use actors::domain::tenant::{Scope, TenantId, TenantName, TenantStatus};
+use async_graphql::{Context, Enum, InputObject, Object, SimpleObject};
 
-use super::request::{bad_input, command_id, consistent, internal, parse, parts, platform_admin, send, settle};
+use super::request::{
+    RequestCtx, bad_input, command_id, consistent, error, internal, parse, parts, platform_admin, send, settle,
+};
+use crate::App;
+use crate::edge::feed::Feed;
 use crate::read_model::TenantRow;
+
+/// Where a tenant is in its life.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "TenantStatus")]
+pub enum Status {
+    Active,
+    /// Its members and access tokens are refused until it is resumed.
+    Suspended,
+    /// Its data is shredded; its slug stays taken.
+    Deleted,
+}
+
+impl From<TenantStatus> for Status {
+    fn from(s: TenantStatus) -> Self {
+        match s {
+            TenantStatus::Active => Status::Active,
+            TenantStatus::Suspended => Status::Suspended,
+            TenantStatus::Deleted => Status::Deleted,
+        }
+    }
+}
 
 #[derive(SimpleObject)]
 pub struct Tenant {
@@ -19,11 +46,13 @@ pub struct Tenant {
     /// The account that created the tenant, its first owner (`roles` and
     /// `users` tell who owns it now).
     owner: async_graphql::ID,
+    status: Status,
 }
 
 impl From<TenantRow> for Tenant {
     fn from(r: TenantRow) -> Self {
         Self {
+            status: r.status().into(),
             id: r.slug.clone(),
             slug: r.slug,
             name: r.name,
@@ -86,13 +115,90 @@ impl TenantMutation {
         };
         let reply: TenantReply =
             send(app, req, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
-        let TenantReply::Created { seq, .. } = reply;
+        let (TenantReply::Created { seq, .. } | TenantReply::Changed { seq }) = reply;
         settle(ctx, app, seq).await;
-        app.read_model
-            .tenant(&slug)
-            .await
-            .map_err(|e| internal("reading a tenant", e))?
-            .map(Tenant::from)
-            .ok_or_else(|| internal("tenant not projected in time", slug.as_str()))
+        projected(app, &slug).await
     }
+
+    /// Renames the caller's tenant (permission `update_tenant`).
+    async fn update_tenant(&self, ctx: &Context<'_>, input: UpdateTenantInput) -> async_graphql::Result<Tenant> {
+        let (app, req) = parts(ctx);
+        let slug = super::request::tenant_of(req, "name the tenant")?.clone();
+        let name = TenantName::parse(&input.name).map_err(|e| bad_input("name", e))?;
+        change(ctx, "updateTenant", TenantRequest::Rename { slug: slug.clone(), name }).await?;
+        projected(app, &slug).await
+    }
+
+    /// Suspends a tenant (platform administrators only): its members and access
+    /// tokens get `FORBIDDEN` from the next request on, and nothing is lost.
+    async fn suspend_tenant(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Tenant> {
+        let (app, req) = parts(ctx);
+        platform_admin(req)?;
+        let slug = TenantId::parse(&slug).map_err(|e| bad_input("slug", e))?;
+        change(ctx, "suspendTenant", TenantRequest::Suspend { slug: slug.clone() }).await?;
+        projected(app, &slug).await
+    }
+
+    /// Lifts a suspension (platform administrators only).
+    async fn resume_tenant(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Tenant> {
+        let (app, req) = parts(ctx);
+        platform_admin(req)?;
+        let slug = TenantId::parse(&slug).map_err(|e| bad_input("slug", e))?;
+        change(ctx, "resumeTenant", TenantRequest::Resume { slug: slug.clone() }).await?;
+        projected(app, &slug).await
+    }
+
+    /// Deletes a tenant for good: a platform administrator, or a member holding
+    /// `delete_tenant` who gives their password. Its data key is destroyed (all
+    /// it sealed in the log becomes unreadable), its read models are dropped,
+    /// and its slug is never given out again.
+    async fn delete_tenant(&self, ctx: &Context<'_>, input: DeleteTenantInput) -> async_graphql::Result<bool> {
+        let (_, req) = parts(ctx);
+        let slug = TenantId::parse(&input.slug).map_err(|e| bad_input("slug", e))?;
+        if req.scope.tenant().is_some_and(|t| *t != slug) {
+            return Err(error("BAD_USER_INPUT", "the slug names another tenant than the request's"));
+        }
+        let password = match &input.password {
+            None => None,
+            Some(p) => Some(Password::parse(p).map_err(|_| error("BAD_USER_INPUT", "the password is not correct"))?),
+        };
+        change(ctx, "deleteTenant", TenantRequest::Delete { slug, password }).await?;
+        Ok(true)
+    }
+}
+
+#[derive(InputObject)]
+pub struct UpdateTenantInput {
+    name: String,
+}
+
+#[derive(InputObject)]
+pub struct DeleteTenantInput {
+    slug: String,
+    /// The member's own password; a platform administrator needs none.
+    password: Option<String>,
+}
+
+/// Sends a lifecycle change to the directory; answers once the read models
+/// and this node's tenant statuses hold it, so the next request sees it.
+async fn change(ctx: &Context<'_>, operation: &str, request: TenantRequest) -> async_graphql::Result<()> {
+    let (app, req): (&std::sync::Arc<App>, &RequestCtx) = parts(ctx);
+    let reply: TenantReply = send(app, req, &Scope::Platform, "tenant", command_id(req, operation), request).await?;
+    let (TenantReply::Created { seq, .. } | TenantReply::Changed { seq }) = reply;
+    settle(ctx, app, seq).await;
+    let timeout = std::time::Duration::from_millis(app.config.read_your_writes_timeout_ms);
+    if !app.tenants.marks().wait_for(seq, timeout).await {
+        tracing::warn!(seq, "the tenant statuses did not reach the change in time; answering anyway");
+    }
+    Ok(())
+}
+
+/// The tenant as the read model shows it after a write.
+async fn projected(app: &App, slug: &TenantId) -> async_graphql::Result<Tenant> {
+    app.read_model
+        .tenant(slug)
+        .await
+        .map_err(|e| internal("reading a tenant", e))?
+        .map(Tenant::from)
+        .ok_or_else(|| internal("tenant not projected in time", slug.as_str()))
 }

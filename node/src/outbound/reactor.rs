@@ -261,7 +261,7 @@ impl MailReactor {
             return Err(Skip::Never("a sealed field names another person's key".into()));
         }
         self.keys.open(sealed).await.map_err(|e| match e {
-            SealError::MissingKey(_) => Skip::Never("the person was erased".into()),
+            SealError::MissingKey(_) | SealError::Shredded(_) => Skip::Never("the person was erased".into()),
             SealError::Open => Skip::Never("a sealed field does not open".into()),
             other => later(other),
         })

@@ -100,7 +100,7 @@ impl Event<'_> {
         }
         let key = match self.keys.existing_key(kid).await {
             Ok(k) => k,
-            Err(SealError::MissingKey(_)) => return Ok(ERASED.into()),
+            Err(SealError::MissingKey(_) | SealError::Shredded(_)) => return Ok(ERASED.into()),
             // The bucket is unreachable, or this node's master key does not unwrap
             // the key: neither is the event's fault.
             Err(e) => return Err(Unapplied::Unavailable(e.into())),

@@ -270,6 +270,17 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
         )
         .await;
     assert_eq!(erased["data"]["deleteAccount"], true, "{erased}");
+    // The tenant's lifecycle, ending with its deletion.
+    let rename = "mutation { updateTenant(input: {name: \"Acme Corp\"}) { name } }";
+    let renamed = node.gql(Some("acme"), Some(&owner), rename, json!({})).await;
+    assert_eq!(renamed["data"]["updateTenant"]["name"], "Acme Corp", "{renamed}");
+    let admin = node.admin_token().await;
+    for change in ["suspendTenant(slug: \"acme\") { status }", "resumeTenant(slug: \"acme\") { status }"] {
+        let r = node.gql(None, Some(&admin), &format!("mutation {{ {change} }}"), json!({})).await;
+        assert!(r["errors"].is_null(), "{r}");
+    }
+    let deleted = node.gql(None, Some(&admin), "mutation { deleteTenant(input: {slug: \"acme\"}) }", json!({})).await;
+    assert_eq!(deleted["data"]["deleteTenant"], true, "{deleted}");
 
     let schemas: std::collections::HashMap<String, Value> =
         event_schemas().into_iter().map(|(n, _, s)| (n, s)).collect();

@@ -9,14 +9,14 @@ use crate::harness::*;
 const DELETE: &str = "mutation($p: String!) { deleteAccount(input: {password: $p}) }";
 
 /// The node's key ring, as another node with the same master key would have it.
-async fn key_ring(nats: &NatsServer, node: &TestNode) -> KeyRing {
+pub(crate) async fn key_ring(nats: &NatsServer, node: &TestNode) -> KeyRing {
     let master = std::fs::read_to_string(node.data_dir().join("master.key")).unwrap();
     let (_, kv) = actors::store::event_store::EventStore::open(nats.client().await, 1).await.unwrap();
     KeyRing::new(kv, MasterKey::from_base64(&master).unwrap())
 }
 
 /// The sealed personal fields of `account_id`'s registration, read raw from EVENTS.
-async fn sealed_fields(nats: &NatsServer, account_id: &str) -> Vec<Sealed> {
+pub(crate) async fn sealed_fields(nats: &NatsServer, account_id: &str) -> Vec<Sealed> {
     let subject_end = format!(".account.{account_id}.AccountRegistered");
     let (_, payload) =
         all_events(nats).await.into_iter().find(|(s, _)| s.ends_with(&subject_end)).expect("the registration");

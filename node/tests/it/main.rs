@@ -22,4 +22,5 @@ mod process;
 mod projection;
 mod roles;
 mod sessions;
+mod tenant_lifecycle;
 mod verification;
