@@ -174,9 +174,7 @@ pub(super) async fn run(
     request: AccessRequest,
 ) -> async_graphql::Result<AccessReply> {
     let (app, req) = parts(ctx);
-    if req.scope == Scope::Platform {
-        return Err(error("FORBIDDEN", "roles belong to a tenant: send `x-tenant-id`"));
-    }
+    super::request::tenant_of(req, "roles belong to a tenant")?;
     let reply: AccessReply = send(app, req, &req.scope, "access", command_id(req, operation), request).await?;
     let seq = match &reply {
         AccessReply::Done { seq }

@@ -604,6 +604,7 @@ impl AccountMutation {
     /// Erases an account of the tenant, as `deleteAccount` does (the tenant owner only).
     async fn remove_user(&self, ctx: &Context<'_>, id: async_graphql::ID) -> async_graphql::Result<bool> {
         let (app, req) = parts(ctx);
+        super::request::tenant_of(req, "members belong to a tenant")?;
         let account_id = AccountId::parse(&id).map_err(|_| bad_input("id", "not an account id"))?;
         erased(ctx, app, req, "removeUser", AccountRequest::RemoveUser { account_id }).await
     }

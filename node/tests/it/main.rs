@@ -18,6 +18,7 @@ mod contracts;
 mod event_store;
 mod mail;
 mod nats_auth;
+mod permission_matrix;
 mod process;
 mod projection;
 mod roles;
