@@ -11,6 +11,7 @@ use crate::domain::challenge::{Code, LinkToken};
 use crate::domain::ids::CommandId;
 use crate::domain::session::{RefreshToken, SessionId, UserAgent};
 use crate::domain::tenant::{Scope, TenantId, TenantName};
+use crate::store::event_store::{ActorKind, EventActor};
 
 pub fn command_subject(scope: &Scope, aggregate: &str) -> String {
     format!("cmd.{}.{aggregate}", scope.token())
@@ -42,6 +43,23 @@ pub enum Principal {
 impl Principal {
     pub fn is_platform_admin(&self) -> bool {
         matches!(self, Principal::Account { scope: Scope::Platform, .. })
+    }
+
+    /// Who acted, as the events of the command record it.
+    pub fn event_actor(&self) -> Option<EventActor> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Account { scope, account_id, .. } => Some(EventActor {
+                kind: ActorKind::Account,
+                id: account_id.as_str().to_owned(),
+                tenant: scope.token().to_owned(),
+            }),
+            Principal::Token { scope, token_id } => Some(EventActor {
+                kind: ActorKind::Token,
+                id: token_id.as_str().to_owned(),
+                tenant: scope.token().to_owned(),
+            }),
+        }
     }
 
     /// The account acting, if it belongs to `scope`.
@@ -80,6 +98,36 @@ pub struct CommandEnvelope<R> {
     pub command_id: CommandId,
     pub principal: Principal,
     pub request: R,
+    /// Where the request came from, as the edge saw it; sealed into each event
+    /// for the audit trail, never part of the request's digest (a retry from
+    /// another address is the same request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientInfo>,
+}
+
+/// A request's client address and user agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    /// The longest address and user agent kept: an IPv6 address with a zone
+    /// fits the first, and a user agent is cut (at a character boundary).
+    const MAX_ADDRESS: usize = 64;
+    const MAX_USER_AGENT: usize = 256;
+
+    /// The same, cut to bounded lengths and without control characters: what
+    /// reaches the log, whoever sent the command.
+    pub fn bounded(&self) -> Self {
+        let clean = |s: &str, max: usize| s.chars().filter(|c| !c.is_control()).take(max).collect::<String>();
+        Self {
+            address: clean(&self.address, Self::MAX_ADDRESS),
+            user_agent: self.user_agent.as_deref().map(|u| clean(u, Self::MAX_USER_AGENT)),
+        }
+    }
 }
 
 /// Request fields that are secrets: left out of a request's digest, which is
@@ -503,6 +551,17 @@ mod tests {
     const ANONYMOUS: &str = r#""principal":{"kind":"anonymous"}"#;
 
     #[test]
+    fn a_client_is_bounded_before_it_is_sealed() {
+        let hostile =
+            ClientInfo { address: "1".repeat(500), user_agent: Some(format!("bot\u{0}\n{}", "x".repeat(900))) };
+        let kept = hostile.bounded();
+        assert_eq!(kept.address.len(), 64);
+        let ua = kept.user_agent.unwrap();
+        assert_eq!(ua.chars().count(), 256);
+        assert!(ua.starts_with("botxx"), "{ua}");
+    }
+
+    #[test]
     fn a_command_with_an_invalid_email_does_not_decode() {
         let raw = format!(
             r#"{{"command_id":"c1",{ANONYMOUS},"request":{{"kind":"login","email":"nope","password":"12345678"}}}}"#
@@ -534,9 +593,11 @@ mod tests {
                 password: Password::parse(password).unwrap(),
                 session: SessionRequest::default(),
             },
+            client: Some(ClientInfo { address: format!("10.0.0.{}", password.len()), user_agent: None }),
         };
         let a = login("a@b.co", "first-password");
         assert!(!a.digest_input().contains("first-password"));
+        // Neither the password nor the client's address is part of the digest.
         assert_eq!(a.digest_input(), login("a@b.co", "other-password").digest_input());
         assert_ne!(a.digest_input(), login("z@b.co", "first-password").digest_input());
     }
@@ -551,6 +612,7 @@ mod tests {
                 password: Password::parse("12345678").unwrap(),
                 session: SessionRequest::default(),
             },
+            client: None,
         };
         let json = serde_json::to_string(&cmd).unwrap();
         let back: CommandEnvelope<AccountRequest> = serde_json::from_str(&json).unwrap();

@@ -631,8 +631,56 @@ async fn scenarios(
             token: token(&r, "register")?,
         });
     }
+    // For D: per tenant, an access token of the owner's with `read_users`, and
+    // a member whose only role is a custom one granting `read_users`.
+    let (mut tokens, mut readers) = (Vec::new(), Vec::new());
+    if fixture.wants('D') {
+        for o in &owners {
+            let secret = http
+                .gql(
+                    Some(&o.tenant),
+                    Some(&o.token),
+                    "mutation { createAccessToken(input: {name: \"bench\", scopes: [\"read_users\"]}) { secret } }",
+                    json!({}),
+                )
+                .await?["data"]["createAccessToken"]["secret"]
+                .as_str()
+                .context("no secret")?
+                .to_owned();
+            tokens.push(Actor { token: secret, ..o.clone() });
+            let role = http
+                .gql(
+                    Some(&o.tenant),
+                    Some(&o.token),
+                    "mutation { createRole(input: {name: \"Reader\", permissions: [\"read_users\"]}) { id } }",
+                    json!({}),
+                )
+                .await?["data"]["createRole"]["id"]
+                .as_str()
+                .context("no role id")?
+                .to_owned();
+            let r = http
+                .gql(
+                    Some(&o.tenant),
+                    None,
+                    "mutation($i: RegisterInput!) { register(input: $i) { token user { id } } }",
+                    json!({ "i": { "email": format!("reader@{}.test", o.tenant), "password": "reader-password", "firstname": "R", "lastname": "B" } }),
+                )
+                .await?;
+            let reader_id = r["data"]["register"]["user"]["id"].as_str().context("no id")?.to_owned();
+            http.gql(
+                Some(&o.tenant),
+                Some(&o.token),
+                "mutation($u: ID!, $r: [ID!]!) { changeMemberRole(input: {userId: $u, roles: $r}) }",
+                json!({ "u": reader_id, "r": [role] }),
+            )
+            .await?;
+            readers.push(Actor { tenant: o.tenant.clone(), account_id: reader_id, token: token(&r, "register")? });
+        }
+    }
     let owners = Arc::new(owners);
     let busy = Arc::new(busy);
+    let (tokens, readers) = (Arc::new(tokens), Arc::new(readers));
 
     // B and E: a profile update sent as a NATS request straight to the tenant trees.
     for &c in levels.iter().filter(|_| fixture.wants('B')) {
@@ -704,13 +752,17 @@ async fn scenarios(
         results.push(h);
     }
 
-    // D: queries, `me` and a page of `users`.
-    for (name, query) in [
-        ("D query me", "{ me { id email } }"),
-        ("D query users page", "{ users(first: 20) { edges { node { email } } } }"),
+    // D: queries, `me` and a page of `users`; the page also as an access token
+    // and as a member holding a custom role, for what the permission check costs.
+    let page = "{ users(first: 20) { edges { node { email } } } }";
+    for (name, query, callers) in [
+        ("D query me", "{ me { id email } }", &owners),
+        ("D query users page", page, &owners),
+        ("D query users page, access token", page, &tokens),
+        ("D query users page, custom role", page, &readers),
     ] {
         for &c in levels.iter().filter(|_| fixture.wants('D')) {
-            let (owners, http) = (owners.clone(), http.clone());
+            let (owners, http) = (callers.clone(), http.clone());
             results.push(
                 measure(name, c, duration, move |w, i| {
                     let who = owners[pick(owners.len(), c, w, i)].clone();
@@ -1223,6 +1275,7 @@ async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::R
             lastname: PersonName::parse("Bench")?,
             locale: None,
         },
+        client: None,
     })?;
     let reply = nc.request(command_subject(&scope, "account"), body.into()).await?;
     match serde_json::from_slice::<CommandResult<AccountReply>>(&reply.payload)? {

@@ -8,6 +8,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 pub mod access;
 pub mod accounts;
+pub mod audit;
 pub mod invitations;
 pub mod permissions;
 pub mod request;
@@ -21,6 +22,7 @@ pub mod tenants;
 #[derive(MergedObject, Default)]
 pub struct Query(
     accounts::AccountQuery,
+    audit::AuditQueryRoot,
     access::AccessQuery,
     invitations::InvitationQuery,
     sessions::SessionQuery,

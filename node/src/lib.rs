@@ -453,7 +453,8 @@ async fn bootstrap_admin(app: &App) -> anyhow::Result<()> {
         locale: Default::default(),
         session: None,
     };
-    let body = serde_json::to_vec(&CommandEnvelope { command_id, principal: Principal::Anonymous, request })?;
+    let body =
+        serde_json::to_vec(&CommandEnvelope { command_id, principal: Principal::Anonymous, request, client: None })?;
     let reply = app
         .nats
         .request(command_subject(&Scope::Platform, "account"), body.into())

@@ -25,6 +25,7 @@ use crate::read_model::{DbChanges, DeadLetter, ReadError, ReadModel, Statement, 
 
 pub mod access;
 pub mod accounts;
+pub mod audit;
 pub mod event;
 pub mod tenants;
 
@@ -156,14 +157,17 @@ struct Entry {
     seq: u64,
     subject: String,
     outcome: Outcome,
+    /// The tenant this event deletes, if it is a `TenantDeleted`.
+    deletes: Option<TenantId>,
 }
 
 enum Outcome {
     /// The event's statements, in the database of its tenant (none for claims
     /// and types this build does not project: they only move the checkpoint).
-    /// `removes`: a database this event removes (a deleted tenant's), after
-    /// every statement of the batch for that database.
-    Apply { db: String, statements: Vec<Statement>, removes: Option<String> },
+    /// `elsewhere`: statements for other databases (another trail that shows
+    /// the event, a deleted tenant's removal), each after every statement of
+    /// the batch for its database.
+    Apply { db: String, statements: Vec<Statement>, elsewhere: Vec<(String, Statement)> },
     /// The event is set aside as a dead letter, for this reason.
     SetAside(String),
 }
@@ -206,14 +210,12 @@ impl Grouped {
         let mut grouped = Self::default();
         for e in entries {
             match &e.outcome {
-                Outcome::Apply { db, statements, removes } => {
+                Outcome::Apply { db, statements, elsewhere } => {
                     if !statements.is_empty() {
                         grouped.add(db, statements.iter().cloned());
                     }
-                    if let Some(removed) = removes {
-                        // Names are made by `db_name`: plain identifiers, safe to splice.
-                        let remove = statement(format!("REMOVE DATABASE IF EXISTS {removed}"), serde_json::json!({}));
-                        grouped.add(removed, [remove]);
+                    for (other, st) in elsewhere {
+                        grouped.add(other, [st.clone()]);
                     }
                 }
                 Outcome::SetAside(reason) => {
@@ -254,11 +256,12 @@ fn admit(seq: u64, subject: &str, payload: &[u8]) -> Result<(Scope, Stored), Una
     Ok((scope, stored))
 }
 
-/// The slug a `TenantDeleted` subject names, for any other subject `None`.
-fn deleted_tenant(subject: &str) -> Option<&str> {
-    EventSubject::parse(subject)
-        .filter(|t| t.tenant == PLATFORM_TOKEN && t.aggregate == "tenant" && t.event_type == "TenantDeleted")
-        .map(|t| t.aggregate_id)
+/// The tenant a `TenantDeleted` event deletes; for any other event `None`.
+fn deleted_tenant(ev: &Stored) -> Option<TenantId> {
+    let e = &ev.envelope;
+    (e.tenant == PLATFORM_TOKEN && e.aggregate == "tenant" && e.event_type == "TenantDeleted")
+        .then(|| TenantId::parse(&e.aggregate_id).ok())
+        .flatten()
 }
 
 /// Commits the entries of a batch, which follow the checkpoint `before`, and
@@ -456,10 +459,11 @@ impl Projector {
             for m in &batch {
                 let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
                 marks.push((info.stream_sequence, info.published));
-                entries.push(self.entry(info.stream_sequence, &m.subject, &m.payload).await?);
-                if let Some(slug) = deleted_tenant(&m.subject) {
-                    self.deleted.insert(slug.to_owned());
+                let entry = self.entry(info.stream_sequence, &m.subject, &m.payload).await?;
+                if let Some(slug) = &entry.deletes {
+                    self.deleted.insert(slug.as_str().to_owned());
                 }
+                entries.push(entry);
             }
             let last = marks.last().map_or(applied, |(seq, _)| *seq);
             let mut set_aside = Vec::new();
@@ -521,6 +525,8 @@ impl Projector {
         for (scope, account_id) in &self.unerased {
             if !self.is_deleted(scope) {
                 grouped.add(&db_name(scope), erasure(account_id));
+                let (db, trail) = audit::erasure(scope, account_id);
+                grouped.add(&db, [trail]);
             }
         }
         self.rm.apply(grouped.changes, applied).await?;
@@ -554,25 +560,52 @@ impl Projector {
     /// What one message of the log does to the read models. Only an outage is an
     /// error; an event that can never apply becomes a dead letter.
     async fn entry(&self, seq: u64, subject: &str, payload: &[u8]) -> anyhow::Result<Entry> {
+        let mut deletes = None;
         let applied = match admit(seq, subject, payload) {
             // Nothing of a deleted tenant is written again: it would bring its database back.
-            Ok((scope, _)) if self.is_deleted(&scope) => Ok((db_name(&scope), Vec::new())),
-            Ok((scope, ev)) => self.statements(&scope, &ev).await.map(|st| (db_name(&scope), st)),
+            Ok((scope, _)) if self.is_deleted(&scope) => Ok((db_name(&scope), Vec::new(), Vec::new())),
+            Ok((scope, ev)) => {
+                deletes = deleted_tenant(&ev);
+                self.changes(&scope, &ev).await.map(|(st, elsewhere)| (db_name(&scope), st, elsewhere))
+            }
             Err(e) => Err(e),
         };
-        let removes = deleted_tenant(subject)
-            .and_then(|slug| TenantId::parse(slug).ok())
-            .map(|slug| db_name(&Scope::Tenant(slug)));
         let outcome = match applied {
-            Ok((db, statements)) => Outcome::Apply { db, statements, removes },
+            Ok((db, statements, elsewhere)) => Outcome::Apply { db, statements, elsewhere },
             Err(Unapplied::Refused(reason)) => Outcome::SetAside(reason),
             Err(Unapplied::Unavailable(e)) => return Err(e),
         };
-        Ok(Entry { seq, subject: subject.to_owned(), outcome })
+        Ok(Entry { seq, subject: subject.to_owned(), outcome, deletes })
     }
 
     fn is_deleted(&self, scope: &Scope) -> bool {
         scope.tenant().is_some_and(|t| self.deleted.contains(t.as_str()))
+    }
+
+    /// An event's statements in its scope's database (its projection's and its
+    /// audit record), and those for other databases.
+    async fn changes(
+        &self,
+        scope: &Scope,
+        ev: &Stored,
+    ) -> Result<(Vec<Statement>, Vec<(String, Statement)>), Unapplied> {
+        let mut statements = self.statements(scope, ev).await?;
+        let mut elsewhere = Vec::new();
+        if audit::audited(&ev.envelope.aggregate) {
+            statements.push(audit::record(&self.keys, scope, ev).await?);
+        }
+        if let Some(other) = audit::also_in(scope, ev).filter(|o| !self.is_deleted(o)) {
+            elsewhere.push((db_name(&other), audit::record(&self.keys, &other, ev).await?));
+        }
+        if let Some(slug) = deleted_tenant(ev) {
+            let removed = db_name(&Scope::Tenant(slug));
+            // Names are made by `db_name`: plain identifiers, safe to splice.
+            elsewhere.push((
+                removed.clone(),
+                statement(format!("REMOVE DATABASE IF EXISTS {removed}"), serde_json::json!({})),
+            ));
+        }
+        Ok((statements, elsewhere))
     }
 
     async fn statements(&self, scope: &Scope, ev: &Stored) -> Result<Vec<Statement>, Unapplied> {
@@ -653,7 +686,12 @@ mod tests {
         Entry {
             seq,
             subject: format!("evt.alpha.account.{id}.AccountRegistered"),
-            outcome: Outcome::Apply { db: db_name(&alpha()), statements: vec![statement(sql, vars)], removes: None },
+            outcome: Outcome::Apply {
+                db: db_name(&alpha()),
+                statements: vec![statement(sql, vars)],
+                elsewhere: Vec::new(),
+            },
+            deletes: None,
         }
     }
 
@@ -664,8 +702,12 @@ mod tests {
     #[tokio::test]
     async fn an_event_the_read_model_refuses_is_set_aside_and_the_rest_of_its_batch_applies() {
         let rm = memory_model().await;
-        let not_an_event =
-            Entry { seq: 9, subject: "evt.alpha".into(), outcome: Outcome::SetAside("not an event subject".into()) };
+        let not_an_event = Entry {
+            seq: 9,
+            subject: "evt.alpha".into(),
+            outcome: Outcome::SetAside("not an event subject".into()),
+            deletes: None,
+        };
         let entries = vec![user(5, false), user(6, true), user(7, false), user(8, false), not_an_event];
         let mut set_aside = Vec::new();
         commit(&rm, entries, 4, &mut set_aside).await.unwrap();

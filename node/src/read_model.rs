@@ -24,6 +24,7 @@ pub const NAMESPACE: &str = "canopy";
 const SYSTEM_TABLES: &str = include_str!("../../schemas/surreal/system.surql");
 const ACCOUNT_TABLES: &str = include_str!("../../schemas/surreal/accounts.surql");
 const ACCESS_TABLES: &str = include_str!("../../schemas/surreal/access.surql");
+const AUDIT_TABLES: &str = include_str!("../../schemas/surreal/audit.surql");
 
 /// The database of a scope. Slugs hold only `[a-z0-9-]`, and `-` becomes `_`, so
 /// the name is always a plain identifier and two slugs never share one.
@@ -138,6 +139,34 @@ pub struct InvitationRow {
     pub expires_at: i64,
     pub status: String,
     pub accepted_by: Option<String>,
+}
+
+/// One record of an audit trail (`schemas/surreal/audit.surql`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub at: String,
+    pub action: String,
+    pub aggregate: String,
+    pub aggregate_id: String,
+    pub actor_kind: Option<String>,
+    pub actor_id: Option<String>,
+    pub actor_tenant: Option<String>,
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A page of an audit trail, newest first: every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Unix milliseconds: from (inclusive) and to (exclusive).
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Only records older than this stream sequence (the previous page's last).
+    pub before_seq: Option<u64>,
+    pub limit: usize,
 }
 
 /// An open session, as `sessions` lists it.
@@ -334,9 +363,9 @@ impl ReadModel {
         let s = self.root.clone();
         s.use_ns(NAMESPACE).use_db(db).await.map_err(read_err)?;
         let tables = if db == "system" {
-            format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}")
+            format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}\n{AUDIT_TABLES}")
         } else {
-            format!("{ACCOUNT_TABLES}\n{ACCESS_TABLES}")
+            format!("{ACCOUNT_TABLES}\n{ACCESS_TABLES}\n{AUDIT_TABLES}")
         };
         s.query(tables).await.and_then(|r| r.check()).map_err(read_err)?;
         sessions.insert(db.to_owned(), s.clone());
@@ -368,6 +397,34 @@ impl ReadModel {
     pub async fn tenants(&self) -> Result<Vec<TenantRow>, ReadError> {
         self.select("system", &format!("SELECT {TENANT_COLUMNS} FROM tenant ORDER BY slug"), serde_json::json!({}))
             .await
+    }
+
+    /// A page of `scope`'s audit trail, newest first.
+    pub async fn audit(&self, scope: &Scope, q: &AuditQuery) -> Result<Vec<AuditRow>, ReadError> {
+        let mut sql = String::from(
+            "SELECT seq, at, action, aggregate, aggregate_id, actor_kind, actor_id, actor_tenant, address, user_agent FROM audit WHERE true",
+        );
+        for (present, clause) in [
+            (q.actor.is_some(), " AND actor_id = $actor"),
+            (q.action.is_some(), " AND action = $action"),
+            (q.from_ms.is_some(), " AND ts >= $from"),
+            (q.to_ms.is_some(), " AND ts < $to"),
+            (q.before_seq.is_some(), " AND seq < $before"),
+        ] {
+            if present {
+                sql.push_str(clause);
+            }
+        }
+        sql.push_str(" ORDER BY seq DESC LIMIT $limit");
+        self.select(
+            &db_name(scope),
+            &sql,
+            serde_json::json!({
+                "actor": q.actor, "action": q.action, "from": q.from_ms, "to": q.to_ms,
+                "before": q.before_seq, "limit": q.limit,
+            }),
+        )
+        .await
     }
 
     /// The slugs of deleted tenants.

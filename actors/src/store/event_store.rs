@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 use crate::domain::aggregate::{Aggregate, Reservation, upcast_to_current};
 use crate::domain::ids::{CommandId, is_safe_token};
 use crate::domain::tenant::Scope;
+use crate::store::seal::Sealed;
 
 pub const STREAM: &str = "EVENTS";
 pub const SNAPSHOTS: &str = "snapshots";
@@ -53,7 +54,34 @@ pub struct Envelope {
     /// The version of this event type's `data` shape when it was written. Each
     /// type has its own; readers upcast older versions (see `Aggregate::upcast`).
     pub schema_version: u32,
+    /// Who asked for the command: absent for anonymous requests (registration,
+    /// sign-in, resets, accepting an invitation) and for what the system does
+    /// by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<EventActor>,
+    /// Where the command came from: `{"address": ..., "user_agent": ...}` as
+    /// JSON, sealed under the acting account's person key (so erasing the
+    /// person erases it), or under the tenant's key for tokens and anonymous
+    /// requests. Absent for commands that did not come through the edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Sealed>,
     pub data: serde_json::Value,
+}
+
+/// Who caused an event: an account of `tenant` (`_system` for a platform
+/// administrator), or an access token of `tenant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventActor {
+    pub kind: ActorKind,
+    pub id: String,
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    Account,
+    Token,
 }
 
 /// An envelope together with its place in the stream.
@@ -111,6 +139,17 @@ impl<'a> EventSubject<'a> {
 pub struct Stamp {
     pub command_id: CommandId,
     pub digest: String,
+    /// Who asked, and from where (sealed): copied into each envelope.
+    pub actor: Option<EventActor>,
+    pub client: Option<Sealed>,
+}
+
+impl Stamp {
+    /// The same origin under another command id: for an append a command makes
+    /// on its own behalf (a sign-in's session, a tenant's first owner).
+    pub fn again(&self, command_id: CommandId) -> Self {
+        Self { command_id, ..self.clone() }
+    }
 }
 
 /// One message of an atomic append.
@@ -532,6 +571,8 @@ pub fn envelope<A: Aggregate>(scope: &Scope, aggregate_id: &str, stamp: &Stamp, 
         occurred_at: now_rfc3339(),
         command_id: stamp.command_id.as_str().to_owned(),
         request_digest: stamp.digest.clone(),
+        actor: stamp.actor.clone(),
+        client: stamp.client.clone(),
         data,
     }
 }
@@ -587,6 +628,8 @@ pub fn batch_for<A: Aggregate>(
                 command_id: stamp.command_id.as_str().to_owned(),
                 request_digest: stamp.digest.clone(),
                 schema_version: r.version,
+                actor: stamp.actor.clone(),
+                client: stamp.client.clone(),
                 data: r.data.clone(),
             },
         });
@@ -609,6 +652,8 @@ mod tests {
             command_id: "c1".into(),
             request_digest: String::new(),
             schema_version: 1,
+            actor: None,
+            client: None,
             data: serde_json::json!({}),
         }
     }

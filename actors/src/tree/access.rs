@@ -13,7 +13,7 @@ use crate::domain::tenant::{Scope, TenantCreated};
 use crate::store::event_store::Stamp;
 use crate::store::seal::{person_key_name, tenant_key_name};
 use crate::tree::account::{account_id_for, email_claim};
-use crate::tree::account::{failure, request_digest};
+use crate::tree::account::{failure, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::directory::tenant_created_subject;
@@ -46,9 +46,8 @@ impl Handler for AccessHandler {
         state: &mut Option<Loaded<Access>>,
     ) -> CommandResult<AccessReply> {
         let Ctx { scope, deps } = ctx;
-        let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
+        let stamp = stamp_for(deps, scope, &envelope).await?;
         let sender = envelope.principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
-        let stamp = Stamp { command_id: envelope.command_id, digest };
         established(deps, scope, &stamp, state).await?;
         let current = &state.as_ref().expect("established loads the state").state;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -195,7 +194,7 @@ async fn established(
     let tenant: TenantCreated =
         serde_json::from_value(created.envelope.data).map_err(|e| broken("decoding TenantCreated", e))?;
     let cmd = AccessCommand::Establish { owner_account_id: tenant.owner_account_id };
-    let own = Stamp { command_id: crate::domain::ids::CommandId::fresh(), digest: stamp.digest.clone() };
+    let own = stamp.again(crate::domain::ids::CommandId::fresh());
     match execute::<Access>(&deps.store, scope, ACCESS_ID, state.take(), &own, &cmd, deps.snapshot_every).await {
         Ok(done) => *state = Some(done.loaded),
         // Another command established it first: read what it wrote.

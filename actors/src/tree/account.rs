@@ -5,7 +5,7 @@
 //! here, outside `decide`: hashing, sealing, the email's claim.
 
 use crate::command::{
-    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof, IssuedSession,
+    AccountReply, AccountRequest, CommandEnvelope, CommandFailure, CommandResult, EmailProof, IssuedSession, Principal,
     SessionRequest, SessionSelection,
 };
 use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessError, Actor};
@@ -93,10 +93,9 @@ impl Handler for AccountHandler {
         state: &mut Option<Loaded<Account>>,
     ) -> CommandResult<AccountReply> {
         let Ctx { scope, deps } = ctx;
-        let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
+        let stamp = stamp_for(deps, scope, &envelope).await?;
         let envelope_session = envelope.principal.session().cloned();
         let envelope_actor = envelope.principal.actor_in(scope);
-        let stamp = Stamp { command_id: envelope.command_id, digest };
         match envelope.request {
             AccountRequest::Register { email, password, firstname, lastname, locale, session } => {
                 let account_id = account_id_for(scope, &stamp.command_id);
@@ -251,8 +250,7 @@ impl Handler for AccountHandler {
         envelope: CommandEnvelope<AccountRequest>,
         cache: Cache<Self>,
     ) -> CommandResult<AccountReply> {
-        let digest = request_digest(&ctx.deps, &ctx.scope, &envelope.digest_input()).await?;
-        let stamp = Stamp { command_id: envelope.command_id, digest };
+        let stamp = stamp_for(&ctx.deps, &ctx.scope, &envelope).await?;
         match envelope.request {
             AccountRequest::Login { email, password, session } => {
                 login(ctx, &stamp, &email, &password, &session, &cache).await
@@ -280,6 +278,30 @@ fn decoy_account(scope: &Scope, email_index: &str) -> AccountId {
 /// log readers learn nothing from it (the request holds personal data).
 pub async fn request_digest(deps: &Deps, scope: &Scope, digest_input: &str) -> Result<String, CommandFailure> {
     Ok(tenant_key(deps, scope).await?.blind_index("request", digest_input))
+}
+
+/// The stamp of a command in `scope`: its id, its request's digest, who asked,
+/// and where from. The client is sealed under the acting account's person key
+/// (erasing the person erases it), else under the scope's key.
+pub async fn stamp_for<R: serde::Serialize>(
+    deps: &Deps,
+    scope: &Scope,
+    envelope: &CommandEnvelope<R>,
+) -> Result<Stamp, CommandFailure> {
+    let digest = request_digest(deps, scope, &envelope.digest_input()).await?;
+    let client = match &envelope.client {
+        None => None,
+        Some(client) => {
+            let kid = match &envelope.principal {
+                Principal::Account { scope: home, account_id, .. } => person_key_name(home, account_id.as_str()),
+                Principal::Anonymous | Principal::Token { .. } => tenant_key_name(scope),
+            };
+            let key = deps.keys.key(&kid).await.map_err(|e| broken("reading the key for a client", e))?;
+            let plain = serde_json::to_vec(&client.bounded()).map_err(|e| broken("encoding a client", e))?;
+            Some(key.seal(&kid, &plain))
+        }
+    };
+    Ok(Stamp { command_id: envelope.command_id.clone(), digest, actor: envelope.principal.event_actor(), client })
 }
 
 /// The scope's data key (created on first use).
@@ -778,7 +800,7 @@ async fn start_session(
         expires_at: at + deps.accounts.refresh_ttl_secs,
     };
     let cmd = AccountCommand::StartSession { session, max_sessions: deps.accounts.max_sessions };
-    let own = Stamp { command_id: CommandId::fresh(), digest: stamp.digest.clone() };
+    let own = stamp.again(CommandId::fresh());
     let (seq, _) = decide_on_registered(deps, scope, account_id, &own, state, |_| Ok(cmd)).await?;
     let issued = IssuedSession {
         session_id: session_id.to_string(),
@@ -896,7 +918,7 @@ async fn request_reset(
     let mut state = cache.get(&id).await;
     let challenge = challenge_for(deps, scope, &id, now(), deps.accounts.reset_ttl_secs).await?;
     let cmd = AccountCommand::RequestPasswordReset { challenge };
-    let own = Stamp { command_id: CommandId::fresh(), digest: stamp.digest.clone() };
+    let own = stamp.again(CommandId::fresh());
     let done = decide_on_registered(deps, scope, &id, &own, &mut state, |_| Ok(cmd)).await;
     if let Some(s) = state {
         cache.remember(&id, s);

@@ -10,7 +10,7 @@ use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
 use crate::store::event_store::{EventStore, Stamp, StoreErrorKind, batch_for, event_subject};
 use crate::store::seal::{KeyRing, person_key_name, tenant_key_name};
-use crate::tree::account::{NewAccount, account_id_for, check_password, failure, prepare_registration, request_digest};
+use crate::tree::account::{NewAccount, account_id_for, check_password, failure, prepare_registration, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::executor::{Loaded, execute, load};
@@ -64,9 +64,8 @@ impl Handler for DirectoryHandler {
 
 /// A lifecycle change of an existing tenant: rename, suspend, resume, delete.
 async fn change(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
-    let digest = request_digest(deps, &Scope::Platform, &envelope.digest_input()).await?;
-    let CommandEnvelope { command_id, request, principal, .. } = envelope;
-    let stamp = Stamp { command_id, digest };
+    let stamp = stamp_for(deps, &Scope::Platform, &envelope).await?;
+    let CommandEnvelope { request, principal, .. } = envelope;
     let tenant = Scope::Tenant(request.slug().clone());
     let cmd = match request {
         TenantRequest::Create { .. } => return Err(CommandFailure::internal()),
@@ -165,9 +164,8 @@ async fn existing(
 }
 
 async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
-    let digest = request_digest(deps, &Scope::Platform, &envelope.digest_input()).await?;
-    let CommandEnvelope { command_id, request, .. } = envelope;
-    let stamp = Stamp { command_id, digest };
+    let stamp = stamp_for(deps, &Scope::Platform, &envelope).await?;
+    let CommandEnvelope { request, .. } = envelope;
     let TenantRequest::Create { slug, name, owner_email, owner_password } = request else {
         return Err(CommandFailure::internal());
     };

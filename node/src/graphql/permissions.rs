@@ -48,6 +48,7 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Query", "sessions", Needs::SignedIn),
     ("Query", "tenant", Needs::Permission("read_tenant")),
     ("Query", "tenants", Needs::PlatformAdmin),
+    ("Query", "auditLog", Needs::Permission("read_audit")),
     ("Mutation", "register", Needs::Public),
     ("Mutation", "login", Needs::Public),
     ("Mutation", "refreshSession", Needs::Public),

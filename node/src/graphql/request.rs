@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
+use actors::command::{ClientInfo, CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
 use actors::domain::account::{AccountId, InputError, Locale};
 use actors::domain::ids::CommandId;
 use actors::domain::session::{SessionId, UserAgent};
@@ -153,7 +153,11 @@ pub async fn send<R: Serialize, T: DeserializeOwned>(
     command_id: CommandId,
     request: R,
 ) -> async_graphql::Result<T> {
-    let envelope = CommandEnvelope { command_id, principal: command_principal(req)?, request };
+    let client = ClientInfo {
+        address: req.client.to_string(),
+        user_agent: req.user_agent.as_ref().map(|u| u.as_str().to_owned()),
+    };
+    let envelope = CommandEnvelope { command_id, principal: command_principal(req)?, request, client: Some(client) };
     let body = serde_json::to_vec(&envelope).map_err(|e| internal("encoding a command", e))?;
     let timeout = Duration::from_millis(app.config.command_timeout_ms);
     let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))

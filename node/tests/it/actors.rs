@@ -72,6 +72,7 @@ pub(crate) async fn create_tenant(node: &ActorRef<NodeMsg>, slug: &str) -> Strin
             owner_email: Email::parse(&format!("owner@{slug}.test")).unwrap(),
             owner_password: Password::parse("owner-password").unwrap(),
         },
+        client: None,
     };
     match actors::tree::call::<DirectoryHandler>(&platform, cmd, T.unwrap()).await.unwrap() {
         CallResult::Success(Ok(TenantReply::Created { owner_account_id, .. })) => owner_account_id,
@@ -100,6 +101,7 @@ fn update(account_id: &str, command_id: &str, first: &str) -> CommandEnvelope<Ac
             lastname: PersonName::parse("Owner").unwrap(),
             locale: None,
         },
+        client: None,
     }
 }
 
@@ -263,6 +265,7 @@ fn login_as(email: &str) -> CommandEnvelope<AccountRequest> {
             password: Password::parse("owner-password").unwrap(),
             session: Default::default(),
         },
+        client: None,
     }
 }
 
@@ -454,6 +457,7 @@ async fn the_generic_aggregate_actor_keeps_lanes_in_order_and_answers_for_a_pani
             command_id: CommandId::fresh(),
             principal: Principal::Anonymous,
             request: word.to_owned(),
+            client: None,
         };
         match actor.call(|p| AggregateMsg::Execute(envelope, p), T).await.unwrap() {
             CallResult::Success(result) => result,

@@ -33,6 +33,8 @@ fn pending(id: &str, event_type: &str, expected: Option<u64>) -> Pending {
             command_id: "c".into(),
             request_digest: String::new(),
             schema_version: 1,
+            actor: None,
+            client: None,
             data: serde_json::json!({}),
         },
     }

@@ -13,7 +13,7 @@ async fn readiness_follows_nats_while_health_only_says_the_process_lives() {
     let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(
         body["checks"],
-        json!({ "nats": true, "stream": true, "surrealdb": true, "projections": true, "revocations": true })
+        json!({ "nats": true, "stream": true, "surrealdb": true, "projections": true, "revocations": true, "tenants": true })
     );
 
     drop(nats);

@@ -11,6 +11,7 @@ mod passwords;
 mod access_tokens;
 mod accounts;
 mod actors;
+mod audit;
 mod bad_input;
 mod bench;
 mod commands;

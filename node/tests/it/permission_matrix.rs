@@ -141,6 +141,7 @@ fn rows() -> Vec<Row> {
         Row::query("tenants", "{ tenants { slug } }"),
         Row::query("accessTokens", "{ accessTokens { id } }"),
         Row::query("invitations", "{ invitations { id } }"),
+        Row::query("auditLog", "{ auditLog(first: 1) { edges { node { action } } } }"),
         // A malformed address: no account is created.
         Row::mutation("register", "mutation($input: RegisterInput!) { register(input: $input) { token } }").vars(|_| {
             json!({ "input": { "email": "not-an-email", "password": PASSWORD, "firstname": "Ada", "lastname": "Lovelace" } })
