@@ -149,6 +149,9 @@ pub struct Projector {
     deleted: HashSet<String>,
 }
 
+/// The aggregate whose events change what callers may do.
+const ACCESS_AGGREGATE: &str = <actors::domain::access::Access as actors::domain::aggregate::Aggregate>::NAME;
+
 /// Most events applied in one transaction per database.
 const MAX_BATCH: usize = 512;
 
@@ -466,8 +469,20 @@ impl Projector {
                 entries.push(entry);
             }
             let last = marks.last().map_or(applied, |(seq, _)| *seq);
+            // The scopes whose access control the batch changes: the edge's cached
+            // answers there stop counting once it commits, before it is reported.
+            let mut access_changed: Vec<Scope> = batch
+                .iter()
+                .filter_map(|m| EventSubject::parse(&m.subject).filter(|t| t.aggregate == ACCESS_AGGREGATE))
+                .filter_map(|t| Scope::parse_token(t.tenant).ok())
+                .collect();
+            access_changed.dedup();
             let mut set_aside = Vec::new();
             let committed = commit(&self.rm, entries, applied, &mut set_aside).await;
+            // Also when the commit failed part of the way: a piece may have landed.
+            for scope in &access_changed {
+                self.rm.access_changed(scope);
+            }
             self.report(&set_aside);
             committed?;
             applied = last;

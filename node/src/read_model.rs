@@ -322,6 +322,46 @@ pub struct ReadModel {
     projector: Surreal<Any>,
     /// Reads sent to SurrealDB since start (`/metrics`).
     reads: Arc<AtomicU64>,
+    /// What callers may do, as last read, per database (see `AccessCache`).
+    access: Arc<AccessCache>,
+}
+
+/// The answers the edge needs on every request (an account's permissions, an
+/// access token's row), cached per database. Each database has a generation
+/// that the projector moves once it has committed an access event there, and
+/// before it reports the event applied: an answer is used only while its
+/// database is still at the generation read before the answer was queried, so
+/// a permission change counts from the first request after read-your-writes.
+#[derive(Default)]
+struct AccessCache {
+    generations: std::sync::RwLock<HashMap<String, u64>>,
+    permissions: Answers<BTreeSet<String>>,
+    tokens: Answers<Option<TokenRow>>,
+}
+
+/// Cached answers by (database, account or token id), with the generation
+/// they were read at.
+type Answers<V> = std::sync::RwLock<HashMap<(String, String), (u64, V)>>;
+
+/// The most answers of each kind kept; past it the cache starts again empty.
+const MAX_CACHED: usize = 100_000;
+
+impl AccessCache {
+    fn generation(&self, db: &str) -> u64 {
+        self.generations.read().expect("never poisoned").get(db).copied().unwrap_or(0)
+    }
+
+    fn get<V: Clone>(map: &Answers<V>, key: &(String, String), generation: u64) -> Option<V> {
+        map.read().expect("never poisoned").get(key).filter(|(g, _)| *g == generation).map(|(_, v)| v.clone())
+    }
+
+    fn put<V>(map: &Answers<V>, key: (String, String), generation: u64, v: V) {
+        let mut m = map.write().expect("never poisoned");
+        if m.len() >= MAX_CACHED {
+            m.clear();
+        }
+        m.insert(key, (generation, v));
+    }
 }
 
 impl ReadModel {
@@ -347,7 +387,7 @@ impl ReadModel {
         }
         let projector = root.clone();
         projector.use_ns(NAMESPACE).use_db("system").await.context("while opening the projector session")?;
-        let rm = Self { root, sessions: Arc::default(), projector, reads: Arc::default() };
+        let rm = Self { root, sessions: Arc::default(), projector, reads: Arc::default(), access: Arc::default() };
         rm.session("system").await.context("while preparing the system database")?;
         Ok(rm)
     }
@@ -492,7 +532,25 @@ impl ReadModel {
     }
 
     /// What an account may do in its tenant: the union of its roles' permissions.
+    /// Tells the cache that the projector has committed access events in
+    /// `scope`'s database: answers read before no longer count.
+    pub fn access_changed(&self, scope: &Scope) {
+        *self.access.generations.write().expect("never poisoned").entry(db_name(scope)).or_default() += 1;
+    }
+
+    /// What an account may do in `scope` now (cached while the scope's access is unchanged).
     pub async fn permissions_of(&self, scope: &Scope, account_id: &str) -> Result<BTreeSet<String>, ReadError> {
+        let key = (db_name(scope), account_id.to_owned());
+        let generation = self.access.generation(&key.0);
+        if let Some(hit) = AccessCache::get(&self.access.permissions, &key, generation) {
+            return Ok(hit);
+        }
+        let read = self.read_permissions(scope, account_id).await?;
+        AccessCache::put(&self.access.permissions, key, generation, read.clone());
+        Ok(read)
+    }
+
+    async fn read_permissions(&self, scope: &Scope, account_id: &str) -> Result<BTreeSet<String>, ReadError> {
         let roles = self.roles_of(scope, account_id).await?;
         let mut out = BTreeSet::new();
         let mut custom = false;
@@ -532,8 +590,15 @@ impl ReadModel {
     /// One access token of a tenant.
     pub async fn access_token(&self, scope: &Scope, token_id: &str) -> Result<Option<TokenRow>, ReadError> {
         let Some(id) = record_id("access_token", token_id) else { return Ok(None) };
-        let rows = self.select(&db_name(scope), &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
-        Ok(rows.into_iter().next())
+        let key = (db_name(scope), token_id.to_owned());
+        let generation = self.access.generation(&key.0);
+        if let Some(hit) = AccessCache::get(&self.access.tokens, &key, generation) {
+            return Ok(hit);
+        }
+        let rows = self.select(&key.0, &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
+        let row: Option<TokenRow> = rows.into_iter().next();
+        AccessCache::put(&self.access.tokens, key, generation, row.clone());
+        Ok(row)
     }
 
     /// A tenant's access tokens that have not been revoked, newest first
