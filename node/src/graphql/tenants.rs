@@ -132,20 +132,12 @@ impl TenantMutation {
     /// Suspends a tenant (platform administrators only): its members and access
     /// tokens get `FORBIDDEN` from the next request on, and nothing is lost.
     async fn suspend_tenant(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Tenant> {
-        let (app, req) = parts(ctx);
-        platform_admin(req)?;
-        let slug = TenantId::parse(&slug).map_err(|e| bad_input("slug", e))?;
-        change(ctx, "suspendTenant", TenantRequest::Suspend { slug: slug.clone() }).await?;
-        projected(app, &slug).await
+        admin_change(ctx, "suspendTenant", &slug, |slug| TenantRequest::Suspend { slug }).await
     }
 
     /// Lifts a suspension (platform administrators only).
     async fn resume_tenant(&self, ctx: &Context<'_>, slug: String) -> async_graphql::Result<Tenant> {
-        let (app, req) = parts(ctx);
-        platform_admin(req)?;
-        let slug = TenantId::parse(&slug).map_err(|e| bad_input("slug", e))?;
-        change(ctx, "resumeTenant", TenantRequest::Resume { slug: slug.clone() }).await?;
-        projected(app, &slug).await
+        admin_change(ctx, "resumeTenant", &slug, |slug| TenantRequest::Resume { slug }).await
     }
 
     /// Deletes a tenant for good: a platform administrator, or a member holding
@@ -191,6 +183,20 @@ async fn change(ctx: &Context<'_>, operation: &str, request: TenantRequest) -> a
         tracing::warn!(seq, "the tenant statuses did not reach the change in time; answering anyway");
     }
     Ok(())
+}
+
+/// A platform administrator's change to the tenant `slug`, answered with the tenant.
+async fn admin_change(
+    ctx: &Context<'_>,
+    operation: &str,
+    slug: &str,
+    request: impl FnOnce(TenantId) -> TenantRequest,
+) -> async_graphql::Result<Tenant> {
+    let (app, req) = parts(ctx);
+    platform_admin(req)?;
+    let slug = TenantId::parse(slug).map_err(|e| bad_input("slug", e))?;
+    change(ctx, operation, request(slug.clone())).await?;
+    projected(app, &slug).await
 }
 
 /// The tenant as the read model shows it after a write.

@@ -33,11 +33,9 @@ fn entries(r: &Value) -> Vec<Value> {
 async fn the_trail_names_who_did_what_from_where_and_keeps_it_sealed_in_the_log() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
-    let owner = node.tenant("acme", "owner@acme.test").await;
-    let globex = node.tenant("globex", "owner@globex.test").await;
+    let Cast { owner, globex, bob, .. } = node.acme_globex_bob().await;
     let me = node.gql(Some("acme"), Some(&owner), "{ me { id } }", json!({})).await;
     let owner_id = me["data"]["me"]["id"].as_str().unwrap().to_owned();
-    let bob = token_of(&node.register("acme", "bob@example.com", "bob-the-builder").await, "register");
 
     // The owner acts with a user agent; a token acts for the tenant.
     let r = as_agent(&node, "acme", &owner, CREATE_ROLE, json!({ "n": "Support" })).await;

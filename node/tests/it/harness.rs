@@ -233,6 +233,16 @@ impl TestNode {
         token_of(&r, "login")
     }
 
+    /// Tenants `acme` and `globex`, and `bob@example.com` registered in `acme`:
+    /// the cast of the access-control tests.
+    pub async fn acme_globex_bob(&self) -> Cast {
+        let owner = self.tenant("acme", "owner@acme.test").await;
+        let globex = self.tenant("globex", "owner@globex.test").await;
+        let r = self.register("acme", "bob@example.com", "bob-the-builder").await;
+        let bob_id = r["data"]["register"]["user"]["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_owned();
+        Cast { owner, globex, bob_id, bob: token_of(&r, "register") }
+    }
+
     pub async fn register(&self, tenant: &str, email: &str, password: &str) -> Value {
         self.gql(
             Some(tenant),
@@ -242,6 +252,14 @@ impl TestNode {
         )
         .await
     }
+}
+
+/// Session tokens of `acme`'s and `globex`'s owners, and `acme`'s member bob.
+pub struct Cast {
+    pub owner: String,
+    pub globex: String,
+    pub bob_id: String,
+    pub bob: String,
 }
 
 impl Drop for TestNode {

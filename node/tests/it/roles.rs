@@ -62,10 +62,7 @@ async fn a_custom_role_grants_and_takes_away_on_the_next_request() {
 async fn roles_keep_their_rules_and_refusals_append_nothing() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
-    let owner = node.tenant("acme", "owner@acme.test").await;
-    let globex = node.tenant("globex", "owner@globex.test").await;
-    let r = node.register("acme", "bob@example.com", "bob-the-builder").await;
-    let (bob_id, bob) = (r["data"]["register"]["user"]["id"].as_str().unwrap().to_owned(), token_of(&r, "register"));
+    let Cast { owner, globex, bob_id, bob } = node.acme_globex_bob().await;
     let me = q(&node, "acme", &owner, "{ me { id } }", json!({})).await;
     let owner_id = me["data"]["me"]["id"].as_str().unwrap().to_owned();
     let r = q(&node, "acme", &owner, CREATE, json!({ "n": "Support", "p": ["read_users"] })).await;

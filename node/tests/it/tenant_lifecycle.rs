@@ -109,10 +109,7 @@ async fn a_suspended_tenant_refuses_its_members_and_tokens_and_loses_nothing() {
 async fn deleting_a_tenant_shreds_its_data_and_keeps_its_slug() {
     let nats = NatsServer::start();
     let node = TestNode::start(&nats).await;
-    let owner = node.tenant("acme", "owner@acme.test").await;
-    let globex = node.tenant("globex", "owner@globex.test").await;
-    let r = node.register("acme", "bob@example.com", "bob-the-builder").await;
-    let (bob_id, bob) = (r["data"]["register"]["user"]["id"].as_str().unwrap().to_owned(), token_of(&r, "register"));
+    let Cast { owner, globex, bob_id, bob } = node.acme_globex_bob().await;
     let ops = token(&node, &owner, json!(["read_users", "delete_tenant"])).await;
 
     // Refused, and nothing appended: without or with a wrong password, by a
