@@ -531,7 +531,6 @@ impl ReadModel {
         Ok(vec![if owner { "owner" } else { "member" }.into()])
     }
 
-    /// What an account may do in its tenant: the union of its roles' permissions.
     /// Tells the cache that the projector has committed access events in
     /// `scope`'s database: answers read before no longer count.
     pub fn access_changed(&self, scope: &Scope) {
@@ -540,16 +539,30 @@ impl ReadModel {
 
     /// What an account may do in `scope` now (cached while the scope's access is unchanged).
     pub async fn permissions_of(&self, scope: &Scope, account_id: &str) -> Result<BTreeSet<String>, ReadError> {
-        let key = (db_name(scope), account_id.to_owned());
-        let generation = self.access.generation(&key.0);
-        if let Some(hit) = AccessCache::get(&self.access.permissions, &key, generation) {
-            return Ok(hit);
-        }
-        let read = self.read_permissions(scope, account_id).await?;
-        AccessCache::put(&self.access.permissions, key, generation, read.clone());
-        Ok(read)
+        self.cached(&self.access.permissions, scope, account_id, self.read_permissions(scope, account_id)).await
     }
 
+    /// An answer about `id` in `scope`, from the cache while the scope's access
+    /// generation is the one it was read at; else `read` (which runs only
+    /// after the generation is taken, so a change during it is not missed).
+    async fn cached<V: Clone>(
+        &self,
+        answers: &Answers<V>,
+        scope: &Scope,
+        id: &str,
+        read: impl std::future::Future<Output = Result<V, ReadError>>,
+    ) -> Result<V, ReadError> {
+        let key = (db_name(scope), id.to_owned());
+        let generation = self.access.generation(&key.0);
+        if let Some(hit) = AccessCache::get(answers, &key, generation) {
+            return Ok(hit);
+        }
+        let value = read.await?;
+        AccessCache::put(answers, key, generation, value.clone());
+        Ok(value)
+    }
+
+    /// What an account may do in its tenant: the union of its roles' permissions.
     async fn read_permissions(&self, scope: &Scope, account_id: &str) -> Result<BTreeSet<String>, ReadError> {
         let roles = self.roles_of(scope, account_id).await?;
         let mut out = BTreeSet::new();
@@ -590,15 +603,11 @@ impl ReadModel {
     /// One access token of a tenant.
     pub async fn access_token(&self, scope: &Scope, token_id: &str) -> Result<Option<TokenRow>, ReadError> {
         let Some(id) = record_id("access_token", token_id) else { return Ok(None) };
-        let key = (db_name(scope), token_id.to_owned());
-        let generation = self.access.generation(&key.0);
-        if let Some(hit) = AccessCache::get(&self.access.tokens, &key, generation) {
-            return Ok(hit);
-        }
-        let rows = self.select(&key.0, &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
-        let row: Option<TokenRow> = rows.into_iter().next();
-        AccessCache::put(&self.access.tokens, key, generation, row.clone());
-        Ok(row)
+        let read = async {
+            let rows = self.select(&db_name(scope), &format!("SELECT * FROM {id}"), serde_json::json!({})).await?;
+            Ok(rows.into_iter().next())
+        };
+        self.cached(&self.access.tokens, scope, token_id, read).await
     }
 
     /// A tenant's access tokens that have not been revoked, newest first

@@ -379,7 +379,7 @@ impl KeyRing {
     /// that `key` never makes a new one under the same name: for a deleted
     /// tenant's data key, which nothing may seal under again.
     pub async fn shred(&self, name: &str) -> Result<(), SealError> {
-        if matches!(self.secret(name).await, Err(SealError::Shredded(_))) {
+        if self.is_shredded(name).await? {
             return Ok(());
         }
         self.destroy(name).await?;
@@ -388,6 +388,15 @@ impl KeyRing {
             // A key created again in between is destroyed too, then marked.
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Box::pin(self.shred(name)).await,
             Err(e) => Err(SealError::Store(e.to_string())),
+        }
+    }
+
+    /// Whether `name` was shredded (`shred`).
+    pub async fn is_shredded(&self, name: &str) -> Result<bool, SealError> {
+        match self.secret(name).await {
+            Err(SealError::Shredded(_)) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

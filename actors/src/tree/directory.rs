@@ -120,14 +120,19 @@ async fn insider_may(
     }
 }
 
-/// Makes a deleted tenant's sealed data unreadable for good: its data key is
-/// shredded (never created again), its persons' keys are destroyed, and its
-/// snapshots are purged. Repeating it does no harm.
+/// Makes a deleted tenant's sealed data unreadable for good: its persons' keys
+/// are destroyed, its snapshots purged, and last its data key is shredded
+/// (never created again). A shredded data key therefore means all of it is
+/// done, so a repetition (each node's feed replays every deletion at start)
+/// costs one read.
 pub async fn shred_tenant(keys: &KeyRing, store: &EventStore, tenant: &Scope) -> Result<(), CommandFailure> {
-    keys.shred(&tenant_key_name(tenant)).await.map_err(|e| broken("shredding a tenant key", e))?;
+    let kid = tenant_key_name(tenant);
+    if keys.is_shredded(&kid).await.map_err(|e| broken("reading a tenant key", e))? {
+        return Ok(());
+    }
     keys.destroy_all(&person_key_name(tenant, "")).await.map_err(|e| broken("destroying a tenant's person keys", e))?;
     store.forget_snapshots(tenant).await.map_err(|e| broken("purging a tenant's snapshots", e))?;
-    Ok(())
+    keys.shred(&kid).await.map_err(|e| broken("shredding a tenant key", e))
 }
 
 /// The subject of a tenant's creation event: its existence check.
