@@ -38,6 +38,9 @@ pub enum Principal {
     /// An API access token of `scope`, verified by the edge; what it may do is
     /// decided by the tenant's access control, which knows its scopes.
     Token { scope: Scope, token_id: TokenId },
+    /// A node itself: the pending migrations it runs at start
+    /// (`auto_migrate`). Only nodes reach `cmd.>`, so only a node can send it.
+    Node,
 }
 
 impl Principal {
@@ -48,7 +51,7 @@ impl Principal {
     /// Who acted, as the events of the command record it.
     pub fn event_actor(&self) -> Option<EventActor> {
         match self {
-            Principal::Anonymous => None,
+            Principal::Anonymous | Principal::Node => None,
             Principal::Account { scope, account_id, .. } => Some(EventActor {
                 kind: ActorKind::Account,
                 id: account_id.as_str().to_owned(),
@@ -74,7 +77,7 @@ impl Principal {
     pub fn session(&self) -> Option<&SessionId> {
         match self {
             Principal::Account { session_id, .. } => session_id.as_ref(),
-            Principal::Anonymous | Principal::Token { .. } => None,
+            Principal::Anonymous | Principal::Node | Principal::Token { .. } => None,
         }
     }
 
@@ -423,6 +426,33 @@ pub enum TenantRequest {
         slug: TenantId,
         password: Option<Password>,
     },
+    /// By a platform administrator: a new tenant `slug`, cloned from a backup.
+    Restore {
+        slug: TenantId,
+        backup_id: uuid::Uuid,
+    },
+}
+
+/// Requests to a tenant's backups actor (aggregate `backups`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackupRequest {
+    /// By a member or token holding `manage_backups`, or a platform administrator.
+    Take,
+    /// By a platform administrator.
+    SetLimits { per_day: u32, max: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupReply {
+    /// The backup taken, if the request took one.
+    pub backup_id: Option<String>,
+    pub size: u64,
+    /// Unix seconds.
+    pub at: i64,
+    pub per_day: u32,
+    pub max: u32,
+    pub seq: u64,
 }
 
 impl TenantRequest {
@@ -432,7 +462,8 @@ impl TenantRequest {
             | TenantRequest::Rename { slug, .. }
             | TenantRequest::Suspend { slug }
             | TenantRequest::Resume { slug }
-            | TenantRequest::Delete { slug, .. } => slug,
+            | TenantRequest::Delete { slug, .. }
+            | TenantRequest::Restore { slug, .. } => slug,
         }
     }
 }
@@ -543,6 +574,96 @@ string_wire!(RoleDescription, as_str);
 string_wire!(RoleId, as_str);
 string_wire!(TokenName, as_str);
 string_wire!(TokenId, as_str);
+
+/// Requests to a tenant's modules actor (aggregate `modules`). Module names
+/// are checked against the registry before anything else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModulesRequest {
+    Subscribe {
+        module: String,
+        major: u32,
+        #[serde(default)]
+        with_dependencies: bool,
+        /// Run the versions' migrations and main seeds in the same batch
+        /// (the node's `auto_migrate`).
+        #[serde(default)]
+        migrate: bool,
+    },
+    Unsubscribe {
+        module: String,
+    },
+    Upgrade {
+        module: String,
+        to: u32,
+    },
+    /// Runs the pending migrations of one module (or of every held module);
+    /// `force` writes the main seeds again over their own records; `dry_run`
+    /// only answers the plan.
+    Migrate {
+        module: Option<String>,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Adds the temporary seeds of one module (or of every held module).
+    Seed {
+        module: Option<String>,
+    },
+    /// Removes the temporary seeds no user has changed.
+    Deseed {
+        module: Option<String>,
+    },
+}
+
+/// One step of what a modules request did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// `contacts@v1`.
+    pub module: String,
+    /// `subscribe`, `migration`, `upgrade_migration`, `baseline`, `transform`,
+    /// `seed`, `deseed`, `unsubscribe` or `upgrade`.
+    pub action: String,
+    /// What the step works on: a migration's file, a table, a count.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModulesReply {
+    /// The sequence to wait for before reading (0 when nothing was appended).
+    pub seq: u64,
+    pub steps: Vec<PlanStep>,
+}
+
+/// A record command for one module's actor (aggregate `record`). `major` is
+/// the major version the caller asked for; the module actor refuses a version
+/// the tenant does not hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordRequest {
+    pub module: String,
+    pub major: u32,
+    pub table: String,
+    pub op: RecordOp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordOp {
+    Create { values: serde_json::Map<String, serde_json::Value> },
+    Update { id: uuid::Uuid, patch: serde_json::Map<String, serde_json::Value> },
+    Delete { id: uuid::Uuid },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordReply {
+    pub id: String,
+    /// The record's values after the command (empty after a delete).
+    pub values: serde_json::Map<String, serde_json::Value>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub seq: u64,
+}
 
 #[cfg(test)]
 mod tests {

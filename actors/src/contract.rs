@@ -11,7 +11,10 @@ use crate::domain::account::{
     EmailReleased, EmailReserved,
 };
 use crate::domain::aggregate::{Aggregate, UpcastError, upcast_to_current};
+use crate::domain::backup::{BackupEvent, Backups};
+use crate::domain::record::{RecordAggregate, RecordEvent, UNIQUE_CLAIM, VALUE_CLAIMED, VALUE_RELEASED, ValueClaim};
 use crate::domain::tenant::{Tenant, TenantEvent};
+use crate::domain::tenant_modules::{Modules, ModulesEvent};
 use crate::store::event_store::Envelope;
 
 /// The data of a stored envelope in its event type's current shape, whatever
@@ -97,6 +100,33 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
     for (name, data) in variants(to_value(schemars::schema_for!(AccessEvent))) {
         all.push((name.clone(), Access::NAME, Access::event_version(&name), data));
     }
+    for (name, data) in variants(to_value(schemars::schema_for!(BackupEvent))) {
+        all.push((name.clone(), Backups::NAME, Backups::event_version(&name), data));
+    }
+    for (name, data) in variants(to_value(schemars::schema_for!(ModulesEvent))) {
+        all.push((name.clone(), Modules::NAME, Modules::event_version(&name), data));
+    }
+    for (name, data) in variants(to_value(schemars::schema_for!(RecordEvent))) {
+        all.push((name.clone(), RecordAggregate::NAME, RecordAggregate::event_version(&name), data));
+    }
+    for (name, what) in [
+        (
+            VALUE_CLAIMED,
+            "The claim that makes a value of a module's unique field unique in its tenant; its subject token is a keyed hash of the module, subscription, version, table, field and value.",
+        ),
+        (
+            VALUE_RELEASED,
+            "The end of a unique value's claim (the record changed the value or was deleted): the value is free again.",
+        ),
+    ] {
+        let mut schema = to_value(schemars::schema_for!(ValueClaim));
+        if let Some(o) = schema.as_object_mut() {
+            o.remove("$schema");
+            o.remove("title");
+            o.insert("description".into(), json!(what));
+        }
+        all.push((name.to_owned(), UNIQUE_CLAIM, 1, schema));
+    }
     let mut claim = to_value(schemars::schema_for!(EmailReserved));
     if let Some(o) = claim.as_object_mut() {
         o.remove("$schema");
@@ -147,8 +177,15 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
 /// permission with what it allows, and the built-in roles' sets.
 pub fn permission_catalog() -> Value {
     use crate::domain::access::{ADMIN, CATALOG, MEMBER, OWNER, builtin_permissions};
+    // The catalog's own permissions only: those modules add depend on the
+    // registry a node loads (`schemas/modules`).
     let role = |id: &str| {
-        let ps: Vec<&str> = builtin_permissions(id).unwrap_or_default().iter().map(|p| p.as_str()).collect();
+        let ps: Vec<&str> = builtin_permissions(id)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.as_str())
+            .filter(|p| CATALOG.iter().any(|(c, _)| c == p))
+            .collect();
         json!({ "id": id, "permissions": ps })
     };
     json!({
@@ -189,6 +226,9 @@ mod tests {
                 "AccessTokenRevoked",
                 "AccountErased",
                 "AccountRegistered",
+                "BackupLimitsSet",
+                "BackupRemoved",
+                "BackupTaken",
                 "EmailChanged",
                 "EmailReleased",
                 "EmailReserved",
@@ -199,12 +239,22 @@ mod tests {
                 "MemberInvited",
                 "MemberRemoved",
                 "MemberRolesChanged",
+                "MigrationApplied",
+                "ModuleSubscribed",
+                "ModuleUnsubscribed",
+                "ModuleUpgraded",
                 "PasswordChanged",
                 "PasswordResetRequested",
                 "ProfileUpdated",
+                "RecordCreated",
+                "RecordDeleted",
+                "RecordTransformed",
+                "RecordUpdated",
                 "RoleCreated",
                 "RoleDeleted",
                 "RoleUpdated",
+                "SeedsApplied",
+                "SeedsRemoved",
                 "SessionRefreshed",
                 "SessionRevoked",
                 "SessionStarted",
@@ -212,7 +262,9 @@ mod tests {
                 "TenantDeleted",
                 "TenantRenamed",
                 "TenantResumed",
-                "TenantSuspended"
+                "TenantSuspended",
+                "ValueClaimed",
+                "ValueReleased"
             ]
         );
     }

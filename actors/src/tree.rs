@@ -7,11 +7,15 @@
 pub mod access;
 pub mod account;
 pub mod aggregate_actor;
+pub mod backup;
 pub mod deps;
 pub mod directory;
 pub mod executor;
+pub mod modules;
+pub mod record;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::MessagingErr;
@@ -27,11 +31,15 @@ use serde::de::DeserializeOwned;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, encode_result};
 use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::Scope;
+use crate::domain::tenant_modules::{MODULES_ID, ModuleBinding, Modules, ModulesState};
 use access::AccessHandler;
 use account::AccountHandler;
-use aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg, Handler};
+use aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg, Handler, ModulesWatch, TreeLink};
+use backup::BackupHandler;
 use deps::{Deps, broken};
 use directory::{DirectoryHandler, tenant_created_subject};
+use modules::ModulesHandler;
+use record::RecordHandler;
 
 pub struct NodeSupervisor;
 
@@ -186,6 +194,9 @@ pub struct ChildSpec {
     pub on_platform: bool,
     /// Whether tenants' trees run it.
     pub in_tenants: bool,
+    /// Whether a tree runs one per module the tenant holds (a module actor),
+    /// rather than one.
+    pub per_module: bool,
     spawn: SpawnFn,
     execute_json: ExecuteFn,
     #[cfg(feature = "fault-injection")]
@@ -199,6 +210,9 @@ pub const CHILDREN: &[ChildSpec] = &[
     ChildSpec::of::<AccountHandler>(true, true),
     ChildSpec::of::<AccessHandler>(false, true),
     ChildSpec::of::<DirectoryHandler>(true, false),
+    ChildSpec::of::<ModulesHandler>(false, true),
+    ChildSpec::of::<BackupHandler>(false, true),
+    ChildSpec::per_module::<RecordHandler>(),
 ];
 
 impl ChildSpec {
@@ -212,6 +226,7 @@ impl ChildSpec {
             aggregate: <H::Aggregate as Aggregate>::NAME,
             on_platform,
             in_tenants,
+            per_module: false,
             spawn: spawn_child::<H>,
             execute_json: execute_json::<H>,
             #[cfg(feature = "fault-injection")]
@@ -219,6 +234,17 @@ impl ChildSpec {
                 let _ = cell.send_message(AggregateMsg::<H>::PanicOnNextCommand);
             },
         }
+    }
+
+    /// A child that tenants' trees run once per module they hold; a command
+    /// reaches the one of the module its handler's `instance` names.
+    pub const fn per_module<H>() -> Self
+    where
+        H: Handler,
+        H::Request: DeserializeOwned,
+        H::Reply: Serialize,
+    {
+        Self { per_module: true, ..Self::of::<H>(false, true) }
     }
 
     pub fn runs_in(&self, scope: &Scope) -> bool {
@@ -242,7 +268,8 @@ impl ChildSpec {
 
 type SpawnErr = ractor::SpawnErr;
 /// Starts a child under a tree.
-type SpawnFn = for<'a> fn(&'a ActorRef<TenantMsg>, &'a Scope, &'a Deps) -> BoxFuture<'a, Result<ActorCell, SpawnErr>>;
+type SpawnFn =
+    for<'a> fn(&'a ActorRef<TenantMsg>, &'a Scope, &'a Deps, TreeLink) -> BoxFuture<'a, Result<ActorCell, SpawnErr>>;
 /// Runs a JSON command on a tree's child.
 type ExecuteFn = for<'a> fn(&'a ActorRef<TenantMsg>, &'a [u8], Duration) -> BoxFuture<'a, Delivery>;
 
@@ -250,9 +277,10 @@ fn spawn_child<'a, H: Handler>(
     tree: &'a ActorRef<TenantMsg>,
     scope: &'a Scope,
     deps: &'a Deps,
+    link: TreeLink,
 ) -> BoxFuture<'a, Result<ActorCell, SpawnErr>> {
     Box::pin(async move {
-        let args = AggregateArgs { scope: scope.clone(), deps: deps.clone() };
+        let args = AggregateArgs { scope: scope.clone(), deps: deps.clone(), link };
         let (child, _) = Actor::spawn_linked(None, AggregateActor::<H>::default(), args, tree.get_cell()).await?;
         Ok(child.get_cell())
     })
@@ -309,19 +337,20 @@ pub async fn call<H: Handler>(
     timeout: Duration,
 ) -> Result<CallResult<CommandResult<H::Reply>>, MessagingErr<TenantMsg>> {
     let aggregate = <H::Aggregate as Aggregate>::NAME;
+    let instance = H::instance(&envelope.request).map(str::to_owned);
     tree.call(
         move |port| {
             let send: Deliver = Box::new(move |child| match child {
-                Some(cell) => {
+                Ok(cell) => {
                     // If the child is gone, the port is dropped with the message and
                     // the caller hears at once rather than at its timeout.
                     let _ = cell.send_message(AggregateMsg::<H>::Execute(envelope, port));
                 }
-                None => {
-                    let _ = port.send(Err(CommandFailure::new("NOT_FOUND", "no such aggregate here")));
+                Err(refused) => {
+                    let _ = port.send(Err(refused));
                 }
             });
-            TenantMsg::Command { aggregate, send }
+            TenantMsg::Command { aggregate, instance, send }
         },
         Some(timeout),
     )
@@ -329,13 +358,15 @@ pub async fn call<H: Handler>(
 }
 
 /// Delivers a typed command to the child that runs its aggregate, or answers
-/// that the tree has none. The tree never needs the command's types.
-pub type Deliver = Box<dyn FnOnce(Option<&ActorCell>) + Send>;
+/// why the tree has none. The tree never needs the command's types.
+pub type Deliver = Box<dyn FnOnce(Result<&ActorCell, CommandFailure>) + Send>;
 
 pub enum TenantMsg {
     /// A command for the child running `aggregate` (see `call`).
     Command {
         aggregate: &'static str,
+        /// For a child run per module: the module's name.
+        instance: Option<String>,
         send: Deliver,
     },
     IdleCheck,
@@ -355,8 +386,14 @@ pub struct TenantArgs {
 pub struct TenantState {
     scope: Scope,
     deps: Deps,
-    /// The running children, one per `ChildSpec` this tree runs.
+    /// The running children, one per `ChildSpec` this tree runs once.
     children: Vec<(&'static ChildSpec, ActorCell)>,
+    /// Every child spec, for the module actors.
+    specs: &'static [ChildSpec],
+    /// The module actors, by module name, with what each serves.
+    modules: HashMap<String, ModuleChild>,
+    /// The tenant's subscriptions, published by the modules actor.
+    subscriptions: ModulesWatch,
     last_active: Instant,
     idle_timeout: Duration,
     idle_timer: Option<JoinHandle<Result<(), MessagingErr<TenantMsg>>>>,
@@ -372,15 +409,20 @@ impl Actor for TenantSupervisor {
         myself: ActorRef<TenantMsg>,
         args: TenantArgs,
     ) -> Result<TenantState, ActorProcessingErr> {
+        let subscriptions: ModulesWatch = Arc::new(tokio::sync::watch::channel(None).0);
+        let link = TreeLink { modules: Some(subscriptions.clone()), module: None };
         let mut children = Vec::new();
-        for spec in args.children.iter().filter(|c| c.runs_in(&args.scope)) {
-            children.push((spec, (spec.spawn)(&myself, &args.scope, &args.deps).await?));
+        for spec in args.children.iter().filter(|c| c.runs_in(&args.scope) && !c.per_module) {
+            children.push((spec, (spec.spawn)(&myself, &args.scope, &args.deps, link.clone()).await?));
         }
         let idle_timer = Some(myself.send_after(args.idle_timeout, || TenantMsg::IdleCheck));
         Ok(TenantState {
             scope: args.scope,
             deps: args.deps,
             children,
+            specs: args.children,
+            modules: HashMap::new(),
+            subscriptions,
             last_active: Instant::now(),
             idle_timeout: args.idle_timeout,
             idle_timer,
@@ -394,9 +436,15 @@ impl Actor for TenantSupervisor {
         state: &mut TenantState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Command { aggregate, send } => {
+            TenantMsg::Command { aggregate, instance, send } => {
                 state.last_active = Instant::now();
-                send(state.child(aggregate));
+                match instance {
+                    None => send(state.child(aggregate).ok_or_else(no_child)),
+                    Some(module) => {
+                        let child = state.module_child(&myself, &module).await;
+                        send(child.as_ref().map_err(Clone::clone));
+                    }
+                }
             }
             TenantMsg::IdleCheck => state.idle_check(&myself),
             #[cfg(feature = "fault-injection")]
@@ -423,8 +471,12 @@ impl Actor for TenantSupervisor {
         if let Some(at) = state.children.iter().position(|(_, c)| c.get_id() == cell.get_id()) {
             let spec = state.children[at].0;
             tracing::warn!(tenant = %state.scope, aggregate = spec.aggregate, reason = %why, "a child stopped; restarting it");
-            state.children[at].1 = (spec.spawn)(&myself, &state.scope, &state.deps).await?;
+            let link = TreeLink { modules: Some(state.subscriptions.clone()), module: None };
+            state.children[at].1 = (spec.spawn)(&myself, &state.scope, &state.deps, link).await?;
         }
+        // A module actor that stopped is started again by the next command for
+        // its module; one the tree replaced or dropped is already gone from the map.
+        state.modules.retain(|_, m| m.cell.get_id() != cell.get_id());
         Ok(())
     }
 
@@ -437,9 +489,80 @@ impl Actor for TenantSupervisor {
     }
 }
 
+/// A running module actor and the subscription it serves.
+struct ModuleChild {
+    major: u32,
+    generation: u64,
+    cell: ActorCell,
+}
+
+fn no_child() -> CommandFailure {
+    CommandFailure::new("NOT_FOUND", "no such aggregate here")
+}
+
 impl TenantState {
     fn child(&self, aggregate: &str) -> Option<&ActorCell> {
         self.children.iter().find(|(s, _)| s.aggregate == aggregate).map(|(_, c)| c)
+    }
+
+    /// The module actor of `module`, started (or replaced, after an upgrade or
+    /// a new subscription) to match the tenant's subscriptions; stopped ones
+    /// of modules no longer held go first.
+    async fn module_child(&mut self, myself: &ActorRef<TenantMsg>, module: &str) -> CommandResult<ActorCell> {
+        let subscriptions = self.current_subscriptions().await?;
+        self.modules.retain(|name, child| {
+            let keep = subscriptions
+                .subscribed
+                .get(name)
+                .is_some_and(|s| s.major == child.major && s.generation == child.generation);
+            if !keep {
+                child.cell.stop(Some("subscription changed".into()));
+            }
+            keep
+        });
+        if let Some(child) = self.modules.get(module) {
+            return Ok(child.cell.clone());
+        }
+        let held = subscriptions.subscribed.get(module).ok_or_else(|| {
+            CommandFailure::new("NOT_FOUND", format!("this tenant does not hold the module {module}"))
+        })?;
+        let version = self.deps.modules.get(module, held.major).ok_or_else(|| {
+            tracing::error!(tenant = %self.scope, module, major = held.major, "a held module version is not in this node's registry");
+            CommandFailure::new("NOT_FOUND", format!("this node does not serve {module}@v{}", held.major))
+        })?;
+        let spec = self.specs.iter().find(|s| s.per_module).ok_or_else(no_child)?;
+        let link = TreeLink {
+            modules: Some(self.subscriptions.clone()),
+            module: Some(ModuleBinding { version: version.clone(), generation: held.generation }),
+        };
+        let cell = (spec.spawn)(myself, &self.scope, &self.deps, link)
+            .await
+            .map_err(|e| broken("starting a module actor", e))?;
+        let child = ModuleChild { major: held.major, generation: held.generation, cell: cell.clone() };
+        self.modules.insert(module.to_owned(), child);
+        Ok(cell)
+    }
+
+    /// The subscriptions the modules actor published, or the log's when it has
+    /// published none yet in this tree's life.
+    async fn current_subscriptions(&self) -> CommandResult<Arc<ModulesState>> {
+        if let Some(known) = self.subscriptions.borrow().clone() {
+            return Ok(known);
+        }
+        let loaded = executor::load::<Modules>(&self.deps.store, &self.scope, MODULES_ID)
+            .await
+            .map_err(|e| broken("loading the tenant's modules", e))?;
+        let state = Arc::new(loaded.state);
+        // The modules actor may have published a newer state meanwhile; keep it.
+        self.subscriptions.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(state.clone());
+                true
+            } else {
+                false
+            }
+        });
+        Ok(self.subscriptions.borrow().clone().unwrap_or(state))
     }
 
     fn idle_check(&mut self, myself: &ActorRef<TenantMsg>) {

@@ -777,6 +777,11 @@ async fn scenarios(
         }
     }
 
+    // J: a module's records (each owner's tenant holds contacts@v1).
+    if fixture.wants('J') {
+        modules(http, fixture, &owners, &drain, &publish, results).await?;
+    }
+
     // E: one busy tenant, each worker on its own account.
     let c = *levels.last().expect("levels");
     let nc2 = nc.clone();
@@ -867,6 +872,157 @@ const REFRESH: &str = "mutation($t: String!) { refreshSession(input: {refreshTok
 /// Workers send their own client address, as 64 users would have; the second
 /// row at the highest level sends all of them from the bench's one address,
 /// where every refresh counts against the same rate-limit counter.
+impl Http {
+    /// The node's base address (`http://host:port`).
+    fn base(&self) -> &str {
+        self.url.trim_end_matches("/graphql")
+    }
+
+    /// A JSON request to a REST path with a bearer token; fails on an error answer.
+    async fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base()))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let v: Value = serde_json::from_str(&res.text().await?)?;
+        if !status.is_success() {
+            bail!("{status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// A request to a module version's GraphQL; fails on an error answer.
+    async fn module_gql(&self, path: &str, token: &str, query: &str, vars: Value) -> anyhow::Result<Value> {
+        let v: Value = serde_json::from_str(
+            &self
+                .client
+                .post(format!("{}{path}", self.base()))
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(json!({ "query": query, "variables": vars }).to_string())
+                .send()
+                .await?
+                .text()
+                .await?,
+        )?;
+        if let Some(e) = v.get("errors") {
+            bail!("graphql error: {e}");
+        }
+        Ok(v)
+    }
+}
+
+/// J: a record create over REST and over the module's GraphQL, at each level
+/// against raw JetStream (as B and C), and a page of 100 records with a
+/// reference each, resolved, over the module's GraphQL.
+async fn modules<B, BFut>(
+    http: &Http,
+    fixture: &Fixture,
+    owners: &Arc<Vec<Actor>>,
+    drain: &Drain,
+    publish: &Arc<B>,
+    results: &mut Vec<Stats>,
+) -> anyhow::Result<()>
+where
+    B: Fn(usize, u64) -> BFut + Send + Sync + 'static,
+    BFut: Future<Output = anyhow::Result<()>> + Send,
+{
+    const SUBSCRIBE: &str = "mutation { subscribeModule(input: {name: \"contacts\", version: \"v1\"}) { applied } }";
+    for o in owners.iter() {
+        http.gql(Some(&o.tenant), Some(&o.token), SUBSCRIBE, json!({})).await?;
+    }
+    for &c in &fixture.levels {
+        let (rest_owners, h) = (owners.clone(), http.clone());
+        results.push(
+            measure_against("J record create over REST", c, fixture.duration, drain, publish, move |w, i| {
+                let who = rest_owners[pick(rest_owners.len(), c, w, i)].clone();
+                let h = h.clone();
+                async move {
+                    let path = format!("/t/{}/contacts/v1/contact", who.tenant);
+                    h.rest(
+                        reqwest::Method::POST,
+                        &path,
+                        &who.token,
+                        Some(json!({ "name": format!("R{w}-{i}"), "status": "lead" })),
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+        let (gql_owners, h) = (owners.clone(), http.clone());
+        results.push(
+            measure_against("J record create over module GraphQL", c, fixture.duration, drain, publish, move |w, i| {
+                let who = gql_owners[pick(gql_owners.len(), c, w, i)].clone();
+                let h = h.clone();
+                async move {
+                    let path = format!("/t/{}/contacts/v1/graphql", who.tenant);
+                    h.module_gql(
+                        &path,
+                        &who.token,
+                        "mutation($n: String!) { createContact(input: {name: $n}) { id } }",
+                        json!({ "n": format!("G{w}-{i}") }),
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+    // The page: 100 contacts of one tenant, each referencing one of 10 companies.
+    let o = owners[0].clone();
+    let mut companies = Vec::new();
+    for k in 0..10 {
+        let v = http
+            .rest(
+                reqwest::Method::POST,
+                &format!("/t/{}/contacts/v1/company", o.tenant),
+                &o.token,
+                Some(json!({ "name": format!("Company {k}") })),
+            )
+            .await?;
+        companies.push(v["data"]["id"].as_str().context("no company id")?.to_owned());
+    }
+    for k in 0..100 {
+        let body = json!({ "name": format!("Paged {k:03}"), "company": companies[k % 10] });
+        http.rest(reqwest::Method::POST, &format!("/t/{}/contacts/v1/contact", o.tenant), &o.token, Some(body)).await?;
+    }
+    let page = "{ contacts(filter: {name: {contains: \"paged\"}}, first: 100) { totalCount nodes { name company { name } } } }";
+    for &c in &fixture.levels {
+        let (o, h) = (o.clone(), http.clone());
+        results.push(
+            measure("J page of 100 records with references", c, fixture.duration, move |_, _| {
+                let (o, h) = (o.clone(), h.clone());
+                async move {
+                    let v = h
+                        .module_gql(&format!("/t/{}/contacts/v1/graphql", o.tenant), &o.token, page, json!({}))
+                        .await?;
+                    anyhow::ensure!(
+                        v["data"]["contacts"]["nodes"].as_array().map(Vec::len) == Some(100),
+                        "not a page of 100: {v}"
+                    );
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+    Ok(())
+}
+
 async fn refresh<B, BFut>(
     http: &Http,
     fixture: &Fixture,
@@ -1134,6 +1290,7 @@ async fn bench_deps(
         snapshot_every,
         cache_per_tenant: 1000,
         accounts: Default::default(),
+        modules: std::sync::Arc::new(actors::domain::manifest::Registry::empty()),
     })
 }
 

@@ -116,6 +116,12 @@ pub struct Config {
     /// The wait after each failed attempt, in milliseconds; attempts past the
     /// list's end wait its last entry.
     pub mail_backoff_ms: Vec<u64>,
+    /// A directory of module versions (`{module}/v{N}/module.toml` and their
+    /// files) replacing the ones embedded in the binary.
+    pub modules_dir: Option<PathBuf>,
+    /// Run pending module migrations when a tenant subscribes to a module
+    /// version, and every tenant's at start.
+    pub auto_migrate: bool,
 }
 
 impl Default for Config {
@@ -169,6 +175,8 @@ impl Default for Config {
             mail_from: "Canopy <no-reply@localhost>".into(),
             mail_max_attempts: 8,
             mail_backoff_ms: vec![5_000, 30_000, 120_000, 600_000, 1_800_000],
+            modules_dir: None,
+            auto_migrate: true,
         }
     }
 }
@@ -202,6 +210,10 @@ pub struct Overrides {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smtp_url: Option<String>,
+    /// Use the module versions in this directory instead of the embedded ones.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modules_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -380,6 +392,8 @@ impl Config {
             "mail_from": self.mail_from,
             "mail_max_attempts": self.mail_max_attempts,
             "mail_backoff_ms": self.mail_backoff_ms,
+            "modules_dir": self.modules_dir.as_ref().map_or_else(|| "embedded".into(), |d| d.display().to_string()),
+            "auto_migrate": self.auto_migrate,
         })
     }
 
@@ -475,6 +489,21 @@ mod tests {
         std::fs::write(&file, "no_such_option = 1\n").unwrap();
         assert!(Config::load(Some(&file), &Overrides::default()).is_err(), "unknown keys are refused");
         assert!(Config::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn modules_are_embedded_and_migrated_unless_configured_otherwise() {
+        let cfg = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!((cfg.modules_dir, cfg.auto_migrate), (None, true));
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("canopy.toml");
+        std::fs::write(&file, "modules_dir = \"/srv/modules\"\nauto_migrate = false\n").unwrap();
+        let cfg = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!((cfg.modules_dir.as_deref(), cfg.auto_migrate), (Some(Path::new("/srv/modules")), false));
+        let flags = Overrides { modules_dir: Some("/opt/modules".into()), ..Default::default() };
+        let cfg = Config::load(Some(&file), &flags).unwrap();
+        assert_eq!(cfg.modules_dir.as_deref(), Some(Path::new("/opt/modules")));
+        assert_eq!(cfg.redacted()["modules_dir"], "/opt/modules");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod feed;
 pub mod i18n;
 pub mod limits;
+pub mod records;
 pub mod sessions;
 pub mod tenants;
 pub mod tokens;
@@ -37,11 +38,22 @@ pub fn routes(app: Arc<App>) -> impl poem::Endpoint {
         .at("/metrics", get(metrics))
         .at("/graphql", get(graphiql).post(graphql_root))
         .at("/t/:tenant/graphql", get(graphiql).post(graphql_tenant))
+        .at("/migrate", poem::post(records::migrate_all))
+        .at("/t/:tenant/migrate", poem::post(records::migrate_tenant))
+        .at("/t/:tenant/migrate/force", poem::post(records::migrate_force))
+        .at("/t/:tenant/migrate/seed", poem::post(records::migrate_seed))
+        .at("/t/:tenant/migrate/deseed", poem::post(records::migrate_deseed))
+        .at("/t/:tenant/:module/:version/graphql", get(records::module_graphql).post(records::module_graphql))
+        .at("/t/:tenant/:module/:version/:table", get(records::on_table).post(records::on_table))
+        .at(
+            "/t/:tenant/:module/:version/:table/:id",
+            get(records::on_record).patch(records::on_record).delete(records::on_record),
+        )
         .data(app)
 }
 
 /// `refuse` in the caller's language.
-fn refuse_in(locale: &Locale, status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn refuse_in(locale: &Locale, status: StatusCode, code: &str, message: &str) -> Response {
     match i18n::localize(message, locale) {
         Some(translated) => refuse(status, code, &translated),
         None => refuse(status, code, message),
@@ -223,7 +235,7 @@ async fn graphql_tenant(req: &Request, Path(tenant): Path<String>, body: Body, D
 /// The client's address: the connection's peer, or, behind a proxy Canopy is
 /// told to trust (`trust_forwarded_for`), the last address of `X-Forwarded-For`,
 /// the one that proxy added.
-fn client_address(app: &App, req: &Request) -> std::net::IpAddr {
+pub(crate) fn client_address(app: &App, req: &Request) -> std::net::IpAddr {
     let peer =
         req.remote_addr().as_socket_addr().map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
     if !app.config.trust_forwarded_for {
@@ -260,13 +272,15 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
     }
 }
 
-async fn execute(
+/// Who is asking and for which tenant, from the request's headers (and the
+/// tenant in its path): the checks every endpoint runs before it reads a body.
+/// A refusal is the answer to send, in the GraphQL error shape.
+pub(crate) async fn resolve(
     app: &Arc<App>,
     headers: &HeaderMap,
     client: std::net::IpAddr,
     path_tenant: Option<String>,
-    body: Body,
-) -> Response {
+) -> Result<RequestCtx, Response> {
     // The caller's language, for messages.
     let locale = headers
         .get("accept-language")
@@ -280,12 +294,12 @@ async fn execute(
         match h.to_str() {
             Ok(s) => claimed.push(Claimed { source: "x-tenant-id", raw: s.to_owned() }),
             Err(_) => {
-                return refuse_in(
+                return Err(refuse_in(
                     &locale,
                     StatusCode::BAD_REQUEST,
                     "BAD_USER_INPUT",
                     "invalid tenant id in x-tenant-id: not ASCII",
-                );
+                ));
             }
         }
     }
@@ -300,21 +314,21 @@ async fn execute(
         let t = match TenantId::parse(&c.raw) {
             Ok(t) => t,
             Err(e) => {
-                return refuse_in(
+                return Err(refuse_in(
                     &locale,
                     StatusCode::BAD_REQUEST,
                     "BAD_USER_INPUT",
                     &format!("invalid tenant id in {}: {e}", c.source),
-                );
+                ));
             }
         };
         if tenant.as_ref().is_some_and(|prev| *prev != t) {
-            return refuse_in(
+            return Err(refuse_in(
                 &locale,
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "the tenant named by the header, path and subdomain disagree",
-            );
+            ));
         }
         tenant = Some(t);
     }
@@ -324,29 +338,34 @@ async fn execute(
     let bearer = match bearer(headers) {
         Ok(b) => b,
         Err(()) => {
-            return refuse_in(
+            return Err(refuse_in(
                 &locale,
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHENTICATED",
                 "the Authorization header must be `Bearer <token>`",
-            );
+            ));
         }
     };
     let tenant_key = match headers.get("x-tenant-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) => Some(k.trim()),
         Some(Err(_)) => {
-            return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the access token is not valid");
+            return Err(refuse_in(
+                &locale,
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "the access token is not valid",
+            ));
         }
     };
     let access_token = match (bearer, tenant_key) {
         (Some(_), Some(_)) => {
-            return refuse_in(
+            return Err(refuse_in(
                 &locale,
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "send one credential: `Authorization` or `x-tenant-key`, not both",
-            );
+            ));
         }
         (None, Some(key)) => Some(key),
         (Some(b), None) if TokenSecret::is_meant(b) => Some(b),
@@ -356,40 +375,47 @@ async fn execute(
         None => None,
         Some(token) => match app.tokens.verify(token) {
             Ok(c) if c.sid.as_deref().is_some_and(|sid| app.revocations.is_revoked(sid)) => {
-                return refuse_in(
+                return Err(refuse_in(
                     &locale,
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHENTICATED",
                     "the session has ended; sign in again",
-                );
+                ));
             }
             Ok(c) => Some(c),
             Err(TokenError::Expired) => {
-                return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired");
+                return Err(refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired"));
             }
             Err(TokenError::Invalid) => {
-                return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid");
+                return Err(refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"));
             }
         },
     };
     if access_token.is_some() && tenant.is_none() {
-        return refuse_in(
+        return Err(refuse_in(
             &locale,
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "an access token works in its tenant: send `x-tenant-id` too",
-        );
+        ));
     }
 
     // 3. The token's tenant must match the request's; with no tenant named, it decides.
     let scope = match (&tenant, &principal) {
         (Some(t), Some(p)) if p.tenant != t.as_str() => {
-            return refuse_in(&locale, StatusCode::FORBIDDEN, "FORBIDDEN", "this token was issued for another tenant");
+            return Err(refuse_in(
+                &locale,
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "this token was issued for another tenant",
+            ));
         }
         (Some(t), _) => Scope::Tenant(t.clone()),
         (None, Some(p)) if p.tenant != PLATFORM_TOKEN => match Scope::parse_token(&p.tenant) {
             Ok(s) => s,
-            Err(_) => return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"),
+            Err(_) => {
+                return Err(refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token is not valid"));
+            }
         },
         (None, _) => Scope::Platform,
     };
@@ -398,14 +424,14 @@ async fn execute(
             Ok(Some(TenantStatus::Active)) => {}
             // Everyone who would act in it: members, tokens, and those signing in.
             Ok(Some(TenantStatus::Suspended)) => {
-                return refuse_in(&locale, StatusCode::FORBIDDEN, "FORBIDDEN", "this tenant is suspended");
+                return Err(refuse_in(&locale, StatusCode::FORBIDDEN, "FORBIDDEN", "this tenant is suspended"));
             }
             Ok(None | Some(TenantStatus::Deleted)) => {
-                return refuse_in(&locale, StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant");
+                return Err(refuse_in(&locale, StatusCode::NOT_FOUND, "NOT_FOUND", "unknown tenant"));
             }
             Err(e) => {
                 tracing::error!(error = %e, "checking a tenant");
-                return refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");
+                return Err(refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error"));
             }
         }
     }
@@ -418,29 +444,81 @@ async fn execute(
                 Some(caller)
             }
             Ok(Err(refused)) => {
-                return refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", refused.message());
+                return Err(refuse_in(&locale, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", refused.message()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "checking an access token");
-                return refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error");
+                return Err(refuse_in(&locale, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error"));
             }
         },
     };
 
-    // 4. The body, bounded, then parsed.
-    let bytes = match body.into_bytes_limit(MAX_BODY).await {
-        Ok(b) => b,
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => {
-            return refuse_in(
+    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+        Some(_) => {
+            return Err(refuse_in(
                 &locale,
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
-                "the request body is larger than 1 MiB",
-            );
+                "idempotency-key must be 1 to 255 ASCII characters",
+            ));
         }
+    };
+    let consistency =
+        match headers.get("canopy-consistency").map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
+            None => None,
+            Some(Some(n)) => Some(n),
+            Some(None) => {
+                return Err(refuse_in(
+                    &locale,
+                    StatusCode::BAD_REQUEST,
+                    "BAD_USER_INPUT",
+                    "canopy-consistency must be a number",
+                ));
+            }
+        };
+
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(actors::domain::session::UserAgent::from_header);
+    Ok(RequestCtx { scope, principal, token, idempotency_key, consistency, locale: locale.clone(), user_agent, client })
+}
+
+/// A request body of at most `MAX_BODY` bytes, or the refusal to send.
+pub(crate) async fn read_body(body: Body, locale: &Locale) -> Result<bytes::Bytes, Response> {
+    match body.into_bytes_limit(MAX_BODY).await {
+        Ok(b) => Ok(b),
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => Err(refuse_in(
+            locale,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BAD_USER_INPUT",
+            "the request body is larger than 1 MiB",
+        )),
         Err(_) => {
-            return refuse_in(&locale, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the request body could not be read");
+            Err(refuse_in(locale, StatusCode::BAD_REQUEST, "BAD_USER_INPUT", "the request body could not be read"))
         }
+    }
+}
+
+async fn execute(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    client: std::net::IpAddr,
+    path_tenant: Option<String>,
+    body: Body,
+) -> Response {
+    let ctx = match resolve(app, headers, client, path_tenant).await {
+        Ok(ctx) => ctx,
+        Err(refused) => return refused,
+    };
+    let locale = ctx.locale.clone();
+
+    // 4. The body, bounded, then parsed.
+    let bytes = match read_body(body, &locale).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let mut request: async_graphql::Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
@@ -453,56 +531,22 @@ async fn execute(
             );
         }
     };
-    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
-        Some(_) => {
-            return refuse_in(
-                &locale,
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                "idempotency-key must be 1 to 255 ASCII characters",
-            );
-        }
-    };
-    let consistency =
-        match headers.get("canopy-consistency").map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
-            None => None,
-            Some(Some(n)) => Some(n),
-            Some(None) => {
-                return refuse_in(
-                    &locale,
-                    StatusCode::BAD_REQUEST,
-                    "BAD_USER_INPUT",
-                    "canopy-consistency must be a number",
-                );
-            }
-        };
-
     // 5. Run it.
     app.documents.prepare(&mut request);
-    let user_agent = headers
-        .get("user-agent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(actors::domain::session::UserAgent::from_header);
-    let ctx = RequestCtx {
-        scope,
-        principal,
-        token,
-        idempotency_key,
-        consistency,
-        locale: locale.clone(),
-        user_agent,
-        client,
-    };
-    let mut response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
+    let response = app.schema.execute(request.data(app.clone()).data(ctx)).await;
+    graphql_answer(response, &locale)
+}
+
+/// A GraphQL response as the HTTP answer: every error with a code (parse,
+/// validation and limit errors come from async-graphql without one) and in
+/// the caller's language, and the headers resolvers set.
+pub(crate) fn graphql_answer(mut response: async_graphql::Response, locale: &Locale) -> Response {
     for e in &mut response.errors {
-        // Parse, validation and limit errors come from async-graphql without a code.
         let ext = e.extensions.get_or_insert_with(Default::default);
         if ext.get("code").is_none() {
             ext.set("code", "BAD_USER_INPUT");
         }
-        if let Some(translated) = i18n::localize(&e.message, &locale) {
+        if let Some(translated) = i18n::localize(&e.message, locale) {
             e.message = translated;
         }
     }

@@ -9,7 +9,10 @@ use async_graphql::{EmptySubscription, MergedObject, Schema};
 pub mod access;
 pub mod accounts;
 pub mod audit;
+pub mod backups;
 pub mod invitations;
+pub mod module_schema;
+pub mod modules;
 pub mod permissions;
 pub mod request;
 pub mod sessions;
@@ -23,8 +26,10 @@ pub mod tenants;
 pub struct Query(
     accounts::AccountQuery,
     audit::AuditQueryRoot,
+    backups::BackupQuery,
     access::AccessQuery,
     invitations::InvitationQuery,
+    modules::ModulesQuery,
     sessions::SessionQuery,
     tenants::TenantQuery,
 );
@@ -34,7 +39,9 @@ pub struct Query(
 pub struct Mutation(
     accounts::AccountMutation,
     access::AccessMutation,
+    backups::BackupMutation,
     invitations::InvitationMutation,
+    modules::ModulesMutation,
     sessions::SessionMutation,
     tenants::TenantMutation,
 );

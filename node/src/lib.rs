@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod edge;
 pub mod graphql;
+pub mod modules;
 pub mod nats;
 pub mod outbound;
 pub mod projection;
@@ -75,6 +76,10 @@ pub struct App {
     pub mail: Arc<outbound::mail::MailStats>,
     /// Each tenant's status, from the log.
     pub tenants: Arc<edge::tenants::TenantStatuses>,
+    /// The module versions this node serves.
+    pub modules: Arc<actors::domain::manifest::Registry>,
+    /// Each module version's own GraphQL schema.
+    pub module_schemas: Arc<graphql::module_schema::ModuleSchemas>,
 }
 
 impl App {
@@ -210,6 +215,29 @@ pub fn quiet_library_backtraces() {
     }
 }
 
+/// Loads the module registry (the configured directory, else the modules built
+/// into the binary) and adds the modules' permissions to the catalog.
+async fn load_modules(config: &Config) -> anyhow::Result<Arc<actors::domain::manifest::Registry>> {
+    let registry = modules::load(config.modules_dir.as_deref()).await.context("while loading the modules")?;
+    actors::domain::access::register_module_permissions(
+        registry.permissions().iter().map(|p| (p.name.as_str(), p.description.as_str(), p.member)),
+    );
+    Ok(registry)
+}
+
+/// Runs the pending migrations of every tenant holding a module, once the
+/// projector has caught up with the log.
+async fn migrate_at_start(app: &App) {
+    while !app.progress.caught_up() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match edge::records::migrate_every_tenant(app, None).await {
+        Ok(report) if !report.is_empty() => tracing::info!(tenants = report.len(), "ran pending module migrations"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e.message, "running pending module migrations at start"),
+    }
+}
+
 /// Runs a node until `shutdown` resolves: serves HTTP on `listener`, routes
 /// commands, projects events. Tests call it with a port-0 listener.
 pub async fn run(
@@ -235,6 +263,10 @@ async fn serve(
     let mail = Arc::new(outbound::mail::MailStats::default());
     let mailer = outbound::mail::mailer::Mailer::new(config, core.store.jetstream().clone(), mail.clone())?;
 
+    let registry = load_modules(config).await?;
+    actors::store::backup::ensure_bucket(core.store.jetstream(), config.replicas)
+        .await
+        .context("while opening the backups object store")?;
     let hasher = Hasher::new(config.hash_concurrency(), owasp_params());
     let deps = Deps {
         store: core.store.clone(),
@@ -250,6 +282,7 @@ async fn serve(
             reset_ttl_secs: config.password_reset_ttl_secs as i64,
             invitation_ttl_secs: config.invitation_ttl_secs as i64,
         },
+        modules: registry.clone(),
     };
     let (node, node_handle) = Actor::spawn(
         None,
@@ -292,7 +325,7 @@ async fn serve(
         Ok(())
     });
     let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());
-    let projector = projector.with_destroyed_keys(destroyed_rx);
+    let projector = projector.with_destroyed_keys(destroyed_rx).with_modules(registry.clone());
     let projector_cancel = cancel.clone();
     // The projector gets a thread and a runtime of its own: embedded SurrealDB runs
     // a query's whole plan inside the caller's poll, and a batch's transaction held
@@ -380,6 +413,10 @@ async fn serve(
         node: node.clone(),
         mail,
         tenants,
+        module_schemas: Arc::new(
+            graphql::module_schema::build_all(&registry).context("while building the modules' GraphQL schemas")?,
+        ),
+        modules: registry,
     });
 
     // Signing keys rotate anywhere (`canopy keys rotate`, or any node's rotation
@@ -409,6 +446,18 @@ async fn serve(
     }
 
     bootstrap_admin(&app).await?;
+    if config.auto_migrate {
+        // Migrations a new release of a module brings run once the read
+        // models have caught up (each tenant's modules are read from them).
+        let (app, migrate_cancel) = (app.clone(), cancel.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = migrate_at_start(&app) => {}
+                () = migrate_cancel.cancelled() => {}
+            }
+            Ok(())
+        });
+    }
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "canopy is listening: GraphiQL at http://{addr}/graphql");
@@ -549,8 +598,9 @@ pub async fn mail_retry(config: &Config, which: outbound::mail::dead::Selection)
 
 /// `canopy projections rebuild`: drop every read model and replay the log.
 pub async fn rebuild_projections(config: &Config) -> anyhow::Result<u64> {
+    let registry = load_modules(config).await?;
     let core = Core::open(config).await?;
-    let result = projection::rebuild(&core.read_model, &core.store, &core.keys).await;
+    let result = projection::rebuild(&core.read_model, &core.store, &core.keys, registry).await;
     core.close().await;
     result
 }

@@ -1,6 +1,6 @@
 //! The `canopy` command line: `serve` runs a node, `projections rebuild` rebuilds
 //! the read models from the event log, `nats` manages NATS credentials, `mail`
-//! lists and retries dead letters.
+//! lists and retries dead letters, `modules check` checks the module versions.
 
 use std::path::PathBuf;
 
@@ -43,6 +43,22 @@ enum Cmd {
     Mail {
         #[command(subcommand)]
         action: MailCmd,
+    },
+    /// The module versions tenants can subscribe to.
+    Modules {
+        #[command(subcommand)]
+        action: ModulesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModulesCmd {
+    /// Load the module versions (from --dir, else the configured modules_dir,
+    /// else the embedded ones), check them and their migrations on a throwaway
+    /// SurrealDB, and list them; on a problem, print it and exit with 1.
+    Check {
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -197,6 +213,18 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let ids: Vec<String> = moved.iter().map(u64::to_string).collect();
             println!("moved {} dead letter(s) back into MAIL: {}", moved.len(), ids.join(" "));
             Ok(())
+        }
+        Cmd::Modules { action: ModulesCmd::Check { dir } } => {
+            match canopy_node::modules::check(dir.as_deref().or(config.modules_dir.as_deref())).await {
+                Ok(report) => {
+                    print!("{report}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1)
+                }
+            }
         }
         Cmd::Projections { action: ProjectionsCmd::Dump } => {
             let rm = canopy_node::read_model::ReadModel::connect(&config).await?;

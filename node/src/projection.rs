@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use actors::domain::manifest::Registry;
 use actors::domain::tenant::{PLATFORM_TOKEN, Scope, TenantId};
 use actors::store::event_store::{AckClock, EventStore, EventSubject, STREAM, Stored, decode};
 use actors::store::seal::{KeyRing, person_of_key};
@@ -26,14 +27,23 @@ use crate::read_model::{DbChanges, DeadLetter, ReadError, ReadModel, Statement, 
 pub mod access;
 pub mod accounts;
 pub mod audit;
+pub mod backups;
 pub mod event;
+pub mod modules;
 pub mod tenants;
 
 use event::{ERASED, Event, Projection, Unapplied, refused, statement};
 
 /// Every projection: an aggregate's events reach the read models through its
 /// entry here.
-const PROJECTIONS: &[&dyn Projection] = &[&accounts::Accounts, &access::AccessControl, &tenants::Tenants];
+const PROJECTIONS: &[&dyn Projection] = &[
+    &accounts::Accounts,
+    &access::AccessControl,
+    &tenants::Tenants,
+    &modules::TenantModules,
+    &modules::Records,
+    &backups::TenantBackups,
+];
 
 /// How far the projector has got: the stream sequence of the last applied event.
 #[derive(Clone)]
@@ -132,6 +142,8 @@ pub struct Projector {
     rm: ReadModel,
     store: EventStore,
     keys: KeyRing,
+    /// The module versions whose migrations the projector runs.
+    modules: Arc<Registry>,
     tx: watch::Sender<u64>,
     caught_up: Arc<AtomicBool>,
     lag: Arc<Mutex<LagWindow>>,
@@ -352,6 +364,7 @@ impl Projector {
             rm,
             store,
             keys,
+            modules: Arc::new(Registry::empty()),
             tx,
             caught_up,
             lag,
@@ -369,6 +382,12 @@ impl Projector {
     /// ack times still come from the store given to `new`, the one that appends.
     pub fn with_store(mut self, store: EventStore) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Runs module migrations from `modules` (the node's registry).
+    pub fn with_modules(mut self, modules: Arc<Registry>) -> Self {
+        self.modules = modules;
         self
     }
 
@@ -631,14 +650,20 @@ impl Projector {
         // Older shapes of an event type are upcast first, so projections only
         // handle current ones; a shape from a newer build is set aside.
         let data = actors::contract::current_data(&ev.envelope).map_err(|e| refused(e.to_string()))?;
-        projection.statements(&Event { scope, stored: ev, data, keys: &self.keys }).await
+        projection.statements(&Event { scope, stored: ev, data, keys: &self.keys, modules: &self.modules }).await
     }
 }
 
 /// Drops every read model and rebuilds it from the log. Returns the last sequence applied.
-pub async fn rebuild(rm: &ReadModel, store: &EventStore, keys: &KeyRing) -> anyhow::Result<u64> {
+pub async fn rebuild(
+    rm: &ReadModel,
+    store: &EventStore,
+    keys: &KeyRing,
+    modules: Arc<Registry>,
+) -> anyhow::Result<u64> {
     rm.drop_all().await?;
     let (projector, _) = Projector::new(rm.clone(), store.clone(), keys.clone());
+    let projector = projector.with_modules(modules);
     projector.catch_up().await
 }
 

@@ -20,11 +20,17 @@ use tokio::sync::RwLock;
 
 use crate::config::Config;
 
+pub mod backups;
+pub mod records;
+pub use records::{ModuleRow, RecordQuery};
+
 pub const NAMESPACE: &str = "canopy";
 const SYSTEM_TABLES: &str = include_str!("../../schemas/surreal/system.surql");
 const ACCOUNT_TABLES: &str = include_str!("../../schemas/surreal/accounts.surql");
 const ACCESS_TABLES: &str = include_str!("../../schemas/surreal/access.surql");
 const AUDIT_TABLES: &str = include_str!("../../schemas/surreal/audit.surql");
+const MODULE_TABLES: &str = include_str!("../../schemas/surreal/modules.surql");
+const BACKUP_TABLES: &str = include_str!("../../schemas/surreal/backups.surql");
 
 /// The database of a scope. Slugs hold only `[a-z0-9-]`, and `-` becomes `_`, so
 /// the name is always a plain identifier and two slugs never share one.
@@ -405,7 +411,7 @@ impl ReadModel {
         let tables = if db == "system" {
             format!("{SYSTEM_TABLES}\n{ACCOUNT_TABLES}\n{AUDIT_TABLES}")
         } else {
-            format!("{ACCOUNT_TABLES}\n{ACCESS_TABLES}\n{AUDIT_TABLES}")
+            format!("{ACCOUNT_TABLES}\n{ACCESS_TABLES}\n{AUDIT_TABLES}\n{MODULE_TABLES}\n{BACKUP_TABLES}")
         };
         s.query(tables).await.and_then(|r| r.check()).map_err(read_err)?;
         sessions.insert(db.to_owned(), s.clone());
@@ -753,8 +759,14 @@ impl ReadModel {
             // Names are made by `db_name`: plain identifiers, safe to splice.
             sql.push_str(&format!("USE DB {};\n", change.db));
             for st in change.statements {
-                // Each statement's variables get a unique prefix inside the transaction.
-                sql.push_str(&prefix_vars(&st.sql, &format!("s{n}_")));
+                // Each statement's variables get a unique prefix inside the
+                // transaction. A statement without variables (a module's
+                // migration) runs verbatim: its `$` names are its own.
+                if st.vars.is_empty() {
+                    sql.push_str(&st.sql);
+                } else {
+                    sql.push_str(&prefix_vars(&st.sql, &format!("s{n}_")));
+                }
                 for (k, v) in st.vars {
                     vars.insert(format!("s{n}_{k}"), v);
                 }

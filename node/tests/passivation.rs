@@ -29,6 +29,7 @@ async fn the_memory_of_stopped_trees_leaves_the_process() {
         snapshot_every: 100,
         cache_per_tenant: 1000,
         accounts: Default::default(),
+        modules: std::sync::Arc::new(actors::domain::manifest::Registry::empty()),
     };
     let idle = Duration::from_secs(3600);
     let (node, node_handle) = Actor::spawn(

@@ -36,6 +36,7 @@ pub const CATALOG: &[(&str, &str)] = &[
     ("update_billing", "change the plan"),
     ("update_billing:card", "change the payment card"),
     ("manage_modules", "subscribe to, upgrade and unsubscribe from modules"),
+    ("manage_backups", "take backups of the tenant and list them"),
     ("publish_messages", "publish push messages to the tenant's clients"),
     ("subscribe_messages", "receive the tenant's push messages"),
 ];
@@ -44,9 +45,46 @@ pub const CATALOG: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Permission(&'static str);
 
+/// A permission a module adds to the catalog: its name, what it allows, and
+/// whether the built-in `member` role holds it (`owner` and `admin` hold
+/// every module permission).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModulePermission {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub member: bool,
+}
+
+/// The permissions the node's modules add, registered once when the module
+/// registry loads. It only grows: a process that loads several registries
+/// (tests) knows the union, and a name is registered once.
+static MODULE_PERMISSIONS: std::sync::RwLock<Vec<ModulePermission>> = std::sync::RwLock::new(Vec::new());
+
+/// Adds modules' permissions to the catalog (a name already known is kept as it is).
+pub fn register_module_permissions<'a>(decls: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
+    let mut known = MODULE_PERMISSIONS.write().unwrap_or_else(|e| e.into_inner());
+    for (name, description, member) in decls {
+        if CATALOG.iter().any(|(p, _)| *p == name) || known.iter().any(|p| p.name == name) {
+            continue;
+        }
+        // Leaked once per distinct name: the catalog lives as long as the process.
+        known.push(ModulePermission {
+            name: Box::leak(name.to_owned().into_boxed_str()),
+            description: Box::leak(description.to_owned().into_boxed_str()),
+            member,
+        });
+    }
+}
+
+/// The permissions modules added, in the order they were registered.
+pub fn module_permissions() -> Vec<ModulePermission> {
+    MODULE_PERMISSIONS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 impl Permission {
     pub fn parse(raw: &str) -> Result<Self, AccessError> {
-        CATALOG.iter().find(|(p, _)| *p == raw).map(|(p, _)| Self(p)).ok_or_else(|| {
+        let module = || module_permissions().into_iter().find(|p| p.name == raw).map(|p| Self(p.name));
+        CATALOG.iter().find(|(p, _)| *p == raw).map(|(p, _)| Self(p)).or_else(module).ok_or_else(|| {
             // Bounded and printable: the name goes back to the caller.
             let shown: String = raw.chars().filter(|c| !c.is_control()).take(64).collect();
             AccessError::UnknownPermission(shown)
@@ -57,8 +95,9 @@ impl Permission {
         self.0
     }
 
+    /// The catalog's permissions, then those modules added.
     pub fn all() -> impl Iterator<Item = Permission> {
-        CATALOG.iter().map(|(p, _)| Permission(p))
+        CATALOG.iter().map(|(p, _)| Permission(p)).chain(module_permissions().into_iter().map(|p| Permission(p.name)))
     }
 }
 
@@ -77,7 +116,10 @@ pub fn builtin_permissions(role_id: &str) -> Option<BTreeSet<Permission>> {
     match role_id {
         OWNER => Some(Permission::all().collect()),
         ADMIN => Some(Permission::all().filter(|p| !NOT_FOR_ADMIN.contains(&p.as_str())).collect()),
-        MEMBER => Some(Permission::all().filter(|p| MEMBER_PERMISSIONS.contains(&p.as_str())).collect()),
+        MEMBER => {
+            let module = module_permissions().into_iter().filter(|p| p.member).map(|p| Permission(p.name));
+            Some(Permission::all().filter(|p| MEMBER_PERMISSIONS.contains(&p.as_str())).chain(module).collect())
+        }
         _ => None,
     }
 }

@@ -177,8 +177,16 @@ impl TenantState {
 
 #[derive(Debug, Clone)]
 pub enum TenantCommand {
-    Create { slug: TenantId, name: TenantName, owner_account_id: String },
-    Rename { name: TenantName },
+    /// `restored_from`: the backup a restore clones the tenant from.
+    Create {
+        slug: TenantId,
+        name: TenantName,
+        owner_account_id: String,
+        restored_from: Option<String>,
+    },
+    Rename {
+        name: TenantName,
+    },
     Suspend,
     Resume,
     Delete,
@@ -207,6 +215,9 @@ pub struct TenantCreated {
     pub slug: TenantId,
     pub name: TenantName,
     pub owner_account_id: String,
+    /// The backup the tenant was restored from (a clone of another tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -260,7 +271,7 @@ impl Aggregate for Tenant {
     type Error = TenantError;
 
     fn decide(state: &TenantState, cmd: &TenantCommand) -> Result<Decision<TenantEvent>, TenantError> {
-        if let TenantCommand::Create { slug, name, owner_account_id } = cmd {
+        if let TenantCommand::Create { slug, name, owner_account_id, restored_from } = cmd {
             // A deleted tenant's slug stays taken.
             if state.created {
                 return Err(TenantError::AlreadyExists);
@@ -269,6 +280,7 @@ impl Aggregate for Tenant {
                 slug: slug.clone(),
                 name: name.clone(),
                 owner_account_id: owner_account_id.clone(),
+                restored_from: restored_from.clone(),
             })]));
         }
         if !state.exists() {
@@ -355,11 +367,21 @@ mod tests {
     fn creating_a_new_tenant_emits_tenant_created() {
         let slug = TenantId::parse("acme").unwrap();
         let name = TenantName::parse("Acme").unwrap();
-        let cmd = TenantCommand::Create { slug: slug.clone(), name: name.clone(), owner_account_id: "a1".into() };
+        let cmd = TenantCommand::Create {
+            slug: slug.clone(),
+            name: name.clone(),
+            owner_account_id: "a1".into(),
+            restored_from: None,
+        };
         check::<Tenant>(
             &[],
             cmd,
-            Ok(vec![TenantEvent::TenantCreated(TenantCreated { slug, name, owner_account_id: "a1".into() })]),
+            Ok(vec![TenantEvent::TenantCreated(TenantCreated {
+                slug,
+                name,
+                owner_account_id: "a1".into(),
+                restored_from: None,
+            })]),
         );
     }
 
@@ -371,8 +393,9 @@ mod tests {
             slug: slug.clone(),
             name: name.clone(),
             owner_account_id: "a1".into(),
+            restored_from: None,
         });
-        let cmd = TenantCommand::Create { slug, name, owner_account_id: "a2".into() };
+        let cmd = TenantCommand::Create { slug, name, owner_account_id: "a2".into(), restored_from: None };
         check::<Tenant>(&[created], cmd, Err(TenantError::AlreadyExists));
     }
 
@@ -381,6 +404,7 @@ mod tests {
             slug: TenantId::parse(slug).unwrap(),
             name: TenantName::parse("Acme").unwrap(),
             owner_account_id: "a1".into(),
+            restored_from: None,
         })
     }
 
@@ -415,8 +439,12 @@ mod tests {
             check::<Tenant>(&deleted, cmd.clone(), Err(TenantError::NotFound));
             check::<Tenant>(&[], cmd, Err(TenantError::NotFound));
         }
-        let again =
-            TenantCommand::Create { slug: TenantId::parse("acme").unwrap(), name, owner_account_id: "a2".into() };
+        let again = TenantCommand::Create {
+            slug: TenantId::parse("acme").unwrap(),
+            name,
+            owner_account_id: "a2".into(),
+            restored_from: None,
+        };
         check::<Tenant>(&deleted, again, Err(TenantError::AlreadyExists));
     }
 

@@ -99,6 +99,16 @@ pub fn aggregate_filter(scope: &Scope, aggregate: &str, id: &str) -> String {
     format!("evt.{}.{aggregate}.{id}.*", scope.token())
 }
 
+/// Every event of a scope.
+pub fn scope_filter(scope: &Scope) -> String {
+    format!("evt.{}.>", scope.token())
+}
+
+/// Every event of every aggregate of one kind in a scope.
+pub fn kind_filter(scope: &Scope, aggregate: &str) -> String {
+    format!("evt.{}.{aggregate}.*.*", scope.token())
+}
+
 /// The tokens of a subject of the event log, `evt.{tenant}.{aggregate}.{id}.{EventType}`,
 /// as stored: nothing in them is parsed or checked beyond the split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

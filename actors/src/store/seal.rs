@@ -260,6 +260,9 @@ pub fn person_of_key(name: &str) -> Option<(Scope, String)> {
     is_safe_token(account_id).then(|| (scope, account_id.to_owned()))
 }
 
+/// How many times `shred` reads and writes a key that others change meanwhile.
+const SHRED_ATTEMPTS: usize = 16;
+
 /// How long the watch on destroyed keys waits before it starts again after an error.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -378,17 +381,31 @@ impl KeyRing {
     /// Destroys a key as `destroy` does, then leaves a marker in its place, so
     /// that `key` never makes a new one under the same name: for a deleted
     /// tenant's data key, which nothing may seal under again.
+    ///
+    /// Several nodes shred a deleted tenant's key at once (each one's tenant
+    /// feed does): a live key is purged, and the marker is written expecting
+    /// the revision of the purge (or deletion) it follows, so whoever loses a
+    /// race reads the winner's marker and stops; nobody purges a marker or
+    /// another's purge again, so the racers cannot keep undoing each other.
     pub async fn shred(&self, name: &str) -> Result<(), SealError> {
-        if self.is_shredded(name).await? {
-            return Ok(());
+        let store = |e: &dyn fmt::Display| SealError::Store(e.to_string());
+        for _ in 0..SHRED_ATTEMPTS {
+            let written = match self.kv.entry(name).await.map_err(|e| store(&e))? {
+                Some(e) if e.operation == kv::Operation::Put && e.value.as_ref() == SHREDDED => return Ok(()),
+                Some(e) if e.operation == kv::Operation::Put => {
+                    // A live key (or one created again in between): destroyed first.
+                    self.destroy(name).await?;
+                    continue;
+                }
+                Some(e) => self.kv.update(name, SHREDDED.into(), e.revision).await.is_ok(),
+                None => self.kv.create(name, SHREDDED.into()).await.is_ok(),
+            };
+            if written {
+                self.cache.forget(name);
+                return Ok(());
+            }
         }
-        self.destroy(name).await?;
-        match self.kv.create(name, SHREDDED.into()).await {
-            Ok(_) => Ok(()),
-            // A key created again in between is destroyed too, then marked.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Box::pin(self.shred(name)).await,
-            Err(e) => Err(SealError::Store(e.to_string())),
-        }
+        Err(SealError::Store(format!("{name} kept changing while it was shredded")))
     }
 
     /// Whether `name` was shredded (`shred`).
@@ -397,6 +414,45 @@ impl KeyRing {
             Err(SealError::Shredded(_)) => Ok(true),
             Ok(_) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The names of the keys that start with `prefix` (which ends in `.`).
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>, SealError> {
+        crate::store::bucket_keys(&self.kv, &format!("{prefix}>")).await.map_err(SealError::Store)
+    }
+
+    /// A secret as the bucket holds it, wrapped under the master key and its
+    /// name (`None` if it does not exist; a shredded one is an error): what a
+    /// backup carries, never the secret itself.
+    pub async fn wrapped(&self, name: &str) -> Result<Option<Vec<u8>>, SealError> {
+        let entry = self.kv.get(name).await.map_err(|e| SealError::Store(e.to_string()))?;
+        match entry {
+            Some(bytes) if bytes.as_ref() == SHREDDED => Err(SealError::Shredded(name.to_owned())),
+            other => Ok(other.map(|b| b.to_vec())),
+        }
+    }
+
+    /// Unwraps a secret `wrapped` under `was` (from a backup) with this node's
+    /// master key: a backup taken under another master key does not open.
+    pub fn unwrap_as(&self, was: &str, wrapped: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.master.unwrap(was, wrapped)
+    }
+
+    /// Stores `secret` as a new key called `name`; an existing key is an error
+    /// (a restore never overwrites).
+    pub async fn create(&self, name: &str, secret: &[u8]) -> Result<(), SealError> {
+        let wrapped = self.master.wrap(name, secret);
+        match self.kv.create(name, wrapped.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // The same secret from an earlier try of the same restore is fine.
+                match self.secret(name).await? {
+                    Some(existing) if existing == secret => Ok(()),
+                    _ => Err(SealError::Store(format!("the key {name} exists already"))),
+                }
+            }
+            Err(e) => Err(SealError::Store(e.to_string())),
         }
     }
 

@@ -45,7 +45,7 @@ impl Handler for AccessHandler {
         envelope: CommandEnvelope<AccessRequest>,
         state: &mut Option<Loaded<Access>>,
     ) -> CommandResult<AccessReply> {
-        let Ctx { scope, deps } = ctx;
+        let Ctx { scope, deps, .. } = ctx;
         let stamp = stamp_for(deps, scope, &envelope).await?;
         let sender = envelope.principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
         established(deps, scope, &stamp, state).await?;

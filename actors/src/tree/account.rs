@@ -92,7 +92,7 @@ impl Handler for AccountHandler {
         envelope: CommandEnvelope<AccountRequest>,
         state: &mut Option<Loaded<Account>>,
     ) -> CommandResult<AccountReply> {
-        let Ctx { scope, deps } = ctx;
+        let Ctx { scope, deps, .. } = ctx;
         let stamp = stamp_for(deps, scope, &envelope).await?;
         let envelope_session = envelope.principal.session().cloned();
         let envelope_actor = envelope.principal.actor_in(scope);
@@ -294,7 +294,7 @@ pub async fn stamp_for<R: serde::Serialize>(
         Some(client) => {
             let kid = match &envelope.principal {
                 Principal::Account { scope: home, account_id, .. } => person_key_name(home, account_id.as_str()),
-                Principal::Anonymous | Principal::Token { .. } => tenant_key_name(scope),
+                Principal::Anonymous | Principal::Node | Principal::Token { .. } => tenant_key_name(scope),
             };
             let key = deps.keys.key(&kid).await.map_err(|e| broken("reading the key for a client", e))?;
             let plain = serde_json::to_vec(&client.bounded()).map_err(|e| broken("encoding a client", e))?;
@@ -869,7 +869,7 @@ async fn login(
     session: &SessionRequest,
     cache: &Cache<AccountHandler>,
 ) -> CommandResult<AccountReply> {
-    let Ctx { scope, deps } = ctx;
+    let Ctx { scope, deps, .. } = ctx;
     let (email_index, claim) = email_claim(deps, scope, email).await?;
     let holder = holder_of(deps, &claim).await?;
     let id = match &holder {
@@ -912,7 +912,7 @@ async fn request_reset(
     email: &Email,
     cache: &Cache<AccountHandler>,
 ) -> CommandResult<AccountReply> {
-    let Ctx { scope, deps } = ctx;
+    let Ctx { scope, deps, .. } = ctx;
     let (_, claim) = email_claim(deps, scope, email).await?;
     let Some(id) = holder_of(deps, &claim).await? else { return Ok(AccountReply::ResetRequested) };
     let mut state = cache.get(&id).await;

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult};
 use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::Scope;
+use crate::domain::tenant_modules::{ModuleBinding, ModulesState};
 use crate::tree::deps::Deps;
 use crate::tree::executor::Loaded;
 
@@ -37,12 +39,28 @@ pub enum Route {
     Free,
 }
 
-/// What a command's handler gets: the tree's scope and shared parts.
+/// What a command's handler gets: the tree's scope, shared parts and its link
+/// to the tree.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub scope: Scope,
     pub deps: Deps,
+    pub link: TreeLink,
 }
+
+/// What a child shares with its tenant's tree beyond `Deps`.
+#[derive(Debug, Clone, Default)]
+pub struct TreeLink {
+    /// The tenant's module subscriptions as last decided: the modules actor
+    /// publishes each state it appends, and the tree reads it to start, stop
+    /// and replace module actors before it routes a record command.
+    pub modules: Option<ModulesWatch>,
+    /// The module version (and subscription) a module actor serves.
+    pub module: Option<ModuleBinding>,
+}
+
+/// The tenant's module subscriptions (`None` until first loaded).
+pub type ModulesWatch = Arc<tokio::sync::watch::Sender<Option<Arc<ModulesState>>>>;
 
 /// What is particular to one kind of aggregate.
 pub trait Handler: Sized + Send + Sync + 'static {
@@ -56,6 +74,12 @@ pub trait Handler: Sized + Send + Sync + 'static {
     /// Where a command runs, or why it is refused before it runs (a malformed
     /// id, a principal that may not send it).
     fn route(scope: &Scope, envelope: &CommandEnvelope<Self::Request>) -> CommandResult<Route>;
+
+    /// For a child run once per module (a module actor): the module a request
+    /// is for.
+    fn instance(_request: &Self::Request) -> Option<&str> {
+        None
+    }
 
     /// Runs a command of lane `id`. `state` holds the lane's cached state (or
     /// `None`: load it); whatever it holds when the command ends is cached, so
@@ -108,6 +132,7 @@ pub enum AggregateMsg<H: Handler> {
 pub struct AggregateArgs {
     pub scope: Scope,
     pub deps: Deps,
+    pub link: TreeLink,
 }
 
 struct Job<H: Handler> {
@@ -161,7 +186,7 @@ impl<H: Handler> Actor for AggregateActor<H> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let capacity = args.deps.cache_per_tenant.max(1);
         Ok(AggregateState {
-            ctx: Ctx { scope: args.scope, deps: args.deps },
+            ctx: Ctx { scope: args.scope, deps: args.deps, link: args.link },
             cache: quick_cache::unsync::Cache::new(capacity),
             lanes: HashMap::new(),
             tasks: JoinSet::new(),

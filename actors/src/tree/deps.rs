@@ -17,6 +17,8 @@ pub struct Deps {
     /// How many aggregates of one kind a tenant's actor keeps in memory.
     pub cache_per_tenant: usize,
     pub accounts: AccountPolicy,
+    /// The module versions this node serves, loaded once at start.
+    pub modules: std::sync::Arc<crate::domain::manifest::Registry>,
 }
 
 /// The account lifecycle's limits, from the node's configuration.

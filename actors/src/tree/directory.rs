@@ -7,6 +7,7 @@ use crate::command::{CommandEnvelope, CommandFailure, CommandResult, Principal, 
 use crate::domain::access::{ACCESS_ID, Access, AccessCommand, AccessState};
 use crate::domain::account::{Account, AccountCommand};
 use crate::domain::aggregate::Aggregate;
+use crate::domain::backup::{BACKUPS_ID, Backups};
 use crate::domain::tenant::{Scope, Tenant, TenantCommand, TenantCreated, TenantError, TenantId, TenantState};
 use crate::store::event_store::{EventStore, Stamp, StoreErrorKind, batch_for, event_subject};
 use crate::store::seal::{KeyRing, person_key_name, tenant_key_name};
@@ -37,7 +38,10 @@ impl Handler for DirectoryHandler {
         let admin = envelope.principal.is_platform_admin();
         let insider = envelope.principal.actor_in(&Scope::Tenant(slug.clone())).is_some();
         let allowed = match &envelope.request {
-            TenantRequest::Create { .. } | TenantRequest::Suspend { .. } | TenantRequest::Resume { .. } => admin,
+            TenantRequest::Create { .. }
+            | TenantRequest::Suspend { .. }
+            | TenantRequest::Resume { .. }
+            | TenantRequest::Restore { .. } => admin,
             TenantRequest::Rename { .. } | TenantRequest::Delete { .. } => admin || insider,
         };
         if !allowed {
@@ -58,6 +62,10 @@ impl Handler for DirectoryHandler {
         if let TenantRequest::Create { .. } = envelope.request {
             return create(&ctx.deps, envelope).await;
         }
+        if let TenantRequest::Restore { .. } = envelope.request {
+            // Boxed: a restore's futures (object store, key ring, appends) are large.
+            return Box::pin(restore(&ctx.deps, envelope)).await;
+        }
         change(&ctx.deps, envelope).await
     }
 }
@@ -68,7 +76,7 @@ async fn change(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
     let CommandEnvelope { request, principal, .. } = envelope;
     let tenant = Scope::Tenant(request.slug().clone());
     let cmd = match request {
-        TenantRequest::Create { .. } => return Err(CommandFailure::internal()),
+        TenantRequest::Create { .. } | TenantRequest::Restore { .. } => return Err(CommandFailure::internal()),
         TenantRequest::Rename { name, .. } => {
             if !principal.is_platform_admin() {
                 insider_may(deps, &tenant, &principal, "update_tenant").await?;
@@ -104,7 +112,7 @@ async fn change(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
 }
 
 /// Whether a member or token of `tenant` holds `permission` there now.
-async fn insider_may(
+pub(crate) async fn insider_may(
     deps: &Deps,
     tenant: &Scope,
     principal: &Principal,
@@ -131,8 +139,26 @@ pub async fn shred_tenant(keys: &KeyRing, store: &EventStore, tenant: &Scope) ->
         return Ok(());
     }
     keys.destroy_all(&person_key_name(tenant, "")).await.map_err(|e| broken("destroying a tenant's person keys", e))?;
+    // Its backups hold its keys too: they go with it. (Boxed: the object
+    // store's futures are large, and this runs inside the actors' tasks.)
+    Box::pin(remove_backups(store, tenant)).await?;
     store.forget_snapshots(tenant).await.map_err(|e| broken("purging a tenant's snapshots", e))?;
     keys.shred(&kid).await.map_err(|e| broken("shredding a tenant key", e))
+}
+
+/// Removes the objects of every backup a tenant holds.
+async fn remove_backups(store: &EventStore, tenant: &Scope) -> Result<(), CommandFailure> {
+    let held = load::<Backups>(store, tenant, BACKUPS_ID).await.map_err(|e| broken("reading a tenant's backups", e))?;
+    if held.state.held.is_empty() {
+        return Ok(());
+    }
+    let bucket = crate::store::backup::ensure_bucket(store.jetstream(), 1)
+        .await
+        .map_err(|e| broken("opening the backups", e))?;
+    for h in &held.state.held {
+        crate::store::backup::remove(&bucket, &h.backup_id).await.map_err(|e| broken("removing a backup", e))?;
+    }
+    Ok(())
 }
 
 /// The subject of a tenant's creation event: its existence check.
@@ -194,7 +220,8 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
         },
     )
     .await?;
-    let tenant_cmd = TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner_id.to_string() };
+    let tenant_cmd =
+        TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner_id.to_string(), restored_from: None };
     let tenant = Tenant::decide(&TenantState::default(), &tenant_cmd).map_err(|e| CommandFailure::rejected(&e))?;
     let owner = Account::decide(&Default::default(), &AccountCommand::Register(Box::new(registration)))
         .map_err(|e| CommandFailure::rejected(&e))?;
@@ -226,4 +253,85 @@ async fn create(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> Comman
         },
         Err(e) => Err(broken("appending a tenant", e)),
     }
+}
+
+/// A new tenant cloned from a backup (`store::backup`): the backup's events
+/// appended under the new slug, then its `TenantCreated`, so the tenant
+/// exists only once all of it is there. A person erased since the backup
+/// stays erased (their key is gone, and is not brought back), and a backup of
+/// a deleted tenant is not restored.
+async fn restore(deps: &Deps, envelope: CommandEnvelope<TenantRequest>) -> CommandResult<TenantReply> {
+    use crate::store::backup;
+    let stamp = stamp_for(deps, &Scope::Platform, &envelope).await?;
+    let TenantRequest::Restore { slug, backup_id } = envelope.request else {
+        return Err(CommandFailure::internal());
+    };
+    if let Some(answer) = existing(deps, &slug, &stamp).await? {
+        return answer;
+    }
+    let target = Scope::Tenant(slug.clone());
+    let started = deps
+        .store
+        .last_seq_on(&crate::store::event_store::scope_filter(&target))
+        .await
+        .map_err(|e| broken("reading a slug's events", e))?;
+    let bucket =
+        backup::ensure_bucket(deps.store.jetstream(), 1).await.map_err(|e| broken("opening the backups", e))?;
+    let id = backup_id.hyphenated().to_string();
+    let bytes = backup::get(&bucket, &id)
+        .await
+        .map_err(|e| broken("reading a backup", e))?
+        .ok_or_else(|| CommandFailure::new("NOT_FOUND", "no such backup"))?;
+    let mut parsed = backup::Backup::parse(&bytes).map_err(|e| broken("reading a backup", e))?;
+    let source = Scope::Tenant(parsed.tenant.clone());
+    if keys_gone(&deps.keys, &source).await? {
+        return Err(CommandFailure::new("NOT_FOUND", "the backup's tenant was deleted"));
+    }
+    let (name, owner) = parsed.tenant_name_and_owner().ok_or_else(|| broken("a backup", "it has no TenantCreated"))?;
+    let name = crate::domain::tenant::TenantName::parse(&name).map_err(|e| broken("a backup's tenant name", e))?;
+    // Events under a slug without its creation are an unfinished restore's.
+    if started > 0 {
+        return Err(CommandFailure::new(
+            "CONFLICT",
+            "this slug holds the events of an unfinished restore; restore under another slug",
+        ));
+    }
+    // Keys of persons erased since the backup stay destroyed.
+    parsed.keep_keys(&live_keys(&deps.keys, &source).await?);
+    let last = backup::restore(&deps.store, &deps.keys, &parsed, &slug, stamp.command_id.as_str())
+        .await
+        .map_err(|e| broken("restoring a backup", e))?;
+    let cmd =
+        TenantCommand::Create { slug: slug.clone(), name, owner_account_id: owner.clone(), restored_from: Some(id) };
+    let done = execute::<Tenant>(&deps.store, &Scope::Platform, slug.as_str(), None, &stamp, &cmd, deps.snapshot_every)
+        .await
+        .map_err(|e| failure(e, "appending a restored tenant"))?;
+    Ok(TenantReply::Created { slug, owner_account_id: owner, seq: done.seq.max(last) })
+}
+
+/// Whether a tenant's data key is gone (the tenant was deleted).
+async fn keys_gone(keys: &KeyRing, tenant: &Scope) -> CommandResult<bool> {
+    match keys.wrapped(&tenant_key_name(tenant)).await {
+        Ok(Some(_)) => Ok(false),
+        Ok(None) | Err(crate::store::seal::SealError::Shredded(_)) => Ok(true),
+        Err(e) => Err(broken("reading a tenant key", e)),
+    }
+}
+
+/// The key names of `tenant` that exist now.
+async fn live_keys(keys: &KeyRing, tenant: &Scope) -> CommandResult<std::collections::HashSet<String>> {
+    let mut names: std::collections::HashSet<String> = keys
+        .names(&person_key_name(tenant, ""))
+        .await
+        .map_err(|e| broken("listing a tenant's keys", e))?
+        .into_iter()
+        .collect();
+    names.insert(tenant_key_name(tenant));
+    let mut live = std::collections::HashSet::new();
+    for name in names {
+        if matches!(keys.wrapped(&name).await, Ok(Some(_))) {
+            live.insert(name);
+        }
+    }
+    Ok(live)
 }

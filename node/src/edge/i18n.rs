@@ -160,6 +160,36 @@ const DE: &[(&str, &str)] = &[
         "einen Mandanten löschen kann nur ein Mitglied mit seinem Passwort",
     ),
     ("the slug names another tenant than the request's", "der Slug nennt einen anderen Mandanten als die Anfrage"),
+    // Modules and their records.
+    ("a record with this id exists", "einen Datensatz mit dieser ID gibt es schon"),
+    ("no such record", "diesen Datensatz gibt es nicht"),
+    ("the record was changed by a user and is kept", "der Datensatz wurde von einem Benutzer geändert und bleibt"),
+    ("is required", "ist erforderlich"),
+    ("is required and cannot be cleared", "ist erforderlich und kann nicht geleert werden"),
+    ("this value is already taken", "dieser Wert ist schon vergeben"),
+    ("not a record id (a lowercase UUID)", "keine Datensatz-ID (eine UUID in Kleinbuchstaben)"),
+    ("must be a JSON object of field values", "muss ein JSON-Objekt mit Feldwerten sein"),
+    ("not a cursor of this list", "kein Cursor dieser Liste"),
+    ("is not a field of this table", "ist kein Feld dieser Tabelle"),
+    ("not a module name", "kein Modulname"),
+    ("no such backup", "diese Sicherung gibt es nicht"),
+    ("not a backup id", "keine Sicherungs-ID"),
+    ("the backup's tenant was deleted", "der Mandant der Sicherung wurde gelöscht"),
+    ("perDayBackups is 1 to 100 and maxBackups 1 to 1000", "perDayBackups ist 1 bis 100 und maxBackups 1 bis 1000"),
+    (
+        "this slug holds the events of an unfinished restore; restore under another slug",
+        "unter dieser ID liegen die Ereignisse einer unvollendeten Wiederherstellung; eine andere ID wählen",
+    ),
+    ("not a version such as v1", "keine Version wie v1"),
+    ("not a version such as v2", "keine Version wie v2"),
+    (
+        "only a member or access token of this tenant may change its records",
+        "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf seine Datensätze ändern",
+    ),
+    (
+        "only a member or access token of this tenant may change its modules",
+        "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf seine Module ändern",
+    ),
 ];
 
 /// `message` in `locale`, or `None` when it stays as it is (English, or no
@@ -177,6 +207,10 @@ pub fn localize(message: &str, locale: &Locale) -> Option<String> {
         ("too many requests; retry in ", "zu viele Anfragen; erneut in "),
         ("this needs the permission ", "dafür braucht es die Berechtigung "),
         ("unknown permission: ", "unbekannte Berechtigung: "),
+        ("there is no module ", "es gibt kein Modul "),
+        ("this tenant does not hold the module ", "dieser Mandant hat kein Modul "),
+        ("this tenant already holds ", "dieser Mandant hat schon "),
+        ("the daily backup limit is reached: ", "das tägliche Sicherungslimit ist erreicht: "),
     ] {
         if let Some(rest) = message.strip_prefix(prefix) {
             return Some(format!("{de}{rest}"));
@@ -216,7 +250,10 @@ mod tests {
     fn every_domain_message_has_a_translation() {
         use actors::domain::access::AccessError;
         use actors::domain::account::{AccountError, InputError};
+        use actors::domain::backup::BackupError;
+        use actors::domain::record::RecordError;
         use actors::domain::tenant::TenantError;
+        use actors::domain::tenant_modules::ModulesError;
         let errors: Vec<String> = [
             AccountError::EmailTaken,
             AccountError::AlreadyRegistered,
@@ -267,6 +304,18 @@ mod tests {
             .iter()
             .map(ToString::to_string),
         )
+        .chain([RecordError::Exists, RecordError::NotFound, RecordError::ChangedByUser].iter().map(ToString::to_string))
+        .chain(
+            [
+                ModulesError::UnknownModule("deals@v9".into()),
+                ModulesError::NotSubscribed("deals".into()),
+                ModulesError::AlreadySubscribed("deals@v1".into()),
+            ]
+            .iter()
+            .map(ToString::to_string),
+        )
+        .chain(["name: is required".to_owned(), "email: this value is already taken".to_owned()])
+        .chain([BackupError::DailyLimit { taken: 1 }, BackupError::InvalidLimits].iter().map(ToString::to_string))
         .chain(crate::edge::tokens::Refused::ALL.iter().map(|r| r.message().to_owned()))
         .chain(["this needs the permission read_users".to_owned()])
         .chain(

@@ -80,6 +80,19 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Mutation", "suspendTenant", Needs::PlatformAdmin),
     ("Mutation", "resumeTenant", Needs::PlatformAdmin),
     ("Mutation", "deleteTenant", Needs::Member("delete_tenant")),
+    ("Query", "modules", Needs::SignedIn),
+    ("Query", "tenantModules", Needs::Permission("manage_modules")),
+    ("Mutation", "subscribeModule", Needs::Permission("manage_modules")),
+    ("Mutation", "unsubscribeModule", Needs::Permission("manage_modules")),
+    ("Mutation", "upgradeModule", Needs::Permission("manage_modules")),
+    ("Mutation", "migrate", Needs::Permission("manage_modules")),
+    ("Mutation", "seedModules", Needs::Permission("manage_modules")),
+    ("Mutation", "deseedModules", Needs::Permission("manage_modules")),
+    ("Query", "backups", Needs::Permission("manage_backups")),
+    ("Query", "backupLimits", Needs::Permission("manage_backups")),
+    ("Mutation", "backupTenant", Needs::Permission("manage_backups")),
+    ("Mutation", "setBackupLimits", Needs::PlatformAdmin),
+    ("Mutation", "restoreTenant", Needs::PlatformAdmin),
 ];
 
 pub fn needs(parent: &str, field: &str) -> Option<Needs> {
@@ -127,26 +140,41 @@ pub async fn allowed(app: &App, req: &RequestCtx, needs: Needs) -> async_graphql
                 Err(error("FORBIDDEN", "only a platform administrator may do this"))
             }
         }
-        Needs::Permission(permission) | Needs::Member(permission) => {
-            let p = signed_in()?;
-            if req.scope == Scope::Platform {
-                return if p.tenant == PLATFORM_TOKEN {
-                    Ok(())
-                } else {
-                    Err(error("FORBIDDEN", "only a platform administrator may do this"))
-                };
-            }
-            let held = app
-                .read_model
-                .permissions_of(&req.scope, &p.sub)
-                .await
-                .map_err(|e| super::request::internal("reading grants", e))?;
-            if held.contains(permission) {
-                Ok(())
-            } else {
-                Err(error("FORBIDDEN", format!("this needs the permission {permission}")))
-            }
-        }
+        Needs::Permission(permission) | Needs::Member(permission) => holds(app, req, permission).await,
+    }
+}
+
+/// Whether the caller holds `permission` in the request's tenant: an access
+/// token through its scopes (as far as its creator still holds them), an
+/// account through its roles; on the platform, only an administrator.
+pub async fn holds(app: &App, req: &RequestCtx, permission: &str) -> async_graphql::Result<()> {
+    if let Some(token) = &req.token {
+        return if token.permissions.contains(permission) {
+            Ok(())
+        } else {
+            Err(error("FORBIDDEN", format!("this needs the permission {permission}")))
+        };
+    }
+    let p = req
+        .principal
+        .as_ref()
+        .ok_or_else(|| error("UNAUTHENTICATED", "sign in first: send `Authorization: Bearer <token>`"))?;
+    if req.scope == Scope::Platform {
+        return if p.tenant == PLATFORM_TOKEN {
+            Ok(())
+        } else {
+            Err(error("FORBIDDEN", "only a platform administrator may do this"))
+        };
+    }
+    let held = app
+        .read_model
+        .permissions_of(&req.scope, &p.sub)
+        .await
+        .map_err(|e| super::request::internal("reading grants", e))?;
+    if held.contains(permission) {
+        Ok(())
+    } else {
+        Err(error("FORBIDDEN", format!("this needs the permission {permission}")))
     }
 }
 

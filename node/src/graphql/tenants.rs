@@ -140,10 +140,22 @@ impl TenantMutation {
         admin_change(ctx, "resumeTenant", &slug, |slug| TenantRequest::Resume { slug }).await
     }
 
+    /// Creates tenant `slug` as a clone of a backup (platform administrators
+    /// only): the same accounts, roles, modules and records, under the new
+    /// slug; the original is untouched. The clone starts without sessions, and
+    /// a person erased since the backup was taken stays erased.
+    async fn restore_tenant(&self, ctx: &Context<'_>, input: RestoreTenantInput) -> async_graphql::Result<Tenant> {
+        let backup_id = uuid::Uuid::try_parse(&input.backup_id)
+            .ok()
+            .filter(|u| u.hyphenated().to_string() == input.backup_id.as_str())
+            .ok_or_else(|| bad_input("input.backupId", "not a backup id"))?;
+        admin_change(ctx, "restoreTenant", &input.slug, |slug| TenantRequest::Restore { slug, backup_id }).await
+    }
+
     /// Deletes a tenant for good: a platform administrator, or a member holding
     /// `delete_tenant` who gives their password. Its data key is destroyed (all
-    /// it sealed in the log becomes unreadable), its read models are dropped,
-    /// and its slug is never given out again.
+    /// it sealed in the log becomes unreadable), its backups are removed, its
+    /// read models are dropped, and its slug is never given out again.
     async fn delete_tenant(&self, ctx: &Context<'_>, input: DeleteTenantInput) -> async_graphql::Result<bool> {
         let (_, req) = parts(ctx);
         let slug = TenantId::parse(&input.slug).map_err(|e| bad_input("slug", e))?;
@@ -157,6 +169,13 @@ impl TenantMutation {
         change(ctx, "deleteTenant", TenantRequest::Delete { slug, password }).await?;
         Ok(true)
     }
+}
+
+#[derive(InputObject)]
+pub struct RestoreTenantInput {
+    backup_id: async_graphql::ID,
+    /// The new tenant's slug.
+    slug: String,
 }
 
 #[derive(InputObject)]

@@ -5,6 +5,7 @@
 //! trail as well, so its members see who renamed or suspended it.
 
 use actors::domain::account::EMAIL_CLAIM;
+use actors::domain::record::UNIQUE_CLAIM;
 use actors::domain::tenant::{Scope, TenantId};
 use actors::store::event_store::{ActorKind, Stored};
 use actors::store::seal::{KeyRing, SealError, person_key_name, tenant_key_name};
@@ -15,7 +16,7 @@ use crate::read_model::{Statement, db_name, record_id};
 
 /// Whether an event of `aggregate` has a place in the trail.
 pub fn audited(aggregate: &str) -> bool {
-    aggregate != EMAIL_CLAIM
+    aggregate != EMAIL_CLAIM && aggregate != UNIQUE_CLAIM
 }
 
 /// The other scope whose trail shows an event too: the tenant a directory

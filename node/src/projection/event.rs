@@ -28,6 +28,8 @@ pub struct Event<'a> {
     /// Its data, upcast to its type's current shape (borrowed when it already is).
     pub data: Cow<'a, Value>,
     pub(super) keys: &'a KeyRing,
+    /// The module versions this node knows (migrations run from their files).
+    pub modules: &'a actors::domain::manifest::Registry,
 }
 
 /// What the read models show in place of a person's erased personal data.

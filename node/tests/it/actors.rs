@@ -44,6 +44,7 @@ pub(crate) async fn deps_with(nats: &NatsServer, snapshot_every: u64, master: Ma
         snapshot_every,
         cache_per_tenant: 100,
         accounts: Default::default(),
+        modules: std::sync::Arc::new(actors::domain::manifest::Registry::empty()),
     }
 }
 
@@ -450,7 +451,7 @@ async fn the_generic_aggregate_actor_keeps_lanes_in_order_and_answers_for_a_pani
     use actors::tree::aggregate_actor::{AggregateActor, AggregateArgs, AggregateMsg};
     let nats = NatsServer::start();
     let scope = Scope::Tenant(TenantId::parse("acme").unwrap());
-    let args = AggregateArgs { scope, deps: deps(&nats, 100).await };
+    let args = AggregateArgs { scope, deps: deps(&nats, 100).await, link: Default::default() };
     let (actor, _) = Actor::spawn(None, AggregateActor::<echo::Echo>::default(), args).await.unwrap();
     async fn ask(actor: &ActorRef<AggregateMsg<echo::Echo>>, word: &str) -> CommandResult<String> {
         let envelope = CommandEnvelope {

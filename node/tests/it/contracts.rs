@@ -270,11 +270,51 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
         )
         .await;
     assert_eq!(erased["data"]["deleteAccount"], true, "{erased}");
+    // Modules: a subscription with its migrations and seeds, records made,
+    // changed and deseeded, an upgrade that transforms them, an unsubscription.
+    let module = |q: &'static str, v: Value| {
+        let (node, owner) = (&node, &owner);
+        async move {
+            let r = node.gql(Some("acme"), Some(owner), q, v).await;
+            assert!(r["errors"].is_null(), "{r}");
+        }
+    };
+    module("mutation { subscribeModule(input: {name: \"contacts\", version: \"v1\"}) { applied } }", json!({})).await;
+    module("mutation { seedModules { applied } }", json!({})).await;
+    let (_, listed) = crate::modules::rest(
+        &node,
+        "GET",
+        "/t/acme/contacts/v1/contact?email=ada@northwind.example",
+        Some(&owner),
+        None,
+    )
+    .await;
+    let ada = listed["data"][0]["id"].as_str().unwrap_or_else(|| panic!("{listed}")).to_owned();
+    let path = format!("/t/acme/contacts/v1/contact/{ada}");
+    let (status, r) =
+        crate::modules::rest(&node, "PATCH", &path, Some(&owner), Some(json!({ "email": "ada@canopy.test" }))).await;
+    assert_eq!(status, 200, "{r}");
+    module("mutation { deseedModules { applied } }", json!({})).await;
+    module("mutation { upgradeModule(input: {name: \"contacts\", to: \"v2\"}) { applied } }", json!({})).await;
+    module("mutation { unsubscribeModule(name: \"contacts\") { applied } }", json!({})).await;
+    // Backups: limits set, two taken (the second removes the first), one restored.
+    let admin = node.admin_token().await;
+    let limits =
+        "mutation { setBackupLimits(input: {slug: \"acme\", perDayBackups: 5, maxBackups: 1}) { maxBackups } }";
+    let r = node.gql(None, Some(&admin), limits, json!({})).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let mut last = String::new();
+    for _ in 0..2 {
+        let r = node.gql(Some("acme"), Some(&owner), "mutation { backupTenant { id } }", json!({})).await;
+        last = r["data"]["backupTenant"]["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_owned();
+    }
+    let restore = "mutation($b: ID!) { restoreTenant(input: {backupId: $b, slug: \"acme-clone\"}) { slug } }";
+    let r = node.gql(None, Some(&admin), restore, json!({ "b": last })).await;
+    assert_eq!(r["data"]["restoreTenant"]["slug"], "acme-clone", "{r}");
     // The tenant's lifecycle, ending with its deletion.
     let rename = "mutation { updateTenant(input: {name: \"Acme Corp\"}) { name } }";
     let renamed = node.gql(Some("acme"), Some(&owner), rename, json!({})).await;
     assert_eq!(renamed["data"]["updateTenant"]["name"], "Acme Corp", "{renamed}");
-    let admin = node.admin_token().await;
     for change in ["suspendTenant(slug: \"acme\") { status }", "resumeTenant(slug: \"acme\") { status }"] {
         let r = node.gql(None, Some(&admin), &format!("mutation {{ {change} }}"), json!({})).await;
         assert!(r["errors"].is_null(), "{r}");

@@ -243,6 +243,11 @@ impl TestNode {
         Cast { owner, globex, bob_id, bob: token_of(&r, "register") }
     }
 
+    /// Signs in to `tenant`; the answer holds the token (`token_of(.., "login")`).
+    pub async fn login(&self, tenant: &str, email: &str, password: &str) -> Value {
+        self.gql(Some(tenant), None, LOGIN, json!({ "input": { "email": email, "password": password } })).await
+    }
+
     pub async fn register(&self, tenant: &str, email: &str, password: &str) -> Value {
         self.gql(
             Some(tenant),

@@ -195,6 +195,25 @@ fn rows() -> Vec<Row> {
         Row::mutation("suspendTenant", "mutation { suspendTenant(slug: \"-\") { slug } }"),
         Row::mutation("resumeTenant", "mutation { resumeTenant(slug: \"-\") { slug } }"),
         Row::mutation("deleteTenant", "mutation { deleteTenant(input: {slug: \"-\", password: \"long-enough-password\"}) }"),
+        // Modules: the catalog and the tenant's list read; each change names a
+        // module the tenant does not hold (or a malformed one), so nothing changes.
+        Row::query("modules", "{ modules { name } }"),
+        Row::query("tenantModules", "{ tenantModules { name } }"),
+        Row::mutation("subscribeModule", "mutation { subscribeModule(input: {name: \"Not-A-Module\", version: \"v1\"}) { applied } }"),
+        Row::mutation("unsubscribeModule", "mutation { unsubscribeModule(name: \"nope\") { applied } }"),
+        Row::mutation("upgradeModule", "mutation { upgradeModule(input: {name: \"nope\", to: \"v2\"}) { applied } }"),
+        Row::mutation("migrate", "mutation { migrate(input: {module: \"nope\", dryRun: true}) { applied } }"),
+        Row::mutation("seedModules", "mutation { seedModules(module: \"nope\") { applied } }"),
+        Row::mutation("deseedModules", "mutation { deseedModules(module: \"nope\") { applied } }"),
+        // Backups: reading them changes nothing; taking one is bounded by the
+        // daily limit, so every allowed caller but the first gets `LIMIT_EXCEEDED`
+        // and later rows see one backup at most. Limits and restores name a
+        // malformed slug.
+        Row::query("backups", "{ backups { id } }"),
+        Row::query("backupLimits", "{ backupLimits { maxBackups } }"),
+        Row::mutation("backupTenant", "mutation { backupTenant { id } }"),
+        Row::mutation("setBackupLimits", "mutation { setBackupLimits(input: {slug: \"-\", perDayBackups: 1, maxBackups: 1}) { maxBackups } }"),
+        Row::mutation("restoreTenant", "mutation { restoreTenant(input: {backupId: \"00000000-0000-4000-8000-000000000000\", slug: \"-\"}) { slug } }"),
     ]
 }
 

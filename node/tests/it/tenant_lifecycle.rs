@@ -182,7 +182,7 @@ async fn deleting_a_tenant_shreds_its_data_and_keeps_its_slug() {
     let config = canopy_node::Config { surreal_url: Some("mem://".into()), ..canopy_node::Config::default() };
     let rm = canopy_node::read_model::ReadModel::connect(&config).await.unwrap();
     let store = actors::store::event_store::EventStore::open(nats.client().await, 1).await.unwrap().0;
-    canopy_node::projection::rebuild(&rm, &store, &ring).await.unwrap();
+    canopy_node::projection::rebuild(&rm, &store, &ring, Default::default()).await.unwrap();
     let dbs = rm.databases().await.unwrap();
     assert!(dbs.contains(&"t_globex".to_owned()) && !dbs.contains(&"t_acme".to_owned()), "{dbs:?}");
     let dump = rm.dump().await.unwrap().to_string();
