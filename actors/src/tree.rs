@@ -410,7 +410,7 @@ impl Actor for TenantSupervisor {
         args: TenantArgs,
     ) -> Result<TenantState, ActorProcessingErr> {
         let subscriptions: ModulesWatch = Arc::new(tokio::sync::watch::channel(None).0);
-        let link = TreeLink { modules: Some(subscriptions.clone()), module: None };
+        let link = TreeLink { modules: Some(subscriptions.clone()), ..Default::default() };
         let mut children = Vec::new();
         for spec in args.children.iter().filter(|c| c.runs_in(&args.scope) && !c.per_module) {
             children.push((spec, (spec.spawn)(&myself, &args.scope, &args.deps, link.clone()).await?));
@@ -471,7 +471,7 @@ impl Actor for TenantSupervisor {
         if let Some(at) = state.children.iter().position(|(_, c)| c.get_id() == cell.get_id()) {
             let spec = state.children[at].0;
             tracing::warn!(tenant = %state.scope, aggregate = spec.aggregate, reason = %why, "a child stopped; restarting it");
-            let link = TreeLink { modules: Some(state.subscriptions.clone()), module: None };
+            let link = TreeLink { modules: Some(state.subscriptions.clone()), ..Default::default() };
             state.children[at].1 = (spec.spawn)(&myself, &state.scope, &state.deps, link).await?;
         }
         // A module actor that stopped is started again by the next command for
@@ -534,6 +534,7 @@ impl TenantState {
         let link = TreeLink {
             modules: Some(self.subscriptions.clone()),
             module: Some(ModuleBinding { version: version.clone(), generation: held.generation }),
+            ..Default::default()
         };
         let cell = (spec.spawn)(myself, &self.scope, &self.deps, link)
             .await

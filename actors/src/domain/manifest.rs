@@ -28,7 +28,8 @@ pub const MAX_LENGTH_LIMIT: u32 = 1_000_000;
 /// Table names the module APIs use for themselves.
 pub const RESERVED_TABLES: [&str; 5] = ["graphql", "sdl", "migrate", "seed", "deseed"];
 /// Field names every stored record has besides its values.
-pub const RESERVED_FIELDS: [&str; 5] = ["id", "created_at", "updated_at", "version", "origin"];
+pub const RESERVED_FIELDS: [&str; 8] =
+    ["id", "created_at", "updated_at", "version", "origin", "record_id", "seq", "major"];
 /// The field types, as `module.toml` writes them.
 pub const FIELD_TYPES: [&str; 8] = ["string", "text", "int", "decimal", "bool", "datetime", "enum", "reference"];
 

@@ -24,6 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinSet;
 
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult};
+use crate::domain::access::Access;
 use crate::domain::aggregate::Aggregate;
 use crate::domain::tenant::Scope;
 use crate::domain::tenant_modules::{ModuleBinding, ModulesState};
@@ -57,6 +58,10 @@ pub struct TreeLink {
     pub modules: Option<ModulesWatch>,
     /// The module version (and subscription) a module actor serves.
     pub module: Option<ModuleBinding>,
+    /// The tenant's access control as this child last read it: a module
+    /// actor checks each record command's permission against it, brought up
+    /// to date with one point read.
+    pub access: Arc<std::sync::Mutex<Option<Loaded<Access>>>>,
 }
 
 /// The tenant's module subscriptions (`None` until first loaded).

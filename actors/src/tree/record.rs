@@ -6,10 +6,11 @@
 //! live record of the referenced table.
 
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, RecordOp, RecordReply, RecordRequest};
+use crate::domain::access::{ACCESS_ID, Access};
 use crate::domain::ids::derived_uuid;
 use crate::domain::manifest::{FieldError, FieldType, Table, Values};
 use crate::domain::record::{
-    ClaimChange, ForRecord, Origin, RECORD, Record, RecordAggregate, RecordCommand, UNIQUE_CLAIM, VALUE_RELEASED,
+    ClaimChange, ForRecord, Origin, Record, RecordAggregate, RecordCommand, UNIQUE_CLAIM, VALUE_RELEASED,
 };
 use crate::domain::tenant::Scope;
 use crate::domain::tenant_modules::ModuleBinding;
@@ -66,6 +67,8 @@ impl Handler for RecordHandler {
         let table = version.table(&request.table).ok_or_else(|| {
             CommandFailure::new("NOT_FOUND", format!("{} has no table {}", version.key(), shown(&request.table)))
         })?;
+        // Checked here too, not only at the edge: whoever reaches `cmd.{tenant}.record`.
+        may(deps, scope, link, &envelope.principal, &table.write).await?;
         let stamp = stamp_for(deps, scope, &envelope).await?;
         if state.is_none() {
             *state =
@@ -141,6 +144,28 @@ impl Handler for RecordHandler {
             seq: done.seq,
         })
     }
+}
+
+/// Whether `principal` holds `permission` in the tenant now: the access state
+/// the actor last read, refreshed (one point read; a load only when it moved).
+async fn may(
+    deps: &Deps,
+    scope: &Scope,
+    link: &crate::tree::aggregate_actor::TreeLink,
+    principal: &crate::command::Principal,
+    permission: &str,
+) -> CommandResult<()> {
+    let actor = principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+    let cached = link.access.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let loaded = match cached {
+        Some(c) => refresh::<Access>(&deps.store, scope, ACCESS_ID, c).await,
+        None => load::<Access>(&deps.store, scope, ACCESS_ID).await,
+    }
+    .map_err(|e| broken("loading access", e))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let allowed = loaded.state.effective(&actor, now).contains(permission);
+    *link.access.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+    if allowed { Ok(()) } else { Err(CommandFailure::forbidden(&format!("this needs the permission {permission}"))) }
 }
 
 /// A created record's id: derived from its command's id, so a retry finds it.
@@ -289,20 +314,3 @@ async fn free_claim(deps: &Deps, scope: &Scope, key: &str, field: &str, record_i
         Some(_) => Err(CommandFailure::new("BAD_USER_INPUT", format!("{field}: this value is already taken"))),
     }
 }
-
-/// Brings a record's cached state up to date, or loads it.
-pub async fn current_record(
-    deps: &Deps,
-    scope: &Scope,
-    id: &str,
-    cached: Option<Loaded<RecordAggregate>>,
-) -> CommandResult<Loaded<RecordAggregate>> {
-    let loaded = match cached {
-        Some(c) => refresh::<RecordAggregate>(&deps.store, scope, id, c).await,
-        None => load::<RecordAggregate>(&deps.store, scope, id).await,
-    };
-    loaded.map_err(|e| broken("loading a record", e))
-}
-
-/// The subject token of records, for callers that build batches by hand.
-pub const RECORD_AGGREGATE: &str = RECORD;

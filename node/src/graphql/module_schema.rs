@@ -245,13 +245,16 @@ fn object(t: &TableRef, tables: &BTreeMap<(String, String), TableRef>) -> Object
                 let Some(target) = tables.get(&(module, target.clone())).cloned() else { continue };
                 let id_name = format!("{name}_id");
                 let n = name.clone();
-                obj = obj.field(Field::new(id_name, TypeRef::named(TypeRef::ID), move |ctx| {
-                    let n = n.clone();
-                    FieldFuture::new(async move {
-                        let row = ctx.parent_value.try_downcast_ref::<Row>()?;
-                        Ok(row.values.get(&n).filter(|v| !v.is_null()).map(|v| FieldValue::value(gql(v))))
-                    })
-                }));
+                // A field of that name in the manifest keeps its own meaning.
+                if !table.fields.contains_key(&id_name) {
+                    obj = obj.field(Field::new(id_name, TypeRef::named(TypeRef::ID), move |ctx| {
+                        let n = n.clone();
+                        FieldFuture::new(async move {
+                            let row = ctx.parent_value.try_downcast_ref::<Row>()?;
+                            Ok(row.values.get(&n).filter(|v| !v.is_null()).map(|v| FieldValue::value(gql(v))))
+                        })
+                    }));
+                }
                 let type_name = target.type_name.clone();
                 let name_for_doc = name.clone();
                 obj = obj.field(

@@ -594,9 +594,45 @@ async fn a_failing_upgrade_names_its_step_and_a_changed_migration_is_refused() {
     let (status, r) = rest(&node, "POST", "/t/acme/migrate", Some(&owner), None).await;
     assert_eq!((status, rest_code(&r)), (409, "CONFLICT"), "{r}");
     assert_eq!(last_seq(&nats).await, before, "nothing was applied");
-    // Records still work; the file back as it was, migrating is fine again.
+    // Records still work meanwhile.
     let (status, _) = rest(&node, "GET", &format!("/t/acme/contacts/v1/contact/{linus}"), Some(&owner), None).await;
     assert_eq!(status, 200);
+
+    // The file back as it was, and a new migration released beside it: the
+    // next node runs it by itself at start (`auto_migrate`).
+    drop(node);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    std::fs::write(&init, &original).unwrap();
+    let index = "DEFINE INDEX IF NOT EXISTS contact_phone ON mod_contacts_contact FIELDS phone;\n";
+    std::fs::write(dir.join("contacts/v1/migrations/0002_phone_index.surql"), index).unwrap();
+    let node = TestNode::start_configured(&nats, |c| {
+        c.modules_dir = Some(dir.clone());
+        c.master_key = Some(master.trim().to_owned().into());
+    })
+    .await;
+    let owner = token_of(&node.login("acme", "owner@acme.test", "owner-password").await, "login");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let held = node.gql(Some("acme"), Some(&owner), HELD, json!({})).await;
+        let names: Vec<&str> = held["data"]["tenantModules"][0]["migrations"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{held}"))
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        if names == ["0001_init.surql", "0002_phone_index.surql"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pending migration did not run at start: {held}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A platform administrator's `POST /migrate` finds nothing left to do.
+    let admin = node.admin_token().await;
+    let (status, r) = rest(&node, "POST", "/migrate", Some(&owner), None).await;
+    assert_eq!((status, rest_code(&r)), (403, "FORBIDDEN"), "{r}");
+    let (status, r) = rest(&node, "POST", "/migrate", Some(&admin), None).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["data"], json!([{ "tenant": "acme", "steps": [] }]), "{r}");
 }
 
 #[tokio::test]
