@@ -60,8 +60,9 @@ impl FieldError {
     }
 }
 
-/// `raw` without control characters and cut to 64 characters, for messages.
-fn shown(raw: &str) -> String {
+/// `raw` without control characters and cut to 64 characters, for messages
+/// that quote input.
+pub fn shown(raw: &str) -> String {
     let mut out: String = raw.chars().filter(|c| !c.is_control()).take(SHOWN_CHARS).collect();
     if raw.chars().filter(|c| !c.is_control()).nth(SHOWN_CHARS).is_some() {
         out.push('…');

@@ -7,6 +7,7 @@
 //! the tenant's subscriptions to the tree, which starts and stops the module
 //! actors from them.
 
+use crate::domain::manifest::shown;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -259,9 +260,8 @@ impl Run<'_> {
                 Ok(ModulesReply { seq, steps })
             }
             Err(e) => {
+                // The next command loads the state again.
                 *state = None;
-                let reloaded = load::<Modules>(&self.deps.store, self.scope, MODULES_ID).await;
-                *state = reloaded.ok();
                 Err(failure(e, "appending a modules change"))
             }
         }
@@ -548,10 +548,6 @@ fn version_of(
         .get(module, sub.major)
         .cloned()
         .ok_or_else(|| rejected(ModulesError::UnknownModule(format!("{module}@v{}", sub.major))))
-}
-
-fn shown(raw: &str) -> String {
-    raw.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// A distinct, deterministic command id for each append of one request, so a

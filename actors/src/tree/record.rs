@@ -8,13 +8,14 @@
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, RecordOp, RecordReply, RecordRequest};
 use crate::domain::access::{ACCESS_ID, Access};
 use crate::domain::ids::derived_uuid;
+use crate::domain::manifest::shown;
 use crate::domain::manifest::{FieldError, FieldType, Table, Values};
 use crate::domain::record::{
-    ClaimChange, ForRecord, Origin, Record, RecordAggregate, RecordCommand, UNIQUE_CLAIM, VALUE_RELEASED,
+    ClaimChange, ForRecord, Origin, RECORD, Record, RecordAggregate, RecordCommand, UNIQUE_CLAIM, VALUE_RELEASED,
 };
 use crate::domain::tenant::Scope;
 use crate::domain::tenant_modules::ModuleBinding;
-use crate::store::event_store::{aggregate_filter, now_rfc3339};
+use crate::store::event_store::{aggregate_filter, event_subject, now_rfc3339};
 use crate::store::seal::tenant_key_name;
 use crate::tree::account::{failure, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
@@ -78,32 +79,25 @@ impl Handler for RecordHandler {
         let at = now_rfc3339();
         let command = match &request.op {
             RecordOp::Create { values } => {
-                if current.is_some() {
-                    // A retry of the same create: the executor finds it in the log.
-                    RecordCommand::Create {
-                        module: version.name.to_string(),
-                        major: version.major,
-                        generation: binding.generation,
-                        table: table.name.clone(),
-                        values: Values::new(),
-                        origin: Origin::User,
-                        at,
-                        claims: Vec::new(),
-                    }
-                } else {
-                    let values = table.validate_create(values).map_err(invalid)?;
-                    check_references(deps, scope, binding, table, &values).await?;
-                    let claims = claim_changes(deps, scope, binding, table, id, None, Some(&values)).await?;
-                    RecordCommand::Create {
-                        module: version.name.to_string(),
-                        major: version.major,
-                        generation: binding.generation,
-                        table: table.name.clone(),
-                        values,
-                        origin: Origin::User,
-                        at,
-                        claims,
-                    }
+                if let Some(made) = &current {
+                    // The id derives from the command's: an earlier try of this
+                    // command made the record. The same request gets it; another
+                    // under the same idempotency key is refused.
+                    let seq = state.as_ref().map_or(0, |l| l.version);
+                    return replay_of_create(deps, scope, id, &stamp, made, seq).await;
+                }
+                let values = table.validate_create(values).map_err(invalid)?;
+                check_references(deps, scope, binding, table, &values).await?;
+                let claims = claim_changes(deps, scope, binding, table, id, None, Some(&values)).await?;
+                RecordCommand::Create {
+                    module: version.name.to_string(),
+                    major: version.major,
+                    generation: binding.generation,
+                    table: table.name.clone(),
+                    values,
+                    origin: Origin::User,
+                    at,
+                    claims,
                 }
             }
             RecordOp::Update { patch, .. } => {
@@ -168,6 +162,33 @@ async fn may(
     if allowed { Ok(()) } else { Err(CommandFailure::forbidden(&format!("this needs the permission {permission}"))) }
 }
 
+/// The answer to a create that an earlier try of the same command already
+/// made: the record as it is, if the request is the same.
+async fn replay_of_create(
+    deps: &Deps,
+    scope: &Scope,
+    id: &str,
+    stamp: &crate::store::event_store::Stamp,
+    made: &Record,
+    seq: u64,
+) -> CommandResult<RecordReply> {
+    let created = deps
+        .store
+        .last_on_subject(&event_subject(scope, RECORD, id, "RecordCreated"))
+        .await
+        .map_err(|e| broken("reading a record's creation", e))?;
+    if created.is_none_or(|c| c.envelope.request_digest != stamp.digest) {
+        return Err(CommandFailure::reused_id());
+    }
+    Ok(RecordReply {
+        id: id.to_owned(),
+        values: if made.deleted { Default::default() } else { made.values.clone().into_iter().collect() },
+        created_at: made.created_at.clone(),
+        updated_at: made.updated_at.clone(),
+        seq,
+    })
+}
+
 /// A created record's id: derived from its command's id, so a retry finds it.
 pub fn new_record_id(scope: &Scope, module: &str, command_id: &str) -> String {
     derived_uuid(&format!("{scope}/record/{module}/{command_id}"))
@@ -186,10 +207,6 @@ pub fn seed_record_id(
 ) -> String {
     let round = round.map(|r| format!("temp{r}")).unwrap_or_else(|| "main".to_owned());
     derived_uuid(&format!("{scope}/seed/{module}/{generation}/{round}/{table}/{key}"))
-}
-
-fn shown(raw: &str) -> String {
-    raw.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 fn invalid(e: FieldError) -> CommandFailure {

@@ -11,11 +11,11 @@
 //! get is parsed first: field names against the manifest, values by type,
 //! ids as UUIDs; nothing reaches SurrealQL as text.
 
+use actors::domain::manifest::shown;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use actors::command::{ModulesReply, ModulesRequest, RecordOp, RecordReply, RecordRequest};
+use actors::command::{CommandResult, ModulesReply, ModulesRequest, RecordOp, RecordReply, RecordRequest};
 use actors::domain::manifest::{Field, FieldType, ModuleVersion, Table};
 use actors::domain::tenant::{Scope, TenantId};
 use base64::Engine;
@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use super::{client_address, read_body, refuse_in, resolve};
 use crate::App;
-use crate::graphql::request::{RequestCtx, command_id, command_principal};
+use crate::graphql::request::{self, RequestCtx, command_id, command_principal};
 use crate::read_model::RecordQuery;
 use crate::read_model::records::{Filter, Op};
 
@@ -111,10 +111,6 @@ impl Reached {
     }
 }
 
-fn shown(raw: &str) -> String {
-    raw.chars().filter(|c| !c.is_control()).take(64).collect()
-}
-
 /// The module version a tenant holds that `version` (`v1`, `v1.4`, `v1.4.2`)
 /// reaches, or NOT_FOUND saying why.
 pub async fn reach(app: &App, scope: &Scope, module: &str, version: &str) -> Result<Reached, Refusal> {
@@ -128,14 +124,12 @@ pub async fn reach(app: &App, scope: &Scope, module: &str, version: &str) -> Res
     }
     let held = app
         .read_model
-        .tenant_modules(scope)
+        .held_major(scope, module)
         .await
         .map_err(|e| Refusal::internal("reading a tenant's modules", e))?
-        .into_iter()
-        .find(|m| m.module == module)
         .ok_or_else(|| Refusal::not_found(format!("this tenant does not hold the module {module}")))?;
-    if held.major != major {
-        return Err(Refusal::not_found(format!("this tenant holds {module}@v{}, not v{major}", held.major)));
+    if held != major {
+        return Err(Refusal::not_found(format!("this tenant holds {module}@v{held}, not v{major}")));
     }
     let version_of = app
         .modules
@@ -146,11 +140,11 @@ pub async fn reach(app: &App, scope: &Scope, module: &str, version: &str) -> Res
 
 /// The caller may use `permission` in the request's tenant.
 pub async fn may(app: &App, req: &RequestCtx, permission: &str) -> Result<(), Refusal> {
-    crate::graphql::permissions::holds(app, req, permission).await.map_err(|e| {
-        let code =
-            e.extensions.as_ref().and_then(|x| x.get("code")).map(|c| c.to_string().trim_matches('"').to_owned());
-        Refusal::from_code(code.as_deref().unwrap_or("FORBIDDEN"), e.message)
-    })
+    match crate::graphql::permissions::refusal(app, req, permission).await {
+        Ok(None) => Ok(()),
+        Ok(Some((code, message))) => Err(Refusal::from_code(code, message)),
+        Err(_) => Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")),
+    }
 }
 
 /// How the read model holds a field, for filters and answers.
@@ -278,7 +272,7 @@ pub async fn write(
         op,
     };
     let reply: RecordReply = send(app, req, "record", operation, request).await?;
-    settle(app, reply.seq).await;
+    request::projected(app, reply.seq).await;
     Ok(reply)
 }
 
@@ -290,48 +284,22 @@ pub async fn send<R: serde::Serialize, T: serde::de::DeserializeOwned>(
     operation: &str,
     request: R,
 ) -> Result<T, Refusal> {
-    let principal = command_principal(req).map_err(|e| Refusal::from_code("UNAUTHENTICATED", e.message))?;
-    let envelope = actors::command::CommandEnvelope {
-        command_id: command_id(req, operation),
-        principal,
-        request,
-        client: Some(actors::command::ClientInfo {
-            address: req.client.to_string(),
-            user_agent: req.user_agent.as_ref().map(|u| u.as_str().to_owned()),
-        }),
-    };
-    let body = serde_json::to_vec(&envelope).map_err(|e| Refusal::internal("encoding a command", e))?;
-    let timeout = Duration::from_millis(app.config.command_timeout_ms);
-    let subject = actors::command::command_subject(&req.scope, aggregate);
-    let reply = tokio::time::timeout(timeout, app.nats.request(subject, body.into()))
-        .await
-        .map_err(|_| Refusal::internal("command timed out", "no reply"))?
-        .map_err(|e| Refusal::internal("sending a command", e))?;
-    let result: actors::command::CommandResult<T> =
-        serde_json::from_slice(&reply.payload).map_err(|e| Refusal::internal("decoding a command reply", e))?;
-    result.map_err(|f| Refusal::from_code(&f.code, f.message))
+    let envelope = request::envelope(req, command_id(req, operation), request)
+        .map_err(|e| Refusal::from_code("UNAUTHENTICATED", e.message))?;
+    dispatched(request::dispatch(app, &req.scope, aggregate, &envelope).await)
 }
 
-/// Read-your-writes: waits until this node's projector has applied `seq`.
-pub async fn settle(app: &App, seq: u64) {
-    let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
-    if !app.progress.wait_for(seq, timeout).await {
-        tracing::warn!(seq, "read models did not reach the write in time; answering anyway");
-    }
-}
-
-/// Waits until the read models reach the request's `canopy-consistency` token.
-pub async fn consistent(app: &App, req: &RequestCtx) {
-    if let Some(seq) = req.consistency {
-        let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
-        let _ = app.progress.wait_for(seq, timeout).await;
-    }
+/// A dispatched command's answer as a refusal: a transport failure (logged
+/// by `dispatch`) is `INTERNAL`.
+fn dispatched<T>(answer: Result<CommandResult<T>, async_graphql::Error>) -> Result<T, Refusal> {
+    answer
+        .map_err(|_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error"))?
+        .map_err(|f| Refusal::from_code(&f.code, f.message))
 }
 
 /// The tenant and caller of a REST request (a tenant is required).
 async fn caller(app: &Arc<App>, req: &Request, tenant: String) -> Result<RequestCtx, Response> {
-    let ctx = resolve(app, req.headers(), client_address(app, req), Some(tenant)).await?;
-    Ok(ctx)
+    resolve(app, req.headers(), client_address(app, req), Some(tenant)).await
 }
 
 /// Reads a JSON object body.
@@ -443,7 +411,7 @@ async fn list(
     let t = reached.table(table)?;
     may(app, ctx, &t.read).await?;
     let query = query_for(&reached, t, list_args(t, params)?)?;
-    consistent(app, ctx).await;
+    request::consistent(app, ctx).await;
     let (mut rows, total) =
         app.read_model.records(&ctx.scope, &query).await.map_err(|e| Refusal::internal("listing records", e))?;
     let has_next = rows.len() >= query.limit;
@@ -501,7 +469,7 @@ pub async fn on_record(
         match *req.method() {
             poem::http::Method::GET => {
                 may(app, &ctx, &t.read).await?;
-                consistent(app, &ctx).await;
+                request::consistent(app, &ctx).await;
                 let rows = app
                     .read_model
                     .records_by_id(&ctx.scope, &t.storage_name(&reached.version.name), &row_fields(t), &[id.to_string()])
@@ -558,7 +526,7 @@ async fn tenant_migration(app: &Arc<App>, req: &Request, tenant: String, what: M
         may(app, &ctx, "manage_modules").await?;
         let reply: ModulesReply = send(app, &ctx, "modules", "rest-migration", what.request(dry_run)).await?;
         if reply.seq > 0 {
-            settle(app, reply.seq).await;
+            request::projected(app, reply.seq).await;
         }
         Ok::<_, Refusal>(answer(
             StatusCode::OK,
@@ -645,19 +613,8 @@ async fn migrate_tenant_as_platform(
         request: ModulesRequest::Migrate { module: None, force: false, dry_run: false },
         client: None,
     };
-    let body = serde_json::to_vec(&envelope).map_err(|e| Refusal::internal("encoding a command", e))?;
-    let timeout = Duration::from_millis(app.config.command_timeout_ms);
-    let reply = tokio::time::timeout(
-        timeout,
-        app.nats.request(actors::command::command_subject(scope, "modules"), body.into()),
-    )
-    .await
-    .map_err(|_| Refusal::internal("command timed out", "no reply"))?
-    .map_err(|e| Refusal::internal("sending a command", e))?;
-    let result: actors::command::CommandResult<ModulesReply> =
-        serde_json::from_slice(&reply.payload).map_err(|e| Refusal::internal("decoding a command reply", e))?;
-    let reply = result.map_err(|f| Refusal::from_code(&f.code, f.message))?;
-    settle(app, reply.seq).await;
+    let reply: ModulesReply = dispatched(request::dispatch(app, scope, "modules", &envelope).await)?;
+    request::projected(app, reply.seq).await;
     Ok(reply)
 }
 

@@ -508,7 +508,7 @@ fn single(t: &TableRef) -> Field {
             let (app, req, m) = parts(&ctx);
             crate::edge::records::may(app, req, &t.table().read).await.map_err(refusal)?;
             let id = record_id(&ctx)?;
-            crate::edge::records::consistent(app, req).await;
+            super::request::consistent(app, req).await;
             let row =
                 m.loader.load_one((t.storage(), id.to_string())).await.map_err(|e| error("INTERNAL", e.to_string()))?;
             Ok(row.map(|r| FieldValue::owned_any(Row { values: present(t.table(), r), table: t.clone() })))
@@ -548,7 +548,7 @@ fn list(t: &TableRef) -> Field {
             let first =
                 usize::try_from(first).map_err(|_| super::request::bad_input("first", "must be between 1 and 100"))?;
             let query = query_for(&m.reached, t.table(), ListArgs { filters, order, first, after }).map_err(refusal)?;
-            crate::edge::records::consistent(app, req).await;
+            super::request::consistent(app, req).await;
             let (mut rows, total) = app
                 .read_model
                 .records(&req.scope, &query)

@@ -109,16 +109,11 @@ pub struct MigrateInput {
     force: bool,
 }
 
-/// A major version from `v1`, `1`, `1.4` or `v1.4.2`.
+/// A major version from `v1`, `1`, `1.4` or `v1.4.2` (the registry's rule
+/// for full versions; major 0 is no version).
 pub fn major_of(raw: &str) -> Option<u32> {
     let raw = raw.strip_prefix('v').unwrap_or(raw);
-    let major = raw.split('.').next()?;
-    let parts: Vec<&str> = raw.split('.').collect();
-    let numeric = |p: &str| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit());
-    if parts.len() > 3 || !parts.iter().all(|p| numeric(p)) || (major.len() > 1 && major.starts_with('0')) {
-        return None;
-    }
-    major.parse().ok().filter(|m| *m > 0)
+    actors::domain::manifest::Registry::parse_full_version(raw).map(|(major, _)| major).filter(|m| *m > 0)
 }
 
 /// A module name as the registry spells them, or `BAD_USER_INPUT`.

@@ -148,34 +148,39 @@ pub async fn allowed(app: &App, req: &RequestCtx, needs: Needs) -> async_graphql
 /// token through its scopes (as far as its creator still holds them), an
 /// account through its roles; on the platform, only an administrator.
 pub async fn holds(app: &App, req: &RequestCtx, permission: &str) -> async_graphql::Result<()> {
-    if let Some(token) = &req.token {
-        return if token.permissions.contains(permission) {
-            Ok(())
-        } else {
-            Err(error("FORBIDDEN", format!("this needs the permission {permission}")))
-        };
+    match refusal(app, req, permission).await? {
+        None => Ok(()),
+        Some((code, message)) => Err(error(code, message)),
     }
-    let p = req
-        .principal
-        .as_ref()
-        .ok_or_else(|| error("UNAUTHENTICATED", "sign in first: send `Authorization: Bearer <token>`"))?;
+}
+
+/// Why the caller may not use `permission` (its code and message), if it
+/// may not; `Err` only when the grants could not be read (logged).
+pub async fn refusal(
+    app: &App,
+    req: &RequestCtx,
+    permission: &str,
+) -> async_graphql::Result<Option<(&'static str, String)>> {
+    let needs = || Some(("FORBIDDEN", format!("this needs the permission {permission}")));
+    if let Some(token) = &req.token {
+        return Ok(if token.permissions.contains(permission) { None } else { needs() });
+    }
+    let Some(p) = &req.principal else {
+        return Ok(Some(("UNAUTHENTICATED", "sign in first: send `Authorization: Bearer <token>`".into())));
+    };
     if req.scope == Scope::Platform {
-        return if p.tenant == PLATFORM_TOKEN {
-            Ok(())
+        return Ok(if p.tenant == PLATFORM_TOKEN {
+            None
         } else {
-            Err(error("FORBIDDEN", "only a platform administrator may do this"))
-        };
+            Some(("FORBIDDEN", "only a platform administrator may do this".into()))
+        });
     }
     let held = app
         .read_model
         .permissions_of(&req.scope, &p.sub)
         .await
         .map_err(|e| super::request::internal("reading grants", e))?;
-    if held.contains(permission) {
-        Ok(())
-    } else {
-        Err(error("FORBIDDEN", format!("this needs the permission {permission}")))
-    }
+    Ok(if held.contains(permission) { None } else { needs() })
 }
 
 /// The extension that runs `allowed` before each root field.

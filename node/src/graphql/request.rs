@@ -144,6 +144,33 @@ pub fn command_principal(req: &RequestCtx) -> async_graphql::Result<Principal> {
     Ok(Principal::Account { scope, account_id, session_id })
 }
 
+/// A request's command: its principal and client as the edge resolved them.
+pub fn envelope<R>(req: &RequestCtx, command_id: CommandId, request: R) -> async_graphql::Result<CommandEnvelope<R>> {
+    let client = ClientInfo {
+        address: req.client.to_string(),
+        user_agent: req.user_agent.as_ref().map(|u| u.as_str().to_owned()),
+    };
+    Ok(CommandEnvelope { command_id, principal: command_principal(req)?, request, client: Some(client) })
+}
+
+/// Sends a command to the owning tree over NATS and decodes its result. An
+/// `Err` is the transport's failure, already logged: the caller answers
+/// `INTERNAL`.
+pub async fn dispatch<R: Serialize, T: DeserializeOwned>(
+    app: &App,
+    scope: &Scope,
+    aggregate: &str,
+    envelope: &CommandEnvelope<R>,
+) -> Result<CommandResult<T>, async_graphql::Error> {
+    let body = serde_json::to_vec(envelope).map_err(|e| internal("encoding a command", e))?;
+    let timeout = Duration::from_millis(app.config.command_timeout_ms);
+    let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))
+        .await
+        .map_err(|_| internal("command timed out", "no reply"))?
+        .map_err(|e| internal("sending a command", e))?;
+    serde_json::from_slice(&reply.payload).map_err(|e| internal("decoding a command reply", e))
+}
+
 /// Sends a command to the owning tree over NATS and decodes the typed answer.
 pub async fn send<R: Serialize, T: DeserializeOwned>(
     app: &App,
@@ -153,29 +180,22 @@ pub async fn send<R: Serialize, T: DeserializeOwned>(
     command_id: CommandId,
     request: R,
 ) -> async_graphql::Result<T> {
-    let client = ClientInfo {
-        address: req.client.to_string(),
-        user_agent: req.user_agent.as_ref().map(|u| u.as_str().to_owned()),
-    };
-    let envelope = CommandEnvelope { command_id, principal: command_principal(req)?, request, client: Some(client) };
-    let body = serde_json::to_vec(&envelope).map_err(|e| internal("encoding a command", e))?;
-    let timeout = Duration::from_millis(app.config.command_timeout_ms);
-    let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))
-        .await
-        .map_err(|_| internal("command timed out", "no reply"))?
-        .map_err(|e| internal("sending a command", e))?;
-    let result: CommandResult<T> =
-        serde_json::from_slice(&reply.payload).map_err(|e| internal("decoding a command reply", e))?;
-    result.map_err(failure)
+    dispatch(app, scope, aggregate, &envelope(req, command_id, request)?).await?.map_err(failure)
+}
+
+/// Waits until this node's projector has applied `seq` (or the
+/// read-your-writes timeout has passed).
+pub async fn projected(app: &App, seq: u64) {
+    let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
+    if !app.progress.wait_for(seq, timeout).await {
+        tracing::warn!(seq, "read models did not reach the write in time; answering anyway");
+    }
 }
 
 /// Read-your-writes: wait until the local projection has applied `seq`.
 pub async fn settle(ctx: &Context<'_>, app: &App, seq: u64) {
     ctx.insert_http_header("canopy-consistency", seq.to_string());
-    let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
-    if !app.progress.wait_for(seq, timeout).await {
-        tracing::warn!(seq, "read models did not reach the write in time; answering anyway");
-    }
+    projected(app, seq).await;
 }
 
 /// After a mutation that may have ended sessions (`ended` of them, the last

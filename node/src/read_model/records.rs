@@ -170,6 +170,20 @@ impl ReadModel {
         .await
     }
 
+    /// The major version of `module` the tenant holds, read by its row's id
+    /// (what every record request asks first; a name that is no safe token
+    /// names no module).
+    pub async fn held_major(&self, scope: &Scope, module: &str) -> Result<Option<u32>, ReadError> {
+        #[derive(Deserialize)]
+        struct Held {
+            major: u32,
+        }
+        let Some(id) = super::record_id("module_subscription", module) else { return Ok(None) };
+        let rows: Vec<Held> =
+            self.select(&db_name(scope), &format!("SELECT major FROM {id}"), serde_json::json!({})).await?;
+        Ok(rows.into_iter().next().map(|h| h.major))
+    }
+
     /// A page of records and how many match the filters (ignoring the page).
     pub async fn records(&self, scope: &Scope, q: &RecordQuery) -> Result<(Vec<Map<String, Value>>, u64), ReadError> {
         let mut vars = Map::new();

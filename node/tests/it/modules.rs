@@ -189,6 +189,31 @@ async fn a_tenant_subscribes_deals_with_its_dependency_and_works_with_records_ov
     assert_eq!((status, rest_code(&r)), (403, "FORBIDDEN"), "{r}");
     assert_eq!(last_seq(&nats).await, before, "refused record commands append nothing");
 
+    // A retried create (same idempotency key) gets the same record once; the
+    // key reused for another record is refused.
+    let keyed = |body: Value| {
+        let (node, owner) = (&node, &owner);
+        async move {
+            let res = reqwest::Client::new()
+                .post(node.url("/t/acme/contacts/v1/company"))
+                .header("authorization", format!("Bearer {owner}"))
+                .header("idempotency-key", "company-once")
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, serde_json::from_str::<Value>(&res.text().await.unwrap()).unwrap())
+        }
+    };
+    let (first_status, first) = keyed(json!({ "name": "Once Ltd" })).await;
+    let (again_status, again) = keyed(json!({ "name": "Once Ltd" })).await;
+    assert_eq!((first_status, again_status), (201, 201), "{first} {again}");
+    assert_eq!(first["data"]["id"], again["data"]["id"]);
+    let (status, r) = keyed(json!({ "name": "Twice Ltd" })).await;
+    assert_eq!((status, rest_code(&r)), (409, "CONFLICT"), "{r}");
+
     // SurrealQL in a value is a value.
     let sneaky = "x'; REMOVE TABLE mod_contacts_contact; --";
     let (status, r) =
