@@ -242,6 +242,7 @@ mod tests {
                 "MigrationApplied",
                 "ModuleSubscribed",
                 "ModuleUnsubscribed",
+                "ModuleUpgradeStarted",
                 "ModuleUpgraded",
                 "PasswordChanged",
                 "PasswordResetRequested",

@@ -68,6 +68,14 @@ pub trait Aggregate: Send + Sync + 'static {
     type Event: Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
     type Error: DomainError;
 
+    /// Whether `execute` may decide a command again on fresher state when its
+    /// append lost to a concurrent writer. An aggregate whose commands carry
+    /// results computed from the state they were read from (a record's values
+    /// after a patch) says no: deciding such a command again would write a
+    /// stale result over the other writer's change, so its caller reads again
+    /// and computes the command anew.
+    const DECIDE_AGAIN_ON_CONFLICT: bool = true;
+
     fn decide(state: &Self::State, cmd: &Self::Command) -> Result<Decision<Self::Event>, Self::Error>;
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 

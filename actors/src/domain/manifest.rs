@@ -272,6 +272,9 @@ pub struct Field {
     pub max_length: Option<u32>,
     /// The value an absent field gets on create, in canonical form.
     pub default: Option<Value>,
+    /// Personal data: sealed in the log under the record's own key, which a
+    /// deletion of the record destroys (see `tree/record.rs`).
+    pub personal: bool,
 }
 
 impl Field {
@@ -792,6 +795,11 @@ struct RawField {
     /// The value an absent field gets on create; a valid value of the field.
     #[serde(default, deserialize_with = "some_json_from_toml")]
     default: Option<Value>,
+    /// Personal data (a name, an email, a phone number): sealed in the event
+    /// log under the record's own key, which deleting the record destroys.
+    /// Any type but reference.
+    #[serde(default)]
+    personal: bool,
 }
 
 /// `[upgrade]`: how a tenant's data of the previous major version becomes this one's.
@@ -1382,8 +1390,18 @@ fn build_field(key: &str, module: &ModuleName, name: &str, raw: &RawField, repor
         }
         (_, None) => None,
     };
-    let mut field =
-        Field { name: name.to_owned(), kind, required: raw.required, unique: raw.unique, max_length, default: None };
+    if raw.personal && matches!(kind, FieldType::Reference { .. }) {
+        report.at(format!("{key}.personal"), "a reference is a record id, not personal data");
+    }
+    let mut field = Field {
+        name: name.to_owned(),
+        kind,
+        required: raw.required,
+        unique: raw.unique,
+        max_length,
+        default: None,
+        personal: raw.personal,
+    };
     if let Some(d) = &raw.default {
         if matches!(field.kind, FieldType::Reference { .. }) {
             report.at(format!("{key}.default"), "a reference field has no default (ids differ per tenant)");
@@ -2104,6 +2122,19 @@ to = "thing"
     }
 
     #[test]
+    fn given_personal_fields_then_only_references_are_refused() {
+        let field = |body: &str| contacts_with(&format!("{CONTACTS}\n[tables.contact.fields.x]\n{body}\n"));
+        refused(
+            field("type = \"reference\"\nto = \"company\"\npersonal = true"),
+            &["tables.contact.fields.x.personal: a reference is a record id, not personal data"],
+        );
+        let t =
+            table(&format!("{CONTACTS}\n[tables.contact.fields.x]\ntype = \"datetime\"\npersonal = true\n"), "contact");
+        assert!(t.fields["x"].personal);
+        assert!(!t.fields["status"].personal);
+    }
+
+    #[test]
     fn given_reserved_or_malformed_table_and_field_names_then_they_are_refused() {
         let m = format!("{CONTACTS}\n[tables.contact.fields.created_at]\ntype = \"datetime\"\n");
         refused(contacts_with(&m), &["tables.contact.fields.created_at: \"created_at\" is reserved"]);
@@ -2793,6 +2824,7 @@ field = "status"
             unique: false,
             max_length: None,
             default: None,
+            personal: false,
         };
         f.parse_value(v).map(|v| v.as_str().unwrap().to_owned())
     }
@@ -2806,6 +2838,7 @@ field = "status"
             unique: false,
             max_length: None,
             default: None,
+            personal: false,
         };
         let cases = [
             ("2025-01-31T10:30:00+01:00", "2025-01-31T09:30:00Z"),

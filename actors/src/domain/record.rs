@@ -151,13 +151,19 @@ pub enum RecordCommand {
         at: String,
         claims: Vec<ClaimChange>,
     },
+    /// `values` are the record's values after the change, validated against
+    /// version `major`: a record an upgrade has moved to another version since
+    /// is not found by it.
     Update {
+        major: u32,
         values: Values,
         by: Origin,
         at: String,
         claims: Vec<ClaimChange>,
     },
+    /// Deletes the record if it is still at version `major`.
     Delete {
+        major: u32,
         by: Origin,
         at: String,
         claims: Vec<ClaimChange>,
@@ -243,6 +249,8 @@ pub struct ForRecord {
 
 impl Aggregate for RecordAggregate {
     const NAME: &'static str = RECORD;
+    // Updates carry the whole values, patched onto the state the record actor read.
+    const DECIDE_AGAIN_ON_CONFLICT: bool = false;
     type State = RecordState;
     type Command = ForRecord;
     type Event = RecordEvent;
@@ -266,8 +274,8 @@ impl Aggregate for RecordAggregate {
                 };
                 (vec![RecordEvent::RecordCreated(created)], claims)
             }
-            RecordCommand::Update { values, by, at, claims } => {
-                let live = state.live().ok_or(RecordError::NotFound)?;
+            RecordCommand::Update { major, values, by, at, claims } => {
+                let live = state.live().filter(|r| r.major == *major).ok_or(RecordError::NotFound)?;
                 if &live.values == values {
                     return Ok(Decision::events(Vec::new()));
                 }
@@ -280,8 +288,8 @@ impl Aggregate for RecordAggregate {
                 };
                 (vec![RecordEvent::RecordUpdated(updated)], claims)
             }
-            RecordCommand::Delete { by, at, claims } => {
-                let live = state.live().ok_or(RecordError::NotFound)?;
+            RecordCommand::Delete { major, by, at, claims } => {
+                let live = state.live().filter(|r| r.major == *major).ok_or(RecordError::NotFound)?;
                 if *by == Origin::TempSeed && (live.origin != Origin::TempSeed || live.user_changed) {
                     return Err(RecordError::ChangedByUser);
                 }
@@ -391,6 +399,7 @@ mod tests {
     #[test]
     fn an_update_that_changes_nothing_appends_nothing_and_a_deleted_record_is_not_found() {
         let same = RecordCommand::Update {
+            major: 1,
             values: values(&[("name", "Ada")]),
             by: Origin::User,
             at: "t".into(),
@@ -408,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_deseed_removes_only_untouched_temporary_records() {
-        let deseed = RecordCommand::Delete { by: Origin::TempSeed, at: "t".into(), claims: Vec::new() };
+        let deseed = RecordCommand::Delete { major: 1, by: Origin::TempSeed, at: "t".into(), claims: Vec::new() };
         let removed = RecordEvent::RecordDeleted(RecordDeleted {
             module: "contacts".into(),
             table: "contact".into(),
@@ -443,5 +452,35 @@ mod tests {
         });
         check::<RecordAggregate>(&[created(Origin::User)], cmd(to_v2.clone()), Ok(vec![transformed.clone()]));
         check::<RecordAggregate>(&[created(Origin::User), transformed], cmd(to_v2), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_change_made_for_one_version_does_not_find_a_record_an_upgrade_moved_on() {
+        let moved = RecordEvent::RecordTransformed(RecordTransformed {
+            module: "contacts".into(),
+            table: "contact".into(),
+            major: 2,
+            values: values(&[("first_name", "Ada")]),
+            at: "t".into(),
+        });
+        let history = [created(Origin::User), moved];
+        let update = |major| RecordCommand::Update {
+            major,
+            values: values(&[("name", "Ada L.")]),
+            by: Origin::User,
+            at: "t".into(),
+            claims: Vec::new(),
+        };
+        let delete = |major| RecordCommand::Delete { major, by: Origin::User, at: "t".into(), claims: Vec::new() };
+        check::<RecordAggregate>(&history, cmd(update(1)), Err(RecordError::NotFound));
+        check::<RecordAggregate>(&history, cmd(delete(1)), Err(RecordError::NotFound));
+        let updated = RecordEvent::RecordUpdated(RecordUpdated {
+            module: "contacts".into(),
+            table: "contact".into(),
+            values: values(&[("name", "Ada L.")]),
+            by: Origin::User,
+            at: "t".into(),
+        });
+        check::<RecordAggregate>(&history, cmd(update(2)), Ok(vec![updated]));
     }
 }

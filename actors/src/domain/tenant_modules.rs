@@ -70,7 +70,19 @@ pub struct ModuleUpgraded {
     pub to: u32,
     pub full_version: String,
     /// How many records the upgrade rewrote (their `RecordTransformed` events
-    /// are in the same batch).
+    /// are in the same batch, or, after a `ModuleUpgradeStarted`, before it).
+    pub records: u64,
+}
+
+/// An upgrade too large for one atomic batch began: until its
+/// `ModuleUpgraded`, the module's records are written by the upgrade alone,
+/// in batches, and a record's own major version says whether it is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModuleUpgradeStarted {
+    pub module: String,
+    pub from: u32,
+    pub to: u32,
+    /// How many records the upgrade rewrites.
     pub records: u64,
 }
 
@@ -115,6 +127,8 @@ pub enum ModulesEvent {
     ModuleUnsubscribed(ModuleUnsubscribed),
     /// The tenant moved a module to its next major version.
     ModuleUpgraded(ModuleUpgraded),
+    /// An upgrade that rewrites its records in several batches began.
+    ModuleUpgradeStarted(ModuleUpgradeStarted),
     /// A migration was applied to the tenant's module tables.
     MigrationApplied(MigrationApplied),
     /// Main or temporary seeds were written.
@@ -136,6 +150,10 @@ pub struct Subscription {
     pub temp_records: Vec<String>,
     /// How many temporary seedings there were (each creates new ids).
     pub temp_rounds: u64,
+    /// The major version a batched upgrade is moving the module to: until it
+    /// ends, only the upgrade writes the module's records.
+    #[serde(default)]
+    pub upgrading: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -194,6 +212,15 @@ pub enum ModulesCommand {
         to: u32,
         /// The transformed records, prepared and validated by the handler.
         records: RecordWrites,
+        /// Records a batched upgrade transformed before this last batch.
+        earlier: u64,
+    },
+    /// Begins an upgrade whose records do not fit in one batch.
+    StartUpgrade {
+        registry: Arc<Registry>,
+        module: String,
+        to: u32,
+        records: u64,
     },
     /// Applies the pending migrations of `module` (and its main seeds, if a
     /// subscription has none yet).
@@ -233,6 +260,8 @@ pub enum ModulesError {
     HasDependents { module: String, dependents: String },
     #[error("{module} cannot be upgraded while {dependents} needs its current version")]
     UpgradeBlocked { module: String, dependents: String },
+    #[error("{module} is being upgraded to v{to}; run upgradeModule to v{to} (or migrate) to finish it")]
+    Upgrading { module: String, to: u32 },
     #[error("{module} has no upgrade path from v{from} to v{to}")]
     NoUpgradePath { module: String, from: u32, to: u32 },
     #[error(
@@ -410,14 +439,18 @@ impl Modules {
         Ok(Decision { events, reservations: writes })
     }
 
-    fn upgrade(
+    /// The version an upgrade of `module` to `to` reaches and its path, if
+    /// the upgrade may happen now.
+    fn upgrade_target<'r>(
         state: &ModulesState,
-        registry: &Registry,
+        registry: &'r Registry,
         module: &str,
         to: u32,
-        records: &RecordWrites,
-    ) -> Result<Decision<ModulesEvent>, ModulesError> {
+    ) -> Result<(&'r Arc<ModuleVersion>, &'r crate::domain::manifest::Upgrade), ModulesError> {
         let held = Self::held(state, module)?;
+        if let Some(going) = held.upgrading.filter(|g| *g != to) {
+            return Err(ModulesError::Upgrading { module: module.to_owned(), to: going });
+        }
         let no_path = || ModulesError::NoUpgradePath { module: module.to_owned(), from: held.major, to };
         let target = registry.get(module, to).ok_or_else(no_path)?;
         let upgrade = target.upgrade.as_ref().filter(|u| u.from == held.major).ok_or_else(no_path)?;
@@ -426,13 +459,26 @@ impl Modules {
         if !dependents.is_empty() {
             return Err(ModulesError::UpgradeBlocked { module: module.to_owned(), dependents: dependents.join(", ") });
         }
+        Ok((target, upgrade))
+    }
+
+    fn upgrade(
+        state: &ModulesState,
+        registry: &Registry,
+        module: &str,
+        to: u32,
+        records: &RecordWrites,
+        earlier: u64,
+    ) -> Result<Decision<ModulesEvent>, ModulesError> {
+        let (target, upgrade) = Self::upgrade_target(state, registry, module, to)?;
+        let held = Self::held(state, module)?;
         within_limit(records.writes.len())?;
         let mut events = vec![ModulesEvent::ModuleUpgraded(ModuleUpgraded {
             module: module.to_owned(),
             from: held.major,
             to,
             full_version: target.full_version.clone(),
-            records: records.records.len() as u64,
+            records: earlier + records.records.len() as u64,
         })];
         for m in &upgrade.migrations {
             events.push(applied(target, m, format!("upgrade/{}", m.name), MigrationKind::Upgrade));
@@ -496,8 +542,21 @@ impl Aggregate for Modules {
                     generation: held.generation,
                 })]))
             }
-            ModulesCommand::Upgrade { registry, module, to, records } => {
-                Self::upgrade(state, registry, module, *to, records)
+            ModulesCommand::Upgrade { registry, module, to, records, earlier } => {
+                Self::upgrade(state, registry, module, *to, records, *earlier)
+            }
+            ModulesCommand::StartUpgrade { registry, module, to, records } => {
+                Self::upgrade_target(state, registry, module, *to)?;
+                let held = Self::held(state, module)?;
+                if held.upgrading.is_some() {
+                    return Ok(Decision::events(Vec::new()));
+                }
+                Ok(Decision::events(vec![ModulesEvent::ModuleUpgradeStarted(ModuleUpgradeStarted {
+                    module: module.clone(),
+                    from: held.major,
+                    to: *to,
+                    records: *records,
+                })]))
             }
             ModulesCommand::Migrate { registry, module, seeds } => Self::migrate(state, registry, module, seeds),
             ModulesCommand::Seed { module, kind, forced, records } => {
@@ -545,6 +604,7 @@ impl Aggregate for Modules {
                         main_seeded: false,
                         temp_records: Vec::new(),
                         temp_rounds: 0,
+                        upgrading: None,
                     },
                 );
             }
@@ -555,8 +615,14 @@ impl Aggregate for Modules {
                 if let Some(sub) = state.subscribed.get_mut(&u.module) {
                     sub.major = u.to;
                     sub.full_version = u.full_version.clone();
+                    sub.upgrading = None;
                     // The new version's migrations are recorded by the events after this one.
                     sub.migrations.clear();
+                }
+            }
+            ModulesEvent::ModuleUpgradeStarted(u) => {
+                if let Some(sub) = state.subscribed.get_mut(&u.module) {
+                    sub.upgrading = Some(u.to);
                 }
             }
             ModulesEvent::MigrationApplied(m) => {
@@ -687,6 +753,7 @@ mod tests {
             module: "base".into(),
             to: 2,
             records: RecordWrites::default(),
+            earlier: 0,
         };
         assert!(matches!(decide(&both, &up), Err(ModulesError::UpgradeBlocked { .. })));
         // Once the dependent is gone, both work; a new subscription is a new generation.
@@ -732,10 +799,43 @@ mod tests {
             module: "addon".into(),
             to: 2,
             records: RecordWrites::default(),
+            earlier: 0,
         };
         assert!(matches!(decide(&log, &up), Err(ModulesError::NoUpgradePath { .. })));
-        let missing =
-            ModulesCommand::Upgrade { registry: r, module: "gone".into(), to: 2, records: RecordWrites::default() };
+        let missing = ModulesCommand::Upgrade {
+            registry: r,
+            module: "gone".into(),
+            to: 2,
+            records: RecordWrites::default(),
+            earlier: 0,
+        };
         assert!(matches!(decide(&log, &missing), Err(ModulesError::NotSubscribed(_))));
+    }
+
+    #[test]
+    fn a_batched_upgrade_starts_once_blocks_other_targets_and_ends_with_its_count() {
+        let r = registry();
+        let mut log = decide(&[], &subscribe(&r, "base@v1", true)).unwrap();
+        let start = ModulesCommand::StartUpgrade { registry: r.clone(), module: "base".into(), to: 2, records: 1500 };
+        let started = decide(&log, &start).unwrap();
+        assert!(matches!(&started[..], [ModulesEvent::ModuleUpgradeStarted(u)] if u.from == 1 && u.to == 2));
+        log.extend(started);
+        assert_eq!(replay::<Modules>(&log).subscribed["base"].upgrading, Some(2));
+        // Starting again changes nothing; another target is refused until it ends.
+        assert_eq!(decide(&log, &start).unwrap(), vec![]);
+        let elsewhere = ModulesCommand::StartUpgrade { registry: r.clone(), module: "base".into(), to: 3, records: 1 };
+        assert!(matches!(decide(&log, &elsewhere), Err(ModulesError::Upgrading { to: 2, .. })));
+        let end = ModulesCommand::Upgrade {
+            registry: r.clone(),
+            module: "base".into(),
+            to: 2,
+            records: RecordWrites::default(),
+            earlier: 1500,
+        };
+        let ended = decide(&log, &end).unwrap();
+        assert!(matches!(&ended[0], ModulesEvent::ModuleUpgraded(u) if u.records == 1500 && u.from == 1));
+        log.extend(ended);
+        let state = replay::<Modules>(&log);
+        assert_eq!((state.subscribed["base"].major, state.subscribed["base"].upgrading), (2, None));
     }
 }

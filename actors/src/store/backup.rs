@@ -248,26 +248,21 @@ fn reseal(
     to: &Scope,
     secrets: &std::collections::HashMap<String, DataKey>,
 ) -> Result<(), StoreError> {
+    if let Some(sealed) = Sealed::from_json(v) {
+        let Some(new_kid) = renamed_key(&sealed.kid, from, to) else { return Ok(()) };
+        let fresh = match secrets.get(&sealed.kid) {
+            Some(key) => {
+                let plain = key.open(&sealed).map_err(|_| corrupt("a sealed value does not open with its key"))?;
+                key.seal(&new_kid, &plain)
+            }
+            // An erased person's value stays unreadable; only its name moves.
+            None => Sealed { kid: new_kid, ..sealed },
+        };
+        *v = serde_json::to_value(fresh).map_err(|e| corrupt(e.to_string()))?;
+        return Ok(());
+    }
     match v {
         Value::Object(map) => {
-            let is_sealed =
-                map.len() == 3 && ["kid", "n", "c"].iter().all(|k| map.get(*k).is_some_and(Value::is_string));
-            if is_sealed {
-                let sealed: Sealed =
-                    serde_json::from_value(Value::Object(map.clone())).map_err(|e| corrupt(e.to_string()))?;
-                let Some(new_kid) = renamed_key(&sealed.kid, from, to) else { return Ok(()) };
-                let fresh = match secrets.get(&sealed.kid) {
-                    Some(key) => {
-                        let plain =
-                            key.open(&sealed).map_err(|_| corrupt("a sealed value does not open with its key"))?;
-                        key.seal(&new_kid, &plain)
-                    }
-                    // An erased person's value stays unreadable; only its name moves.
-                    None => Sealed { kid: new_kid, ..sealed },
-                };
-                *v = serde_json::to_value(fresh).map_err(|e| corrupt(e.to_string()))?;
-                return Ok(());
-            }
             for value in map.values_mut() {
                 reseal(value, from, to, secrets)?;
             }

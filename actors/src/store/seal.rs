@@ -45,6 +45,15 @@ impl fmt::Debug for Sealed {
 }
 
 impl Sealed {
+    /// The sealed value `v` holds, if it has a sealed value's exact shape (an
+    /// object of the three strings `kid`, `n` and `c`, nothing else).
+    pub fn from_json(v: &serde_json::Value) -> Option<Sealed> {
+        let map = v.as_object()?;
+        let field = |k: &str| map.get(k).and_then(serde_json::Value::as_str).map(str::to_owned);
+        (map.len() == 3).then_some(())?;
+        Some(Sealed { kid: field("kid")?, n: field("n")?, c: field("c")? })
+    }
+
     #[cfg(test)]
     pub(crate) fn opaque_for_tests(tag: &str) -> Self {
         Self { kid: "test".into(), n: tag.into(), c: tag.into() }

@@ -205,7 +205,7 @@ pub async fn execute<A: Aggregate>(
                 return Ok(Executed { loaded: current, seq: appended.last_seq, events, replayed: false });
             }
             Err(e) if e.kind() == StoreErrorKind::Conflict => {
-                if !reservations.is_empty() {
+                if !reservations.is_empty() || !A::DECIDE_AGAIN_ON_CONFLICT {
                     return Err(ExecError::Conflict);
                 }
                 tracing::debug!(aggregate = A::NAME, "append conflict, deciding again on fresh state");

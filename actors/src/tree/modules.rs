@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::command::{
     CommandEnvelope, CommandFailure, CommandResult, ModulesReply, ModulesRequest, PlanStep, Principal,
 };
+use crate::domain::aggregate::Reservation;
 use crate::domain::manifest::{ModuleRef, ModuleVersion, SeedRecord, Transform, Values};
 use crate::domain::record::{
     Origin, RECORD, Record, RecordAggregate, RecordCreated, RecordDeleted, RecordEvent, RecordTransformed,
@@ -21,16 +22,16 @@ use crate::domain::record::{
 };
 use crate::domain::tenant::Scope;
 use crate::domain::tenant_modules::{
-    MODULES_ID, ModuleBinding, Modules, ModulesCommand, ModulesError, ModulesState, RecordWrites, SeedKind,
-    Subscription, install_order, pending_migrations,
+    MAX_BATCH_WRITES, MODULES_ID, ModuleBinding, Modules, ModulesCommand, ModulesError, ModulesState, RecordWrites,
+    SeedKind, Subscription, install_order, pending_migrations,
 };
-use crate::store::event_store::{Stamp, event_of, kind_filter, now_rfc3339};
+use crate::store::event_store::{Stamp, StoreErrorKind, batch_for, event_of, kind_filter, now_rfc3339};
 use crate::tree::account::{failure, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route, TreeLink};
 use crate::tree::deps::{Deps, broken};
 use crate::tree::directory::insider_may;
 use crate::tree::executor::{Loaded, execute, load};
-use crate::tree::record::{claim_changes, seed_record_id};
+use crate::tree::record::{claim_changes, erase_records, has_personal, open_values, seal_values, seed_record_id};
 
 pub struct ModulesHandler;
 
@@ -72,7 +73,7 @@ impl Handler for ModulesHandler {
             *state =
                 Some(load::<Modules>(&deps.store, scope, MODULES_ID).await.map_err(|e| broken("loading modules", e))?);
         }
-        let run = Run { deps, scope, stamp: &stamp };
+        let run = Run { deps, scope, stamp: &stamp, link };
         let reply = run.request(envelope.request, state).await;
         publish(link, state);
         reply
@@ -99,7 +100,12 @@ struct Run<'a> {
     deps: &'a Deps,
     scope: &'a Scope,
     stamp: &'a Stamp,
+    link: &'a TreeLink,
 }
+
+/// How often a batched upgrade plans its remaining records again after a
+/// batch lost to a concurrent write.
+const UPGRADE_ATTEMPTS: usize = 4;
 
 impl Run<'_> {
     async fn request(
@@ -135,15 +141,21 @@ impl Run<'_> {
                 let steps = vec![step(&format!("{module}@v{}", held.major), "unsubscribe", "")];
                 self.execute(state, ModulesCommand::Unsubscribe { registry, module }, steps).await
             }
-            ModulesRequest::Upgrade { module, to } => {
-                let (records, steps) = self.upgrade_plan(&current, &module, to).await?;
-                self.execute(state, ModulesCommand::Upgrade { registry, module, to, records }, steps).await
-            }
+            ModulesRequest::Upgrade { module, to } => self.upgrade(state, &module, to).await,
             ModulesRequest::Migrate { module, force, dry_run } => {
                 let mut steps = Vec::new();
                 let mut seq = 0;
                 for name in self.targets(&current, module.as_deref())? {
                     let sub = held(&current, &name)?;
+                    if let Some(to) = sub.upgrading {
+                        // A batched upgrade that stopped half-way is finished first.
+                        let key = format!("{name}@v{}", sub.major);
+                        steps.push(step(&key, "upgrade", format!("v{} to v{to}, resumed", sub.major)));
+                        if !dry_run {
+                            seq = self.upgrade(state, &name, to).await?.seq.max(seq);
+                        }
+                        continue;
+                    }
                     let version = version_of(&registry, &name, sub)?;
                     let key = version.key().to_string();
                     let pending = pending_migrations(sub, &version).map_err(rejected)?;
@@ -215,7 +227,7 @@ impl Run<'_> {
                     }
                     let version = version_of(&registry, &name, sub)?;
                     let binding = ModuleBinding { version: version.clone(), generation: sub.generation };
-                    let (removed, kept) = self.deseed_plan(&binding, sub).await?;
+                    let (removed, kept, erase) = self.deseed_plan(&binding, sub).await?;
                     let key = version.key().to_string();
                     steps.push(step(
                         &key,
@@ -224,6 +236,7 @@ impl Run<'_> {
                     ));
                     let cmd = ModulesCommand::Deseed { module: name.clone(), removed, kept };
                     seq = self.execute(state, cmd, Vec::new()).await?.seq.max(seq);
+                    erase_records(self.deps, self.scope, &erase).await?;
                 }
                 Ok(ModulesReply { seq, steps })
             }
@@ -267,6 +280,89 @@ impl Run<'_> {
         }
     }
 
+    /// Upgrades `module` to `to`. An upgrade whose records fit in one batch
+    /// lands whole or not at all. A larger one is checked whole first (a
+    /// failing record names its step and nothing is appended), then begins
+    /// with `ModuleUpgradeStarted`, which stops record writes to the module,
+    /// rewrites its records in batches, and ends with `ModuleUpgraded` and the
+    /// last batch. Each record's own major version says whether it is done,
+    /// so an upgrade cut off half-way is finished by the next `upgradeModule`
+    /// to the same version or `migrate`; a batch that loses to a concurrent
+    /// write is planned again.
+    async fn upgrade(&self, state: &mut Option<Loaded<Modules>>, module: &str, to: u32) -> CommandResult<ModulesReply> {
+        let registry = self.deps.modules.clone();
+        let mut plan = self.upgrade_plan(&state.as_ref().expect("loaded by run").state, module, to).await?;
+        let batched = held(&state.as_ref().expect("loaded by run").state, module)?.upgrading.is_some();
+        if !batched && plan.writes.writes.len() <= MAX_BATCH_WRITES {
+            let cmd =
+                ModulesCommand::Upgrade { registry, module: module.to_owned(), to, records: plan.writes, earlier: 0 };
+            return self.execute(state, cmd, plan.steps).await;
+        }
+        if !batched {
+            let records = plan.writes.records.len() as u64;
+            let cmd =
+                ModulesCommand::StartUpgrade { registry: registry.clone(), module: module.to_owned(), to, records };
+            self.execute(state, cmd, Vec::new()).await?;
+            // The module actor refuses record writes from now on.
+            publish(self.link, state);
+            plan = self.upgrade_plan(&state.as_ref().expect("kept by execute").state, module, to).await?;
+        }
+        for _ in 0..UPGRADE_ATTEMPTS {
+            let mut batches = batches_of(std::mem::take(&mut plan.writes.writes));
+            let last = batches.pop().unwrap_or_default();
+            let mut lost = false;
+            for batch in batches {
+                if !self.append_records(&batch).await? {
+                    lost = true;
+                    break;
+                }
+            }
+            if !lost {
+                let done = plan.done + (plan.writes.records.len() - count_records(&last)) as u64;
+                let records = RecordWrites {
+                    records: plan.writes.records.split_off(plan.writes.records.len() - count_records(&last)),
+                    writes: last,
+                };
+                let cmd = ModulesCommand::Upgrade {
+                    registry: registry.clone(),
+                    module: module.to_owned(),
+                    to,
+                    records,
+                    earlier: done,
+                };
+                match self.execute(state, cmd, plan.steps.clone()).await {
+                    Err(e) if e.code == "CONFLICT" => {}
+                    other => return other,
+                }
+            }
+            plan = self.upgrade_plan(&state.as_ref().expect("kept by execute").state, module, to).await?;
+        }
+        Err(CommandFailure::new(
+            "CONFLICT",
+            format!("{module}'s records kept changing during its upgrade; run it again to finish"),
+        ))
+    }
+
+    /// Appends one batch of an upgrade's record writes on their own (each
+    /// record's event expecting its last sequence); `false` when a record
+    /// changed since it was planned.
+    async fn append_records(&self, writes: &[crate::domain::aggregate::Reservation]) -> CommandResult<bool> {
+        // The batch's id derives from its first record and sequence: a retry
+        // of the same batch is a duplicate, a batch planned again is not.
+        let first = writes.first().map(|w| format!("{}/{}", w.key, w.expected_seq)).unwrap_or_default();
+        let id = crate::domain::ids::derived_uuid(&format!("{}/upgrade-batch/{first}", self.stamp.command_id));
+        let id = crate::domain::ids::CommandId::parse(&id.replace('-', ""))
+            .map_err(|e| broken("deriving a command id", e))?;
+        let stamp = self.stamp.again(id);
+        let batch = batch_for::<Modules>(self.scope, MODULES_ID, 0, &stamp, &[], writes)
+            .map_err(|e| broken("preparing an upgrade batch", e))?;
+        match self.deps.store.append(&stamp.command_id, batch).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == StoreErrorKind::Conflict => Ok(false),
+            Err(e) => Err(broken("appending an upgrade batch", e)),
+        }
+    }
+
     /// The held modules a request names (all of them when it names none).
     fn targets(&self, current: &ModulesState, module: Option<&str>) -> CommandResult<Vec<String>> {
         match module {
@@ -298,7 +394,7 @@ impl Run<'_> {
                 major: version.major,
                 generation,
                 table: table.name.clone(),
-                values,
+                values: seal_values(self.deps, self.scope, table, &id, values).await?,
                 origin,
                 at: at.clone(),
             });
@@ -349,15 +445,15 @@ impl Run<'_> {
                 .await
                 .map_err(|e| broken("loading a seed record", e))?;
             let Some(record) = loaded.state.live() else { continue };
-            if record.values == values {
+            let old = open_values(self.deps, self.scope, &id, &record.values).await?;
+            if old == values {
                 continue;
             }
-            let claims =
-                claim_changes(self.deps, self.scope, &binding, table, &id, Some(&record.values), Some(&values)).await?;
+            let claims = claim_changes(self.deps, self.scope, &binding, table, &id, Some(&old), Some(&values)).await?;
             let updated = RecordEvent::RecordUpdated(RecordUpdated {
                 module: record.module.clone(),
                 table: record.table.clone(),
-                values,
+                values: seal_values(self.deps, self.scope, table, &id, values).await?,
                 by: Origin::MainSeed,
                 at: at.clone(),
             });
@@ -368,16 +464,17 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// The temporary records a deseed deletes (live, never changed by a user)
-    /// and the ones it keeps.
+    /// The temporary records a deseed deletes (live, never changed by a user),
+    /// the ones it keeps, and the deleted ones whose keys it then destroys.
     async fn deseed_plan(
         &self,
         binding: &ModuleBinding,
         sub: &Subscription,
-    ) -> CommandResult<(RecordWrites, Vec<String>)> {
+    ) -> CommandResult<(RecordWrites, Vec<String>, Vec<String>)> {
         let at = now_rfc3339();
         let mut removed = RecordWrites::default();
         let mut kept = Vec::new();
+        let mut erase = Vec::new();
         for id in &sub.temp_records {
             let loaded = load::<RecordAggregate>(&self.deps.store, self.scope, id)
                 .await
@@ -388,7 +485,11 @@ impl Run<'_> {
             };
             let table =
                 binding.version.table(&record.table).ok_or_else(|| broken("a seed record", "of an unknown table"))?;
-            let claims = claim_changes(self.deps, self.scope, binding, table, id, Some(&record.values), None).await?;
+            let old = open_values(self.deps, self.scope, id, &record.values).await?;
+            let claims = claim_changes(self.deps, self.scope, binding, table, id, Some(&old), None).await?;
+            if has_personal(table) {
+                erase.push(id.clone());
+            }
             let deleted = RecordEvent::RecordDeleted(RecordDeleted {
                 module: record.module.clone(),
                 table: record.table.clone(),
@@ -399,7 +500,7 @@ impl Run<'_> {
             removed.writes.extend(RecordAggregate::claims(id, &claims));
             removed.records.push(id.clone());
         }
-        Ok((removed, kept))
+        Ok((removed, kept, erase))
     }
 
     /// Every live record of `module`'s current subscription, with its last sequence.
@@ -427,15 +528,10 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// An upgrade's record writes and its plan: every record transformed and
-    /// checked against the new version's table before anything is appended;
-    /// the first record that fails names its step.
-    async fn upgrade_plan(
-        &self,
-        current: &ModulesState,
-        module: &str,
-        to: u32,
-    ) -> CommandResult<(RecordWrites, Vec<PlanStep>)> {
+    /// An upgrade's record writes and its plan: every record not yet
+    /// transformed is transformed and checked against the new version's table
+    /// before anything is appended; the first record that fails names its step.
+    async fn upgrade_plan(&self, current: &ModulesState, module: &str, to: u32) -> CommandResult<UpgradePlan> {
         let sub = held(current, module)?;
         let registry = &self.deps.modules;
         // Refused before any record is read, as `decide` would.
@@ -457,7 +553,13 @@ impl Run<'_> {
         let at = now_rfc3339();
         let mut writes = RecordWrites::default();
         let mut seen: BTreeSet<(String, String, String)> = BTreeSet::new();
+        let mut done = 0;
         for (id, seq, record) in self.records_of(module, sub.generation).await? {
+            if record.major == to {
+                // Transformed by a batch of this upgrade that was cut off.
+                done += 1;
+                continue;
+            }
             let Some(table) = target.table(&record.table) else { continue };
             // A failure is the step's that last wrote the field at fault (or
             // the table's last transform): the step an author has to change.
@@ -480,7 +582,8 @@ impl Run<'_> {
                     problem: format!("record {id}: {problem}"),
                 })
             };
-            let transformed = upgrade.transform(&record.table, &record.values);
+            let old = open_values(self.deps, self.scope, &id, &record.values).await?;
+            let transformed = upgrade.transform(&record.table, &old);
             let input: serde_json::Map<String, serde_json::Value> = transformed.into_iter().collect();
             let values = table.validate_create(&input).map_err(|e| fail(&e.field, e.to_string()))?;
             for field in table.fields.values().filter(|f| f.unique) {
@@ -495,16 +598,48 @@ impl Run<'_> {
                 module: record.module.clone(),
                 table: record.table.clone(),
                 major: to,
-                values,
+                values: seal_values(self.deps, self.scope, table, &id, values).await?,
                 at: at.clone(),
             });
             writes.writes.push(event.as_write(&id, seq));
             writes.writes.extend(RecordAggregate::claims(&id, &claims));
             writes.records.push(id);
         }
-        steps.push(step(&key, "transform", format!("{} records", writes.records.len())));
-        Ok((writes, steps))
+        steps.push(step(&key, "transform", format!("{} records", writes.records.len() as u64 + done)));
+        Ok(UpgradePlan { writes, steps, done })
     }
+}
+
+/// What an upgrade still has to write, and how many records it already did.
+struct UpgradePlan {
+    writes: RecordWrites,
+    steps: Vec<PlanStep>,
+    done: u64,
+}
+
+/// An upgrade's record writes cut into batches of at most `MAX_BATCH_WRITES`,
+/// each record's event with its claims in one batch.
+fn batches_of(writes: Vec<Reservation>) -> Vec<Vec<Reservation>> {
+    let mut groups: Vec<Vec<Reservation>> = Vec::new();
+    for w in writes {
+        match groups.last_mut() {
+            Some(g) if w.aggregate != RECORD => g.push(w),
+            _ => groups.push(vec![w]),
+        }
+    }
+    let mut batches: Vec<Vec<Reservation>> = Vec::new();
+    for g in groups {
+        match batches.last_mut() {
+            Some(b) if b.len() + g.len() <= MAX_BATCH_WRITES => b.extend(g),
+            _ => batches.push(g),
+        }
+    }
+    batches
+}
+
+/// How many records a batch writes (one event each, beside their claims).
+fn count_records(batch: &[Reservation]) -> usize {
+    batch.iter().filter(|w| w.aggregate == RECORD).count()
 }
 
 fn transform_table(t: &Transform) -> &str {
@@ -557,6 +692,7 @@ fn derived_command_id(stamp: &Stamp, cmd: &ModulesCommand) -> String {
         ModulesCommand::Subscribe { .. } => "subscribe".to_owned(),
         ModulesCommand::Unsubscribe { .. } => "unsubscribe".to_owned(),
         ModulesCommand::Upgrade { .. } => "upgrade".to_owned(),
+        ModulesCommand::StartUpgrade { .. } => "start-upgrade".to_owned(),
         ModulesCommand::Migrate { module, .. } => format!("migrate-{module}"),
         ModulesCommand::Seed { module, forced, .. } => format!("seed-{module}-{forced}"),
         ModulesCommand::Deseed { module, .. } => format!("deseed-{module}"),

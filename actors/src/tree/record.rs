@@ -16,11 +16,11 @@ use crate::domain::record::{
 use crate::domain::tenant::Scope;
 use crate::domain::tenant_modules::ModuleBinding;
 use crate::store::event_store::{aggregate_filter, event_subject, now_rfc3339};
-use crate::store::seal::tenant_key_name;
+use crate::store::seal::{SealError, Sealed, person_key_name, tenant_key_name};
 use crate::tree::account::{failure, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
-use crate::tree::executor::{Loaded, execute, load, refresh};
+use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
 
 pub struct RecordHandler;
 
@@ -70,74 +70,120 @@ impl Handler for RecordHandler {
         })?;
         // Checked here too, not only at the edge: whoever reaches `cmd.{tenant}.record`.
         may(deps, scope, link, &envelope.principal, &table.write).await?;
-        let stamp = stamp_for(deps, scope, &envelope).await?;
-        if state.is_none() {
-            *state =
-                Some(load::<RecordAggregate>(&deps.store, scope, id).await.map_err(|e| broken("loading a record", e))?);
+        if let Some(to) = upgrading(link, version.name.as_str()) {
+            return Err(CommandFailure::new(
+                "CONFLICT",
+                format!(
+                    "{} is being upgraded to v{to}; its records can be changed again when that is done",
+                    version.key()
+                ),
+            ));
         }
-        let current = state.as_ref().expect("loaded above").state.record.clone();
-        let at = now_rfc3339();
-        let command = match &request.op {
-            RecordOp::Create { values } => {
-                if let Some(made) = &current {
-                    // The id derives from the command's: an earlier try of this
-                    // command made the record. The same request gets it; another
-                    // under the same idempotency key is refused.
-                    let seq = state.as_ref().map_or(0, |l| l.version);
-                    return replay_of_create(deps, scope, id, &stamp, made, seq).await;
+        let stamp = stamp_for(deps, scope, &envelope).await?;
+        // The record is read again before each try: a change is validated
+        // against the values it replaces, and one that lost to a concurrent
+        // writer (a seeding, an upgrade, a unique value taken meanwhile) is
+        // computed anew on what that writer left.
+        let mut attempt = 0;
+        let done = loop {
+            attempt += 1;
+            let loaded = match state.take() {
+                Some(cached) => refresh::<RecordAggregate>(&deps.store, scope, id, cached).await,
+                None => load::<RecordAggregate>(&deps.store, scope, id).await,
+            }
+            .map_err(|e| broken("loading a record", e))?;
+            let seq = loaded.version;
+            let mut current = loaded.state.record.clone();
+            *state = Some(loaded);
+            if let Some(r) = current.as_mut() {
+                r.values = open_values(deps, scope, id, &r.values).await?;
+            }
+            let at = now_rfc3339();
+            let command = match &request.op {
+                RecordOp::Create { values } => {
+                    if let Some(made) = &current {
+                        // The id derives from the command's: an earlier try of this
+                        // command made the record. The same request gets it; another
+                        // under the same idempotency key is refused.
+                        return replay_of_create(deps, scope, id, &stamp, made, seq).await;
+                    }
+                    let values = table.validate_create(values).map_err(invalid)?;
+                    check_references(deps, scope, binding, table, &values).await?;
+                    let claims = claim_changes(deps, scope, binding, table, id, None, Some(&values)).await?;
+                    RecordCommand::Create {
+                        module: version.name.to_string(),
+                        major: version.major,
+                        generation: binding.generation,
+                        table: table.name.clone(),
+                        values: seal_values(deps, scope, table, id, values).await?,
+                        origin: Origin::User,
+                        at,
+                        claims,
+                    }
                 }
-                let values = table.validate_create(values).map_err(invalid)?;
-                check_references(deps, scope, binding, table, &values).await?;
-                let claims = claim_changes(deps, scope, binding, table, id, None, Some(&values)).await?;
-                RecordCommand::Create {
-                    module: version.name.to_string(),
-                    major: version.major,
-                    generation: binding.generation,
-                    table: table.name.clone(),
-                    values,
-                    origin: Origin::User,
-                    at,
-                    claims,
+                RecordOp::Update { patch, .. } => {
+                    let record = of_table(current.as_ref(), binding, &table.name)?;
+                    let values = table.validate_patch(&record.values, patch).map_err(invalid)?;
+                    if values == record.values {
+                        // Compared in clear: sealed values differ on every sealing.
+                        return Ok(reply_of(id, record, seq));
+                    }
+                    check_references(deps, scope, binding, table, &values).await?;
+                    let claims =
+                        claim_changes(deps, scope, binding, table, id, Some(&record.values), Some(&values)).await?;
+                    let values = seal_values(deps, scope, table, id, values).await?;
+                    RecordCommand::Update { major: version.major, values, by: Origin::User, at, claims }
                 }
-            }
-            RecordOp::Update { patch, .. } => {
-                let record = of_table(current.as_ref(), binding, &table.name)?;
-                let values = table.validate_patch(&record.values, patch).map_err(invalid)?;
-                check_references(deps, scope, binding, table, &values).await?;
-                let claims =
-                    claim_changes(deps, scope, binding, table, id, Some(&record.values), Some(&values)).await?;
-                RecordCommand::Update { values, by: Origin::User, at, claims }
-            }
-            RecordOp::Delete { .. } => {
-                let record = of_table(current.as_ref(), binding, &table.name)?;
-                let claims = claim_changes(deps, scope, binding, table, id, Some(&record.values), None).await?;
-                RecordCommand::Delete { by: Origin::User, at, claims }
-            }
-        };
-        let cmd = ForRecord { id: id.to_owned(), command };
-        let done = execute::<RecordAggregate>(&deps.store, scope, id, state.take(), &stamp, &cmd, deps.snapshot_every)
-            .await
-            .map_err(|e| failure(e, "appending a record change"));
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                // A claim lost to a concurrent writer leaves the cached state
-                // unknown; the next command reloads it.
-                *state = None;
-                return Err(e);
+                RecordOp::Delete { .. } => {
+                    let record = of_table(current.as_ref(), binding, &table.name)?;
+                    let claims = claim_changes(deps, scope, binding, table, id, Some(&record.values), None).await?;
+                    RecordCommand::Delete { major: version.major, by: Origin::User, at, claims }
+                }
+            };
+            let cmd = ForRecord { id: id.to_owned(), command };
+            match execute::<RecordAggregate>(&deps.store, scope, id, state.take(), &stamp, &cmd, deps.snapshot_every)
+                .await
+            {
+                Ok(done) => break done,
+                Err(ExecError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(failure(e, "appending a record change")),
             }
         };
         let record = done.loaded.state.record.clone();
         *state = Some(done.loaded);
-        let record = record.ok_or_else(|| broken("a record command", "no record after the append"))?;
-        Ok(RecordReply {
-            id: id.to_owned(),
-            values: if record.deleted { Default::default() } else { record.values.into_iter().collect() },
-            created_at: record.created_at,
-            updated_at: record.updated_at,
-            seq: done.seq,
-        })
+        let mut record = record.ok_or_else(|| broken("a record command", "no record after the append"))?;
+        if record.deleted {
+            if has_personal(table) {
+                erase_records(deps, scope, &[id.to_owned()]).await?;
+            }
+        } else {
+            record.values = open_values(deps, scope, id, &record.values).await?;
+        }
+        Ok(reply_of(id, &record, done.seq))
     }
+}
+
+/// How many times a record command is computed and appended before a
+/// concurrent writer's CONFLICT reaches the caller.
+const WRITE_ATTEMPTS: u32 = 4;
+
+/// The answer for `record` with its values in clear, after the change at `seq`.
+fn reply_of(id: &str, record: &Record, seq: u64) -> RecordReply {
+    RecordReply {
+        id: id.to_owned(),
+        values: if record.deleted { Default::default() } else { record.values.clone().into_iter().collect() },
+        created_at: record.created_at.clone(),
+        updated_at: record.updated_at.clone(),
+        seq,
+    }
+}
+
+/// The major version a batched upgrade of `module` is moving to, as the
+/// modules actor last published it.
+fn upgrading(link: &crate::tree::aggregate_actor::TreeLink, module: &str) -> Option<u32> {
+    let watch = link.modules.as_ref()?;
+    let state = watch.borrow();
+    state.as_ref()?.subscribed.get(module)?.upgrading
 }
 
 /// Whether `principal` holds `permission` in the tenant now: the access state
@@ -180,13 +226,7 @@ async fn replay_of_create(
     if created.is_none_or(|c| c.envelope.request_digest != stamp.digest) {
         return Err(CommandFailure::reused_id());
     }
-    Ok(RecordReply {
-        id: id.to_owned(),
-        values: if made.deleted { Default::default() } else { made.values.clone().into_iter().collect() },
-        created_at: made.created_at.clone(),
-        updated_at: made.updated_at.clone(),
-        seq,
-    })
+    Ok(reply_of(id, made, seq))
 }
 
 /// A created record's id: derived from its command's id, so a retry finds it.
@@ -209,6 +249,69 @@ pub fn seed_record_id(
     derived_uuid(&format!("{scope}/seed/{module}/{generation}/{round}/{table}/{key}"))
 }
 
+/// Whether a table holds personal fields, whose records then have keys of their own.
+pub fn has_personal(table: &Table) -> bool {
+    table.fields.values().any(|f| f.personal)
+}
+
+/// The values as the log holds them: each personal field's canonical JSON
+/// sealed under the record's own key (`person.{tenant}.{record id}`, made on
+/// first use), the other fields as they are.
+pub async fn seal_values(
+    deps: &Deps,
+    scope: &Scope,
+    table: &Table,
+    record_id: &str,
+    mut values: Values,
+) -> CommandResult<Values> {
+    if !has_personal(table) {
+        return Ok(values);
+    }
+    let kid = person_key_name(scope, record_id);
+    let key = deps.keys.key(&kid).await.map_err(|e| broken("reading a record's key", e))?;
+    for field in table.fields.values().filter(|f| f.personal) {
+        if let Some(v) = values.get_mut(&field.name) {
+            let plain = serde_json::to_vec(v).map_err(|e| broken("sealing a record value", e))?;
+            *v = serde_json::to_value(key.seal(&kid, &plain)).map_err(|e| broken("sealing a record value", e))?;
+        }
+    }
+    Ok(values)
+}
+
+/// The values as a reader sees them: each sealed value opened with the
+/// record's own key. A value sealed under any other key is refused; one whose
+/// key is gone (the record was deleted, which erases it) is left out.
+pub async fn open_values(deps: &Deps, scope: &Scope, record_id: &str, values: &Values) -> CommandResult<Values> {
+    let kid = person_key_name(scope, record_id);
+    let mut out = Values::new();
+    for (name, value) in values {
+        let Some(sealed) = Sealed::from_json(value) else {
+            out.insert(name.clone(), value.clone());
+            continue;
+        };
+        if sealed.kid != kid {
+            return Err(broken("a record value", "is sealed under another record's key"));
+        }
+        let plain = match deps.keys.open(&sealed).await {
+            Ok(p) => p,
+            Err(SealError::MissingKey(_) | SealError::Shredded(_)) => continue,
+            Err(e) => return Err(broken("opening a record value", e)),
+        };
+        let value = serde_json::from_slice(&plain).map_err(|e| broken("opening a record value", e))?;
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// Erases the personal values of deleted records from the log: their keys
+/// are destroyed once the deletions are appended.
+pub async fn erase_records(deps: &Deps, scope: &Scope, record_ids: &[String]) -> CommandResult<()> {
+    for id in record_ids {
+        deps.keys.destroy(&person_key_name(scope, id)).await.map_err(|e| broken("erasing a deleted record", e))?;
+    }
+    Ok(())
+}
+
 fn invalid(e: FieldError) -> CommandFailure {
     CommandFailure::new("BAD_USER_INPUT", e.to_string())
 }
@@ -221,6 +324,7 @@ fn of_table<'r>(record: Option<&'r Record>, binding: &ModuleBinding, table: &str
             !r.deleted
                 && r.module == binding.version.name.as_str()
                 && r.generation == binding.generation
+                && r.major == binding.version.major
                 && r.table == table
         })
         .ok_or_else(|| CommandFailure::new("NOT_FOUND", "no such record"))

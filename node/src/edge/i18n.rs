@@ -172,6 +172,31 @@ const DE: &[(&str, &str)] = &[
     ("not a cursor of this list", "kein Cursor dieser Liste"),
     ("is not a field of this table", "ist kein Feld dieser Tabelle"),
     ("not a module name", "kein Modulname"),
+    ("expected a string", "erwartet eine Zeichenkette"),
+    ("contains a control character", "enthält ein Steuerzeichen"),
+    (
+        "contains a control character (only line feeds and tabs may be in a text)",
+        "enthält ein Steuerzeichen (in einem Text sind nur Zeilenumbrüche und Tabulatoren erlaubt)",
+    ),
+    ("is out of range (a 64-bit signed integer)", "liegt außerhalb des Bereichs (eine 64-Bit-Ganzzahl mit Vorzeichen)"),
+    ("expected an integer", "erwartet eine ganze Zahl"),
+    (
+        "expected a decimal number (a JSON number, or a string like \"12.50\")",
+        "erwartet eine Dezimalzahl (eine JSON-Zahl oder eine Zeichenkette wie \"12.50\")",
+    ),
+    ("expected true or false", "erwartet true oder false"),
+    (
+        "expected an RFC 3339 date and time, like \"2025-01-31T09:30:00Z\"",
+        "erwartet Datum und Uhrzeit nach RFC 3339, wie \"2025-01-31T09:30:00Z\"",
+    ),
+    ("is not a decimal number", "ist keine Dezimalzahl"),
+    ("has more than 18 digits before the decimal point", "hat mehr als 18 Stellen vor dem Komma"),
+    ("has more than 9 digits after the decimal point", "hat mehr als 9 Stellen nach dem Komma"),
+    ("the value is held by another record too", "den Wert hat auch ein anderer Datensatz"),
+    ("this module version has no schema", "diese Modulversion hat kein Schema"),
+    ("use GET, PATCH or DELETE", "GET, PATCH oder DELETE verwenden"),
+    ("modules belong to a tenant", "Module gehören zu einem Mandanten"),
+    ("backups belong to a tenant", "Sicherungen gehören zu einem Mandanten"),
     ("no such backup", "diese Sicherung gibt es nicht"),
     ("not a backup id", "keine Sicherungs-ID"),
     ("the backup's tenant was deleted", "der Mandant der Sicherung wurde gelöscht"),
@@ -192,6 +217,101 @@ const DE: &[(&str, &str)] = &[
     ),
 ];
 
+/// Messages that carry values: each `{}` in the English stands for a value,
+/// which the German repeats in the same order.
+const TEMPLATES: &[(&str, &str)] = &[
+    ("too many attempts; retry in {}", "zu viele Versuche; erneut in {}"),
+    ("too many requests; retry in {}", "zu viele Anfragen; erneut in {}"),
+    ("this needs the permission {}", "dafür braucht es die Berechtigung {}"),
+    ("unknown permission: {}", "unbekannte Berechtigung: {}"),
+    ("the daily backup limit is reached: {}", "das tägliche Sicherungslimit ist erreicht: {}"),
+    // Modules.
+    ("there is no module {}", "es gibt kein Modul {}"),
+    ("this tenant does not hold the module {}", "dieser Mandant hat kein Modul {}"),
+    (
+        "{} needs {}, which this tenant does not hold; subscribe it first or pass withDependencies",
+        "{} braucht {}, das dieser Mandant nicht hat; zuerst abonnieren oder withDependencies angeben",
+    ),
+    ("{} needs {}, but this tenant holds {}", "{} braucht {}, aber dieser Mandant hat {}"),
+    (
+        "this tenant holds {}; use upgradeModule to move it to another version",
+        "dieser Mandant hat {}; upgradeModule wechselt zu einer anderen Version",
+    ),
+    ("this tenant already holds {}", "dieser Mandant hat schon {}"),
+    ("this tenant holds {}, not v{}", "dieser Mandant hat {}, nicht v{}"),
+    ("{} cannot be dropped while {} depends on it", "{} kann nicht entfernt werden, solange {} davon abhängt"),
+    (
+        "{} cannot be upgraded while {} needs its current version",
+        "{} kann nicht aktualisiert werden, solange {} seine jetzige Version braucht",
+    ),
+    (
+        "{} is being upgraded to v{}; run upgradeModule to v{} (or migrate) to finish it",
+        "{} wird auf v{} aktualisiert; upgradeModule auf v{} (oder migrate) beendet das",
+    ),
+    (
+        "{} is being upgraded to v{}; its records can be changed again when that is done",
+        "{} wird auf v{} aktualisiert; danach sind seine Datensätze wieder änderbar",
+    ),
+    (
+        "{}'s records kept changing during its upgrade; run it again to finish",
+        "die Datensätze von {} änderten sich während der Aktualisierung immer wieder; zum Beenden erneut starten",
+    ),
+    ("{} has no upgrade path from v{} to v{}", "{} hat keinen Aktualisierungspfad von v{} nach v{}"),
+    (
+        "migration {} of {} was applied with checksum {} and its file now has {}; an applied migration must not change",
+        "die Migration {} von {} wurde mit der Prüfsumme {} angewandt, und ihre Datei hat jetzt {}; eine angewandte Migration darf sich nicht ändern",
+    ),
+    ("step {} ({}) failed: {}", "Schritt {} ({}) ist fehlgeschlagen: {}"),
+    (
+        "too many records for one upgrade or seeding ({}, at most {})",
+        "zu viele Datensätze für eine Aktualisierung oder Befüllung ({}, höchstens {})",
+    ),
+    ("{} has no table {}", "{} hat keine Tabelle {}"),
+    ("{} is not a version such as v1 or v1.4", "{} ist keine Version wie v1 oder v1.4"),
+    ("this node does not serve {}", "dieser Knoten bedient {} nicht"),
+    ("{} is not a field of this table", "{} ist kein Feld dieser Tabelle"),
+    ("unknown operator {}", "unbekannter Operator {}"),
+    // A record's field values, as the manifest checks them.
+    ("is longer than {} characters", "ist länger als {} Zeichen"),
+    ("expected one of {}", "erwartet einen von {}"),
+    ("\"{}\" is not one of {}", "\"{}\" ist keiner von {}"),
+    ("expected the id (a UUID) of a {} record", "erwartet die ID (eine UUID) eines Datensatzes aus {}"),
+    ("is not a field of {}", "ist kein Feld von {}"),
+    ("no {} with id {}", "kein Datensatz aus {} mit der ID {}"),
+    ("record {}: {}", "Datensatz {}: {}"),
+];
+
+/// The values `message` has where `template` has `{}`, if it has that shape.
+fn captures(template: &str, message: &str) -> Option<Vec<String>> {
+    let parts: Vec<&str> = template.split("{}").collect();
+    let mut rest = message.strip_prefix(parts[0])?;
+    let mut values = Vec::new();
+    for (i, literal) in parts.iter().enumerate().skip(1) {
+        let last = i == parts.len() - 1;
+        let at = if last { rest.strip_suffix(literal).map(str::len)? } else { rest.find(literal)? };
+        values.push(rest[..at].to_owned());
+        rest = &rest[at + literal.len()..];
+    }
+    (rest.is_empty() && values.iter().all(|v| !v.is_empty())).then_some(values)
+}
+
+/// `template` with each `{}` replaced by the next value; values that are
+/// messages themselves (`record {}: {}`) are translated as well.
+fn fill(template: &str, values: &[String]) -> Option<String> {
+    let de = Locale::parse("de").ok()?;
+    let mut out = String::new();
+    let mut values = values.iter();
+    let mut parts = template.split("{}").peekable();
+    while let Some(p) = parts.next() {
+        out.push_str(p);
+        if parts.peek().is_some() {
+            let v = values.next()?;
+            out.push_str(&if v.contains(' ') { localize(v, &de).unwrap_or_else(|| v.clone()) } else { v.clone() });
+        }
+    }
+    Some(out)
+}
+
 /// `message` in `locale`, or `None` when it stays as it is (English, or no
 /// translation). Handles the shapes that carry values: `{field}: {message}`
 /// and `... retry in {n} s`.
@@ -202,19 +322,8 @@ pub fn localize(message: &str, locale: &Locale) -> Option<String> {
     if let Some(found) = DE.iter().find(|(en, _)| *en == message) {
         return Some(found.1.to_owned());
     }
-    for (prefix, de) in [
-        ("too many attempts; retry in ", "zu viele Versuche; erneut in "),
-        ("too many requests; retry in ", "zu viele Anfragen; erneut in "),
-        ("this needs the permission ", "dafür braucht es die Berechtigung "),
-        ("unknown permission: ", "unbekannte Berechtigung: "),
-        ("there is no module ", "es gibt kein Modul "),
-        ("this tenant does not hold the module ", "dieser Mandant hat kein Modul "),
-        ("this tenant already holds ", "dieser Mandant hat schon "),
-        ("the daily backup limit is reached: ", "das tägliche Sicherungslimit ist erreicht: "),
-    ] {
-        if let Some(rest) = message.strip_prefix(prefix) {
-            return Some(format!("{de}{rest}"));
-        }
+    if let Some(t) = TEMPLATES.iter().find_map(|(en, de)| fill(de, &captures(en, message)?)) {
+        return Some(t);
     }
     // `field: message`, as bad input names its field.
     let (field, inner) = message.split_once(": ")?;
@@ -244,6 +353,41 @@ mod tests {
         assert_eq!(localize("too many attempts; retry in 12 s", &de).unwrap(), "zu viele Versuche; erneut in 12 s");
         assert_eq!(localize("first: must be between 1 and 100", &de).unwrap(), "first: muss zwischen 1 und 100 liegen");
         assert_eq!(localize("something nobody translated", &de), None);
+    }
+
+    /// Every problem a manifest's field check can report, as a record's
+    /// input meets them, each named by its field.
+    fn field_problems() -> Vec<String> {
+        use actors::domain::manifest::{Field, FieldType};
+        let field = |kind: FieldType, max_length: Option<u32>| Field {
+            name: "f".into(),
+            kind,
+            required: false,
+            unique: false,
+            max_length,
+            default: None,
+            personal: false,
+        };
+        let enumeration = FieldType::Enum { values: vec!["lead".into(), "customer".into()] };
+        let reference = FieldType::Reference { module: None, table: "company".into() };
+        let cases = [
+            (field(FieldType::String, Some(3)), serde_json::json!(1)),
+            (field(FieldType::String, Some(3)), serde_json::json!("long")),
+            (field(FieldType::String, Some(3)), serde_json::json!("a\u{7}")),
+            (field(FieldType::Text, Some(3)), serde_json::json!("a\u{7}")),
+            (field(FieldType::Int, None), serde_json::json!(u64::MAX)),
+            (field(FieldType::Int, None), serde_json::json!("1")),
+            (field(FieldType::Decimal, None), serde_json::json!(true)),
+            (field(FieldType::Decimal, None), serde_json::json!("12,5")),
+            (field(FieldType::Decimal, None), serde_json::json!("1234567890123456789")),
+            (field(FieldType::Decimal, None), serde_json::json!("0.1234567891")),
+            (field(FieldType::Bool, None), serde_json::json!(1)),
+            (field(FieldType::Datetime, None), serde_json::json!("yesterday")),
+            (field(enumeration.clone(), None), serde_json::json!(1)),
+            (field(enumeration, None), serde_json::json!("prospect")),
+            (field(reference, None), serde_json::json!("not-a-uuid")),
+        ];
+        cases.iter().map(|(f, v)| format!("f: {}", f.parse_value(v).expect_err("a bad value"))).collect()
     }
 
     #[test]
@@ -310,11 +454,46 @@ mod tests {
                 ModulesError::UnknownModule("deals@v9".into()),
                 ModulesError::NotSubscribed("deals".into()),
                 ModulesError::AlreadySubscribed("deals@v1".into()),
+                ModulesError::MissingDependency { module: "deals@v1".into(), needs: "contacts@v1".into() },
+                ModulesError::VersionConflict {
+                    module: "deals@v1".into(),
+                    needs: "contacts@v1".into(),
+                    holds: "contacts@v2".into(),
+                },
+                ModulesError::HoldsOtherVersion { holds: "contacts@v1".into() },
+                ModulesError::HasDependents { module: "contacts".into(), dependents: "deals@v1".into() },
+                ModulesError::UpgradeBlocked { module: "contacts".into(), dependents: "deals@v1".into() },
+                ModulesError::Upgrading { module: "contacts".into(), to: 2 },
+                ModulesError::NoUpgradePath { module: "contacts".into(), from: 1, to: 3 },
+                ModulesError::ChangedMigration {
+                    module: "contacts@v1".into(),
+                    migration: "0001_init.surql".into(),
+                    applied: "ab".into(),
+                    now: "cd".into(),
+                },
+                ModulesError::StepFailed {
+                    step: 3,
+                    what: "transform contact: split name".into(),
+                    problem: "record 0190a1b2-0000-7000-8000-000000000001: email: this value is already taken".into(),
+                },
+                ModulesError::TooManyRecords { count: 901, limit: 900 },
             ]
             .iter()
             .map(ToString::to_string),
         )
         .chain(["name: is required".to_owned(), "email: this value is already taken".to_owned()])
+        .chain(
+            [
+                "contacts@v1 is being upgraded to v2; its records can be changed again when that is done",
+                "contacts's records kept changing during its upgrade; run it again to finish",
+                "this tenant holds contacts@v2, not v1",
+                "contacts@v1 has no table nope",
+                "company: no company with id 0190a1b2-0000-7000-8000-000000000001",
+                "upgrade.transform: the value is held by another record too",
+            ]
+            .map(str::to_owned),
+        )
+        .chain(field_problems())
         .chain([BackupError::DailyLimit { taken: 1 }, BackupError::InvalidLimits].iter().map(ToString::to_string))
         .chain(crate::edge::tokens::Refused::ALL.iter().map(|r| r.message().to_owned()))
         .chain(["this needs the permission read_users".to_owned()])

@@ -42,6 +42,9 @@ pub struct TenantModule {
     version: String,
     full_version: String,
     subscribed_at: String,
+    /// The version an upgrade too large for one batch is moving the module
+    /// to (`v2`), while its records are rewritten; record writes wait for it.
+    upgrading_to: Option<String>,
     /// The migrations applied, in order, with their checksums.
     migrations: Vec<AppliedMigration>,
 }
@@ -166,6 +169,7 @@ fn tenant_module(r: ModuleRow) -> TenantModule {
         version: format!("v{}", r.major),
         full_version: r.full_version,
         subscribed_at: r.subscribed_at,
+        upgrading_to: r.upgrading_to.map(|m| format!("v{m}")),
         migrations: r
             .migrations
             .into_iter()

@@ -112,6 +112,26 @@ impl Event<'_> {
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or_else(|| refused(format!("field `{field}` does not open with its key")))
     }
+
+    /// A value that may be sealed, as the read model holds it: a plain value
+    /// as it is, a sealed one opened with the key `kid` (and refused if sealed
+    /// under any other), `None` when the key no longer exists (erased).
+    pub async fn open_json(&self, field: &str, value: &Value, kid: &str) -> Result<Option<Value>, Unapplied> {
+        let Some(sealed) = Sealed::from_json(value) else { return Ok(Some(value.clone())) };
+        if sealed.kid != kid {
+            return Err(refused(format!("field `{field}` is sealed under another key")));
+        }
+        let key = match self.keys.existing_key(kid).await {
+            Ok(k) => k,
+            Err(SealError::MissingKey(_) | SealError::Shredded(_)) => return Ok(None),
+            Err(e) => return Err(Unapplied::Unavailable(e.into())),
+        };
+        key.open(&sealed)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .map(Some)
+            .ok_or_else(|| refused(format!("field `{field}` does not open with its key")))
+    }
 }
 
 /// A statement with its variables (an object).

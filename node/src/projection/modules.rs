@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use actors::domain::manifest::{FieldType, Migration, Registry};
 use actors::domain::tenant::Scope;
+use actors::store::seal::person_key_name;
 
 use super::event::{Event, Projection, Unapplied, refused, statement};
 use crate::read_model::Statement;
@@ -111,7 +112,9 @@ impl Projection for TenantModules {
                     let id = e.record("module_subscription", &module)?;
                     vec![
                         statement(
-                            format!("UPDATE {id} SET major = $to, full_version = $full RETURN NONE"),
+                            format!(
+                                "UPDATE {id} SET major = $to, full_version = $full, upgrading_to = NONE RETURN NONE"
+                            ),
                             serde_json::json!({ "to": e.int("to")?, "full": e.text("full_version")? }),
                         ),
                         statement(
@@ -119,6 +122,14 @@ impl Projection for TenantModules {
                             serde_json::json!({ "module": module }),
                         ),
                     ]
+                }
+                "ModuleUpgradeStarted" => {
+                    let module = name_token(e, "module")?;
+                    let id = e.record("module_subscription", &module)?;
+                    vec![statement(
+                        format!("UPDATE {id} SET upgrading_to = $to RETURN NONE"),
+                        serde_json::json!({ "to": e.int("to")? }),
+                    )]
                 }
                 "MigrationApplied" => {
                     let module = name_token(e, "module")?;
@@ -189,12 +200,21 @@ impl Projection for Records {
             if e.event_type() == "RecordDeleted" {
                 return Ok(vec![statement(format!("DELETE {id} RETURN NONE"), serde_json::json!({}))]);
             }
-            let values = e
+            let sealed = e
                 .data
                 .get("values")
                 .and_then(Value::as_object)
                 .ok_or_else(|| refused("field `values` is not an object"))?;
-            let (fields, mut vars) = content(e, &module, &table, values);
+            // Personal values are sealed under the record's own key; an erased
+            // record's are left out of its row.
+            let kid = person_key_name(e.scope, e.aggregate_id());
+            let mut values = Map::new();
+            for (name, value) in sealed {
+                if let Some(v) = e.open_json(name, value, &kid).await? {
+                    values.insert(name.clone(), v);
+                }
+            }
+            let (fields, mut vars) = content(e, &module, &table, &values);
             vars.insert("rid".into(), e.aggregate_id().into());
             vars.insert("at".into(), e.stored.envelope.occurred_at.clone().into());
             vars.insert("seq".into(), e.stored.seq.into());

@@ -22,6 +22,8 @@ pub struct ModuleRow {
     pub full_version: String,
     pub subscribed_at: String,
     #[serde(default)]
+    pub upgrading_to: Option<u32>,
+    #[serde(default)]
     pub migrations: Vec<MigrationRow>,
 }
 
@@ -162,7 +164,7 @@ impl ReadModel {
     pub async fn tenant_modules(&self, scope: &Scope) -> Result<Vec<ModuleRow>, ReadError> {
         self.select(
             &db_name(scope),
-            "SELECT module, major, full_version, subscribed_at, \
+            "SELECT module, major, full_version, subscribed_at, upgrading_to, \
              (SELECT migration, checksum, kind, applied_at FROM module_migration WHERE module = $parent.module ORDER BY applied_at, migration) AS migrations \
              FROM module_subscription ORDER BY module",
             serde_json::json!({}),

@@ -295,6 +295,9 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
         crate::modules::rest(&node, "PATCH", &path, Some(&owner), Some(json!({ "email": "ada@canopy.test" }))).await;
     assert_eq!(status, 200, "{r}");
     module("mutation { deseedModules { applied } }", json!({})).await;
+    // Enough records (each with its email's claim) that the upgrade takes
+    // more than one batch, which it begins with `ModuleUpgradeStarted`.
+    crate::modules::many_contacts(&node, &owner, 460).await;
     module("mutation { upgradeModule(input: {name: \"contacts\", to: \"v2\"}) { applied } }", json!({})).await;
     module("mutation { unsubscribeModule(name: \"contacts\") { applied } }", json!({})).await;
     // Backups: limits set, two taken (the second removes the first), one restored.

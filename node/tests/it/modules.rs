@@ -9,6 +9,7 @@ use crate::harness::*;
 
 const MODULES: &str = "{ modules { name versions { version fullVersion dependsOn tables upgradesFrom } } }";
 const HELD: &str = "{ tenantModules { name version fullVersion migrations { name checksum kind } } }";
+const HELD_UPGRADING: &str = "{ tenantModules { name version upgradingTo } }";
 const SUBSCRIBE: &str = "mutation($n: String!, $v: String!, $d: Boolean!) { subscribeModule(input: {name: $n, version: $v, withDependencies: $d}) { applied steps { module action detail } } }";
 const UNSUBSCRIBE: &str = "mutation($n: String!) { unsubscribeModule(name: $n) { steps { module action } } }";
 const UPGRADE: &str = "mutation($n: String!, $to: String!) { upgradeModule(input: {name: $n, to: $to}) { steps { module action detail } } }";
@@ -264,6 +265,253 @@ async fn a_tenant_subscribes_deals_with_its_dependency_and_works_with_records_ov
     let again = json!({ "name": "Ada Again", "email": "ada@canopy.test" });
     let (status, r) = rest(&node, "POST", "/t/acme/contacts/v1/contact", Some(&owner), Some(again)).await;
     assert_eq!(status, 201, "{r}");
+}
+
+#[tokio::test]
+async fn personal_fields_are_sealed_in_the_log_and_erased_with_their_record() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let r = subscribe(&node, &owner, "contacts", "v1", false).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let contacts = "/t/acme/contacts/v1/contact";
+    let (status, r) =
+        rest(&node, "POST", "/t/acme/contacts/v1/company", Some(&owner), Some(json!({ "name": "Plainview Ltd" })))
+            .await;
+    assert_eq!(status, 201, "{r}");
+    let ada = json!({ "name": "Ada Sealedname", "email": "ada.sealed@canopy.test", "phone": "+44 20 7946 0991", "notes": "met at Kew" });
+    let (status, r) = rest(&node, "POST", contacts, Some(&owner), Some(ada.clone())).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["data"]["email"], "ada.sealed@canopy.test", "the answer is in clear: {r}");
+    let id = r["data"]["id"].as_str().unwrap().to_owned();
+    // A unique personal value is still unique, and a filter on it still works.
+    let (status, r) =
+        rest(&node, "POST", contacts, Some(&owner), Some(json!({ "name": "Copy", "email": "ada.sealed@canopy.test" })))
+            .await;
+    assert_eq!((status, rest_code(&r)), (400, "BAD_USER_INPUT"), "{r}");
+    let found = list(&node, &owner, &format!("{contacts}?email=ada.sealed@canopy.test")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["phone"], "+44 20 7946 0991");
+    let (status, r) =
+        rest(&node, "PATCH", &format!("{contacts}/{id}"), Some(&owner), Some(json!({ "name": "Ada Patchedname" })))
+            .await;
+    assert_eq!((status, r["data"]["name"].as_str()), (200, Some("Ada Patchedname")), "{r}");
+    assert_eq!(r["data"]["email"], "ada.sealed@canopy.test", "an untouched personal field keeps its value: {r}");
+    // Sealing the same value twice gives two ciphertexts; a patch that
+    // changes nothing is still seen as such and appends nothing.
+    let updates = count_events(&nats, "RecordUpdated").await;
+    let (status, r) =
+        rest(&node, "PATCH", &format!("{contacts}/{id}"), Some(&owner), Some(json!({ "name": "Ada Patchedname" })))
+            .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(count_events(&nats, "RecordUpdated").await, updates);
+
+    // The log holds none of it in clear, but the company's name, which is not personal, is.
+    let log: Vec<String> =
+        all_events(&nats).await.into_iter().map(|(_, b)| String::from_utf8_lossy(&b).into_owned()).collect();
+    assert!(log.iter().any(|e| e.contains("Plainview Ltd")), "the check sees clear values");
+    for secret in ["Sealedname", "Patchedname", "ada.sealed", "+44 20 7946 0991", "met at Kew"] {
+        assert!(
+            log.iter().all(|e| !e.contains(secret)),
+            "{secret} is in the log in clear: {:?}",
+            log.iter().find(|e| e.contains(secret))
+        );
+    }
+    let created = log.iter().find(|e| e.contains("RecordCreated") && e.contains(&id)).unwrap();
+    let created: Value = serde_json::from_str(created).unwrap();
+    let sealed: actors::store::seal::Sealed = serde_json::from_value(created["data"]["values"]["email"].clone())
+        .unwrap_or_else(|e| panic!("the email is not a sealed value ({e}): {created}"));
+    let ring = crate::lifecycle::key_ring(&nats, &node).await;
+    assert_eq!(ring.open(&sealed).await.unwrap(), b"\"ada.sealed@canopy.test\"");
+
+    // Deleting the record destroys its key: the log can no longer be read for
+    // it, and the value is free again.
+    let (status, _) = rest(&node, "DELETE", &format!("{contacts}/{id}"), Some(&owner), None).await;
+    assert_eq!(status, 200);
+    let fresh = crate::lifecycle::key_ring(&nats, &node).await;
+    assert!(fresh.open(&sealed).await.is_err(), "a deleted record's personal values still open");
+    let (status, r) = rest(&node, "POST", contacts, Some(&owner), Some(ada)).await;
+    assert_eq!(status, 201, "{r}");
+
+    // A deseed erases the temporary records it removes.
+    let before: Vec<String> =
+        list(&node, &owner, contacts).await.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+    let r = node.gql(Some("acme"), Some(&owner), SEED, json!({ "m": "contacts" })).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let temp: Vec<String> = list(&node, &owner, contacts)
+        .await
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .filter(|c| !before.contains(c))
+        .collect();
+    assert!(!temp.is_empty());
+    let scope = actors::domain::tenant::Scope::Tenant(actors::domain::tenant::TenantId::parse("acme").unwrap());
+    for t in &temp {
+        assert!(fresh.existing_key(&actors::store::seal::person_key_name(&scope, t)).await.is_ok(), "{t} has a key");
+    }
+    let r = node.gql(Some("acme"), Some(&owner), DESEED, json!({ "m": null })).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let after = crate::lifecycle::key_ring(&nats, &node).await;
+    for t in &temp {
+        assert!(
+            after.existing_key(&actors::store::seal::person_key_name(&scope, t)).await.is_err(),
+            "{t} kept its key"
+        );
+    }
+}
+
+/// Creates `n` contacts with distinct emails in acme's contacts@v1, 16 at a time.
+pub async fn many_contacts(node: &TestNode, owner: &str, n: usize) {
+    use futures::StreamExt;
+    let made: Vec<u16> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let body = json!({ "name": format!("Bulk Person{i:04}"), "email": format!("bulk{i}@canopy.test") });
+            rest(node, "POST", "/t/acme/contacts/v1/contact", Some(owner), Some(body)).await.0
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(made.iter().all(|s| *s == 201), "{made:?}");
+}
+
+/// How many events of `event_type` the log holds.
+async fn count_events(nats: &NatsServer, event_type: &str) -> usize {
+    all_events(nats).await.iter().filter(|(subject, _)| subject.ends_with(&format!(".{event_type}"))).count()
+}
+
+#[tokio::test]
+async fn an_upgrade_larger_than_one_batch_rewrites_every_record_while_record_writes_wait() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    assert!(subscribe(&node, &owner, "contacts", "v1", false).await["errors"].is_null());
+    // 600 contacts with a unique email: 1,200 writes in the upgrade, more than one batch holds.
+    many_contacts(&node, &owner, 600).await;
+    let probe = list(&node, &owner, "/t/acme/contacts/v1/contact?name=Bulk Person0007").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // While the upgrade runs, a writer keeps changing one contact: each write
+    // is either done before the upgrade starts or refused with CONFLICT
+    // until it is over; none fails otherwise and none is lost.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let path = format!("/t/acme/contacts/v1/contact/{probe}");
+    let writer = async {
+        let mut answers = Vec::new();
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let (status, r) =
+                rest(&node, "PATCH", &path, Some(&owner), Some(json!({ "notes": format!("note {i}") }))).await;
+            answers.push((status, if status == 200 { String::new() } else { rest_code(&r).to_owned() }, i));
+        }
+        answers
+    };
+    let upgrade = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = node.gql(Some("acme"), Some(&owner), UPGRADE, json!({ "n": "contacts", "to": "v2" })).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    };
+    let (answers, r) = tokio::join!(writer, upgrade);
+    let done = steps(&r, "upgradeModule");
+    // 600 contacts, the main seed's contact and its company.
+    assert!(done.iter().any(|s| s.1 == "transform" && s.2 == "602 records"), "{r}");
+    for (status, code, _) in &answers {
+        assert!(*status == 200 || (*status == 409 && code == "CONFLICT") || *status == 404, "{answers:?}");
+    }
+    assert!(answers.iter().any(|a| a.0 == 409), "no write was refused during the upgrade: {answers:?}");
+
+    assert_eq!(count_events(&nats, "ModuleUpgradeStarted").await, 1);
+    assert_eq!(count_events(&nats, "RecordTransformed").await, 602);
+    let held = node.gql(Some("acme"), Some(&owner), HELD_UPGRADING, json!({})).await;
+    assert_eq!(held["data"]["tenantModules"][0]["version"], "v2", "{held}");
+    assert!(held["data"]["tenantModules"][0]["upgradingTo"].is_null(), "{held}");
+    let (_, page) = rest(&node, "GET", "/t/acme/contacts/v2/contact?first=1", Some(&owner), None).await;
+    assert_eq!(page["page"]["totalCount"], 601, "{page}");
+    // The last accepted note is the one the record kept through its transformation.
+    let (_, r) = rest(&node, "GET", &format!("/t/acme/contacts/v2/contact/{probe}"), Some(&owner), None).await;
+    assert_eq!(
+        (r["data"]["first_name"].as_str(), r["data"]["last_name"].as_str()),
+        (Some("Bulk"), Some("Person0007")),
+        "{r}"
+    );
+    let last_ok = answers.iter().filter(|a| a.0 == 200).map(|a| a.2).max();
+    assert_eq!(r["data"]["notes"].as_str().map(str::to_owned), last_ok.map(|i| format!("note {i}")), "{r}");
+    // Writes work again, at v2.
+    let (status, r) = rest(
+        &node,
+        "PATCH",
+        &format!("/t/acme/contacts/v2/contact/{probe}"),
+        Some(&owner),
+        Some(json!({ "job_title": "Engineer" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+}
+
+#[tokio::test]
+async fn an_upgrade_cut_off_after_it_started_is_finished_by_migrate() {
+    use actors::domain::tenant_modules::{MODULES_ID, ModuleUpgradeStarted, Modules, ModulesEvent};
+    let nats = NatsServer::start();
+    let node = TestNode::start_configured(&nats, |c| c.idle_timeout_secs = 1).await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    assert!(subscribe(&node, &owner, "contacts", "v1", false).await["errors"].is_null());
+    many_contacts(&node, &owner, 5).await;
+    let probe = list(&node, &owner, "/t/acme/contacts/v1/contact?name=Bulk Person0001").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The tree passivates; then the log gets what a node that died right
+    // after starting a batched upgrade leaves: its start, and nothing else.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.metric("canopy_tenant_trees").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the tree did not passivate");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let store = actors::store::event_store::EventStore::open(nats.client().await, 1).await.unwrap().0;
+    let scope = actors::domain::tenant::Scope::Tenant(actors::domain::tenant::TenantId::parse("acme").unwrap());
+    let loaded = actors::tree::executor::load::<Modules>(&store, &scope, MODULES_ID).await.unwrap();
+    let command_id = actors::domain::ids::CommandId::parse("0123456789abcdef0123456789abcdef").unwrap();
+    let stamp = actors::store::event_store::Stamp { command_id, digest: "cut-off".into(), actor: None, client: None };
+    let started = ModulesEvent::ModuleUpgradeStarted(ModuleUpgradeStarted {
+        module: "contacts".into(),
+        from: 1,
+        to: 2,
+        records: 7,
+    });
+    let batch =
+        actors::store::event_store::batch_for::<Modules>(&scope, MODULES_ID, loaded.version, &stamp, &[started], &[])
+            .unwrap();
+    store.append(&stamp.command_id, batch).await.unwrap();
+
+    // Record writes wait for the upgrade, and the tenant's modules say why.
+    let path = format!("/t/acme/contacts/v1/contact/{probe}");
+    let (status, r) = rest(&node, "PATCH", &path, Some(&owner), Some(json!({ "notes": "during" }))).await;
+    assert_eq!((status, rest_code(&r)), (409, "CONFLICT"), "{r}");
+    assert!(r["errors"][0]["message"].as_str().unwrap().contains("being upgraded to v2"), "{r}");
+    let held = node.gql(Some("acme"), Some(&owner), HELD_UPGRADING, json!({})).await;
+    assert_eq!(held["data"]["tenantModules"][0]["upgradingTo"], "v2", "{held}");
+    // Another target is refused; migrate finishes the one that started.
+    let r = node.gql(Some("acme"), Some(&owner), UPGRADE, json!({ "n": "contacts", "to": "v3" })).await;
+    assert!(r["errors"].is_array(), "{r}");
+    let (status, r) = rest(&node, "POST", "/t/acme/migrate", Some(&owner), None).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r.to_string().contains("resumed"), "{r}");
+    let held = node.gql(Some("acme"), Some(&owner), HELD_UPGRADING, json!({})).await;
+    assert_eq!(held["data"]["tenantModules"][0]["version"], "v2", "{held}");
+    assert!(held["data"]["tenantModules"][0]["upgradingTo"].is_null(), "{held}");
+    assert_eq!(count_events(&nats, "RecordTransformed").await, 7);
+    let (status, r) = rest(
+        &node,
+        "PATCH",
+        &format!("/t/acme/contacts/v2/contact/{probe}"),
+        Some(&owner),
+        Some(json!({ "notes": "after" })),
+    )
+    .await;
+    assert_eq!((status, r["data"]["first_name"].as_str()), (200, Some("Bulk")), "{r}");
 }
 
 fn urlencode(s: &str) -> String {
