@@ -465,11 +465,7 @@ async fn an_upgrade_cut_off_after_it_started_is_finished_by_migrate() {
         .to_owned();
     // The tree passivates; then the log gets what a node that died right
     // after starting a batched upgrade leaves: its start, and nothing else.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while node.metric("canopy_tenant_trees").await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the tree did not passivate");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    passivated(&node).await;
     let store = actors::store::event_store::EventStore::open(nats.client().await, 1).await.unwrap().0;
     let scope = actors::domain::tenant::Scope::Tenant(actors::domain::tenant::TenantId::parse("acme").unwrap());
     let loaded = actors::tree::executor::load::<Modules>(&store, &scope, MODULES_ID).await.unwrap();
@@ -512,6 +508,16 @@ async fn an_upgrade_cut_off_after_it_started_is_finished_by_migrate() {
     )
     .await;
     assert_eq!((status, r["data"]["first_name"].as_str()), (200, Some("Bulk")), "{r}");
+}
+
+/// Waits (at most 10 s) until the node holds no tenant tree: every tree
+/// passivated, and its module actors with it.
+async fn passivated(node: &TestNode) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.metric("canopy_tenant_trees").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the tree did not passivate");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -919,12 +925,7 @@ async fn a_module_actor_stops_with_its_tree_and_starts_again_from_the_log() {
     assert_eq!(status, 201, "{r}");
     let id = r["data"]["id"].as_str().unwrap().to_owned();
     // The tree passivates; its module actor goes with it.
-    let trees = || async { node.metric("canopy_tenant_trees").await };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while trees().await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the tree did not passivate");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    passivated(&node).await;
     // The next command starts the tree and the module actor again from the
     // log: the subscription, the record and its unique name are all there.
     let (status, r) = rest(
