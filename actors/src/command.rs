@@ -455,6 +455,26 @@ pub struct BackupReply {
     pub seq: u64,
 }
 
+/// Requests to a tenant's push actor (aggregate `push`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PushRequest {
+    /// By a member or token holding `publish_messages`: `payload` (UTF-8
+    /// text) for the tenant's clients on `topic`.
+    Publish { topic: String, payload: String },
+    /// By a member or token holding `manage_push`.
+    SetForwarding { types: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushReply {
+    /// The published message's id (a UUID), for a publish.
+    pub message_id: Option<String>,
+    /// The event types forwarded, after a change of them.
+    pub forwarded: Vec<String>,
+    pub seq: u64,
+}
+
 impl TenantRequest {
     pub fn slug(&self) -> &TenantId {
         match self {

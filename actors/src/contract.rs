@@ -12,6 +12,7 @@ use crate::domain::account::{
 };
 use crate::domain::aggregate::{Aggregate, UpcastError, upcast_to_current};
 use crate::domain::backup::{BackupEvent, Backups};
+use crate::domain::push::{Push, PushEvent};
 use crate::domain::record::{RecordAggregate, RecordEvent, UNIQUE_CLAIM, VALUE_CLAIMED, VALUE_RELEASED, ValueClaim};
 use crate::domain::tenant::{Tenant, TenantEvent};
 use crate::domain::tenant_modules::{Modules, ModulesEvent};
@@ -109,6 +110,9 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
     for (name, data) in variants(to_value(schemars::schema_for!(RecordEvent))) {
         all.push((name.clone(), RecordAggregate::NAME, RecordAggregate::event_version(&name), data));
     }
+    for (name, data) in variants(to_value(schemars::schema_for!(PushEvent))) {
+        all.push((name.clone(), Push::NAME, Push::event_version(&name), data));
+    }
     for (name, what) in [
         (
             VALUE_CLAIMED,
@@ -173,6 +177,12 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
         .collect()
 }
 
+/// The name of every event type, built once.
+pub fn event_types() -> &'static std::collections::BTreeSet<String> {
+    static TYPES: std::sync::OnceLock<std::collections::BTreeSet<String>> = std::sync::OnceLock::new();
+    TYPES.get_or_init(|| event_schemas().into_iter().map(|(name, _, _)| name).collect())
+}
+
 /// The permission catalog as published in `schemas/permissions.json`: every
 /// permission with what it allows, and the built-in roles' sets.
 pub fn permission_catalog() -> Value {
@@ -234,11 +244,13 @@ mod tests {
                 "EmailReserved",
                 "EmailVerificationRequested",
                 "EmailVerified",
+                "ForwardingSet",
                 "InvitationAccepted",
                 "InvitationRevoked",
                 "MemberInvited",
                 "MemberRemoved",
                 "MemberRolesChanged",
+                "MessagePublished",
                 "MigrationApplied",
                 "ModuleSubscribed",
                 "ModuleUnsubscribed",

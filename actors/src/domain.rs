@@ -23,6 +23,7 @@ pub mod backup;
 pub mod challenge;
 pub mod ids;
 pub mod manifest;
+pub mod push;
 pub mod record;
 pub mod session;
 pub mod tenant;

@@ -12,6 +12,7 @@ pub mod deps;
 pub mod directory;
 pub mod executor;
 pub mod modules;
+pub mod push;
 pub mod record;
 
 use std::collections::{HashMap, HashSet};
@@ -39,6 +40,7 @@ use backup::BackupHandler;
 use deps::{Deps, broken};
 use directory::{DirectoryHandler, tenant_created_subject};
 use modules::ModulesHandler;
+use push::PushHandler;
 use record::RecordHandler;
 
 pub struct NodeSupervisor;
@@ -212,6 +214,7 @@ pub const CHILDREN: &[ChildSpec] = &[
     ChildSpec::of::<DirectoryHandler>(true, false),
     ChildSpec::of::<ModulesHandler>(false, true),
     ChildSpec::of::<BackupHandler>(false, true),
+    ChildSpec::of::<PushHandler>(false, true),
     ChildSpec::per_module::<RecordHandler>(),
 ];
 

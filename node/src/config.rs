@@ -40,6 +40,19 @@ pub struct Config {
     /// A client certificate and key (PEM), for a NATS that verifies clients.
     pub nats_tls_cert: Option<PathBuf>,
     pub nats_tls_key: Option<PathBuf>,
+    /// The directory of Canopy's NATS keys (`canopy nats init --dir`), for an
+    /// external NATS that runs Canopy's authorization: with it the node answers
+    /// the server's auth callout for push clients and publishes their pushes.
+    /// A managed server's keys are under the data dir. Unset with an external
+    /// NATS: no push.
+    pub nats_auth_dir: Option<PathBuf>,
+    /// Where the managed nats-server listens for MQTT 3.1.1 push clients.
+    pub mqtt_listen: SocketAddr,
+    /// Where the managed nats-server listens for WebSocket push clients (plain
+    /// `ws://`: put TLS in front of it, as for the HTTP port).
+    pub websocket_listen: SocketAddr,
+    /// How long pushes are kept for clients that were offline, in seconds.
+    pub push_history_secs: u64,
     /// `mem://`, `surrealkv://path` or `ws://host:port`; unset uses surrealkv under the data dir.
     pub surreal_url: Option<String>,
     /// User and password for a remote SurrealDB (`ws://`), if it requires them.
@@ -140,6 +153,10 @@ impl Default for Config {
             nats_ca_file: None,
             nats_tls_cert: None,
             nats_tls_key: None,
+            nats_auth_dir: None,
+            mqtt_listen: "127.0.0.1:1883".parse().expect("a valid default address"),
+            websocket_listen: "127.0.0.1:9222".parse().expect("a valid default address"),
+            push_history_secs: 86_400,
             surreal_url: None,
             surreal_user: None,
             surreal_password: None,
@@ -257,6 +274,9 @@ impl Config {
         if self.replicas == 0 || self.replicas > 5 {
             return Err(ConfigError("replicas must be between 1 and 5".into()));
         }
+        if self.push_history_secs == 0 {
+            return Err(ConfigError("push_history_secs must be positive".into()));
+        }
         if self.token_ttl_secs == 0 {
             return Err(ConfigError("token_ttl_secs must be positive".into()));
         }
@@ -357,6 +377,10 @@ impl Config {
             },
             "nats_ca_file": self.nats_ca_file,
             "nats_tls_cert": self.nats_tls_cert,
+            "nats_auth_dir": self.nats_auth_dir,
+            "mqtt_listen": self.mqtt_listen.to_string(),
+            "websocket_listen": self.websocket_listen.to_string(),
+            "push_history_secs": self.push_history_secs,
             "surreal_url": self.surreal_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded surrealkv".into()),
             "surreal_user": self.surreal_user,
             "surreal_password": secret(&self.surreal_password),

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod feed;
 pub mod i18n;
 pub mod limits;
+pub mod push;
 pub mod records;
 pub mod sessions;
 pub mod tenants;

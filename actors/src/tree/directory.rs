@@ -14,7 +14,7 @@ use crate::store::seal::{KeyRing, person_key_name, tenant_key_name};
 use crate::tree::account::{NewAccount, account_id_for, check_password, failure, prepare_registration, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
-use crate::tree::executor::{Loaded, execute, load};
+use crate::tree::executor::{Loaded, execute, load, refresh};
 
 /// Tenants, in the platform's tree.
 pub struct DirectoryHandler;
@@ -126,6 +126,28 @@ pub(crate) async fn insider_may(
     } else {
         Err(CommandFailure::forbidden(&format!("this needs the permission {permission}")))
     }
+}
+
+/// Whether `principal` holds `permission` in the tenant now: the access state
+/// the actor last read, refreshed (one point read; a load only when it moved).
+pub(crate) async fn insider_may_cached(
+    deps: &Deps,
+    scope: &Scope,
+    link: &crate::tree::aggregate_actor::TreeLink,
+    principal: &crate::command::Principal,
+    permission: &str,
+) -> CommandResult<()> {
+    let actor = principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
+    let cached = link.access.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let loaded = match cached {
+        Some(c) => refresh::<Access>(&deps.store, scope, ACCESS_ID, c).await,
+        None => load::<Access>(&deps.store, scope, ACCESS_ID).await,
+    }
+    .map_err(|e| broken("loading access", e))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let allowed = loaded.state.effective(&actor, now).contains(permission);
+    *link.access.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+    if allowed { Ok(()) } else { Err(CommandFailure::forbidden(&format!("this needs the permission {permission}"))) }
 }
 
 /// Makes a deleted tenant's sealed data unreadable for good: its persons' keys

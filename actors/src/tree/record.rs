@@ -6,7 +6,6 @@
 //! live record of the referenced table.
 
 use crate::command::{CommandEnvelope, CommandFailure, CommandResult, RecordOp, RecordReply, RecordRequest};
-use crate::domain::access::{ACCESS_ID, Access};
 use crate::domain::ids::derived_uuid;
 use crate::domain::manifest::shown;
 use crate::domain::manifest::{FieldError, FieldType, Table, Values};
@@ -20,6 +19,7 @@ use crate::store::seal::{SealError, Sealed, person_key_name, tenant_key_name};
 use crate::tree::account::{failure, stamp_for};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
+use crate::tree::directory::insider_may_cached;
 use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
 
 pub struct RecordHandler;
@@ -69,7 +69,7 @@ impl Handler for RecordHandler {
             CommandFailure::new("NOT_FOUND", format!("{} has no table {}", version.key(), shown(&request.table)))
         })?;
         // Checked here too, not only at the edge: whoever reaches `cmd.{tenant}.record`.
-        may(deps, scope, link, &envelope.principal, &table.write).await?;
+        insider_may_cached(deps, scope, link, &envelope.principal, &table.write).await?;
         if let Some(to) = upgrading(link, version.name.as_str()) {
             return Err(CommandFailure::new(
                 "CONFLICT",
@@ -184,28 +184,6 @@ fn upgrading(link: &crate::tree::aggregate_actor::TreeLink, module: &str) -> Opt
     let watch = link.modules.as_ref()?;
     let state = watch.borrow();
     state.as_ref()?.subscribed.get(module)?.upgrading
-}
-
-/// Whether `principal` holds `permission` in the tenant now: the access state
-/// the actor last read, refreshed (one point read; a load only when it moved).
-async fn may(
-    deps: &Deps,
-    scope: &Scope,
-    link: &crate::tree::aggregate_actor::TreeLink,
-    principal: &crate::command::Principal,
-    permission: &str,
-) -> CommandResult<()> {
-    let actor = principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
-    let cached = link.access.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let loaded = match cached {
-        Some(c) => refresh::<Access>(&deps.store, scope, ACCESS_ID, c).await,
-        None => load::<Access>(&deps.store, scope, ACCESS_ID).await,
-    }
-    .map_err(|e| broken("loading access", e))?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let allowed = loaded.state.effective(&actor, now).contains(permission);
-    *link.access.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
-    if allowed { Ok(()) } else { Err(CommandFailure::forbidden(&format!("this needs the permission {permission}"))) }
 }
 
 /// The answer to a create that an earlier try of the same command already

@@ -215,6 +215,44 @@ const DE: &[(&str, &str)] = &[
         "only a member or access token of this tenant may change its modules",
         "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf seine Module ändern",
     ),
+    (
+        "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z",
+        "Datum und Uhrzeit nach RFC 3339, wie 2027-01-31T00:00:00Z",
+    ),
+    // Push.
+    ("a topic is not empty", "ein Thema ist nicht leer"),
+    ("a topic is at most 200 characters", "ein Thema hat höchstens 200 Zeichen"),
+    ("a topic has at most 16 levels", "ein Thema hat höchstens 16 Ebenen"),
+    (
+        "a topic has no empty level (no leading, trailing or double `/`)",
+        "ein Thema hat keine leere Ebene (kein `/` am Anfang, am Ende oder doppelt)",
+    ),
+    ("a topic level is at most 64 characters", "eine Themenebene hat höchstens 64 Zeichen"),
+    (
+        "a topic level holds only A-Z, a-z, 0-9, `_` and `-` (no wildcards, dots or spaces)",
+        "eine Themenebene enthält nur A-Z, a-z, 0-9, `_` und `-` (keine Platzhalter, Punkte oder Leerzeichen)",
+    ),
+    (
+        "topics under `events/` are for forwarded events",
+        "Themen unter `events/` sind weitergeleiteten Ereignissen vorbehalten",
+    ),
+    ("the payload is larger than 64 KiB", "die Nutzlast ist größer als 64 KiB"),
+    ("at most 100 event types may be forwarded", "höchstens 100 Ereignistypen können weitergeleitet werden"),
+    ("a message with this id was published", "eine Nachricht mit dieser ID wurde schon veröffentlicht"),
+    (
+        "push is off: this node's NATS server does not run Canopy's keys (nats_auth_dir)",
+        "Push ist aus: der NATS-Server dieses Knotens läuft nicht mit Canopys Schlüsseln (nats_auth_dir)",
+    ),
+    ("pushes belong to a tenant", "Push-Nachrichten gehören zu einem Mandanten"),
+    ("push belongs to a tenant", "Push gehört zu einem Mandanten"),
+    ("at most 64 KiB", "höchstens 64 KiB"),
+    ("at most 100 event types", "höchstens 100 Ereignistypen"),
+    ("1 to 100", "1 bis 100"),
+    ("a cursor from an earlier page", "ein Cursor einer früheren Seite"),
+    (
+        "only a member or access token of this tenant may push",
+        "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf Push-Nachrichten senden",
+    ),
 ];
 
 /// Messages that carry values: each `{}` in the English stands for a value,
@@ -225,6 +263,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("this needs the permission {}", "dafür braucht es die Berechtigung {}"),
     ("unknown permission: {}", "unbekannte Berechtigung: {}"),
     ("the daily backup limit is reached: {}", "das tägliche Sicherungslimit ist erreicht: {}"),
+    ("invalid topic: {}", "ungültiges Thema: {}"),
+    ("unknown event type {}", "unbekannter Ereignistyp {}"),
     // Modules.
     ("there is no module {}", "es gibt kein Modul {}"),
     ("this tenant does not hold the module {}", "dieser Mandant hat kein Modul {}"),
@@ -390,6 +430,43 @@ mod tests {
         cases.iter().map(|(f, v)| format!("f: {}", f.parse_value(v).expect_err("a bad value"))).collect()
     }
 
+    /// Every refusal of a push: each bad topic, and each of `PushError`.
+    fn push_problems() -> Vec<String> {
+        use actors::domain::push::{PushError, Topic};
+        let deep = ["x"; 17].join("/");
+        let long = ["abcdefghij"; 21].join("/");
+        let level = "x".repeat(65);
+        let topics = ["", &long, &deep, "a//b", &level, "a.b", "events/X"];
+        topics
+            .iter()
+            .map(|t| format!("topic: {}", Topic::for_message(t).expect_err("a bad topic")))
+            .chain(
+                [
+                    PushError::PayloadTooLarge,
+                    PushError::TooManyTypes,
+                    PushError::UnknownEventType("X".into()),
+                    PushError::Published,
+                ]
+                .iter()
+                .map(ToString::to_string),
+            )
+            .chain(
+                [
+                    "push is off: this node's NATS server does not run Canopy's keys (nats_auth_dir)",
+                    "pushes belong to a tenant",
+                    "push belongs to a tenant",
+                    "payload: at most 64 KiB",
+                    "types: at most 100 event types",
+                    "first: 1 to 100",
+                    "after: a cursor from an earlier page",
+                    "since: an RFC 3339 date and time, such as 2027-01-31T00:00:00Z",
+                    "only a member or access token of this tenant may push",
+                ]
+                .map(str::to_owned),
+            )
+            .collect()
+    }
+
     #[test]
     fn every_domain_message_has_a_translation() {
         use actors::domain::access::AccessError;
@@ -495,6 +572,7 @@ mod tests {
         )
         .chain(field_problems())
         .chain([BackupError::DailyLimit { taken: 1 }, BackupError::InvalidLimits].iter().map(ToString::to_string))
+        .chain(push_problems())
         .chain(crate::edge::tokens::Refused::ALL.iter().map(|r| r.message().to_owned()))
         .chain(["this needs the permission read_users".to_owned()])
         .chain(

@@ -27,6 +27,8 @@ pub struct TokenCaller {
     pub token_id: TokenId,
     /// What the token may do now: its scopes, as far as its creator still holds them.
     pub permissions: BTreeSet<String>,
+    /// When it expires (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// Why a presented token does not authenticate; each is `UNAUTHENTICATED`.
@@ -69,7 +71,7 @@ pub async fn authenticate(
         return Ok(Err(Refused::Expired));
     }
     let permissions = read_model.token_permissions(scope, &row).await?;
-    Ok(Ok(TokenCaller { token_id: secret.id().clone(), permissions }))
+    Ok(Ok(TokenCaller { token_id: secret.id().clone(), permissions, expires_at: row.expires_at }))
 }
 
 /// When tokens were last used.

@@ -186,6 +186,39 @@ pub(super) async fn run(
     Ok(reply)
 }
 
+/// An expiry given as RFC 3339 (`expiresAt`), or `default_days` from now, in Unix seconds.
+pub(super) fn expiry(raw: Option<&str>, default_days: i64) -> async_graphql::Result<i64> {
+    match raw {
+        None => Ok(time::OffsetDateTime::now_utc().unix_timestamp() + default_days * 24 * 3600),
+        Some(raw) => Ok(time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| bad_input("expiresAt", "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z"))?
+            .unix_timestamp()),
+    }
+}
+
+/// Creates an access token and returns its id and secret. A retry under the
+/// same idempotency key finds the token made and gets `CONFLICT`: its secret
+/// was shown to the first request and is kept nowhere.
+pub(super) async fn create_token(
+    ctx: &Context<'_>,
+    operation: &str,
+    name: TokenName,
+    scopes: Vec<Permission>,
+    expires_at: i64,
+) -> async_graphql::Result<(String, String)> {
+    let request = AccessRequest::CreateToken { name, scopes, expires_at };
+    let AccessReply::TokenCreated { token_id, secret, .. } = run(ctx, operation, request).await? else {
+        return Err(internal("unexpected reply", operation));
+    };
+    let Some(secret) = secret else {
+        return Err(error(
+            "CONFLICT",
+            "this token was created by an earlier request with the same idempotency-key, and its secret was shown then; revoke it and create another",
+        ));
+    };
+    Ok((token_id, secret))
+}
+
 /// A role as the read model has it now.
 async fn role(app: &App, scope: &Scope, id: &str) -> async_graphql::Result<Role> {
     all_roles(app, scope).await?.into_iter().find(|r| r.id.as_str() == id).ok_or_else(failure_not_found)
@@ -263,23 +296,8 @@ impl AccessMutation {
         let (app, req) = parts(ctx);
         let name = TokenName::parse(&input.name).map_err(|e| bad_input("name", e))?;
         let scopes = permissions("scopes", &input.scopes)?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let expires_at = match &input.expires_at {
-            None => now + DEFAULT_TOKEN_DAYS * 24 * 3600,
-            Some(raw) => time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| bad_input("expiresAt", "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z"))?
-                .unix_timestamp(),
-        };
-        let request = AccessRequest::CreateToken { name, scopes, expires_at };
-        let AccessReply::TokenCreated { token_id, secret, .. } = run(ctx, "createAccessToken", request).await? else {
-            return Err(internal("unexpected reply", "createAccessToken"));
-        };
-        let Some(secret) = secret else {
-            return Err(error(
-                "CONFLICT",
-                "this token was created by an earlier request with the same idempotency-key, and its secret was shown then; revoke it and create another",
-            ));
-        };
+        let expires_at = expiry(input.expires_at.as_deref(), DEFAULT_TOKEN_DAYS)?;
+        let (token_id, secret) = create_token(ctx, "createAccessToken", name, scopes, expires_at).await?;
         let row = app
             .read_model
             .access_token(&req.scope, &token_id)

@@ -93,6 +93,11 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Mutation", "backupTenant", Needs::Permission("manage_backups")),
     ("Mutation", "setBackupLimits", Needs::PlatformAdmin),
     ("Mutation", "restoreTenant", Needs::PlatformAdmin),
+    ("Query", "messages", Needs::Permission("subscribe_messages")),
+    ("Query", "pushForwarding", Needs::Permission("manage_push")),
+    ("Mutation", "publishMessage", Needs::Permission("publish_messages")),
+    ("Mutation", "setPushForwarding", Needs::Permission("manage_push")),
+    ("Mutation", "issuePushCredentials", Needs::Member("subscribe_messages")),
 ];
 
 pub fn needs(parent: &str, field: &str) -> Option<Needs> {

@@ -14,6 +14,16 @@
 //!   deliver subject, a request's reply subject): in the nodes' account that
 //!   would let a reader write the log's events into the KV buckets or `cmd.>`.
 //!   In `READERS` there is nothing to hurt.
+//! - `PUSH`: push clients (native NATS, WebSocket, MQTT). A client may only
+//!   subscribe to `push.{its tenant}.>`; the nodes publish there and keep the
+//!   bounded push history (stream `PUSH`). It has JetStream for the history
+//!   and for the server's MQTT layer, and nothing of the nodes'.
+//! - `AUTH`: the auth callout. A client that brings no user JWT (a user name
+//!   and password, an MQTT CONNECT) is taken as the default sentinel, a bearer
+//!   user of `AUTH` that may do nothing; the server then asks the callout
+//!   service (a node, connected as `AUTH`'s one `auth_users` user) on
+//!   `$SYS.REQ.USER.AUTH`, and the node answers with a user of `PUSH` or a
+//!   refusal (`nats/callout.rs`).
 //! - `SYS`: the server's system account.
 //!
 //! The keys are nkey seeds in files of their own (mode 0600) in one directory;
@@ -63,13 +73,16 @@ pub struct ReaderCredential {
     pub consumer: Option<String>,
 }
 
-/// The operator, system, nodes' and readers' keys.
+/// The operator's and accounts' keys, and the callout service's user key.
 pub struct NatsAuth {
     dir: PathBuf,
     operator: KeyPair,
     system: KeyPair,
     canopy: KeyPair,
     readers: KeyPair,
+    push: KeyPair,
+    callout: KeyPair,
+    callout_service: KeyPair,
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -104,7 +117,7 @@ fn now() -> i64 {
 
 /// A signed NATS JWT: `{"typ":"JWT","alg":"ed25519-nkey"}`, the claims, and
 /// the Ed25519 signature of the first two parts by `issuer`.
-fn encode(issuer: &KeyPair, mut claims: Value) -> anyhow::Result<String> {
+pub(super) fn encode(issuer: &KeyPair, mut claims: Value) -> anyhow::Result<String> {
     claims["iss"] = Value::String(issuer.public_key());
     claims["iat"] = Value::from(now());
     claims["jti"] = Value::String(uuid::Uuid::new_v4().simple().to_string().to_uppercase());
@@ -126,6 +139,26 @@ fn creds(jwt: &str, user: &KeyPair) -> anyhow::Result<String> {
          -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
          *************************************************************\n"
     ))
+}
+
+/// A user JWT for `user_key`, signed by `account`, with `permissions` (the
+/// `pub`/`sub` lists and other user claims) and an optional expiry (Unix time).
+pub(super) fn user_jwt(
+    account: &KeyPair,
+    user_key: &str,
+    name: &str,
+    permissions: Value,
+    expires: Option<i64>,
+) -> anyhow::Result<String> {
+    let mut nats = json!({ "type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1 });
+    if let (Value::Object(n), Value::Object(p)) = (&mut nats, permissions) {
+        n.extend(p);
+    }
+    let mut claims = json!({ "name": name, "sub": user_key, "nats": nats });
+    if let Some(exp) = expires {
+        claims["exp"] = Value::from(exp);
+    }
+    encode(account, claims)
 }
 
 /// Unlimited account limits, with JetStream on or off.
@@ -157,6 +190,9 @@ impl NatsAuth {
             system: seed_file(dir, "system", KeyPair::new_account, create)?,
             canopy: seed_file(dir, "canopy", KeyPair::new_account, create)?,
             readers: seed_file(dir, "readers", KeyPair::new_account, create)?,
+            push: seed_file(dir, "push", KeyPair::new_account, create)?,
+            callout: seed_file(dir, "callout", KeyPair::new_account, create)?,
+            callout_service: seed_file(dir, "callout-service", KeyPair::new_user, create)?,
         })
     }
 
@@ -219,28 +255,81 @@ impl NatsAuth {
                 ],
             }),
         )?;
+        let push = self.account_jwt(
+            &self.push,
+            "PUSH",
+            json!({
+                "type": "account", "version": 2, "limits": limits(true),
+                // Clients get exactly what the callout's user JWT allows.
+                "default_permissions": { "pub": { "deny": [">"] }, "sub": { "deny": [">"] } },
+            }),
+        )?;
+        let callout = self.account_jwt(
+            &self.callout,
+            "AUTH",
+            json!({
+                "type": "account", "version": 2, "limits": limits(false),
+                "default_permissions": { "pub": { "deny": [">"] }, "sub": { "deny": [">"] } },
+                "authorization": {
+                    "auth_users": [self.callout_service.public_key()],
+                    "allowed_accounts": [self.push.public_key()],
+                },
+            }),
+        )?;
         Ok(format!(
             "# Written by canopy from the keys beside this file; do not edit.\n\
              operator: {operator}\n\
              system_account: {sys}\n\
              resolver: MEMORY\n\
-             resolver_preload: {{\n  {sys}: {system}\n  {canopy_pub}: {canopy}\n  {rd}: {readers}\n}}\n",
+             resolver_preload: {{\n  {sys}: {system}\n  {canopy_pub}: {canopy}\n  {rd}: {readers}\n  \
+             {ps}: {push}\n  {au}: {callout}\n}}\n\
+             # A client without a user JWT is this user of AUTH, which sends it to the callout.\n\
+             default_sentinel: {sentinel}\n",
             sys = self.system.public_key(),
             rd = self.readers.public_key(),
+            ps = self.push.public_key(),
+            au = self.callout.public_key(),
+            sentinel = self.sentinel()?,
         ))
     }
 
     fn user(&self, account: &KeyPair, name: &str, permissions: Value, expires: Option<i64>) -> anyhow::Result<String> {
         let user = KeyPair::new_user();
-        let mut nats = json!({ "type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1 });
-        if let (Value::Object(n), Value::Object(p)) = (&mut nats, permissions) {
-            n.extend(p);
-        }
-        let mut claims = json!({ "name": name, "sub": user.public_key(), "nats": nats });
-        if let Some(exp) = expires {
-            claims["exp"] = Value::from(exp);
-        }
-        creds(&encode(account, claims)?, &user)
+        creds(&user_jwt(account, &user.public_key(), name, permissions, expires)?, &user)
+    }
+
+    /// The default sentinel: a bearer user of `AUTH` that may do nothing. A
+    /// client that presents no JWT of its own connects as it, and `AUTH`'s
+    /// callout decides who it really is.
+    fn sentinel(&self) -> anyhow::Result<String> {
+        let nobody = KeyPair::new_user();
+        let deny = json!({ "pub": { "deny": [">"] }, "sub": { "deny": [">"] }, "bearer_token": true });
+        user_jwt(&self.callout, &nobody.public_key(), "sentinel", deny, None)
+    }
+
+    /// The callout service's credential: `AUTH`'s `auth_users` user, which the
+    /// server lets in without asking the callout.
+    pub fn callout_service_creds(&self) -> anyhow::Result<String> {
+        // The server asks on `$SYS.REQ.USER.AUTH` and takes answers on `$SYS._INBOX.…`.
+        let permissions = json!({ "pub": { "allow": ["$SYS._INBOX.>"] }, "sub": { "allow": ["$SYS.REQ.USER.AUTH"] } });
+        let key = &self.callout_service;
+        creds(&user_jwt(&self.callout, &key.public_key(), "canopy-callout", permissions, None)?, key)
+    }
+
+    /// A node's credential in `PUSH`: it publishes pushes and keeps their history.
+    /// (Its own permissions: the account's default denies everything.)
+    pub fn push_node_creds(&self) -> anyhow::Result<String> {
+        let everything = json!({ "pub": { "allow": [">"] }, "sub": { "allow": [">"] } });
+        self.user(&self.push, "canopy-node", everything, None)
+    }
+
+    /// The callout's signing keys: `AUTH` signs its answers, `PUSH` the users in them.
+    pub fn callout_signers(&self) -> anyhow::Result<(KeyPair, KeyPair)> {
+        let copy = |k: &KeyPair| {
+            KeyPair::from_seed(&k.seed().map_err(|e| anyhow!("reading a NATS account key: {e}"))?)
+                .map_err(|e| anyhow!("reading a NATS account key: {e}"))
+        };
+        Ok((copy(&self.callout)?, copy(&self.push)?))
     }
 
     /// A node's credential: everything in the nodes' account.

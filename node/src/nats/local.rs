@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 
 use super::auth::NatsAuth;
 use super::credentials::{Credentials, Tls};
-use super::{INSTALL_HINT, NATS_CONF, connect_with};
+use super::{INSTALL_HINT, conf_with_listeners, connect_with};
 
 /// A throwaway nats-server for tests and the benchmark: `nats.conf` with its own
 /// keys and authorization (like a managed server), a free port on 127.0.0.1, its
@@ -18,6 +18,10 @@ pub struct LocalNats {
     child: std::process::Child,
     pub url: String,
     port: u16,
+    /// Its MQTT and WebSocket listeners (free ports on 127.0.0.1), when it
+    /// runs the repository's `nats.conf`.
+    pub mqtt: Option<std::net::SocketAddr>,
+    pub websocket: Option<std::net::SocketAddr>,
     dir: PathBuf,
     /// The keys of its accounts, when it runs the repository's `nats.conf`.
     pub auth: Option<NatsAuth>,
@@ -47,11 +51,21 @@ impl LocalNats {
             }
         };
         let conf = dir.join("nats.conf");
-        std::fs::write(&conf, custom.unwrap_or(NATS_CONF))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let free = || -> anyhow::Result<std::net::SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let (text, mqtt, websocket) = match custom {
+            Some(c) => (c.to_owned(), None, None),
+            None => {
+                let (m, w) = (free()?, free()?);
+                (conf_with_listeners(m, w), Some(m), Some(w))
+            }
+        };
+        std::fs::write(&conf, text)?;
+        let port = free()?.port();
         let child = spawn(&dir, port)?;
         let scheme = if custom.is_some_and(|c| c.contains("tls {")) { "tls" } else { "nats" };
-        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), port, dir, auth };
+        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), port, mqtt, websocket, dir, auth };
         me.wait_listening()?;
         Ok(me)
     }
@@ -89,23 +103,32 @@ impl LocalNats {
         connect_with(&self.url, &self.credentials(), &Tls::default()).await
     }
 
+    /// The directory of its keys, when it runs the repository's `nats.conf`.
+    pub fn auth_dir(&self) -> Option<PathBuf> {
+        self.auth.as_ref().map(|_| self.dir.join("auth"))
+    }
+
     /// The temporary directory that holds its configuration and store.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 }
 
-/// Starts nats-server on the configuration and store in `dir`.
+/// Starts nats-server on the configuration and store in `dir`. Its log is
+/// dropped, unless `CANOPY_TEST_NATS_LOG` names a directory: then it goes,
+/// with debug lines, to `nats-{port}.log` there.
 fn spawn(dir: &Path, port: u16) -> anyhow::Result<std::process::Child> {
-    std::process::Command::new("nats-server")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("nats-server");
+    cmd.arg("-c")
         .arg(dir.join("nats.conf"))
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.join("store"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))
+        .stderr(Stdio::null());
+    if let Some(logs) = std::env::var_os("CANOPY_TEST_NATS_LOG") {
+        cmd.arg("-D").arg("-l").arg(Path::new(&logs).join(format!("nats-{port}.log")));
+    }
+    cmd.spawn().map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))
 }
 
 impl Drop for LocalNats {

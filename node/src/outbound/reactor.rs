@@ -8,8 +8,6 @@
 //! the person's key; an event whose person was erased, or whose challenge has
 //! expired, gets no mail.
 
-use std::time::Duration;
-
 use actors::domain::access::{ACCESS_ID, Access, AccessEvent, MemberInvited};
 use actors::domain::account::{Account, AccountEvent, AccountId, VerificationPurpose};
 use actors::domain::aggregate::Aggregate;
@@ -18,10 +16,10 @@ use actors::domain::tenant::{Scope, Tenant};
 use actors::store::event_store::{EventStore, EventSubject, Stored, decode, event_of};
 use actors::store::seal::{KeyRing, SealError, Sealed, person_key_name};
 use actors::tree::executor::load;
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbound::durable::{self, React, Skip, later};
 use crate::outbound::mail::{MailKind, OutgoingMail, TemplateVars, enqueue, render};
 
 /// The durable consumer's name on `EVENTS`.
@@ -35,22 +33,15 @@ const FILTERS: [&str; 4] = [
     "evt.*.access.tenant.MemberInvited",
 ];
 
-/// How long a failed event waits before it is offered again.
-const RETRY_DELAY: Duration = Duration::from_secs(2);
+impl React for MailReactor {
+    fn consumer(&self) -> (&'static str, &'static str, Vec<String>) {
+        let filters = FILTERS.iter().map(|s| (*s).to_owned()).collect();
+        (CONSUMER, "turns account events and invitations into mails on MAIL", filters)
+    }
 
-/// Why an event produced no mail.
-#[derive(Debug, thiserror::Error)]
-enum Skip {
-    /// It never will: malformed, expired, or its person was erased. Logged and acknowledged.
-    #[error("no mail for this event: {0}")]
-    Never(String),
-    /// NATS or the key store failed: offered again later.
-    #[error("will retry: {0}")]
-    Later(String),
-}
-
-fn later(e: impl std::fmt::Display) -> Skip {
-    Skip::Later(e.to_string())
+    async fn react(&self, seq: u64, subject: &str, payload: &[u8]) -> Result<(), Skip> {
+        self.mail(self.store.jetstream(), seq, subject, payload).await
+    }
 }
 
 pub struct MailReactor {
@@ -61,59 +52,13 @@ pub struct MailReactor {
 }
 
 impl MailReactor {
-    /// Follows the log until `cancel`; reconnects the consumer after an error.
+    /// Follows the log until `cancel`.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                r = self.follow() => {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "the mail reactor lost its consumer; resuming");
-                    }
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                () = tokio::time::sleep(RETRY_DELAY) => {}
-            }
-        }
-    }
-
-    async fn follow(&self) -> anyhow::Result<()> {
-        let js = self.store.jetstream();
-        let stream = js.get_stream(actors::store::event_store::STREAM).await?;
-        let consumer = stream
-            // Created, or updated to today's filters when an older node made it.
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                description: Some("turns account events and invitations into mails on MAIL".into()),
-                filter_subjects: FILTERS.iter().map(|s| (*s).to_owned()).collect(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg?;
-            let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-            match self.react(js, seq, &msg.subject, &msg.payload).await {
-                Ok(()) => msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?,
-                Err(Skip::Never(why)) => {
-                    tracing::info!(seq, reason = %why, "no mail for an event");
-                    msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                Err(Skip::Later(why)) => {
-                    tracing::warn!(seq, error = %why, "an event's mail failed; retrying");
-                    msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-            }
-        }
-        Ok(())
+        durable::run(&self.store, &self, cancel).await
     }
 
     /// Queues the mail of one event.
-    async fn react(&self, js: &jetstream::Context, seq: u64, subject: &str, payload: &[u8]) -> Result<(), Skip> {
+    async fn mail(&self, js: &jetstream::Context, seq: u64, subject: &str, payload: &[u8]) -> Result<(), Skip> {
         let stored = decode(seq, payload).map_err(|e| Skip::Never(format!("undecodable event: {e}")))?;
         let at = EventSubject::parse(subject).ok_or_else(|| Skip::Never("not an event subject".into()))?;
         if !at.agrees_with(&stored.envelope) {

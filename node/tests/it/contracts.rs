@@ -314,6 +314,13 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
     let restore = "mutation($b: ID!) { restoreTenant(input: {backupId: $b, slug: \"acme-clone\"}) { slug } }";
     let r = node.gql(None, Some(&admin), restore, json!({ "b": last })).await;
     assert_eq!(r["data"]["restoreTenant"]["slug"], "acme-clone", "{r}");
+    // Push: a forwarding choice and a message.
+    let forward = "mutation { setPushForwarding(types: [\"ProfileUpdated\"]) }";
+    let r = node.gql(Some("acme"), Some(&owner), forward, json!({})).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let publish = "mutation { publishMessage(input: {topic: \"orders/42\", payload: \"shipped\"}) { id } }";
+    let r = node.gql(Some("acme"), Some(&owner), publish, json!({})).await;
+    assert!(r["errors"].is_null(), "{r}");
     // The tenant's lifecycle, ending with its deletion.
     let rename = "mutation { updateTenant(input: {name: \"Acme Corp\"}) { name } }";
     let renamed = node.gql(Some("acme"), Some(&owner), rename, json!({})).await;

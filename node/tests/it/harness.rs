@@ -62,6 +62,7 @@ pub fn test_config(nats: &NatsServer, data: &std::path::Path) -> Config {
             canopy_node::nats::credentials::Credentials::CredsFile(path) => Some(path),
             _ => None,
         },
+        nats_auth_dir: nats.local().auth_dir(),
         surreal_url: Some("mem://".into()),
         data_dir: data.to_path_buf(),
         bootstrap_admin_email: Some(ADMIN_EMAIL.into()),

@@ -24,6 +24,7 @@ mod nats_auth;
 mod permission_matrix;
 mod process;
 mod projection;
+mod push;
 mod roles;
 mod sessions;
 mod tenant_lifecycle;

@@ -214,6 +214,13 @@ fn rows() -> Vec<Row> {
         Row::mutation("backupTenant", "mutation { backupTenant { id } }"),
         Row::mutation("setBackupLimits", "mutation { setBackupLimits(input: {slug: \"-\", perDayBackups: 1, maxBackups: 1}) { maxBackups } }"),
         Row::mutation("restoreTenant", "mutation { restoreTenant(input: {backupId: \"00000000-0000-4000-8000-000000000000\", slug: \"-\"}) { slug } }"),
+        // Push: a publish appends a message nobody relies on; the others name
+        // an unknown event type or a malformed date.
+        Row::query("messages", "{ messages(topic: \"matrix\") { id } }"),
+        Row::query("pushForwarding", "{ pushForwarding }"),
+        Row::mutation("publishMessage", "mutation { publishMessage(input: {topic: \"matrix\", payload: \"x\"}) { id } }"),
+        Row::mutation("setPushForwarding", "mutation { setPushForwarding(types: [\"NoSuchEvent\"]) }"),
+        Row::mutation("issuePushCredentials", "mutation { issuePushCredentials(input: {expiresAt: \"soon\"}) { password } }"),
     ]
 }
 

@@ -18,11 +18,20 @@ pub(crate) struct Canopy {
     log: PathBuf,
 }
 
+/// The `canopy` binary, with its managed nats-server's push listeners on free
+/// ports: tests run side by side, and the defaults (1883, 9222) would collide.
+fn canopy_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("CANOPY_MQTT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CANOPY_WEBSOCKET_LISTEN", format!("127.0.0.1:{}", free_port()));
+    cmd
+}
+
 pub(crate) fn spawn(data: &Path, nats_port: u16, extra_env: &[(&str, &str)]) -> Canopy {
     let http = free_port();
     let log = data.join(format!("canopy-{http}.log"));
     let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = canopy_command();
     cmd.args(["serve", "--http", &format!("127.0.0.1:{http}"), "--nats-port", &nats_port.to_string()])
         .arg("--data-dir")
         .arg(data)
@@ -269,7 +278,7 @@ async fn projections_rebuild_from_the_log_to_the_same_content() {
     wait_port_closed(nats_port).await;
 
     let projections = |action: &str| {
-        let out = Command::new(BIN)
+        let out = canopy_command()
             .args(["projections", action, "--nats-port", &nats_port.to_string()])
             .arg("--data-dir")
             .arg(data.path())
@@ -302,7 +311,7 @@ async fn the_managed_nats_refuses_strangers_and_the_cli_issues_a_tenants_read_on
     let url = format!("nats://127.0.0.1:{nats_port}");
     assert!(async_nats::connect(&url).await.is_err(), "an anonymous client connected to the managed nats-server");
 
-    let out = Command::new(BIN)
+    let out = canopy_command()
         .args(["nats", "credentials", "--read-events", "--tenant", "acme", "--nats-port", &nats_port.to_string()])
         .arg("--data-dir")
         .arg(data.path())
@@ -359,7 +368,7 @@ async fn the_cli_rotates_the_signing_key_of_a_running_node_without_signing_anyon
     let mut c = spawn(data.path(), nats_port, &[]);
     c.ready().await;
     let owner = setup_tenant(&c).await;
-    let out = Command::new(BIN)
+    let out = canopy_command()
         .args(["keys", "rotate", "--nats-port", &nats_port.to_string()])
         .arg("--data-dir")
         .arg(data.path())
