@@ -22,7 +22,7 @@ use crate::store::event_store::{Stamp, Stored, aggregate_filter};
 use crate::store::seal::{DataKey, Sealed, person_key_name, tenant_key_name};
 use crate::tree::aggregate_actor::{AggregateActor, AggregateMsg, Cache, Ctx, Handler, Route};
 use crate::tree::deps::{Deps, broken};
-use crate::tree::executor::{ExecError, Loaded, execute, load, refresh};
+use crate::tree::executor::{ExecError, Loaded, execute, load, load_uniform, refresh};
 
 /// The accounts of one scope (a tenant, or the platform's administrators).
 pub struct AccountHandler;
@@ -881,7 +881,7 @@ async fn login(
     // anywhere is still seen, since the check reads the log itself.
     let account = match cache.get(&id).await {
         Some(c) => refresh::<Account>(&deps.store, scope, &id, c).await,
-        None => load::<Account>(&deps.store, scope, &id).await,
+        None => load_uniform::<Account>(&deps.store, scope, &id).await,
     }
     .map_err(|e| broken("loading an account", e))?;
     let owner = account.state.owner;
