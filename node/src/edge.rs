@@ -37,7 +37,7 @@ pub fn routes(app: Arc<App>) -> impl poem::Endpoint {
         .at("/readyz", get(readyz))
         .at("/.well-known/jwks.json", get(jwks))
         .at("/metrics", get(metrics))
-        .at("/graphql", get(graphiql).post(graphql_root))
+        .at("/graphql", get(graphql_get).post(graphql_root))
         .at("/t/:tenant/graphql", get(graphiql).post(graphql_tenant))
         .at("/migrate", poem::post(records::migrate_all))
         .at("/t/:tenant/migrate", poem::post(records::migrate_tenant))
@@ -210,9 +210,35 @@ fn jwks(Data(app): Data<&Arc<App>>) -> Json<serde_json::Value> {
     Json(app.tokens.jwks())
 }
 
+/// `GET /graphql`: a WebSocket upgrade for subscriptions
+/// (`graphql-transport-ws`, or Apollo's older `graphql-ws`), whose
+/// `connection_init` payload carries the token; else the GraphiQL page.
+#[handler]
+fn graphql_get(
+    req: &Request,
+    ws: Option<poem::web::websocket::WebSocket>,
+    protocol: Option<async_graphql_poem::GraphQLProtocol>,
+    Data(app): Data<&Arc<App>>,
+) -> Response {
+    let (Some(ws), Some(protocol)) = (ws, protocol) else { return graphiql_page(req, app) };
+    let (app, client) = (app.clone(), client_address(app, req));
+    let schema = app.schema.clone();
+    ws.protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            async_graphql_poem::GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| crate::graphql::live::connection_data(app, client, payload))
+                .serve()
+        })
+        .into_response()
+}
+
 /// GraphiQL needs introspection; where it is off, the page is not served either.
 #[handler]
 fn graphiql(req: &Request, Data(app): Data<&Arc<App>>) -> Response {
+    graphiql_page(req, app)
+}
+
+fn graphiql_page(req: &Request, app: &App) -> Response {
     if !app.config.introspection {
         return refuse(
             StatusCode::NOT_FOUND,

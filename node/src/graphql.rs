@@ -4,13 +4,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{EmptySubscription, MergedObject, Schema};
+use async_graphql::{MergedObject, Schema};
 
 pub mod access;
 pub mod accounts;
 pub mod audit;
 pub mod backups;
 pub mod invitations;
+pub mod live;
 pub mod module_schema;
 pub mod modules;
 pub mod permissions;
@@ -49,7 +50,7 @@ pub struct Mutation(
     tenants::TenantMutation,
 );
 
-pub type CanopySchema = Schema<Query, Mutation, EmptySubscription>;
+pub type CanopySchema = Schema<Query, Mutation, live::SubscriptionRoot>;
 
 /// Deep enough for GraphiQL's introspection query, shallow enough to stop abuse.
 pub const MAX_DEPTH: usize = 16;
@@ -61,7 +62,7 @@ pub fn schema() -> CanopySchema {
 
 /// The schema, with introspection (`__schema`, `__type`) answered or refused.
 pub fn schema_with(introspection: bool) -> CanopySchema {
-    let builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    let builder = Schema::build(Query::default(), Mutation::default(), live::SubscriptionRoot)
         .extension(permissions::RootFieldGuard)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY);

@@ -82,6 +82,8 @@ pub struct App {
     pub module_schemas: Arc<graphql::module_schema::ModuleSchemas>,
     /// The push account's side (history, publishing); `None` without NATS keys.
     pub push: Option<outbound::push::PushOut>,
+    /// Each tenant's events as this node projects them, for subscriptions.
+    pub live: Arc<graphql::live::LiveEvents>,
 }
 
 impl App {
@@ -348,7 +350,8 @@ async fn serve(
         Ok(())
     });
     let (projector, progress) = Projector::new(core.read_model.clone(), core.store.clone(), core.keys.clone());
-    let projector = projector.with_destroyed_keys(destroyed_rx).with_modules(registry.clone());
+    let live = Arc::new(graphql::live::LiveEvents::default());
+    let projector = projector.with_destroyed_keys(destroyed_rx).with_modules(registry.clone()).with_live(live.clone());
     let projector_cancel = cancel.clone();
     // The projector gets a thread and a runtime of its own: embedded SurrealDB runs
     // a query's whole plan inside the caller's poll, and a batch's transaction held
@@ -459,6 +462,7 @@ async fn serve(
         ),
         modules: registry,
         push,
+        live,
     });
     if let Some(keys) = &core.nats_keys {
         // Push clients authenticate through this node (one node of the cluster

@@ -159,6 +159,8 @@ pub struct Projector {
     /// Deleted tenants (slugs): their database is gone, and nothing of theirs is
     /// written again, neither an event that follows the deletion nor an erasure.
     deleted: HashSet<String>,
+    /// Where committed events go for GraphQL subscribers.
+    live: Option<Arc<crate::graphql::live::LiveEvents>>,
 }
 
 /// The aggregate whose events change what callers may do.
@@ -374,6 +376,7 @@ impl Projector {
             destroyed: None,
             unerased: Vec::new(),
             deleted: HashSet::new(),
+            live: None,
         };
         (projector, p)
     }
@@ -388,6 +391,12 @@ impl Projector {
     /// Runs module migrations from `modules` (the node's registry).
     pub fn with_modules(mut self, modules: Arc<Registry>) -> Self {
         self.modules = modules;
+        self
+    }
+
+    /// Hands each committed event to `live`, for its tenant's subscribers.
+    pub fn with_live(mut self, live: Arc<crate::graphql::live::LiveEvents>) -> Self {
+        self.live = Some(live);
         self
     }
 
@@ -504,6 +513,7 @@ impl Projector {
             }
             self.report(&set_aside);
             committed?;
+            self.tell_subscribers(&batch);
             applied = last;
             self.record_lag(&marks);
             self.counts.batches.fetch_add(1, Ordering::Relaxed);
@@ -514,6 +524,23 @@ impl Projector {
             }
         }
         anyhow::bail!("the event stream ended")
+    }
+
+    /// Hands the committed events of tenants with a subscriber to them.
+    fn tell_subscribers(&self, batch: &[async_nats::jetstream::Message]) {
+        let Some(live) = &self.live else { return };
+        for m in batch {
+            let Some(at) = EventSubject::parse(&m.subject) else { continue };
+            if !live.listened(at.tenant) {
+                continue;
+            }
+            let Ok(info) = m.info() else { continue };
+            if let Ok(stored) = actors::store::event_store::decode(info.stream_sequence, &m.payload)
+                && at.agrees_with(&stored.envelope)
+            {
+                live.publish(at.tenant, &stored.envelope);
+            }
+        }
     }
 
     /// Logs and counts events just set aside. The line names the event's place

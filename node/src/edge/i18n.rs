@@ -249,6 +249,13 @@ const DE: &[(&str, &str)] = &[
     ("at most 100 event types", "höchstens 100 Ereignistypen"),
     ("1 to 100", "1 bis 100"),
     ("a cursor from an earlier page", "ein Cursor einer früheren Seite"),
+    ("subscriptions belong to a tenant", "Abonnements gehören zu einem Mandanten"),
+    (
+        "subscriptions belong to a tenant: send x-tenant-id",
+        "Abonnements gehören zu einem Mandanten: x-tenant-id mitsenden",
+    ),
+    ("the connection was refused", "die Verbindung wurde abgelehnt"),
+    ("this field declares no permission", "dieses Feld nennt keine Berechtigung"),
     (
         "only a member or access token of this tenant may push",
         "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf Push-Nachrichten senden",
@@ -265,6 +272,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("the daily backup limit is reached: {}", "das tägliche Sicherungslimit ist erreicht: {}"),
     ("invalid topic: {}", "ungültiges Thema: {}"),
     ("unknown event type {}", "unbekannter Ereignistyp {}"),
+    ("the subscriber fell {} events behind", "der Abonnent ist {} Ereignisse zurückgefallen"),
+    ("the subscriber fell {} messages behind", "der Abonnent ist {} Nachrichten zurückgefallen"),
     // Modules.
     ("there is no module {}", "es gibt kein Modul {}"),
     ("this tenant does not hold the module {}", "dieser Mandant hat kein Modul {}"),
@@ -461,6 +470,11 @@ mod tests {
                     "after: a cursor from an earlier page",
                     "since: an RFC 3339 date and time, such as 2027-01-31T00:00:00Z",
                     "only a member or access token of this tenant may push",
+                    "subscriptions belong to a tenant",
+                    "subscriptions belong to a tenant: send x-tenant-id",
+                    "the subscriber fell 3 events behind",
+                    "the subscriber fell 256 messages behind",
+                    "types: unknown event type NoSuchEvent",
                 ]
                 .map(str::to_owned),
             )

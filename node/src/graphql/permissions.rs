@@ -98,6 +98,9 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Mutation", "publishMessage", Needs::Permission("publish_messages")),
     ("Mutation", "setPushForwarding", Needs::Permission("manage_push")),
     ("Mutation", "issuePushCredentials", Needs::Member("subscribe_messages")),
+    // Subscriptions check theirs when they start (`graphql/live.rs`).
+    ("Subscription", "events", Needs::Permission("read_audit")),
+    ("Subscription", "messages", Needs::Permission("subscribe_messages")),
 ];
 
 pub fn needs(parent: &str, field: &str) -> Option<Needs> {

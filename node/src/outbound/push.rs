@@ -50,6 +50,7 @@ pub fn subject(tenant: &TenantId, topic: &Topic) -> String {
 /// The nodes' side of `PUSH`: the connection and the history stream.
 #[derive(Clone)]
 pub struct PushOut {
+    client: async_nats::Client,
     js: jetstream::Context,
 }
 
@@ -70,7 +71,7 @@ impl PushOut {
     /// Opens the history stream on `client` (a node user of `PUSH`), creating
     /// it, or updating its retention to `history`.
     pub async fn open(client: async_nats::Client, history: Duration, replicas: usize) -> anyhow::Result<Self> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let config = stream::Config {
             name: STREAM.to_owned(),
             description: Some("every push to clients, kept for a bounded time so offline clients catch up".into()),
@@ -94,7 +95,12 @@ impl PushOut {
                 js.create_stream(config).await.context("while creating the PUSH stream")?;
             }
         }
-        Ok(Self { js })
+        Ok(Self { client, js })
+    }
+
+    /// The node's connection to `PUSH`, for live subscriptions to pushes.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// Publishes one push and waits until the history holds it.

@@ -44,10 +44,14 @@ fn the_committed_permission_catalog_matches_the_code() {
 #[tokio::test]
 async fn every_graphql_field_declares_its_permission() {
     let schema = canopy_node::graphql::schema();
-    let r = schema.execute("{ __schema { queryType { fields { name } } mutationType { fields { name } } } }").await;
+    let r = schema
+        .execute(
+            "{ __schema { queryType { fields { name } } mutationType { fields { name } } subscriptionType { fields { name } } } }",
+        )
+        .await;
     let data = r.data.into_json().unwrap();
     let mut fields = BTreeSet::new();
-    for (root, key) in [("Query", "queryType"), ("Mutation", "mutationType")] {
+    for (root, key) in [("Query", "queryType"), ("Mutation", "mutationType"), ("Subscription", "subscriptionType")] {
         for f in data["__schema"][key]["fields"].as_array().unwrap() {
             let name = f["name"].as_str().unwrap().to_owned();
             assert!(

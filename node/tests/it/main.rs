@@ -27,5 +27,6 @@ mod projection;
 mod push;
 mod roles;
 mod sessions;
+mod subscriptions;
 mod tenant_lifecycle;
 mod verification;

@@ -376,7 +376,9 @@ async fn check_rows(rows: &[Row]) {
             row.field
         );
     }
-    for (parent, field, _) in ROOT_FIELDS {
+    // Subscriptions run over WebSocket, not in this matrix's HTTP requests:
+    // `subscriptions.rs` tries each with callers that hold and lack its permission.
+    for (parent, field, _) in ROOT_FIELDS.iter().filter(|(parent, _, _)| *parent != "Subscription") {
         assert!(
             seen.contains(&(*parent, *field)),
             "ROOT_FIELDS names {parent}.{field}, which has no row in the permission matrix: add one to rows()"
