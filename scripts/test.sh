@@ -10,9 +10,11 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6 >&2
 fi
 # The push tests use clients Canopy did not write: paho-mqtt (MQTT 3.1.1) and
-# nats-py over WebSocket (which needs aiohttp).
-if ! python3 -c 'import paho.mqtt, nats, aiohttp' >/dev/null 2>&1; then
-  echo "test: installing paho-mqtt, nats-py and aiohttp for the push tests" >&2
-  python3 -m pip install --quiet --disable-pip-version-check paho-mqtt==2.1.0 nats-py==2.9.0 aiohttp==3.14.5 >&2
+# nats-py over WebSocket (which needs aiohttp); the Python example reader in
+# examples/ uses nats-py with nkeys (credentials) and jsonschema.
+if ! python3 -c 'import paho.mqtt, nats, aiohttp, nkeys, jsonschema' >/dev/null 2>&1; then
+  echo "test: installing paho-mqtt, nats-py, aiohttp, nkeys and jsonschema for the push and example tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check paho-mqtt==2.1.0 nats-py==2.9.0 aiohttp==3.14.5 \
+    nkeys==0.2.1 jsonschema==4.26.0 >&2
 fi
 cargo test --workspace --all-targets "$@"
