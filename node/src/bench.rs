@@ -442,6 +442,8 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         // R's clients each send their own address, as a proxy would.
         trust_forwarded_for: true,
         smtp_url: sink.as_ref().map(SmtpSink::url),
+        // P: the node answers the auth callout and publishes pushes.
+        nats_auth_dir: nats.auth_dir(),
         ..Config::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -479,6 +481,7 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         metrics: format!("http://{addr}/metrics"),
         only: opts.only.as_ref().map(|o| o.to_uppercase()),
         sink,
+        nats_url: nats.url.clone(),
     };
     let result = scenarios(&http, &nc, &fixture, &mut results).await;
     let _ = stop_tx.send(());
@@ -510,6 +513,8 @@ struct Fixture {
     only: Option<String>,
     /// The SMTP server the node relays to, when M runs.
     sink: Option<SmtpSink>,
+    /// Where push clients connect (P).
+    nats_url: String,
 }
 
 impl Fixture {
@@ -780,6 +785,11 @@ async fn scenarios(
     // J: a module's records (each owner's tenant holds contacts@v1).
     if fixture.wants('J') {
         modules(http, fixture, &owners, &drain, &publish, results).await?;
+    }
+
+    // P: push fan-out to one tenant's clients.
+    if fixture.wants('P') {
+        push_fanout(http, fixture, &owners[0], results).await?;
     }
 
     // E: one busy tenant, each worker on its own account.
@@ -1141,6 +1151,66 @@ impl Drop for SmtpSink {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// P: push fan-out. 1,000 NATS clients of one tenant (each signed in through
+/// the auth callout with the owner's session token) subscribe to one topic;
+/// 100 messages are published one after another with `publishMessage`. The
+/// rate is the deliveries (messages times clients) over the time from the
+/// first publish to the last delivery; a latency is from a message's
+/// `publishMessage` call to one client's delivery of it.
+async fn push_fanout(http: &Http, fixture: &Fixture, owner: &Actor, results: &mut Vec<Stats>) -> anyhow::Result<()> {
+    let (clients, messages) = if fixture.quick { (10, 5) } else { (1000, 100) };
+    let subject = format!("push.{}.fanout", owner.tenant);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut connected = Vec::with_capacity(clients);
+    let mut readers = tokio::task::JoinSet::new();
+    for chunk in (0..clients).collect::<Vec<_>>().chunks(32) {
+        let logins = chunk.iter().map(|_| {
+            async_nats::ConnectOptions::with_user_and_password(owner.tenant.clone(), owner.token.clone())
+                .connect(fixture.nats_url.as_str())
+        });
+        for client in futures::future::join_all(logins).await {
+            let client = client.context("a push client could not connect")?;
+            let mut sub = client.subscribe(subject.clone()).await?;
+            client.flush().await?;
+            let tx = tx.clone();
+            readers.spawn(async move {
+                while let Some(m) = futures::StreamExt::next(&mut sub).await {
+                    let i: usize = std::str::from_utf8(&m.payload).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    let _ = tx.send((i, Instant::now()));
+                }
+            });
+            connected.push(client);
+        }
+    }
+    drop(tx);
+    const PUBLISH: &str = "mutation($p: String!) { publishMessage(input: {topic: \"fanout\", payload: $p}) { id } }";
+    let (started, since, cpu) = (Instant::now(), monotonic(), process_cpu());
+    let mut sent_at = Vec::with_capacity(messages);
+    for i in 0..messages {
+        sent_at.push(Instant::now());
+        http.gql(Some(&owner.tenant), Some(&owner.token), PUBLISH, json!({ "p": i.to_string() })).await?;
+    }
+    let want = messages * clients;
+    let mut lat = Vec::with_capacity(want);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lat.len() < want {
+        let Ok(Some((i, at))) = tokio::time::timeout_at(deadline.into(), rx.recv()).await else {
+            bail!("{} of {want} pushes arrived within the deadline", lat.len());
+        };
+        lat.push(at.saturating_duration_since(sent_at[i.min(messages - 1)]).as_micros() as u64);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut st = from_samples(&format!("P push fan-out to {clients} NATS clients"), lat, secs);
+    st.concurrency = clients;
+    st.windows = vec![Window { side: "measured", start: since, end: monotonic() }];
+    st.extra.insert("messages".into(), messages as f64);
+    st.extra.insert("cpu_us_per_delivery".into(), (process_cpu() - cpu) * 1e6 / want as f64);
+    results.push(st);
+    readers.abort_all();
+    drop(connected);
+    Ok(())
 }
 
 /// M: mails through the `MAIL` queue to a real SMTP server on this host. A

@@ -11,12 +11,12 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "J", "M", "R"]
+        ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "J", "M", "P", "R"]
     );
     for s in &report.results {
         assert!(s.ops > 0, "{} ran nothing", s.scenario);
         assert!(s.p50_us <= s.p99_us, "{s:?}");
-        if ["A", "B", "C", "D", "E", "F", "I", "J", "M", "R"].iter().any(|p| s.scenario.starts_with(p)) {
+        if ["A", "B", "C", "D", "E", "F", "I", "J", "M", "P", "R"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.ops_per_sec.is_finite() && s.ops_per_sec > 0.0, "{s:?}");
         }
         if ["A'", "B", "C", "D", "E", "R"].iter().any(|p| s.scenario.starts_with(p)) {
@@ -48,6 +48,9 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert!(burst.extra["sink_received"] >= burst.ops as f64, "{burst:?}");
     assert!(burst.extra["enqueue_per_sec"] > 0.0 && burst.p99_us > 0, "{burst:?}");
     assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('M')).count(), 2);
+    // P delivered every message to every client, each timed from its publish.
+    let p = report.results.iter().find(|s| s.scenario.starts_with('P')).unwrap();
+    assert_eq!(p.ops as f64, p.extra["messages"] * p.concurrency as f64, "{p:?}");
     // F covers both sizes, with and without a snapshot.
     assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('F')).count(), 4);
     // Every measured stretch says when it ran, for splitting a profile by slice:
@@ -60,7 +63,7 @@ async fn the_quick_benchmark_runs_every_scenario() {
             assert_eq!((count("measured"), count("baseline"), s.windows.len()), (4, 4, 8), "{s:?}");
         } else if s.scenario.starts_with('I') {
             assert_eq!((count("measured"), count("unloaded"), s.windows.len()), (4, 4, 8), "{s:?}");
-        } else if s.scenario.starts_with("A ") || s.scenario.starts_with('D') || s.scenario.starts_with('M') {
+        } else if ["A ", "D", "M", "P"].iter().any(|p| s.scenario.starts_with(p)) {
             assert_eq!((count("measured"), s.windows.len()), (1, 1), "{s:?}");
         }
         if !s.windows.is_empty() {
