@@ -1,0 +1,254 @@
+//! The guard against server-side request forgery for outbound calls a tenant
+//! chooses the address of (webhooks). A URL must be `http(s)://`, carry no
+//! user or password, and name a host; every address its host resolves to
+//! must be public: not loopback, private, link-local, cloud metadata, shared
+//! (CGNAT), unique-local, multicast, broadcast, documentation or
+//! unspecified, in IPv4 or IPv6 (IPv4 inside IPv6 included). It is checked
+//! when the URL is given and again, on the addresses then resolved, at each
+//! delivery, since a name can point elsewhere later; the caller connects to
+//! exactly the addresses checked. Tests may allow loopback, and loopback
+//! only (`webhook_allow_loopback`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Why a URL or address is refused; the text is safe to show the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("not a URL")]
+    NotAUrl,
+    #[error("the URL must start with http:// or https://")]
+    Scheme,
+    #[error("the URL must not carry a user or password")]
+    Credentials,
+    #[error("the URL names no host")]
+    NoHost,
+    #[error("the URL is longer than 2,048 characters")]
+    TooLong,
+    #[error("the host does not resolve")]
+    Unresolved,
+    #[error("the host resolves to a {0} address, which webhooks may not call")]
+    Address(&'static str),
+}
+
+/// Longest URL accepted.
+const MAX_URL: usize = 2048;
+
+/// Parses `raw` as a URL a webhook may be sent to, before any lookup.
+pub fn parse(raw: &str) -> Result<url::Url, Refused> {
+    if raw.len() > MAX_URL {
+        return Err(Refused::TooLong);
+    }
+    let url = url::Url::parse(raw).map_err(|_| Refused::NotAUrl)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Refused::Scheme);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Refused::Credentials);
+    }
+    if url.host().is_none() {
+        return Err(Refused::NoHost);
+    }
+    Ok(url)
+}
+
+/// What kind of address `ip` is, if it is not a public one.
+pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_kind(v4),
+        IpAddr::V6(v6) => {
+            // An IPv4 address written as IPv6 is judged as the IPv4 address.
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4_kind(v4);
+            }
+            v6_kind(v6)
+        }
+    }
+}
+
+fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    let kind = if ip.is_loopback() {
+        "loopback"
+    } else if ip == Ipv4Addr::new(169, 254, 169, 254) {
+        "cloud metadata"
+    } else if ip.is_link_local() {
+        "link-local"
+    } else if ip.is_private() {
+        "private"
+    } else if a == 0 {
+        "unspecified"
+    } else if ip.is_broadcast() {
+        "broadcast"
+    } else if a >= 224 {
+        "multicast or reserved"
+    } else if a == 100 && (64..128).contains(&b) {
+        "shared (CGNAT)"
+    } else if a == 192 && b == 0 && c == 0 {
+        "IETF protocol"
+    } else if ip.is_documentation() {
+        "documentation"
+    } else if a == 198 && (b == 18 || b == 19) {
+        "benchmarking"
+    } else {
+        return None;
+    };
+    Some(kind)
+}
+
+fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
+    let s = ip.segments();
+    let kind = if ip.is_loopback() {
+        "loopback"
+    } else if ip.is_unspecified() {
+        "unspecified"
+    } else if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        "cloud metadata"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if (s[0] & 0xffc0) == 0xfe80 {
+        "link-local"
+    } else if (s[0] & 0xfe00) == 0xfc00 {
+        "unique-local (private)"
+    } else if (s[0] & 0xffc0) == 0xfec0 {
+        "site-local"
+    } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+        "documentation"
+    } else if s[0] == 0x0064 && s[1] == 0xff9b {
+        // NAT64 and 6to4 embed an IPv4 address a gateway would reach.
+        "NAT64"
+    } else if s[0] == 0x2002 {
+        "6to4"
+    } else if s[..6].iter().all(|x| *x == 0) {
+        // IPv4-compatible (deprecated) `::a.b.c.d`.
+        "IPv4-compatible"
+    } else {
+        return None;
+    };
+    Some(kind)
+}
+
+/// Whether `ip` may be called: a public address, or, when the operator allows
+/// it for tests, a loopback one.
+pub fn allowed(ip: IpAddr, allow_loopback: bool) -> Result<(), Refused> {
+    match forbidden_kind(ip) {
+        None => Ok(()),
+        Some("loopback") if allow_loopback => Ok(()),
+        Some(kind) => Err(Refused::Address(kind)),
+    }
+}
+
+/// The addresses `url`'s host resolves to, every one of them allowed; the
+/// caller connects to these and no others (a second lookup could answer
+/// differently).
+pub async fn resolve(url: &url::Url, allow_loopback: bool) -> Result<Vec<SocketAddr>, Refused> {
+    let port = url.port_or_known_default().ok_or(Refused::NoHost)?;
+    let addrs: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+        Some(url::Host::Domain(name)) => {
+            tokio::net::lookup_host((name, port)).await.map_err(|_| Refused::Unresolved)?.collect()
+        }
+        None => return Err(Refused::NoHost),
+    };
+    if addrs.is_empty() {
+        return Err(Refused::Unresolved);
+    }
+    for a in &addrs {
+        allowed(a.ip(), allow_loopback)?;
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_without_credentials_are_taken() {
+        assert!(parse("https://hooks.example.com/canopy?x=1").is_ok());
+        assert!(parse("http://hooks.example.com:8080/").is_ok());
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL));
+        for (raw, why) in [
+            ("ftp://example.com/", Refused::Scheme),
+            ("file:///etc/passwd", Refused::Scheme),
+            ("gopher://example.com/", Refused::Scheme),
+            ("javascript:alert(1)", Refused::Scheme),
+            ("https://user:pw@example.com/", Refused::Credentials),
+            ("https://user@example.com/", Refused::Credentials),
+            ("not a url", Refused::NotAUrl),
+            ("", Refused::NotAUrl),
+            (long.as_str(), Refused::TooLong),
+        ] {
+            assert_eq!(parse(raw).unwrap_err(), why, "{raw}");
+        }
+    }
+
+    #[test]
+    fn private_loopback_link_local_and_metadata_addresses_are_refused() {
+        for bad in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "100.64.0.1",
+            "100.127.255.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.0.1",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:a00:1::",
+            "2001:db8::1",
+            "::127.0.0.1",
+            "fec0::1",
+        ] {
+            let ip: IpAddr = bad.parse().unwrap();
+            assert!(allowed(ip, false).is_err(), "{bad} was allowed");
+        }
+        for good in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert_eq!(allowed(good.parse().unwrap(), false), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn allowing_loopback_allows_loopback_and_nothing_else() {
+        assert!(allowed("127.0.0.1".parse().unwrap(), true).is_ok());
+        assert!(allowed("::1".parse().unwrap(), true).is_ok());
+        for still in ["10.0.0.1", "169.254.169.254", "192.168.0.1", "fc00::1", "0.0.0.0"] {
+            assert!(allowed(still.parse().unwrap(), true).is_err(), "{still}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_judged_by_every_address_it_resolves_to() {
+        let local = parse("http://localhost:9/hook").unwrap();
+        assert_eq!(resolve(&local, false).await.unwrap_err(), Refused::Address("loopback"));
+        assert!(resolve(&local, true).await.unwrap().iter().all(|a| a.ip().is_loopback() && a.port() == 9));
+        let literal = parse("http://[::ffff:169.254.169.254]/").unwrap();
+        assert_eq!(resolve(&literal, true).await.unwrap_err(), Refused::Address("cloud metadata"));
+        let decimal = parse("http://2130706433/").unwrap();
+        assert_eq!(resolve(&decimal, false).await.unwrap_err(), Refused::Address("loopback"), "127.0.0.1 in decimal");
+        let unknown = parse("http://no-such-host.invalid/").unwrap();
+        assert_eq!(resolve(&unknown, false).await.unwrap_err(), Refused::Unresolved);
+    }
+}
