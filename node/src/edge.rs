@@ -513,6 +513,25 @@ pub(crate) async fn resolve(
     Ok(RequestCtx { scope, principal, token, idempotency_key, consistency, locale: locale.clone(), user_agent, client })
 }
 
+/// `resolve` for credentials that come outside an HTTP request (a
+/// WebSocket's `connection_init`, a push client's user name and password),
+/// given as the headers they stand for: checked exactly as a request's, and
+/// refused with the message a request would get.
+pub(crate) async fn resolve_given(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    client: std::net::IpAddr,
+) -> Result<RequestCtx, String> {
+    match resolve(app, headers, client, None).await {
+        Ok(ctx) => Ok(ctx),
+        Err(refused) => {
+            let body = refused.into_body().into_string().await.unwrap_or_default();
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            Err(parsed["errors"][0]["message"].as_str().unwrap_or("the credentials were refused").to_owned())
+        }
+    }
+}
+
 /// A request body of at most `MAX_BODY` bytes, or the refusal to send.
 pub(crate) async fn read_body(body: Body, locale: &Locale) -> Result<bytes::Bytes, Response> {
     match body.into_bytes_limit(MAX_BODY).await {

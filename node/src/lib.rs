@@ -119,9 +119,9 @@ pub struct Core {
     pub nats_credentials: nats::credentials::Credentials,
     pub nats_tls: nats::credentials::Tls,
     pub managed: Option<ManagedNats>,
-    /// Canopy's NATS keys, when the server runs Canopy's authorization (a
-    /// managed server, or `nats_auth_dir`): push needs them.
-    pub nats_keys: Option<nats::auth::NatsAuth>,
+    /// Canopy's NATS keys for an external server that runs Canopy's
+    /// authorization (`nats_auth_dir`); a managed server holds its own.
+    external_keys: Option<nats::auth::NatsAuth>,
     pub store: EventStore,
     pub keys: KeyRing,
     pub read_model: ReadModel,
@@ -175,13 +175,12 @@ impl Core {
                 )
             }
         };
-        let nats_keys = match (&managed, &config.nats_auth_dir) {
-            (Some(_), _) => Some(nats::auth::NatsAuth::load(&nats::auth_dir(&config.data_dir))?),
+        let external_keys = match (&managed, &config.nats_auth_dir) {
             (None, Some(dir)) => Some(
                 nats::auth::NatsAuth::load(dir)
                     .with_context(|| format!("while reading the NATS keys in {}", dir.display()))?,
             ),
-            (None, None) => None,
+            _ => None,
         };
         let nats = nats::connect(&url, &creds, &tls, Duration::from_secs(15)).await?;
         let (store, keys_kv) = EventStore::open(nats.clone(), config.replicas)
@@ -195,11 +194,17 @@ impl Core {
             nats_credentials: creds,
             nats_tls: tls,
             managed,
-            nats_keys,
+            external_keys,
             store,
             keys,
             read_model,
         })
+    }
+
+    /// Canopy's NATS keys, when the server runs Canopy's authorization (a
+    /// managed server, or `nats_auth_dir`): push needs them.
+    pub fn nats_keys(&self) -> Option<&nats::auth::NatsAuth> {
+        self.managed.as_ref().map(|m| &m.auth).or(self.external_keys.as_ref())
     }
 
     pub async fn close(self) {
@@ -424,7 +429,7 @@ async fn serve(
     let tokens = Tokens::load(&core.keys, config.issuer.clone(), config.token_ttl_secs)
         .await
         .context("while loading the signing keys")?;
-    let push = match &core.nats_keys {
+    let push = match core.nats_keys() {
         Some(keys) => {
             let creds = nats::credentials::Credentials::Creds(keys.push_node_creds()?);
             let client = nats::connect(&core.nats_url, &creds, &core.nats_tls, Duration::from_secs(15))
@@ -464,7 +469,7 @@ async fn serve(
         push,
         live,
     });
-    if let Some(keys) = &core.nats_keys {
+    if let Some(keys) = core.nats_keys() {
         // Push clients authenticate through this node (one node of the cluster
         // answers each connection).
         let creds = nats::credentials::Credentials::Creds(keys.callout_service_creds()?);

@@ -68,6 +68,8 @@ pub struct ManagedNats {
     pub url: String,
     /// The node's credentials for the managed server, written on every start.
     pub creds: PathBuf,
+    /// The keys of its accounts (push needs them).
+    pub auth: NatsAuth,
 }
 
 impl ManagedNats {
@@ -111,7 +113,7 @@ impl ManagedNats {
         die_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("while starting `{bin}`"))?;
         let url = format!("nats://127.0.0.1:{}", config.nats_port);
-        Ok(Self { child, url, creds: auth.node_creds_path() })
+        Ok(Self { child, url, creds: auth.node_creds_path(), auth })
     }
 
     /// Asks the server to stop (SIGTERM: it flushes and closes the store) and waits.

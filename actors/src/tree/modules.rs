@@ -318,11 +318,10 @@ impl Run<'_> {
                 }
             }
             if !lost {
-                let done = plan.done + (plan.writes.records.len() - count_records(&last)) as u64;
-                let records = RecordWrites {
-                    records: plan.writes.records.split_off(plan.writes.records.len() - count_records(&last)),
-                    writes: last,
-                };
+                // The last batch's records end the list; those before it are written.
+                let first_of_last = plan.writes.records.len() - count_records(&last);
+                let records = RecordWrites { records: plan.writes.records.split_off(first_of_last), writes: last };
+                let done = plan.done + first_of_last as u64;
                 let cmd = ModulesCommand::Upgrade {
                     registry: registry.clone(),
                     module: module.to_owned(),
@@ -346,7 +345,7 @@ impl Run<'_> {
     /// Appends one batch of an upgrade's record writes on their own (each
     /// record's event expecting its last sequence); `false` when a record
     /// changed since it was planned.
-    async fn append_records(&self, writes: &[crate::domain::aggregate::Reservation]) -> CommandResult<bool> {
+    async fn append_records(&self, writes: &[Reservation]) -> CommandResult<bool> {
         // The batch's id derives from its first record and sequence: a retry
         // of the same batch is a duplicate, a batch planned again is not.
         let first = writes.first().map(|w| format!("{}/{}", w.key, w.expected_seq)).unwrap_or_default();

@@ -254,7 +254,7 @@ const DE: &[(&str, &str)] = &[
         "subscriptions belong to a tenant: send x-tenant-id",
         "Abonnements gehören zu einem Mandanten: x-tenant-id mitsenden",
     ),
-    ("the connection was refused", "die Verbindung wurde abgelehnt"),
+    ("the credentials were refused", "die Anmeldedaten wurden abgelehnt"),
     ("this field declares no permission", "dieses Feld nennt keine Berechtigung"),
     (
         "only a member or access token of this tenant may push",
@@ -472,6 +472,7 @@ mod tests {
                     "only a member or access token of this tenant may push",
                     "subscriptions belong to a tenant",
                     "subscriptions belong to a tenant: send x-tenant-id",
+                    "the credentials were refused",
                     "the subscriber fell 3 events behind",
                     "the subscriber fell 256 messages behind",
                     "types: unknown event type NoSuchEvent",

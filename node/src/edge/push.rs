@@ -2,21 +2,24 @@
 //! callout (`nats/callout.rs`). A client gives its tenant's slug as the user
 //! name and a Canopy token as the password: an account's access token (a JWT
 //! from a sign-in) or an API access token (`cnp_…`, for example one made by
-//! `issuePushCredentials`). It is let in when the tenant is active, the token
-//! is valid for that tenant now (not expired, not revoked, its session not
+//! `issuePushCredentials`). The two are checked as the headers
+//! `Authorization: Bearer …` and `x-tenant-id` of a request would be
+//! (`edge::resolve`): it is let in when the tenant is active, the token is
+//! valid for that tenant now (not expired, not revoked, its session not
 //! ended) and it carries `subscribe_messages`. It gets a user of account
 //! `PUSH` that may subscribe to `push.{tenant}.>` only and publish nothing,
 //! and its connection ends when its token expires.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use actors::domain::access_token::TokenSecret;
-use actors::domain::tenant::{Scope, TenantId};
+use actors::domain::tenant::TenantId;
+use poem::http::{HeaderMap, HeaderValue};
 
 use crate::App;
-use crate::edge::tokens;
+use crate::edge::resolve_given;
+use crate::graphql::permissions::refusal;
 use crate::nats::callout::{Decide, Grant, Presented};
-use actors::domain::tenant::TenantStatus;
 
 /// The permission a push client needs.
 pub const SUBSCRIBE_MESSAGES: &str = "subscribe_messages";
@@ -34,48 +37,32 @@ pub struct PushGate {
 
 impl Decide for PushGate {
     async fn decide(&self, presented: Presented) -> Result<Grant, String> {
+        // The user name is the tenant: parsed first, so that a name no header
+        // can carry is refused rather than left to the token to decide.
         let tenant = TenantId::parse(&presented.user).map_err(|_| "the user name must be a tenant slug".to_owned())?;
-        match self.app.tenant_status(&tenant).await {
-            Ok(Some(TenantStatus::Active)) => {}
-            Ok(_) => return Err(format!("tenant {} is not active", tenant.as_str())),
-            Err(e) => return Err(format!("the tenant could not be checked: {e}")),
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", presented.password.trim()))
+            .map_err(|_| "the password is not a token".to_owned())?;
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", bearer);
+        headers.insert("x-tenant-id", HeaderValue::from_str(tenant.as_str()).map_err(|e| e.to_string())?);
+        let client = presented.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        // Checked as a request with these headers would be: the token, its
+        // session, its tenant, the tenant's status.
+        let req = resolve_given(&self.app, &headers, client).await?;
+        match refusal(&self.app, &req, SUBSCRIBE_MESSAGES).await {
+            Ok(None) => {}
+            Ok(Some((_, message))) => return Err(message),
+            Err(e) => return Err(e.message),
         }
-        let scope = Scope::Tenant(tenant.clone());
-        let password = presented.password.trim();
-        let (who, expires) = if TokenSecret::is_meant(password) {
-            let caller = match tokens::authenticate(&self.app.read_model, &scope, password).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(refused)) => return Err(refused.message().to_owned()),
-                Err(e) => return Err(format!("the access token could not be checked: {e}")),
-            };
-            if !caller.permissions.contains(SUBSCRIBE_MESSAGES) {
-                return Err(format!("the access token lacks {SUBSCRIBE_MESSAGES}"));
-            }
-            self.app.token_usage.touch(&scope, &caller.token_id).await;
-            (format!("token:{}", caller.token_id), caller.expires_at)
-        } else {
-            let claims = self.app.tokens.verify(password).map_err(|_| "the token is not valid".to_owned())?;
-            if claims.tenant != tenant.as_str() {
-                return Err("the token was issued for another tenant".to_owned());
-            }
-            if claims.sid.as_deref().is_some_and(|sid| self.app.revocations.is_revoked(sid)) {
-                return Err("the session has ended".to_owned());
-            }
-            let held = self
-                .app
-                .read_model
-                .permissions_of(&scope, &claims.sub)
-                .await
-                .map_err(|e| format!("the account's permissions could not be read: {e}"))?;
-            if !held.contains(SUBSCRIBE_MESSAGES) {
-                return Err(format!("the account lacks {SUBSCRIBE_MESSAGES}"));
-            }
-            (format!("account:{}", claims.sub), claims.exp)
+        let who = match (&req.principal, &req.token) {
+            (Some(p), _) => format!("account:{}", p.sub),
+            (None, Some(t)) => format!("token:{}", t.token_id),
+            (None, None) => return Err("sign in first".to_owned()),
         };
         Ok(Grant {
             name: format!("{}/{who}/{:?}", tenant.as_str(), presented.transport).to_lowercase(),
             subscribe: client_subjects(&tenant),
-            expires: Some(expires),
+            expires: req.expires_at(),
         })
     }
 }

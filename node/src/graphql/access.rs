@@ -190,9 +190,7 @@ pub(super) async fn run(
 pub(super) fn expiry(raw: Option<&str>, default_days: i64) -> async_graphql::Result<i64> {
     match raw {
         None => Ok(time::OffsetDateTime::now_utc().unix_timestamp() + default_days * 24 * 3600),
-        Some(raw) => Ok(time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| bad_input("expiresAt", "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z"))?
-            .unix_timestamp()),
+        Some(raw) => super::request::unix_time("expiresAt", raw),
     }
 }
 

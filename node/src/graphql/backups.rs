@@ -7,6 +7,7 @@ use actors::domain::backup::{DEFAULT_MAX, DEFAULT_PER_DAY};
 use actors::domain::tenant::{Scope, TenantId};
 use async_graphql::{Context, InputObject, Object, SimpleObject};
 
+use super::accounts::rfc3339;
 use super::request::{bad_input, command_id, consistent, internal, parts, platform_admin, send, settle, tenant_of};
 use crate::read_model::backups::BackupRow;
 
@@ -21,13 +22,6 @@ pub struct Backup {
     size: u64,
     /// How many events it holds.
     events: u64,
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 impl From<BackupRow> for Backup {

@@ -22,7 +22,6 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 
 use super::permissions::{allowed, needs};
-use super::request::RequestCtx;
 use super::request::{bad_input, error, internal, parts, tenant_of};
 use crate::App;
 
@@ -102,12 +101,7 @@ async fn admitted(ctx: &Context<'_>, field: &str) -> async_graphql::Result<(Tena
     let needs = needs("Subscription", field).ok_or_else(|| error("FORBIDDEN", "this field declares no permission"))?;
     allowed(app, req, needs).await?;
     let tenant = tenant_of(req, "subscriptions belong to a tenant")?.clone();
-    let expires = match (&req.principal, &req.token) {
-        (Some(p), _) => Some(p.exp),
-        (None, Some(t)) => Some(t.expires_at),
-        (None, None) => None,
-    };
-    Ok((tenant, expires))
+    Ok((tenant, req.expires_at()))
 }
 
 /// `items` until the token expires, when the subscription completes.
@@ -189,9 +183,7 @@ impl SubscriptionRoot {
         let (tenant, expires) = admitted(ctx, "messages").await?;
         let topic = Topic::parse(&topic).map_err(|e| bad_input("topic", e))?;
         let (app, _) = parts(ctx);
-        let push = app.push.as_ref().ok_or_else(|| {
-            error("UNAVAILABLE", "push is off: this node's NATS server does not run Canopy's keys (nats_auth_dir)")
-        })?;
+        let push = super::push::push_of(app)?;
         let subject = crate::outbound::push::subject(&tenant, &topic);
         let mut sub = push.client().subscribe(subject).await.map_err(|e| internal("subscribing to pushes", e))?;
         // The NATS subscription is drained at once into a bounded channel. A
@@ -202,12 +194,7 @@ impl SubscriptionRoot {
         let (shown, flag) = (topic.as_str().to_owned(), lagged.clone());
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let id = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(crate::outbound::push::ID_HEADER))
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
+                let id = crate::outbound::push::push_id(&msg);
                 let payload = String::from_utf8_lossy(&msg.payload).into_owned();
                 match tx.try_send(LiveMessage { id: ID(id), topic: shown.clone(), payload }) {
                     Ok(()) => {}
@@ -258,15 +245,7 @@ pub async fn connection_data(
             }
         }
     }
-    let req: RequestCtx = match crate::edge::resolve(&app, &headers, client, None).await {
-        Ok(r) => r,
-        Err(refused) => {
-            let body = refused.into_body().into_string().await.unwrap_or_default();
-            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let message = parsed["errors"][0]["message"].as_str().unwrap_or("the connection was refused").to_owned();
-            return Err(async_graphql::Error::new(message));
-        }
-    };
+    let req = crate::edge::resolve_given(&app, &headers, client).await.map_err(async_graphql::Error::new)?;
     if matches!(req.scope, Scope::Platform) {
         return Err(async_graphql::Error::new("subscriptions belong to a tenant: send x-tenant-id"));
     }

@@ -12,24 +12,19 @@ use actors::domain::push::{MAX_FORWARDED, Push, SETTINGS_ID, Topic};
 use actors::tree::executor::load;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use super::request::{bad_input, command_id, error, internal, parts, send, settle, tenant_of};
+use super::accounts::rfc3339;
+use super::request::{bad_input, command_id, error, internal, parts, send, settle, tenant_of, unix_time};
 use crate::App;
 use crate::outbound::push::{MAX_PAGE, PushOut, Pushed};
 
 /// How long push credentials last unless `expiresAt` says otherwise.
 const DEFAULT_CREDENTIAL_DAYS: i64 = 30;
 
-fn push_of(app: &App) -> async_graphql::Result<&PushOut> {
+/// The node's push side, or `UNAVAILABLE` where push is off.
+pub(super) fn push_of(app: &App) -> async_graphql::Result<&PushOut> {
     app.push.as_ref().ok_or_else(|| {
         error("UNAVAILABLE", "push is off: this node's NATS server does not run Canopy's keys (nats_auth_dir)")
     })
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 #[derive(InputObject)]
@@ -117,13 +112,7 @@ impl PushQuery {
             Some(n) if (1..=MAX_PAGE as i32).contains(&n) => n as usize,
             Some(_) => return Err(bad_input("first", "1 to 100")),
         };
-        let since = since
-            .map(|s| {
-                time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
-                    .map(|t| t.unix_timestamp())
-                    .map_err(|_| bad_input("since", "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z"))
-            })
-            .transpose()?;
+        let since = since.map(|s| unix_time("since", &s)).transpose()?;
         let after = match after {
             None => 0,
             Some(a) => a.parse::<u64>().map_err(|_| bad_input("after", "a cursor from an earlier page"))?,

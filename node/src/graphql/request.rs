@@ -39,6 +39,25 @@ pub struct RequestCtx {
     pub client: std::net::IpAddr,
 }
 
+impl RequestCtx {
+    /// When the caller's credential expires (Unix seconds): its session
+    /// token's or its access token's; `None` for an anonymous caller.
+    pub fn expires_at(&self) -> Option<i64> {
+        match (&self.principal, &self.token) {
+            (Some(p), _) => Some(p.exp),
+            (None, Some(t)) => Some(t.expires_at),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A time given as RFC 3339 in input `field`, in Unix seconds.
+pub fn unix_time(field: &'static str, raw: &str) -> async_graphql::Result<i64> {
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| bad_input(field, "an RFC 3339 date and time, such as 2027-01-31T00:00:00Z"))
+}
+
 pub fn error(code: &str, message: impl Into<String>) -> async_graphql::Error {
     let code = code.to_owned();
     async_graphql::Error::new(message.into()).extend_with(|_, e| e.set("code", code))

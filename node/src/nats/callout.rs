@@ -62,6 +62,8 @@ pub struct Presented {
     pub user: String,
     pub password: String,
     pub transport: Transport,
+    /// The client's address, as the server saw it.
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Who a client is allowed in as: a user of `PUSH` limited to `subjects`.
@@ -107,6 +109,8 @@ struct ServerId {
 struct ClientInfo {
     #[serde(rename = "type", default)]
     kind: String,
+    #[serde(default)]
+    host: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,7 +152,12 @@ fn parse_request(jwt: &str) -> anyhow::Result<Request> {
         Some(_) if n.connect_opts.user.len() > MAX_CREDENTIAL || n.connect_opts.pass.len() > MAX_CREDENTIAL => {
             Err("the credentials are too long".to_owned())
         }
-        Some(transport) => Ok(Presented { user: n.connect_opts.user, password: n.connect_opts.pass, transport }),
+        Some(transport) => Ok(Presented {
+            user: n.connect_opts.user,
+            password: n.connect_opts.pass,
+            transport,
+            address: n.client_info.host.parse().ok(),
+        }),
     };
     Ok(Request { server_id: n.server_id.id, user_nkey: n.user_nkey, presented })
 }

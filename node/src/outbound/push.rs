@@ -47,6 +47,11 @@ pub fn subject(tenant: &TenantId, topic: &Topic) -> String {
     format!("push.{}.{}", tenant.as_str(), topic.subject_tokens())
 }
 
+/// A push's id, from its `Canopy-Push-Id` header.
+pub fn push_id(msg: &async_nats::Message) -> String {
+    msg.headers.as_ref().and_then(|h| h.get(ID_HEADER)).map(|v| v.to_string()).unwrap_or_default()
+}
+
 /// The nodes' side of `PUSH`: the connection and the history stream.
 #[derive(Clone)]
 pub struct PushOut {
@@ -153,7 +158,7 @@ impl PushOut {
             if since.is_some_and(|s| at < s) {
                 continue;
             }
-            let id = msg.headers.as_ref().and_then(|h| h.get(ID_HEADER)).map(|v| v.to_string()).unwrap_or_default();
+            let id = push_id(&msg);
             let payload = String::from_utf8_lossy(&msg.payload).into_owned();
             out.push(Pushed { seq, id, topic: topic.as_str().to_owned(), payload, at });
         }
