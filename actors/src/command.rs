@@ -475,6 +475,89 @@ pub struct PushReply {
     pub seq: u64,
 }
 
+/// Requests to a tenant's webhooks actor (aggregate `webhook`). Every one but
+/// `Disable` needs `manage_webhooks`; `Disable` is a node's, after failures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WebhookRequest {
+    Create {
+        name: String,
+        url: String,
+        method: crate::domain::webhook::Method,
+        event_types: Vec<String>,
+        auth: WebhookAuthInput,
+    },
+    Update {
+        webhook_id: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        url: Option<String>,
+        #[serde(default)]
+        method: Option<crate::domain::webhook::Method>,
+        #[serde(default)]
+        event_types: Option<Vec<String>>,
+        #[serde(default)]
+        auth: Option<WebhookAuthInput>,
+        #[serde(default)]
+        enabled: Option<bool>,
+    },
+    Delete {
+        webhook_id: String,
+    },
+    /// A new signing secret; the old one signs too for `overlap_secs`.
+    RotateSecret {
+        webhook_id: String,
+        overlap_secs: i64,
+    },
+    /// By a node: the webhook failed `failures` times in a row.
+    Disable {
+        webhook_id: String,
+        reason: String,
+        failures: u32,
+    },
+    /// Sends delivery `delivery_id` (of the event at `event_seq`) again.
+    Redeliver {
+        webhook_id: String,
+        delivery_id: String,
+        event_seq: u64,
+    },
+}
+
+/// A webhook's authentication as a request gives it, credentials in clear
+/// (they are sealed before any event holds them). Its `Debug` shows no
+/// credential.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WebhookAuthInput {
+    None,
+    Basic { username: String, password: String },
+    ApiKey { header: String, value: String },
+    Bearer { token: String },
+}
+
+impl std::fmt::Debug for WebhookAuthInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            WebhookAuthInput::None => "None",
+            WebhookAuthInput::Basic { .. } => "Basic(..)",
+            WebhookAuthInput::ApiKey { .. } => "ApiKey(..)",
+            WebhookAuthInput::Bearer { .. } => "Bearer(..)",
+        };
+        f.write_str(kind)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookReply {
+    /// The webhook the request was about.
+    pub webhook_id: String,
+    /// A new `whsec_` signing secret, shown once: after a creation or a
+    /// rotation (never to a retry, which finds the first try's).
+    pub secret: Option<String>,
+    pub seq: u64,
+}
+
 impl TenantRequest {
     pub fn slug(&self) -> &TenantId {
         match self {

@@ -16,6 +16,7 @@ use crate::domain::push::{Push, PushEvent};
 use crate::domain::record::{RecordAggregate, RecordEvent, UNIQUE_CLAIM, VALUE_CLAIMED, VALUE_RELEASED, ValueClaim};
 use crate::domain::tenant::{Tenant, TenantEvent};
 use crate::domain::tenant_modules::{Modules, ModulesEvent};
+use crate::domain::webhook::{WebhookEvent, Webhooks};
 use crate::store::event_store::Envelope;
 
 /// The data of a stored envelope in its event type's current shape, whatever
@@ -112,6 +113,9 @@ pub fn event_schemas() -> Vec<(String, &'static str, Value)> {
     }
     for (name, data) in variants(to_value(schemars::schema_for!(PushEvent))) {
         all.push((name.clone(), Push::NAME, Push::event_version(&name), data));
+    }
+    for (name, data) in variants(to_value(schemars::schema_for!(WebhookEvent))) {
+        all.push((name.clone(), Webhooks::NAME, Webhooks::event_version(&name), data));
     }
     for (name, what) in [
         (
@@ -277,7 +281,14 @@ mod tests {
                 "TenantResumed",
                 "TenantSuspended",
                 "ValueClaimed",
-                "ValueReleased"
+                "ValueReleased",
+                "WebhookCreated",
+                "WebhookDeleted",
+                "WebhookDisabled",
+                "WebhookEnabled",
+                "WebhookRedeliveryRequested",
+                "WebhookSecretRotated",
+                "WebhookUpdated"
             ]
         );
     }

@@ -28,3 +28,4 @@ pub mod record;
 pub mod session;
 pub mod tenant;
 pub mod tenant_modules;
+pub mod webhook;

@@ -14,6 +14,7 @@ pub mod executor;
 pub mod modules;
 pub mod push;
 pub mod record;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use directory::{DirectoryHandler, tenant_created_subject};
 use modules::ModulesHandler;
 use push::PushHandler;
 use record::RecordHandler;
+use webhook::WebhookHandler;
 
 pub struct NodeSupervisor;
 
@@ -215,6 +217,7 @@ pub const CHILDREN: &[ChildSpec] = &[
     ChildSpec::of::<ModulesHandler>(false, true),
     ChildSpec::of::<BackupHandler>(false, true),
     ChildSpec::of::<PushHandler>(false, true),
+    ChildSpec::of::<WebhookHandler>(false, true),
     ChildSpec::per_module::<RecordHandler>(),
 ];
 

@@ -1253,8 +1253,7 @@ async fn mail(
         code: Some("123456".into()),
         link: Some("https://bench-0.canopy.test/verify?code=123456".into()),
         expires_in: 15,
-        inviter: None,
-        role: None,
+        ..TemplateVars::default()
     };
     let rendered = render(MailKind::VerifyEmail, "en", &vars)?;
     let run = uuid::Uuid::now_v7().simple();

@@ -53,6 +53,23 @@ pub struct Config {
     pub websocket_listen: SocketAddr,
     /// How long pushes are kept for clients that were offline, in seconds.
     pub push_history_secs: u64,
+    /// Lets webhooks call loopback addresses (and no other forbidden kind):
+    /// for tests and local development only.
+    pub webhook_allow_loopback: bool,
+    /// How long one webhook call may take, connecting included, in milliseconds.
+    pub webhook_timeout_ms: u64,
+    /// How many times a delivery is tried before it is given up.
+    pub webhook_max_attempts: u32,
+    /// The wait before the first retry, in milliseconds; each later one waits
+    /// four times longer, at most six hours.
+    pub webhook_backoff_ms: u64,
+    /// After this many failed attempts in a row a webhook is disabled and its
+    /// owner mailed.
+    pub webhook_disable_after: u32,
+    /// How many calls to one tenant's endpoints run at once.
+    pub webhook_concurrency: usize,
+    /// How long delivery attempts are kept for `webhookDeliveries`, in days.
+    pub webhook_log_days: u64,
     /// `mem://`, `surrealkv://path` or `ws://host:port`; unset uses surrealkv under the data dir.
     pub surreal_url: Option<String>,
     /// User and password for a remote SurrealDB (`ws://`), if it requires them.
@@ -157,6 +174,13 @@ impl Default for Config {
             mqtt_listen: "127.0.0.1:1883".parse().expect("a valid default address"),
             websocket_listen: "127.0.0.1:9222".parse().expect("a valid default address"),
             push_history_secs: 86_400,
+            webhook_allow_loopback: false,
+            webhook_timeout_ms: 10_000,
+            webhook_max_attempts: 8,
+            webhook_backoff_ms: 5_000,
+            webhook_disable_after: 20,
+            webhook_concurrency: 8,
+            webhook_log_days: 30,
             surreal_url: None,
             surreal_user: None,
             surreal_password: None,
@@ -277,6 +301,21 @@ impl Config {
         if self.push_history_secs == 0 {
             return Err(ConfigError("push_history_secs must be positive".into()));
         }
+        if self.webhook_timeout_ms == 0 || self.webhook_timeout_ms > 300_000 {
+            return Err(ConfigError("webhook_timeout_ms must be between 1 and 300000".into()));
+        }
+        if self.webhook_max_attempts == 0 || self.webhook_max_attempts > 50 {
+            return Err(ConfigError("webhook_max_attempts must be between 1 and 50".into()));
+        }
+        if self.webhook_disable_after == 0 {
+            return Err(ConfigError("webhook_disable_after must be positive".into()));
+        }
+        if self.webhook_concurrency == 0 || self.webhook_concurrency > 256 {
+            return Err(ConfigError("webhook_concurrency must be between 1 and 256".into()));
+        }
+        if self.webhook_log_days == 0 {
+            return Err(ConfigError("webhook_log_days must be positive".into()));
+        }
         if self.token_ttl_secs == 0 {
             return Err(ConfigError("token_ttl_secs must be positive".into()));
         }
@@ -381,6 +420,13 @@ impl Config {
             "mqtt_listen": self.mqtt_listen.to_string(),
             "websocket_listen": self.websocket_listen.to_string(),
             "push_history_secs": self.push_history_secs,
+            "webhook_allow_loopback": self.webhook_allow_loopback,
+            "webhook_timeout_ms": self.webhook_timeout_ms,
+            "webhook_max_attempts": self.webhook_max_attempts,
+            "webhook_backoff_ms": self.webhook_backoff_ms,
+            "webhook_disable_after": self.webhook_disable_after,
+            "webhook_concurrency": self.webhook_concurrency,
+            "webhook_log_days": self.webhook_log_days,
             "surreal_url": self.surreal_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded surrealkv".into()),
             "surreal_user": self.surreal_user,
             "surreal_password": secret(&self.surreal_password),

@@ -19,6 +19,7 @@ pub mod push;
 pub mod request;
 pub mod sessions;
 pub mod tenants;
+pub mod webhooks;
 
 // The roots merge one part per area (`accounts.rs`, `tenants.rs`, ...); a new
 // area adds its part here.
@@ -35,6 +36,7 @@ pub struct Query(
     push::PushQuery,
     sessions::SessionQuery,
     tenants::TenantQuery,
+    webhooks::WebhookQuery,
 );
 
 /// What can be changed: accounts, profiles and tenants.
@@ -48,6 +50,7 @@ pub struct Mutation(
     push::PushMutation,
     sessions::SessionMutation,
     tenants::TenantMutation,
+    webhooks::WebhookMutation,
 );
 
 pub type CanopySchema = Schema<Query, Mutation, live::SubscriptionRoot>;

@@ -84,6 +84,8 @@ pub struct App {
     pub push: Option<outbound::push::PushOut>,
     /// Each tenant's events as this node projects them, for subscriptions.
     pub live: Arc<graphql::live::LiveEvents>,
+    /// The webhook queue and delivery log.
+    pub webhooks: outbound::webhook::WebhookOut,
 }
 
 impl App {
@@ -447,6 +449,19 @@ async fn serve(
             None
         }
     };
+    // Webhooks: the reactor queues deliveries from the log, the deliverer makes them.
+    let webhook_settings = outbound::webhook::Settings::of(config);
+    let webhooks =
+        outbound::webhook::WebhookOut::open(core.store.jetstream().clone(), &webhook_settings, config.replicas).await?;
+    outbound::webhook::start(
+        &mut tasks,
+        core.store.clone(),
+        core.keys.clone(),
+        core.nats.clone(),
+        webhooks.clone(),
+        webhook_settings,
+        cancel.clone(),
+    )?;
     let app = Arc::new(App {
         config: config.clone(),
         nats: core.nats.clone(),
@@ -467,6 +482,7 @@ async fn serve(
         ),
         modules: registry,
         push,
+        webhooks,
         live,
     });
     if let Some(keys) = core.nats_keys() {

@@ -40,6 +40,8 @@ pub const CATALOG: &[(&str, &str)] = &[
     ("publish_messages", "publish push messages to the tenant's clients"),
     ("subscribe_messages", "receive the tenant's push messages"),
     ("manage_push", "choose which of the tenant's events its push clients receive"),
+    ("read_webhooks", "list the tenant's webhooks and their deliveries (never their secrets)"),
+    ("manage_webhooks", "create, change, delete and redeliver webhooks, and rotate their secrets"),
 ];
 
 /// A permission of the catalog.

@@ -130,13 +130,15 @@ pub(crate) async fn insider_may(
 
 /// Whether `principal` holds `permission` in the tenant now: the access state
 /// the actor last read, refreshed (one point read; a load only when it moved).
+/// Allowed, it answers the account behind the principal (itself, or a token's
+/// creator).
 pub(crate) async fn insider_may_cached(
     deps: &Deps,
     scope: &Scope,
     link: &crate::tree::aggregate_actor::TreeLink,
     principal: &crate::command::Principal,
     permission: &str,
-) -> CommandResult<()> {
+) -> CommandResult<Option<String>> {
     let actor = principal.actor_in(scope).ok_or_else(|| CommandFailure::forbidden("sign in first"))?;
     let cached = link.access.lock().unwrap_or_else(|e| e.into_inner()).take();
     let loaded = match cached {
@@ -146,8 +148,13 @@ pub(crate) async fn insider_may_cached(
     .map_err(|e| broken("loading access", e))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let allowed = loaded.state.effective(&actor, now).contains(permission);
+    let behind = loaded.state.account_behind(&actor, now);
     *link.access.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
-    if allowed { Ok(()) } else { Err(CommandFailure::forbidden(&format!("this needs the permission {permission}"))) }
+    if allowed {
+        Ok(behind)
+    } else {
+        Err(CommandFailure::forbidden(&format!("this needs the permission {permission}")))
+    }
 }
 
 /// Makes a deleted tenant's sealed data unreadable for good: its persons' keys

@@ -260,6 +260,47 @@ const DE: &[(&str, &str)] = &[
         "only a member or access token of this tenant may push",
         "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf Push-Nachrichten senden",
     ),
+    // Webhooks.
+    ("no such webhook", "diesen Webhook gibt es nicht"),
+    ("no such delivery", "diese Zustellung gibt es nicht"),
+    ("not a delivery id", "keine Zustellungs-ID"),
+    ("webhooks belong to a tenant", "Webhooks gehören zu einem Mandanten"),
+    ("a tenant has at most 50 webhooks", "ein Mandant hat höchstens 50 Webhooks"),
+    ("a name is 1 to 100 characters without control characters", "ein Name hat 1 bis 100 Zeichen ohne Steuerzeichen"),
+    ("not a URL", "keine URL"),
+    ("the URL must start with http:// or https://", "die URL muss mit http:// oder https:// beginnen"),
+    ("the URL must not carry a user or password", "die URL darf keinen Benutzer und kein Passwort enthalten"),
+    ("the URL names no host", "die URL nennt keinen Host"),
+    ("the URL is longer than 2,048 characters", "die URL ist länger als 2.048 Zeichen"),
+    ("the host does not resolve", "der Host lässt sich nicht auflösen"),
+    ("name at least one event type, or `*` for all", "mindestens einen Ereignistyp angeben, oder `*` für alle"),
+    ("`*` stands alone", "`*` steht allein"),
+    ("1 to 100 event types", "1 bis 100 Ereignistypen"),
+    ("the API key header is 1 to 64 characters", "der Header des API-Schlüssels hat 1 bis 64 Zeichen"),
+    (
+        "the API key header is an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+        "der Header des API-Schlüssels ist ein HTTP-Headername (Buchstaben, Ziffern und !#$%&'*+-.^_`|~)",
+    ),
+    (
+        "the API key header may not be one Canopy sets itself",
+        "der Header des API-Schlüssels darf keiner sein, den Canopy selbst setzt",
+    ),
+    ("a basic username has no `:`", "ein Basic-Benutzername enthält kein `:`"),
+    ("the overlap is 0 to 7 days", "die Überlappung beträgt 0 bis 7 Tage"),
+    ("the webhook is disabled: enable it first", "der Webhook ist deaktiviert: zuerst aktivieren"),
+    ("give new credentials or removeAuth, not both", "neue Anmeldedaten oder removeAuth angeben, nicht beides"),
+    (
+        "this webhook was created by an earlier try of the request; its secret was shown then",
+        "dieser Webhook wurde von einem früheren Versuch der Anfrage angelegt; sein Geheimnis wurde damals gezeigt",
+    ),
+    (
+        "this secret was made by an earlier try of the request; it was shown then",
+        "dieses Geheimnis stammt von einem früheren Versuch der Anfrage; es wurde damals gezeigt",
+    ),
+    (
+        "only a member or access token of this tenant may change webhooks",
+        "nur ein Mitglied oder Zugriffstoken dieses Mandanten darf Webhooks ändern",
+    ),
 ];
 
 /// Messages that carry values: each `{}` in the English stands for a value,
@@ -272,6 +313,11 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("the daily backup limit is reached: {}", "das tägliche Sicherungslimit ist erreicht: {}"),
     ("invalid topic: {}", "ungültiges Thema: {}"),
     ("unknown event type {}", "unbekannter Ereignistyp {}"),
+    (
+        "the host resolves to a {} address, which webhooks may not call",
+        "der Host zeigt auf eine Adresse der Art {}, die Webhooks nicht aufrufen dürfen",
+    ),
+    ("{} is 1 to 4,096 characters without control characters", "{} hat 1 bis 4.096 Zeichen ohne Steuerzeichen"),
     ("the subscriber fell {} events behind", "der Abonnent ist {} Ereignisse zurückgefallen"),
     ("the subscriber fell {} messages behind", "der Abonnent ist {} Nachrichten zurückgefallen"),
     // Modules.
@@ -482,6 +528,45 @@ mod tests {
             .collect()
     }
 
+    /// Every refusal of a webhook change: each of `WebhookError` and of the
+    /// SSRF guard, and the edge's own.
+    fn webhook_problems() -> Vec<String> {
+        use actors::domain::webhook::{UrlRefused, WebhookError, check_credential, parse_header};
+        let urls =
+            [UrlRefused::NotAUrl, UrlRefused::Scheme, UrlRefused::Credentials, UrlRefused::NoHost, UrlRefused::TooLong];
+        let header = |h: &str| parse_header(h).expect_err("a bad header").to_string();
+        urls.into_iter()
+            .map(|u| format!("url: {}", WebhookError::InvalidUrl(u)))
+            .chain([
+                WebhookError::NotFound.to_string(),
+                WebhookError::TooMany.to_string(),
+                WebhookError::InvalidName.to_string(),
+                WebhookError::InvalidEventTypes("name at least one event type, or `*` for all".into()).to_string(),
+                WebhookError::InvalidEventTypes("`*` stands alone".into()).to_string(),
+                WebhookError::InvalidEventTypes("1 to 100 event types".into()).to_string(),
+                WebhookError::InvalidEventTypes("at most 100 event types".into()).to_string(),
+                WebhookError::UnknownEventType("X".into()).to_string(),
+                WebhookError::InvalidOverlap.to_string(),
+                WebhookError::Disabled.to_string(),
+                header(""),
+                header("a b"),
+                header("Host"),
+                check_credential("the token", "").expect_err("empty").to_string(),
+                "a basic username has no `:`".to_owned(),
+                format!("url: {}", crate::outbound::ssrf::Refused::Unresolved),
+                format!("url: {}", crate::outbound::ssrf::Refused::Address("loopback")),
+                "no such delivery".to_owned(),
+                "deliveryId: not a delivery id".to_owned(),
+                "webhooks belong to a tenant".to_owned(),
+                "eventTypes: at most 100 event types".to_owned(),
+                "auth: give new credentials or removeAuth, not both".to_owned(),
+                "this webhook was created by an earlier try of the request; its secret was shown then".to_owned(),
+                "this secret was made by an earlier try of the request; it was shown then".to_owned(),
+                "only a member or access token of this tenant may change webhooks".to_owned(),
+            ])
+            .collect()
+    }
+
     #[test]
     fn every_domain_message_has_a_translation() {
         use actors::domain::access::AccessError;
@@ -588,6 +673,7 @@ mod tests {
         .chain(field_problems())
         .chain([BackupError::DailyLimit { taken: 1 }, BackupError::InvalidLimits].iter().map(ToString::to_string))
         .chain(push_problems())
+        .chain(webhook_problems())
         .chain(crate::edge::tokens::Refused::ALL.iter().map(|r| r.message().to_owned()))
         .chain(["this needs the permission read_users".to_owned()])
         .chain(

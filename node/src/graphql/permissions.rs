@@ -98,6 +98,13 @@ pub const ROOT_FIELDS: &[(&str, &str, Needs)] = &[
     ("Mutation", "publishMessage", Needs::Permission("publish_messages")),
     ("Mutation", "setPushForwarding", Needs::Permission("manage_push")),
     ("Mutation", "issuePushCredentials", Needs::Member("subscribe_messages")),
+    ("Query", "webhooks", Needs::Permission("read_webhooks")),
+    ("Query", "webhookDeliveries", Needs::Permission("read_webhooks")),
+    ("Mutation", "createWebhook", Needs::Permission("manage_webhooks")),
+    ("Mutation", "updateWebhook", Needs::Permission("manage_webhooks")),
+    ("Mutation", "deleteWebhook", Needs::Permission("manage_webhooks")),
+    ("Mutation", "rotateWebhookSecret", Needs::Permission("manage_webhooks")),
+    ("Mutation", "redeliver", Needs::Permission("manage_webhooks")),
     // Subscriptions check theirs when they start (`graphql/live.rs`).
     ("Subscription", "events", Needs::Permission("read_audit")),
     ("Subscription", "messages", Needs::Permission("subscribe_messages")),

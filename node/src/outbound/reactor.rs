@@ -13,6 +13,7 @@ use actors::domain::account::{Account, AccountEvent, AccountId, VerificationPurp
 use actors::domain::aggregate::Aggregate;
 use actors::domain::challenge::{Purpose, Secret};
 use actors::domain::tenant::{Scope, Tenant};
+use actors::domain::webhook::{WEBHOOKS_ID, WebhookDisabled, WebhookEvent, Webhooks};
 use actors::store::event_store::{EventStore, EventSubject, Stored, decode, event_of};
 use actors::store::seal::{KeyRing, SealError, Sealed, person_key_name};
 use actors::tree::executor::load;
@@ -26,11 +27,12 @@ use crate::outbound::mail::{MailKind, OutgoingMail, TemplateVars, enqueue, rende
 pub const CONSUMER: &str = "mail-reactor";
 
 /// The events that produce mail.
-const FILTERS: [&str; 4] = [
+const FILTERS: [&str; 5] = [
     "evt.*.account.*.EmailVerificationRequested",
     "evt.*.account.*.PasswordResetRequested",
     "evt.*.account.*.PasswordChanged",
     "evt.*.access.tenant.MemberInvited",
+    "evt.*.webhook.tenant.WebhookDisabled",
 ];
 
 impl React for MailReactor {
@@ -68,6 +70,12 @@ impl MailReactor {
         if at.aggregate == <Access as Aggregate>::NAME {
             return match event_of::<Access>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
                 AccessEvent::MemberInvited(e) => queue(js, &stored, &self.invitation(&scope, &e).await?).await,
+                _ => Ok(()),
+            };
+        }
+        if at.aggregate == <Webhooks as Aggregate>::NAME {
+            return match event_of::<Webhooks>(&stored.envelope).map_err(|e| Skip::Never(e.to_string()))? {
+                WebhookEvent::WebhookDisabled(e) => queue(js, &stored, &self.webhook_disabled(&scope, &e).await?).await,
                 _ => Ok(()),
             };
         }
@@ -132,8 +140,27 @@ impl MailReactor {
         queue(js, &stored, &mail).await
     }
 
-    /// Opens a challenge's secret and builds its link; an expired challenge
-    /// gets no mail.
+    /// The mail to a webhook's owner that their webhook was disabled for its
+    /// failures (one a member disabled gets none).
+    async fn webhook_disabled(&self, scope: &Scope, e: &WebhookDisabled) -> Result<OutgoingMail, Skip> {
+        if e.failures == 0 {
+            return Err(Skip::Never("disabled by a member".into()));
+        }
+        let owner = e.owner.as_deref().ok_or_else(|| Skip::Never("the webhook has no owner".into()))?;
+        let owner = AccountId::parse(owner).map_err(|_| Skip::Never("not an account id".into()))?;
+        let kid = person_key_name(scope, owner.as_str());
+        let state = load::<Account>(&self.store, scope, owner.as_str()).await.map_err(later)?.state;
+        let Some(email) = &state.email else { return Err(Skip::Never("the owner is not registered".into())) };
+        let to = self.open_personal(email, &kid).await?;
+        let webhooks = load::<Webhooks>(&self.store, scope, WEBHOOKS_ID).await.map_err(later)?.state;
+        let webhook = match webhooks.webhooks.get(&e.webhook_id) {
+            Some(w) => format!("{} ({})", w.name, w.url),
+            None => e.webhook_id.clone(),
+        };
+        let vars = TemplateVars { webhook: Some(webhook), reason: Some(e.reason.clone()), ..TemplateVars::default() };
+        self.compose(scope, &owner, &kid, to, MailKind::WebhookDisabled, vars).await
+    }
+
     /// The invitation mail: to the invited address, in the inviter's language,
     /// naming the inviter, the role and the tenant.
     async fn invitation(&self, scope: &Scope, e: &MemberInvited) -> Result<OutgoingMail, Skip> {
@@ -160,6 +187,8 @@ impl MailReactor {
         Ok(OutgoingMail::new(to, None, scope, MailKind::Invitation, rendered))
     }
 
+    /// Opens a challenge's secret and builds its link; an expired challenge
+    /// gets no mail.
     #[allow(clippy::too_many_arguments)]
     async fn link(
         &self,

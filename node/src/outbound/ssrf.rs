@@ -11,44 +11,25 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use actors::domain::webhook::{UrlRefused, parse_url};
+
 /// Why a URL or address is refused; the text is safe to show the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("not a URL")]
-    NotAUrl,
-    #[error("the URL must start with http:// or https://")]
-    Scheme,
-    #[error("the URL must not carry a user or password")]
-    Credentials,
-    #[error("the URL names no host")]
-    NoHost,
-    #[error("the URL is longer than 2,048 characters")]
-    TooLong,
+    /// The URL's form (`actors::domain::webhook::parse_url`).
+    #[error(transparent)]
+    Form(#[from] UrlRefused),
     #[error("the host does not resolve")]
     Unresolved,
     #[error("the host resolves to a {0} address, which webhooks may not call")]
     Address(&'static str),
 }
 
-/// Longest URL accepted.
-const MAX_URL: usize = 2048;
-
-/// Parses `raw` as a URL a webhook may be sent to, before any lookup.
+/// Parses `raw` as a URL a webhook may be sent to, before any lookup (the
+/// domain's rule: `http(s)://`, a host, no credentials, at most 2,048
+/// characters).
 pub fn parse(raw: &str) -> Result<url::Url, Refused> {
-    if raw.len() > MAX_URL {
-        return Err(Refused::TooLong);
-    }
-    let url = url::Url::parse(raw).map_err(|_| Refused::NotAUrl)?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Refused::Scheme);
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(Refused::Credentials);
-    }
-    if url.host().is_none() {
-        return Err(Refused::NoHost);
-    }
-    Ok(url)
+    Ok(parse_url(raw)?)
 }
 
 /// What kind of address `ip` is, if it is not a public one.
@@ -141,14 +122,14 @@ pub fn allowed(ip: IpAddr, allow_loopback: bool) -> Result<(), Refused> {
 /// caller connects to these and no others (a second lookup could answer
 /// differently).
 pub async fn resolve(url: &url::Url, allow_loopback: bool) -> Result<Vec<SocketAddr>, Refused> {
-    let port = url.port_or_known_default().ok_or(Refused::NoHost)?;
+    let port = url.port_or_known_default().ok_or(Refused::Form(UrlRefused::NoHost))?;
     let addrs: Vec<SocketAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
         Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
         Some(url::Host::Domain(name)) => {
             tokio::net::lookup_host((name, port)).await.map_err(|_| Refused::Unresolved)?.collect()
         }
-        None => return Err(Refused::NoHost),
+        None => return Err(Refused::Form(UrlRefused::NoHost)),
     };
     if addrs.is_empty() {
         return Err(Refused::Unresolved);
@@ -167,17 +148,17 @@ mod tests {
     fn only_http_urls_without_credentials_are_taken() {
         assert!(parse("https://hooks.example.com/canopy?x=1").is_ok());
         assert!(parse("http://hooks.example.com:8080/").is_ok());
-        let long = format!("https://example.com/{}", "a".repeat(MAX_URL));
+        let long = format!("https://example.com/{}", "a".repeat(actors::domain::webhook::MAX_URL));
         for (raw, why) in [
-            ("ftp://example.com/", Refused::Scheme),
-            ("file:///etc/passwd", Refused::Scheme),
-            ("gopher://example.com/", Refused::Scheme),
-            ("javascript:alert(1)", Refused::Scheme),
-            ("https://user:pw@example.com/", Refused::Credentials),
-            ("https://user@example.com/", Refused::Credentials),
-            ("not a url", Refused::NotAUrl),
-            ("", Refused::NotAUrl),
-            (long.as_str(), Refused::TooLong),
+            ("ftp://example.com/", Refused::Form(UrlRefused::Scheme)),
+            ("file:///etc/passwd", Refused::Form(UrlRefused::Scheme)),
+            ("gopher://example.com/", Refused::Form(UrlRefused::Scheme)),
+            ("javascript:alert(1)", Refused::Form(UrlRefused::Scheme)),
+            ("https://user:pw@example.com/", Refused::Form(UrlRefused::Credentials)),
+            ("https://user@example.com/", Refused::Form(UrlRefused::Credentials)),
+            ("not a url", Refused::Form(UrlRefused::NotAUrl)),
+            ("", Refused::Form(UrlRefused::NotAUrl)),
+            (long.as_str(), Refused::Form(UrlRefused::TooLong)),
         ] {
             assert_eq!(parse(raw).unwrap_err(), why, "{raw}");
         }

@@ -138,7 +138,7 @@ fn conforms(value: &Value, schema: &Value, path: &str) -> Result<(), String> {
 #[tokio::test]
 async fn every_event_in_the_log_conforms_to_its_schema() {
     let nats = NatsServer::start();
-    let node = TestNode::start(&nats).await;
+    let node = TestNode::start_configured(&nats, |c| c.webhook_allow_loopback = true).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
     node.register("acme", "ada@example.com", "a-good-password").await;
     node.gql(
@@ -318,6 +318,11 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
     let restore = "mutation($b: ID!) { restoreTenant(input: {backupId: $b, slug: \"acme-clone\"}) { slug } }";
     let r = node.gql(None, Some(&admin), restore, json!({ "b": last })).await;
     assert_eq!(r["data"]["restoreTenant"]["slug"], "acme-clone", "{r}");
+    // Webhooks: one receiving pushes, so the message below is delivered.
+    let endpoint = crate::webhooks::Endpoint::start().await;
+    let create = "mutation($u: String!) { createWebhook(input: {name: \"hook\", url: $u, eventTypes: [\"MessagePublished\"]}) { webhook { id } } }";
+    let r = node.gql(Some("acme"), Some(&owner), create, json!({ "u": endpoint.url("/in") })).await;
+    let hook = r["data"]["createWebhook"]["webhook"]["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_owned();
     // Push: a forwarding choice and a message.
     let forward = "mutation { setPushForwarding(types: [\"ProfileUpdated\"]) }";
     let r = node.gql(Some("acme"), Some(&owner), forward, json!({})).await;
@@ -325,6 +330,22 @@ async fn every_event_in_the_log_conforms_to_its_schema() {
     let publish = "mutation { publishMessage(input: {topic: \"orders/42\", payload: \"shipped\"}) { id } }";
     let r = node.gql(Some("acme"), Some(&owner), publish, json!({})).await;
     assert!(r["errors"].is_null(), "{r}");
+    let got = endpoint.wait_for(1, std::time::Duration::from_secs(20)).await;
+    let delivery = got[0].header("webhook-id").unwrap().to_owned();
+    crate::webhooks::delivery_with(&node, &owner, &hook, "SUCCEEDED").await;
+    for (q, v) in [
+        ("mutation($d: ID!) { redeliver(deliveryId: $d) { deliveryId } }", json!({ "d": delivery })),
+        ("mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret } }", json!({ "id": hook })),
+        (
+            "mutation($id: ID!) { updateWebhook(input: {id: $id, name: \"renamed\", enabled: false}) { id } }",
+            json!({ "id": hook }),
+        ),
+        ("mutation($id: ID!) { updateWebhook(input: {id: $id, enabled: true}) { id } }", json!({ "id": hook })),
+        ("mutation($id: ID!) { deleteWebhook(id: $id) }", json!({ "id": hook })),
+    ] {
+        let r = node.gql(Some("acme"), Some(&owner), q, v).await;
+        assert!(r["errors"].is_null(), "{r}");
+    }
     // The tenant's lifecycle, ending with its deletion.
     let rename = "mutation { updateTenant(input: {name: \"Acme Corp\"}) { name } }";
     let renamed = node.gql(Some("acme"), Some(&owner), rename, json!({})).await;

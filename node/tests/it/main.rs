@@ -30,3 +30,4 @@ mod sessions;
 mod subscriptions;
 mod tenant_lifecycle;
 mod verification;
+mod webhooks;

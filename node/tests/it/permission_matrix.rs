@@ -221,6 +221,15 @@ fn rows() -> Vec<Row> {
         Row::mutation("publishMessage", "mutation { publishMessage(input: {topic: \"matrix\", payload: \"x\"}) { id } }"),
         Row::mutation("setPushForwarding", "mutation { setPushForwarding(types: [\"NoSuchEvent\"]) }"),
         Row::mutation("issuePushCredentials", "mutation { issuePushCredentials(input: {expiresAt: \"soon\"}) { password } }"),
+        // Webhooks: reading changes nothing; every change names an unknown
+        // webhook or delivery, or a URL that is not http(s).
+        Row::query("webhooks", "{ webhooks { id } }"),
+        Row::query("webhookDeliveries", "query($id: ID!) { webhookDeliveries(webhookId: $id) { id } }").vars(|_| json!({ "id": UNKNOWN_ID })),
+        Row::mutation("createWebhook", "mutation { createWebhook(input: {name: \"m\", url: \"ftp://matrix.test/\", eventTypes: [\"*\"]}) { secret } }"),
+        Row::mutation("updateWebhook", "mutation($id: ID!) { updateWebhook(input: {id: $id, name: \"m\"}) { id } }").vars(|_| json!({ "id": UNKNOWN_ID })),
+        Row::mutation("deleteWebhook", "mutation($id: ID!) { deleteWebhook(id: $id) }").vars(|_| json!({ "id": UNKNOWN_ID })),
+        Row::mutation("rotateWebhookSecret", "mutation($id: ID!) { rotateWebhookSecret(id: $id) { secret } }").vars(|_| json!({ "id": UNKNOWN_ID })),
+        Row::mutation("redeliver", "mutation { redeliver(deliveryId: \"msg_matrix\") { deliveryId } }"),
     ]
 }
 

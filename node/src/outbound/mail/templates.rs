@@ -29,16 +29,19 @@ pub enum MailKind {
     PasswordChanged,
     /// An invitation to join a tenant with a role.
     Invitation,
+    /// Tells a webhook's owner that it was disabled after failing.
+    WebhookDisabled,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 6] = [
+    pub const ALL: [MailKind; 7] = [
         MailKind::VerifyEmail,
         MailKind::VerifyNewEmail,
         MailKind::EmailChangeNotice,
         MailKind::PasswordReset,
         MailKind::PasswordChanged,
         MailKind::Invitation,
+        MailKind::WebhookDisabled,
     ];
 
     /// The template name, also the last token of the mail's subject.
@@ -50,6 +53,7 @@ impl MailKind {
             MailKind::PasswordReset => "password_reset",
             MailKind::PasswordChanged => "password_changed",
             MailKind::Invitation => "invitation",
+            MailKind::WebhookDisabled => "webhook_disabled",
         }
     }
 
@@ -65,6 +69,10 @@ impl MailKind {
             MailKind::VerifyEmail | MailKind::VerifyNewEmail => need(vars.code.is_some(), "code"),
             MailKind::PasswordReset => need(vars.code.is_some() || vars.link.is_some(), "code or link"),
             MailKind::EmailChangeNotice | MailKind::PasswordChanged => Ok(()),
+            MailKind::WebhookDisabled => {
+                need(vars.webhook.is_some(), "webhook")?;
+                need(vars.reason.is_some(), "reason")
+            }
             MailKind::Invitation => {
                 need(vars.inviter.is_some(), "inviter")?;
                 need(vars.role.is_some(), "role")?;
@@ -98,6 +106,10 @@ pub struct TemplateVars {
     pub inviter: Option<String>,
     /// The role an invitation grants.
     pub role: Option<String>,
+    /// A webhook's name and URL.
+    pub webhook: Option<String>,
+    /// Why something happened, in words safe to show the recipient.
+    pub reason: Option<String>,
 }
 
 impl std::fmt::Debug for TemplateVars {
@@ -158,6 +170,7 @@ macro_rules! kinds {
                 concat!($locale, "/password_reset.subject"), concat!($locale, "/password_reset.txt"), concat!($locale, "/password_reset.html"),
                 concat!($locale, "/password_changed.subject"), concat!($locale, "/password_changed.txt"), concat!($locale, "/password_changed.html"),
                 concat!($locale, "/invitation.subject"), concat!($locale, "/invitation.txt"), concat!($locale, "/invitation.html"),
+                concat!($locale, "/webhook_disabled.subject"), concat!($locale, "/webhook_disabled.txt"), concat!($locale, "/webhook_disabled.html"),
             )*
         ]
     };
@@ -213,6 +226,8 @@ pub fn render(kind: MailKind, locale: &str, vars: &TemplateVars) -> Result<Rende
             expires => duration(vars.expires_in, lang),
             inviter => clean_opt(&vars.inviter),
             role => clean_opt(&vars.role),
+            webhook => clean_opt(&vars.webhook),
+            reason => clean_opt(&vars.reason),
         }
     };
     let run = |part: &str, ctx: minijinja::Value| {
@@ -271,6 +286,8 @@ mod tests {
             expires_in: 15,
             inviter: Some("Grace".into()),
             role: Some("admin".into()),
+            webhook: Some("orders (https://hooks.example.com/in)".into()),
+            reason: Some("it failed 20 times in a row".into()),
         }
     }
 
