@@ -55,7 +55,7 @@ def mqtt(args):
             say(event="ready")
 
     def on_message(_c, _userdata, msg):
-        say(event="message", topic=msg.topic, payload=msg.payload.decode("utf-8", "replace"))
+        say(event="message", topic=msg.topic, payload=msg.payload.decode("utf-8", "replace"), retain=bool(msg.retain))
         received[0] += 1
         if args.count and received[0] >= args.count:
             done.set()

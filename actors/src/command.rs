@@ -460,8 +460,14 @@ pub struct BackupReply {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PushRequest {
     /// By a member or token holding `publish_messages`: `payload` (UTF-8
-    /// text) for the tenant's clients on `topic`.
-    Publish { topic: String, payload: String },
+    /// text) for the tenant's clients on `topic`; `retain` keeps it as the
+    /// topic's retained message for MQTT clients.
+    Publish {
+        topic: String,
+        payload: String,
+        #[serde(default)]
+        retain: bool,
+    },
     /// By a member or token holding `manage_push`.
     SetForwarding { types: Vec<String> },
 }

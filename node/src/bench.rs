@@ -444,6 +444,8 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         smtp_url: sink.as_ref().map(SmtpSink::url),
         // P: the node answers the auth callout and publishes pushes.
         nats_auth_dir: nats.auth_dir(),
+        // W: the receivers are on this host.
+        webhook_allow_loopback: true,
         ..Config::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -790,6 +792,11 @@ async fn scenarios(
     // P: push fan-out to one tenant's clients.
     if fixture.wants('P') {
         push_fanout(http, fixture, &owners[0], results).await?;
+    }
+
+    // W: webhook deliveries, and one tenant's slow endpoint beside another's.
+    if fixture.wants('W') {
+        webhooks(http, fixture, &owners, results).await?;
     }
 
     // E: one busy tenant, each worker on its own account.
@@ -1210,6 +1217,167 @@ async fn push_fanout(http: &Http, fixture: &Fixture, owner: &Actor, results: &mu
     results.push(st);
     readers.abort_all();
     drop(connected);
+    Ok(())
+}
+
+/// A webhook endpoint on this host: it notes when each delivery of a
+/// published message arrives (by the message's id, the event's aggregate id)
+/// and answers 204, after `delay` when the path is `/slow`.
+struct Receiver {
+    url: String,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(delay: Duration) -> anyhow::Result<Self> {
+        use poem::listener::{Acceptor, Listener};
+        let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let endpoint = poem::endpoint::make(move |req: poem::Request| {
+            let tx = tx.clone();
+            async move {
+                let slow = req.uri().path() == "/slow";
+                let body = req.into_body().into_bytes().await.unwrap_or_default();
+                let id = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["data"]["aggregate_id"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let _ = tx.send((id, Instant::now()));
+                if slow {
+                    tokio::time::sleep(delay).await;
+                }
+                poem::http::StatusCode::NO_CONTENT
+            }
+        });
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("the receiver has no address")?;
+        let server = tokio::spawn(async move {
+            let _ = poem::Server::new_with_acceptor(acceptor).run(endpoint).await;
+        });
+        Ok(Self { url: format!("http://{addr}"), arrived, server })
+    }
+}
+
+/// Creates a webhook of `owner`'s tenant for published messages.
+async fn message_webhook(http: &Http, owner: &Actor, url: &str) -> anyhow::Result<()> {
+    const CREATE: &str = "mutation($u: String!) { createWebhook(input: {name: \"bench\", url: $u, eventTypes: [\"MessagePublished\"]}) { secret } }";
+    let r = http.gql(Some(&owner.tenant), Some(&owner.token), CREATE, json!({ "u": url })).await?;
+    if r["data"]["createWebhook"]["secret"].as_str().is_none() {
+        bail!("no webhook: {r}");
+    }
+    Ok(())
+}
+
+/// Publishes `n` messages for `owner` from `workers` tasks at once; each
+/// message's id with the moment its publish was sent.
+async fn publish_many(
+    http: &Http,
+    owner: &Actor,
+    n: usize,
+    workers: usize,
+) -> anyhow::Result<std::collections::HashMap<String, Instant>> {
+    const PUBLISH: &str = "mutation($p: String!) { publishMessage(input: {topic: \"hooks\", payload: $p}) { id } }";
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks = (0..workers).map(|_| {
+        let (http, owner, next) = (http.clone(), owner.clone(), next.clone());
+        async move {
+            let mut sent = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let at = Instant::now();
+                let r = http.gql(Some(&owner.tenant), Some(&owner.token), PUBLISH, json!({ "p": "x" })).await?;
+                let id = r["data"]["publishMessage"]["id"].as_str().with_context(|| format!("{r}"))?.to_owned();
+                sent.push((id, at));
+            }
+            anyhow::Ok(sent)
+        }
+    });
+    let mut all = std::collections::HashMap::with_capacity(n);
+    for sent in futures::future::join_all(tasks).await {
+        all.extend(sent?);
+    }
+    Ok(all)
+}
+
+/// Waits for the deliveries of `sent` at `receiver`: each one's latency from
+/// its publish to its arrival, and the time of the last arrival.
+async fn arrivals(
+    receiver: &mut Receiver,
+    sent: &std::collections::HashMap<String, Instant>,
+) -> anyhow::Result<(Vec<u64>, Instant)> {
+    let mut lat = Vec::with_capacity(sent.len());
+    let mut seen = std::collections::HashSet::with_capacity(sent.len());
+    let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen.len() < sent.len() {
+        let Ok(Some((id, at))) = tokio::time::timeout_at(deadline.into(), receiver.arrived.recv()).await else {
+            bail!("{} of {} webhook deliveries arrived within the deadline", seen.len(), sent.len());
+        };
+        if let Some(t0) = sent.get(&id)
+            && seen.insert(id)
+        {
+            lat.push(at.saturating_duration_since(*t0).as_micros() as u64);
+            last = at;
+        }
+    }
+    Ok((lat, last))
+}
+
+/// W: webhook deliveries per second to an endpoint on this host (messages
+/// published from 16 clients, each delivered to one webhook), then the same
+/// for a second tenant alone and beside a first tenant whose endpoint takes
+/// two seconds to answer and gets as many events: the second tenant's p99 next
+/// to its p99 alone (target: within 2x).
+async fn webhooks(http: &Http, fixture: &Fixture, owners: &[Actor], results: &mut Vec<Stats>) -> anyhow::Result<()> {
+    let (n, isolated) = if fixture.quick { (40, 20) } else { (3_000, 500) };
+    let (slow_one, fast_one) = match owners {
+        [a, b, ..] => (a, b),
+        _ => bail!("W needs two tenants"),
+    };
+    let mut fast = Receiver::start(Duration::ZERO).await?;
+    let mut slow = Receiver::start(Duration::from_secs(2)).await?;
+    message_webhook(http, fast_one, &format!("{}/fast", fast.url)).await?;
+
+    let (started, since, cpu) = (Instant::now(), monotonic(), process_cpu());
+    let sent = publish_many(http, fast_one, n, 16).await?;
+    let (lat, last) = arrivals(&mut fast, &sent).await?;
+    let mut st = from_samples("W webhook deliveries to a local endpoint", lat, (last - started).as_secs_f64());
+    st.concurrency = 16;
+    st.windows = vec![Window { side: "measured", start: since, end: monotonic() }];
+    st.extra.insert("cpu_us_per_delivery".into(), (process_cpu() - cpu) * 1e6 / n as f64);
+    results.push(st);
+
+    // The second tenant alone, at a gentle pace (8 publishers).
+    let started = Instant::now();
+    let sent = publish_many(http, fast_one, isolated, 8).await?;
+    let (alone, last) = arrivals(&mut fast, &sent).await?;
+    let mut alone = from_samples("W tenant B alone", alone, (last - started).as_secs_f64());
+    alone.concurrency = 8;
+
+    // Now beside tenant A, whose endpoint answers after two seconds.
+    message_webhook(http, slow_one, &format!("{}/slow", slow.url)).await?;
+    let started = Instant::now();
+    let (a, b) = tokio::join!(publish_many(http, slow_one, isolated, 8), publish_many(http, fast_one, isolated, 8));
+    let (_, b) = (a?, b?);
+    let (beside, last) = arrivals(&mut fast, &b).await?;
+    let mut st = from_samples("W tenant B beside a slow endpoint of tenant A", beside, (last - started).as_secs_f64());
+    st.concurrency = 8;
+    st.p99_vs_baseline = Some(st.p99_us as f64 / alone.p99_us.max(1) as f64);
+    st.extra.insert("alone_p50_us".into(), alone.p50_us as f64);
+    st.extra.insert("alone_p99_us".into(), alone.p99_us as f64);
+    // How far A got meanwhile: its endpoint holds `webhook_concurrency` calls.
+    let mut a_arrived = 0;
+    while slow.arrived.try_recv().is_ok() {
+        a_arrived += 1;
+    }
+    st.extra.insert("slow_tenant_deliveries_started".into(), a_arrived as f64);
+    results.push(alone);
+    results.push(st);
+    fast.server.abort();
+    slow.server.abort();
     Ok(())
 }
 

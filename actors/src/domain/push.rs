@@ -97,6 +97,10 @@ pub struct MessagePublished {
     pub payload: serde_json::Value,
     /// Unix seconds.
     pub at: i64,
+    /// Kept as the topic's retained message for MQTT clients that subscribe
+    /// later (an empty payload clears it). Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -125,7 +129,7 @@ pub struct PushState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PushCommand {
     /// `payload` sealed by the caller; `size` is its length in clear.
-    Publish { topic: Topic, payload: serde_json::Value, size: usize, at: i64 },
+    Publish { topic: Topic, payload: serde_json::Value, size: usize, at: i64, retain: bool },
     /// `known` are the event types that exist; `types` must be among them.
     SetForwarding { types: BTreeSet<String>, known: BTreeSet<String> },
 }
@@ -164,15 +168,19 @@ impl Aggregate for Push {
 
     fn decide(state: &PushState, cmd: &PushCommand) -> Result<Decision<PushEvent>, PushError> {
         match cmd {
-            PushCommand::Publish { topic, payload, size, at } => {
+            PushCommand::Publish { topic, payload, size, at, retain } => {
                 if *size > MAX_PAYLOAD {
                     return Err(PushError::PayloadTooLarge);
                 }
                 if state.published {
                     return Err(PushError::Published);
                 }
-                let published =
-                    MessagePublished { topic: topic.as_str().to_owned(), payload: payload.clone(), at: *at };
+                let published = MessagePublished {
+                    topic: topic.as_str().to_owned(),
+                    payload: payload.clone(),
+                    at: *at,
+                    retain: *retain,
+                };
                 Ok(Decision::events(vec![PushEvent::MessagePublished(published)]))
             }
             PushCommand::SetForwarding { types, known } => {
@@ -247,11 +255,13 @@ mod tests {
             payload: serde_json::json!({ "kid": "k" }),
             size,
             at: 7,
+            retain: false,
         };
         let published = PushEvent::MessagePublished(MessagePublished {
             topic: "orders/42".into(),
             payload: serde_json::json!({ "kid": "k" }),
             at: 7,
+            retain: false,
         });
         check::<Push>(&[], publish(MAX_PAYLOAD), Ok(vec![published.clone()]));
         check::<Push>(&[], publish(MAX_PAYLOAD + 1), Err(PushError::PayloadTooLarge));

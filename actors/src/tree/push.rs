@@ -61,7 +61,7 @@ impl Handler for PushHandler {
         let stamp = stamp_for(deps, scope, &envelope).await?;
         let invalid = |e: crate::domain::push::PushError| CommandFailure::rejected(&e);
         let cmd = match &envelope.request {
-            PushRequest::Publish { topic, payload } => {
+            PushRequest::Publish { topic, payload, retain } => {
                 let topic = Topic::for_message(topic).map_err(invalid)?;
                 // Refused before it is sealed; `decide` checks again.
                 if payload.len() > MAX_PAYLOAD {
@@ -72,7 +72,7 @@ impl Handler for PushHandler {
                 let sealed = serde_json::to_value(key.seal(&kid, payload.as_bytes()))
                     .map_err(|e| broken("sealing a push payload", e))?;
                 let at = time::OffsetDateTime::now_utc().unix_timestamp();
-                PushCommand::Publish { topic, payload: sealed, size: payload.len(), at }
+                PushCommand::Publish { topic, payload: sealed, size: payload.len(), at, retain: *retain }
             }
             PushRequest::SetForwarding { types } => PushCommand::SetForwarding {
                 types: types.iter().cloned().collect(),

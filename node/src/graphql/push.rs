@@ -34,6 +34,10 @@ pub struct PublishMessageInput {
     topic: String,
     /// UTF-8 text, at most 64 KiB.
     payload: String,
+    /// Keep it as the topic's retained message: an MQTT client that subscribes
+    /// later gets it first (with the retain flag); an empty payload clears it.
+    #[graphql(default)]
+    retain: bool,
 }
 
 /// A message on its way to the tenant's push clients.
@@ -159,7 +163,8 @@ impl PushMutation {
         if input.payload.len() > actors::domain::push::MAX_PAYLOAD {
             return Err(bad_input("payload", "at most 64 KiB"));
         }
-        let request = PushRequest::Publish { topic: topic.as_str().to_owned(), payload: input.payload };
+        let request =
+            PushRequest::Publish { topic: topic.as_str().to_owned(), payload: input.payload, retain: input.retain };
         let reply: PushReply = send(app, req, &req.scope, "push", command_id(req, "publishMessage"), request).await?;
         settle(ctx, app, reply.seq).await;
         let id = reply.message_id.ok_or_else(|| internal("a published message", "no id in the reply"))?;

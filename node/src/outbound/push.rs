@@ -42,6 +42,11 @@ pub const MAX_PAGE: usize = 100;
 /// Tenants whose forwarding choice is held; more start the cache over.
 const SETTINGS_CACHED: usize = 100_000;
 
+/// nats-server's stream of MQTT retained messages in an account, and the
+/// prefix of its subjects (`$MQTT.rmsgs.{NATS subject}`).
+const RETAINED_STREAM: &str = "$MQTT_rmsgs";
+const RETAINED_PREFIX: &str = "$MQTT.rmsgs.";
+
 /// The subject of `topic` for `tenant`.
 pub fn subject(tenant: &TenantId, topic: &Topic) -> String {
     format!("push.{}.{}", tenant.as_str(), topic.subject_tokens())
@@ -100,7 +105,43 @@ impl PushOut {
                 js.create_stream(config).await.context("while creating the PUSH stream")?;
             }
         }
+        // nats-server makes this stream when the account's first MQTT client
+        // connects; made here first, with the configuration the server makes
+        // it with (which it accepts as its own), retained messages published
+        // before then are kept too.
+        if js.get_stream(RETAINED_STREAM).await.is_err() {
+            let retained = stream::Config {
+                name: RETAINED_STREAM.to_owned(),
+                subjects: vec![format!("{RETAINED_PREFIX}>")],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                max_messages_per_subject: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            };
+            if let Err(e) = js.create_stream(retained).await
+                && js.get_stream(RETAINED_STREAM).await.is_err()
+            {
+                return Err(anyhow!("while creating the MQTT retained messages stream: {e}"));
+            }
+        }
         Ok(Self { client, js })
+    }
+
+    /// Makes `payload` the retained message of `subject` for MQTT clients (an
+    /// empty payload clears it). nats-server keeps an account's retained
+    /// messages in `$MQTT_rmsgs`, one per subject, with the MQTT flags in a
+    /// header; every server of the account follows that stream and hands the
+    /// message to each MQTT subscription that starts later. QoS 0, as every
+    /// push to MQTT clients.
+    async fn retain(&self, subject: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nmqtt-RTopic", subject.replace('.', "/").as_str());
+        // The retain flag (0x1) at QoS 0, in hex; `-` before it marks a deletion.
+        headers.insert("Nmqtt-RFlags", if payload.is_empty() { "-1" } else { "1" });
+        headers.insert("Nmqtt-ROrigin", "canopy");
+        self.js.publish_with_headers(format!("{RETAINED_PREFIX}{subject}"), headers, payload.into()).await?.await?;
+        Ok(())
     }
 
     /// The node's connection to `PUSH`, for live subscriptions to pushes.
@@ -222,7 +263,14 @@ impl PushReactor {
                     };
                     // The message's id, as `publishMessage` answered it.
                     let id = &envelope.aggregate_id;
-                    self.out.publish(subject(&tenant, &topic), id, payload).await.map_err(later)?;
+                    let subject = subject(&tenant, &topic);
+                    if m.retain {
+                        self.out.retain(&subject, payload.clone()).await.map_err(later)?;
+                    }
+                    // An empty retained message only clears the retained one.
+                    if !(m.retain && payload.is_empty()) {
+                        self.out.publish(subject, id, payload).await.map_err(later)?;
+                    }
                 }
                 PushEvent::ForwardingSet(f) => {
                     let mut held = self.forwarded.lock().unwrap_or_else(|e| e.into_inner());

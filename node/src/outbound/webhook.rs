@@ -713,7 +713,9 @@ impl Deliverer {
                 description: Some("one tenant's webhook deliveries".into()),
                 filter_subject: format!("webhook.{}", tenant.as_str()),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: self.settings.timeout + Duration::from_secs(30),
+                // One attempt's longest time and a margin: an item a stopped
+                // node held is offered again soon after.
+                ack_wait: self.settings.timeout + Duration::from_secs(5),
                 max_ack_pending: self.settings.concurrency as i64,
                 inactive_threshold: Duration::from_secs(3600),
                 ..Default::default()

@@ -11,12 +11,12 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "J", "M", "P", "R"]
+        ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "J", "M", "P", "R", "W"]
     );
     for s in &report.results {
         assert!(s.ops > 0, "{} ran nothing", s.scenario);
         assert!(s.p50_us <= s.p99_us, "{s:?}");
-        if ["A", "B", "C", "D", "E", "F", "I", "J", "M", "P", "R"].iter().any(|p| s.scenario.starts_with(p)) {
+        if ["A", "B", "C", "D", "E", "F", "I", "J", "M", "P", "R", "W"].iter().any(|p| s.scenario.starts_with(p)) {
             assert!(s.ops_per_sec.is_finite() && s.ops_per_sec > 0.0, "{s:?}");
         }
         if ["A'", "B", "C", "D", "E", "R"].iter().any(|p| s.scenario.starts_with(p)) {
@@ -51,6 +51,13 @@ async fn the_quick_benchmark_runs_every_scenario() {
     // P delivered every message to every client, each timed from its publish.
     let p = report.results.iter().find(|s| s.scenario.starts_with('P')).unwrap();
     assert_eq!(p.ops as f64, p.extra["messages"] * p.concurrency as f64, "{p:?}");
+    // W delivered every message to the endpoint, and compared the second
+    // tenant's latency beside a slow endpoint with its latency alone.
+    let w: Vec<_> = report.results.iter().filter(|s| s.scenario.starts_with('W')).collect();
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert_eq!(w[0].ops, 40, "{w:?}");
+    assert!(w[2].p99_vs_baseline.is_some_and(|r| r.is_finite() && r > 0.0), "{w:?}");
+    assert!(w[2].extra["alone_p99_us"] > 0.0, "{w:?}");
     // F covers both sizes, with and without a snapshot.
     assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('F')).count(), 4);
     // Every measured stretch says when it ran, for splitting a profile by slice:
@@ -63,7 +70,7 @@ async fn the_quick_benchmark_runs_every_scenario() {
             assert_eq!((count("measured"), count("baseline"), s.windows.len()), (4, 4, 8), "{s:?}");
         } else if s.scenario.starts_with('I') {
             assert_eq!((count("measured"), count("unloaded"), s.windows.len()), (4, 4, 8), "{s:?}");
-        } else if ["A ", "D", "M", "P"].iter().any(|p| s.scenario.starts_with(p)) {
+        } else if ["A ", "D", "M", "P", "W webhook"].iter().any(|p| s.scenario.starts_with(p)) {
             assert_eq!((count("measured"), s.windows.len()), (1, 1), "{s:?}");
         }
         if !s.windows.is_empty() {

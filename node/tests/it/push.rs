@@ -374,3 +374,57 @@ async fn mqtt_and_websocket_clients_get_pushes_and_are_refused_elsewhere() {
         assert!(!events(&report, "refused").is_empty() && events(&report, "connected").is_empty(), "{report:?}");
     }
 }
+
+const RETAIN: &str =
+    "mutation($t: String!, $p: String!) { publishMessage(input: {topic: $t, payload: $p, retain: true}) { id } }";
+
+/// An MQTT client subscribing to `topic` as `user`; what it received within
+/// three seconds (a retained message comes at once).
+async fn mqtt_receives(nats: &NatsServer, user: &str, password: &str, topic: &str) -> Vec<Value> {
+    let port = nats.local().mqtt.unwrap().port().to_string();
+    let args = ["mqtt", "--port", &port, "--user", user, "--password", password, "--subscribe", topic];
+    let mut probe = Probe::start(&[&args[..], &["--count", "1", "--timeout", "3"]].concat());
+    let report = probe.until("exit").await;
+    assert!(!events(&report, "ready").is_empty(), "{report:?}");
+    events(&report, "message").into_iter().cloned().collect()
+}
+
+#[tokio::test]
+async fn a_retained_message_reaches_mqtt_clients_that_subscribe_later_until_cleared() {
+    let nats = NatsServer::start();
+    let node = TestNode::start(&nats).await;
+    let cast = node.acme_globex_bob().await;
+    // Published before any MQTT client of the account connected; the newer
+    // retained message replaces the older, a plain one retains nothing.
+    for (topic, payload, query) in
+        [("status/door", "open", RETAIN), ("status/door", "closed", RETAIN), ("status/window", "ajar", PUBLISH)]
+    {
+        let r = node.gql(Some("acme"), Some(&cast.owner), query, json!({ "t": topic, "p": payload })).await;
+        published(&r);
+    }
+    let want = |got: &[Value]| {
+        got.iter().map(|m| (m["topic"].clone(), m["payload"].clone(), m["retain"].clone())).collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        // The push reactor stores it a moment after the answer.
+        let got = mqtt_receives(&nats, "acme", &cast.bob, "push/acme/status/#").await;
+        if !got.is_empty() || std::time::Instant::now() > deadline {
+            break got;
+        }
+    };
+    assert_eq!(want(&got), [(json!("push/acme/status/door"), json!("closed"), json!(true))]);
+    // Another tenant's client sees none of it.
+    assert!(mqtt_receives(&nats, "globex", &cast.globex, "push/globex/#").await.is_empty());
+
+    // An empty retained message clears it, and reaches no client itself.
+    let r = node.gql(Some("acme"), Some(&cast.owner), RETAIN, json!({ "t": "status/door", "p": "" })).await;
+    published(&r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !mqtt_receives(&nats, "acme", &cast.bob, "push/acme/status/#").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the retained message was not cleared");
+    }
+    let r = node.gql(Some("acme"), Some(&cast.owner), MESSAGES, json!({ "t": "status/door" })).await;
+    let payloads: Vec<_> = r["data"]["messages"].as_array().unwrap().iter().map(|m| m["payload"].clone()).collect();
+    assert_eq!(payloads, [json!("open"), json!("closed")], "{r}");
+}

@@ -518,7 +518,7 @@ async fn redirects_are_not_followed_slow_endpoints_time_out_and_bodies_are_cappe
 #[tokio::test]
 async fn a_queued_delivery_survives_a_node_restart_with_its_id() {
     let nats = NatsServer::start();
-    let node = node_with(&nats, |c| c.webhook_backoff_ms = 500).await;
+    let node = node_with(&nats, |c| c.webhook_backoff_ms = 300).await;
     let owner = node.tenant("acme", "owner@acme.test").await;
     // Nothing listens yet: the first attempts fail to connect.
     let port = free_port();
@@ -531,10 +531,12 @@ async fn a_queued_delivery_survives_a_node_restart_with_its_id() {
 
     // Another node on the same NATS finishes it, under the same id.
     let endpoint = Endpoint::on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap());
-    let node = node_with(&nats, |c| c.webhook_backoff_ms = 500).await;
+    let node = node_with(&nats, |c| c.webhook_backoff_ms = 300).await;
     let owner = node.login("acme", "owner@acme.test", "owner-password").await;
     let owner = token_of(&owner, "login");
-    let got = endpoint.wait_for(1, Duration::from_secs(30)).await;
+    // The next try comes after its backoff (4x longer each time) or, for an
+    // item the stopped node held, after its acknowledgement wait.
+    let got = endpoint.wait_for(1, Duration::from_secs(60)).await;
     assert_eq!(got[0].header("webhook-id"), failed["id"].as_str());
     assert!(python_verifies(&secret, &got[0]).await);
     let d = delivery_with(&node, &owner, &id, "SUCCEEDED").await;
