@@ -36,6 +36,11 @@ pub fn later(e: impl std::fmt::Display) -> Skip {
 
 /// A reactor: what one event of the log becomes.
 pub trait React: Sync {
+    /// How many events it works on at once. One keeps the log's order; more
+    /// suit a reactor whose work for one event does not depend on another's
+    /// (each event is acknowledged when its own work is done, in any order).
+    const CONCURRENCY: usize = 1;
+
     /// The durable consumer's name and description, and its filter subjects.
     fn consumer(&self) -> (&'static str, &'static str, Vec<String>);
 
@@ -74,24 +79,31 @@ async fn follow<R: React>(store: &EventStore, reactor: &R) -> anyhow::Result<()>
             filter_subjects: filters,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_secs(30),
+            max_ack_pending: (R::CONCURRENCY as i64).max(1) * 16,
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.messages().await?;
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        let seq = msg.info().map_err(|e| anyhow!("{e}"))?.stream_sequence;
-        match reactor.react(seq, &msg.subject, &msg.payload).await {
-            Ok(()) => msg.ack().await.map_err(|e| anyhow!("{e}"))?,
-            Err(Skip::Never(why)) => {
-                tracing::info!(consumer = name, seq, reason = %why, "nothing to do for an event");
-                msg.ack().await.map_err(|e| anyhow!("{e}"))?;
+    let messages = consumer.messages().await?;
+    let mut settled = messages
+        .map(|msg| async move {
+            let msg = msg?;
+            let seq = msg.info().map_err(|e| anyhow!("{e}"))?.stream_sequence;
+            match reactor.react(seq, &msg.subject, &msg.payload).await {
+                Ok(()) => msg.ack().await.map_err(|e| anyhow!("{e}"))?,
+                Err(Skip::Never(why)) => {
+                    tracing::info!(consumer = name, seq, reason = %why, "nothing to do for an event");
+                    msg.ack().await.map_err(|e| anyhow!("{e}"))?;
+                }
+                Err(Skip::Later(why)) => {
+                    tracing::warn!(consumer = name, seq, error = %why, "an event's work failed; retrying");
+                    msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await.map_err(|e| anyhow!("{e}"))?;
+                }
             }
-            Err(Skip::Later(why)) => {
-                tracing::warn!(consumer = name, seq, error = %why, "an event's work failed; retrying");
-                msg.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await.map_err(|e| anyhow!("{e}"))?;
-            }
-        }
+            anyhow::Ok(())
+        })
+        .buffer_unordered(R::CONCURRENCY.max(1));
+    while let Some(done) = settled.next().await {
+        done?;
     }
     Ok(())
 }

@@ -409,6 +409,10 @@ pub struct WebhookReactor {
 }
 
 impl React for WebhookReactor {
+    // Deliveries are not ordered, so events are queued a few at a time: each
+    // waits for its item's acknowledgement (an fsync) on its own.
+    const CONCURRENCY: usize = 32;
+
     fn consumer(&self) -> (&'static str, &'static str, Vec<String>) {
         (CONSUMER, "turns events into webhook deliveries on WEBHOOKS", vec!["evt.>".to_owned()])
     }
@@ -721,24 +725,37 @@ impl Deliverer {
                 ..Default::default()
             })
             .await?;
+        // As many calls in flight as the consumer lets out; more are fetched
+        // as each one ends, and the drain ends when none is in flight and
+        // none is ready.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            let batch = consumer
-                .fetch()
-                .max_messages(self.settings.concurrency)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await?;
-            let messages: Vec<_> = batch.collect().await;
-            if messages.is_empty() {
+            let room = self.settings.concurrency.saturating_sub(in_flight.len());
+            if room > 0 {
+                let fetched: Vec<_> = consumer
+                    .fetch()
+                    .max_messages(room)
+                    .expires(Duration::from_millis(if in_flight.is_empty() { 500 } else { 50 }))
+                    .messages()
+                    .await?
+                    .collect()
+                    .await;
+                for m in fetched {
+                    match m {
+                        Ok(msg) => in_flight.push(self.deliver(tenant, msg)),
+                        Err(e) => tracing::warn!(error = %e, "a webhook item could not be read"),
+                    }
+                }
+            }
+            if in_flight.is_empty() {
                 return Ok(());
             }
-            let work = messages.into_iter().map(|m| async move {
-                match m {
-                    Ok(msg) => self.deliver(tenant, msg).await,
-                    Err(e) => tracing::warn!(error = %e, "a webhook item could not be read"),
-                }
-            });
-            futures::future::join_all(work).await;
+            // Wait for a call to end (or, with room left, briefly for new items).
+            if room > 0 && in_flight.len() < self.settings.concurrency {
+                let _ = tokio::time::timeout(Duration::from_millis(50), in_flight.next()).await;
+            } else {
+                in_flight.next().await;
+            }
         }
     }
 
