@@ -36,7 +36,7 @@ use actors::domain::webhook::{
 };
 use actors::store::event_store::{Envelope, EventStore, EventSubject, STREAM as EVENTS, decode, event_of};
 use actors::store::seal::{KeyRing, SealError, Sealed};
-use actors::tree::executor::load;
+use actors::tree::executor::{Loaded, load, refresh};
 use anyhow::{Context, anyhow};
 use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
 use futures::StreamExt;
@@ -368,7 +368,15 @@ impl WebhookOut {
 /// Each tenant's webhooks as the log said them a moment ago.
 pub struct WebhookDirectory {
     store: EventStore,
-    held: Mutex<HashMap<String, (Arc<WebhooksState>, Instant)>>,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// A tenant's webhooks as last read, and when.
+struct Held {
+    loaded: Loaded<Webhooks>,
+    state: Arc<WebhooksState>,
+    /// `None`: read again on the next use.
+    at: Option<Instant>,
 }
 
 impl WebhookDirectory {
@@ -376,26 +384,45 @@ impl WebhookDirectory {
         Self { store, held: Mutex::new(HashMap::new()) }
     }
 
-    /// The tenant's webhooks, read at most `STATE_TTL` ago.
+    /// The tenant's webhooks, read at most `STATE_TTL` ago. A state held is
+    /// brought up to date with one point read (`refresh`), not read again
+    /// from the start: a load's search of the log grows with the log.
     async fn of(&self, tenant: &TenantId) -> anyhow::Result<Arc<WebhooksState>> {
-        if let Some((state, at)) = self.held.lock().unwrap_or_else(|e| e.into_inner()).get(tenant.as_str())
-            && at.elapsed() < STATE_TTL
-        {
-            return Ok(state.clone());
-        }
+        let cached = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match held.get(tenant.as_str()) {
+                Some(h) if h.at.is_some_and(|at| at.elapsed() < STATE_TTL) => return Ok(h.state.clone()),
+                Some(h) => Some((h.loaded.clone(), h.state.clone())),
+                None => None,
+            }
+        };
         let scope = Scope::Tenant(tenant.clone());
-        let state = Arc::new(load::<Webhooks>(&self.store, &scope, WEBHOOKS_ID).await?.state);
+        let (loaded, state) = match cached {
+            Some((cached, state)) => {
+                let version = cached.version;
+                let loaded = refresh::<Webhooks>(&self.store, &scope, WEBHOOKS_ID, cached).await?;
+                let state = if loaded.version == version { state } else { Arc::new(loaded.state.clone()) };
+                (loaded, state)
+            }
+            None => {
+                let loaded = load::<Webhooks>(&self.store, &scope, WEBHOOKS_ID).await?;
+                let state = Arc::new(loaded.state.clone());
+                (loaded, state)
+            }
+        };
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if held.len() >= 100_000 {
-            held.retain(|_, (_, at)| at.elapsed() < STATE_TTL);
+            held.retain(|_, h| h.at.is_some_and(|at| at.elapsed() < STATE_TTL));
         }
-        held.insert(tenant.as_str().to_owned(), (state.clone(), Instant::now()));
+        held.insert(tenant.as_str().to_owned(), Held { loaded, state: state.clone(), at: Some(Instant::now()) });
         Ok(state)
     }
 
-    /// Reads the tenant's webhooks again next time.
+    /// Reads the tenant's webhooks again on the next use.
     fn forget(&self, tenant: &TenantId) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant.as_str());
+        if let Some(h) = self.held.lock().unwrap_or_else(|e| e.into_inner()).get_mut(tenant.as_str()) {
+            h.at = None;
+        }
     }
 }
 
