@@ -23,7 +23,7 @@ MAX_BODY = 1024 * 1024
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--port", type=int, default=8090, help="0: any free port (the first line names it)")
     parser.add_argument("--secret", action="append", required=True, help="a whsec_ secret (repeat during a rotation)")
     args = parser.parse_args()
     verifiers = [Webhook(s) for s in args.secret]
@@ -69,7 +69,7 @@ def main() -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    print(json.dumps({"listening": args.port}), flush=True)
+    print(json.dumps({"listening": server.server_address[1]}), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -42,7 +42,7 @@ impl LocalNats {
     fn launch(custom: Option<&str>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("canopy-nats-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
-        let auth = match custom {
+        let mut auth = match custom {
             Some(_) => None,
             None => {
                 let auth = NatsAuth::load_or_create(&dir.join("auth"))?;
@@ -54,27 +54,54 @@ impl LocalNats {
         let free = || -> anyhow::Result<std::net::SocketAddr> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
         };
-        let (text, mqtt, websocket) = match custom {
-            Some(c) => (c.to_owned(), None, None),
-            None => {
-                let (m, w) = (free()?, free()?);
-                (conf_with_listeners(m, w), Some(m), Some(w))
+        // A port free when chosen may be taken by another process before the
+        // server binds it (tests run side by side): the server then exits, and
+        // it is started again on other ports.
+        let mut last = None;
+        for _ in 0..3 {
+            let (text, mqtt, websocket) = match custom {
+                Some(c) => (c.to_owned(), None, None),
+                None => {
+                    let (m, w) = (free()?, free()?);
+                    (conf_with_listeners(m, w), Some(m), Some(w))
+                }
+            };
+            std::fs::write(&conf, text)?;
+            let port = free()?.port();
+            let child = spawn(&dir, port)?;
+            let scheme = if custom.is_some_and(|c| c.contains("tls {")) { "tls" } else { "nats" };
+            let mut me = Self {
+                child,
+                url: format!("{scheme}://127.0.0.1:{port}"),
+                port,
+                mqtt,
+                websocket,
+                dir: dir.clone(),
+                auth,
+            };
+            match me.wait_listening() {
+                Ok(()) => return Ok(me),
+                Err(e) => {
+                    let _ = me.child.kill();
+                    let _ = me.child.wait();
+                    // Dropping `me` would remove the directory; the next try needs it.
+                    auth = me.auth.take();
+                    me.dir = PathBuf::new();
+                    last = Some(e);
+                }
             }
-        };
-        std::fs::write(&conf, text)?;
-        let port = free()?.port();
-        let child = spawn(&dir, port)?;
-        let scheme = if custom.is_some_and(|c| c.contains("tls {")) { "tls" } else { "nats" };
-        let me = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), port, mqtt, websocket, dir, auth };
-        me.wait_listening()?;
-        Ok(me)
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
     }
 
-    fn wait_listening(&self) -> anyhow::Result<()> {
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if Instant::now() > deadline {
                 bail!("nats-server did not start on port {}", self.port);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("nats-server exited ({status}) instead of listening on port {}", self.port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

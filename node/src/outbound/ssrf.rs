@@ -118,6 +118,18 @@ pub fn allowed(ip: IpAddr, allow_loopback: bool) -> Result<(), Refused> {
     }
 }
 
+/// How long a name may take to resolve.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The addresses `name` resolves to (with `port`), within `LOOKUP_TIMEOUT`:
+/// a resolver that never answers must not hold a request or a delivery.
+pub async fn lookup(name: &str, port: u16) -> Result<Vec<SocketAddr>, Refused> {
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port))).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        _ => Err(Refused::Unresolved),
+    }
+}
+
 /// The addresses `url`'s host resolves to, every one of them allowed; the
 /// caller connects to these and no others (a second lookup could answer
 /// differently).
@@ -126,9 +138,7 @@ pub async fn resolve(url: &url::Url, allow_loopback: bool) -> Result<Vec<SocketA
     let addrs: Vec<SocketAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
         Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        Some(url::Host::Domain(name)) => {
-            tokio::net::lookup_host((name, port)).await.map_err(|_| Refused::Unresolved)?.collect()
-        }
+        Some(url::Host::Domain(name)) => lookup(name, port).await?,
         None => return Err(Refused::Form(UrlRefused::NoHost)),
     };
     if addrs.is_empty() {

@@ -612,7 +612,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_loopback = self.allow_loopback;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = ssrf::lookup(name.as_str(), 0).await?;
             for a in &addrs {
                 ssrf::allowed(a.ip(), allow_loopback)?;
             }
