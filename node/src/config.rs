@@ -363,6 +363,7 @@ impl Config {
     pub fn external_nats(&self) -> Result<Option<(String, Credentials, Tls)>, ConfigError> {
         let Some(raw) = &self.nats_url else { return Ok(None) };
         let (url, in_url) = split_url_credentials(raw);
+        crate::nats::server_addrs(&url).map_err(|e| ConfigError(e.to_string()))?;
         let mut given: Vec<Credentials> = in_url.into_iter().collect();
         match (&self.nats_user, &self.nats_password) {
             (Some(u), Some(p)) => given.push(Credentials::UserPassword(u.clone(), p.clone())),
@@ -488,6 +489,18 @@ mod tests {
         assert!(Config::default().external_nats().unwrap().is_none(), "unset: managed");
         let shown = url("nats://u:hunter2hunter2@h:4222").redacted().to_string();
         assert!(!shown.contains("hunter2hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_of_servers_and_refuses_what_is_not_one() {
+        let url = |u: &str| Config { nats_url: Some(u.into()), ..Config::default() };
+        let (plain, creds, _) = url("nats://u:p@a:4222,nats://b:4222").external_nats().unwrap().unwrap();
+        assert_eq!(plain, "nats://a:4222,nats://b:4222");
+        assert!(matches!(creds, Credentials::UserPassword(..)));
+        for bad in ["", ",", "nats://a:4222,http://u:hunter2hunter2@b:80", "nats://a:notaport"] {
+            let err = url(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("nats_url") && !err.contains("hunter2hunter2"), "{bad}: {err}");
+        }
     }
 
     #[test]

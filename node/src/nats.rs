@@ -181,11 +181,27 @@ async fn options(creds: &Credentials, tls: &Tls) -> anyhow::Result<async_nats::C
     Ok(o)
 }
 
+/// The addresses of `url`: one server, or a comma-separated list of the
+/// servers of a cluster (the client connects to one and fails over to the
+/// others, and learns the rest of the cluster from the one it reaches).
+pub fn server_addrs(url: &str) -> anyhow::Result<Vec<String>> {
+    let addrs: Vec<String> = url.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+    if addrs.is_empty() {
+        bail!("nats_url names no server");
+    }
+    for a in &addrs {
+        a.parse::<async_nats::ServerAddr>()
+            .map_err(|_| anyhow!("nats_url: {} is not a NATS server address", redact_url(a)))?;
+    }
+    Ok(addrs)
+}
+
 /// Connects once, without waiting for a server to come up (tools and tests).
 pub async fn connect_with(url: &str, creds: &Credentials, tls: &Tls) -> anyhow::Result<async_nats::Client> {
     let shown = redact_url(url);
+    let addrs = server_addrs(url)?;
     let o = options(creds, tls).await?.connection_timeout(Duration::from_secs(5));
-    o.connect(url).await.map_err(|e| anyhow!("while connecting to NATS at {shown}: {}", e.kind_text()))
+    o.connect(addrs).await.map_err(|e| anyhow!("while connecting to NATS at {shown}: {}", e.kind_text()))
 }
 
 /// Connects, retrying while a freshly started server comes up, and checks its
@@ -194,10 +210,15 @@ pub async fn connect_with(url: &str, creds: &Credentials, tls: &Tls) -> anyhow::
 pub async fn connect(url: &str, creds: &Credentials, tls: &Tls, wait: Duration) -> anyhow::Result<async_nats::Client> {
     use async_nats::ConnectErrorKind as K;
     let shown = redact_url(url);
+    let addrs = server_addrs(url)?;
     let deadline = Instant::now() + wait;
     let client = loop {
-        let attempt =
-            options(creds, tls).await?.name("canopy").connection_timeout(Duration::from_secs(2)).connect(url).await;
+        let attempt = options(creds, tls)
+            .await?
+            .name("canopy")
+            .connection_timeout(Duration::from_secs(2))
+            .connect(addrs.clone())
+            .await;
         match attempt {
             Ok(c) => break c,
             Err(e) if matches!(e.kind(), K::Io | K::TimedOut) && Instant::now() < deadline => {

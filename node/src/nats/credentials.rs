@@ -42,10 +42,26 @@ pub struct Tls {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
-/// Splits `scheme://user:password@host:port` into the URL without its user
-/// part and the credentials it carried: a user and password, or a lone token.
-/// async-nats would otherwise send them as part of the address.
+/// Takes the credentials out of `url`, a server address or a comma-separated
+/// list of them (a cluster, as NATS clients take it): the list without any
+/// user, password or token, and the credentials the first address with some
+/// carried (the servers of one cluster share their users).
 pub fn split_url_credentials(url: &str) -> (String, Option<Credentials>) {
+    let mut found = None;
+    let plain: Vec<String> = url
+        .split(',')
+        .map(|one| {
+            let (plain, creds) = split_one(one.trim());
+            if found.is_none() {
+                found = creds;
+            }
+            plain
+        })
+        .collect();
+    (plain.join(","), found)
+}
+
+fn split_one(url: &str) -> (String, Option<Credentials>) {
     let Some(scheme_end) = url.find("://") else { return (url.to_owned(), None) };
     let rest = &url[scheme_end + 3..];
     let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -60,8 +76,12 @@ pub fn split_url_credentials(url: &str) -> (String, Option<Credentials>) {
 }
 
 /// Hides a password in `scheme://user:password@host`, and a token in
-/// `scheme://token@host`.
+/// `scheme://token@host`, in each address of a comma-separated list.
 pub fn redact_url(url: &str) -> String {
+    url.split(',').map(|one| redact_one(one.trim())).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -79,6 +99,15 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn a_list_of_servers_keeps_every_address_and_loses_every_secret() {
+        let (plain, creds) = split_url_credentials("nats://u:s3cret@a:4222, nats://b:4222,tls://u:s3cret@c:4222");
+        assert_eq!(plain, "nats://a:4222,nats://b:4222,tls://c:4222");
+        assert!(matches!(creds, Some(Credentials::UserPassword(u, p)) if u == "u" && p.expose_secret() == "s3cret"));
+        let shown = redact_url("nats://u:s3cret@a:4222,nats://t0ken@b:4222,nats://c:4222");
+        assert_eq!(shown, "nats://u:<redacted>@a:4222,nats://<redacted>@b:4222,nats://c:4222");
+    }
 
     #[test]
     fn passwords_in_urls_are_redacted() {

@@ -182,3 +182,17 @@ async fn concurrent_shreds_of_one_key_all_end_with_its_marker() {
     assert!(ring.is_shredded("data.acme").await.unwrap());
     assert!(ring.key("data.acme").await.is_err(), "a shredded key is never made again");
 }
+
+/// `nats_url` may list several servers, as NATS clients take them: a node
+/// whose list names a server that is down as well reaches the one that is up.
+#[tokio::test]
+async fn a_node_reaches_nats_through_a_list_of_servers() {
+    let nats = NatsServer::start();
+    let node = TestNode::start_configured(&nats, |c| {
+        c.nats_url = Some(format!("nats://127.0.0.1:1, {}", nats.url()));
+    })
+    .await;
+    let owner = node.tenant("acme", "owner@acme.test").await;
+    let r = node.gql(Some("acme"), Some(&owner), ME, json!({})).await;
+    assert_eq!(r["data"]["me"]["email"], "owner@acme.test", "{r}");
+}
