@@ -7,6 +7,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod graphql;
@@ -540,6 +541,8 @@ async fn serve(
     }
 
     let addr = listener.local_addr()?;
+    // Membership: the node registers with the NATS service API.
+    tasks.spawn(cluster::serve(core.nats.clone(), addr, node.clone(), cancel.clone()));
     tracing::info!(%addr, "canopy is listening: GraphiQL at http://{addr}/graphql");
     let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
     let served = poem::Server::new_with_acceptor(acceptor)

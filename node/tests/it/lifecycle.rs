@@ -2,6 +2,8 @@
 //! owner's protection, removal by the owner, and the owner's user search.
 
 use actors::store::seal::{KeyRing, MasterKey, SealError, Sealed};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -195,4 +197,62 @@ async fn a_node_reaches_nats_through_a_list_of_servers() {
     let owner = node.tenant("acme", "owner@acme.test").await;
     let r = node.gql(Some("acme"), Some(&owner), ME, json!({})).await;
     assert_eq!(r["data"]["me"]["email"], "owner@acme.test", "{r}");
+}
+
+/// Every node registers with the NATS service API: `$SRV.PING.canopy` finds
+/// each one, `$SRV.INFO` names its HTTP address, and its status endpoint (and
+/// `$SRV.STATS`) counts the tenant trees it runs.
+#[tokio::test]
+async fn every_node_answers_the_nats_service_api_with_its_address_and_tenants() {
+    use futures::StreamExt;
+    let nats = NatsServer::start();
+    let one = TestNode::start(&nats).await;
+    let master = std::fs::read_to_string(one.data_dir().join("master.key")).unwrap();
+    let two = TestNode::start_configured(&nats, |c| c.master_key = Some(master.trim().to_owned().into())).await;
+    let client = nats.client().await;
+    // Every node answers a ping: gather the answers for a moment.
+    let gather = |subject: &'static str| {
+        let client = client.clone();
+        async move {
+            let inbox = client.new_inbox();
+            let mut answers = client.subscribe(inbox.clone()).await.unwrap();
+            client.publish_with_reply(subject, inbox, "".into()).await.unwrap();
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), answers.next()).await {
+                out.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
+            }
+            out
+        }
+    };
+    let pings = gather("$SRV.PING.canopy").await;
+    assert_eq!(pings.len(), 2, "{pings:?}");
+    assert!(pings.iter().all(|p| p["name"] == "canopy" && p["version"] == env!("CARGO_PKG_VERSION")), "{pings:?}");
+    let infos = gather("$SRV.INFO.canopy").await;
+    let mut addrs: Vec<String> =
+        infos.iter().map(|i| i["metadata"]["http"].as_str().unwrap_or_default().to_owned()).collect();
+    addrs.sort();
+    let mut want = vec![one.addr.to_string(), two.addr.to_string()];
+    want.sort();
+    assert_eq!(addrs, want, "{infos:?}");
+
+    // A node running a tenant's tree counts it.
+    one.tenant("acme", "owner@acme.test").await;
+    let ids: Vec<String> = pings.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut total = 0;
+        for id in &ids {
+            let r = client.request(format!("canopy.node.{id}.status"), "".into()).await.unwrap();
+            let status: Value = serde_json::from_slice(&r.payload).unwrap();
+            assert_eq!(status["id"], id.as_str(), "{status}");
+            total += status["tenants"].as_u64().unwrap();
+        }
+        if total >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no node counts the tenant's tree");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = gather("$SRV.STATS.canopy").await;
+    assert!(stats.iter().any(|s| s["endpoints"][0]["data"]["tenants"].as_u64() >= Some(1)), "{stats:?}");
 }
