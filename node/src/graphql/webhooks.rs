@@ -7,6 +7,7 @@
 //! webhook uses, never its credentials.
 
 use actors::command::{WebhookAuthInput, WebhookReply, WebhookRequest};
+use actors::domain::aggregate::Aggregate;
 use actors::domain::webhook::{AuthKind, MAX_EVENT_TYPES, Method, WEBHOOKS_ID, Webhook as Hook, Webhooks};
 use actors::tree::executor::load;
 use async_graphql::{Context, Enum, ID, InputObject, Object, OneofObject, SimpleObject};
@@ -378,9 +379,7 @@ impl WebhookMutation {
             event_types: input.event_types,
             auth: input.auth.map_or(WebhookAuthInput::None, Into::into),
         };
-        let reply: WebhookReply =
-            send(app, req, &req.scope, "webhook", command_id(req, "createWebhook"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        let reply = command(ctx, "createWebhook", request).await?;
         let secret = reply.secret.ok_or_else(|| {
             error("CONFLICT", "this webhook was created by an earlier try of the request; its secret was shown then")
         })?;
@@ -414,21 +413,17 @@ impl WebhookMutation {
             auth,
             enabled: input.enabled,
         };
-        let reply: WebhookReply =
-            send(app, req, &req.scope, "webhook", command_id(req, "updateWebhook"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        let reply = command(ctx, "updateWebhook", request).await?;
         current(app, req, &reply.webhook_id).await
     }
 
     /// Removes a webhook; deliveries still queued for it are skipped.
     /// Permission `manage_webhooks`.
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ID> {
-        let (app, req) = parts(ctx);
+        let (_, req) = parts(ctx);
         tenant_of(req, "webhooks belong to a tenant")?;
         let request = WebhookRequest::Delete { webhook_id: id.to_string() };
-        let reply: WebhookReply =
-            send(app, req, &req.scope, "webhook", command_id(req, "deleteWebhook"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        let reply = command(ctx, "deleteWebhook", request).await?;
         Ok(ID(reply.webhook_id))
     }
 
@@ -445,9 +440,7 @@ impl WebhookMutation {
         let (app, req) = parts(ctx);
         tenant_of(req, "webhooks belong to a tenant")?;
         let request = WebhookRequest::RotateSecret { webhook_id: id.to_string(), overlap_secs: overlap_seconds.into() };
-        let reply: WebhookReply =
-            send(app, req, &req.scope, "webhook", command_id(req, "rotateWebhookSecret"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        let reply = command(ctx, "rotateWebhookSecret", request).await?;
         let secret = reply.secret.ok_or_else(|| {
             error("CONFLICT", "this secret was made by an earlier try of the request; it was shown then")
         })?;
@@ -477,10 +470,18 @@ impl WebhookMutation {
             delivery_id: delivery_id.to_string(),
             event_seq: delivery.last().event_seq,
         };
-        let reply: WebhookReply = send(app, req, &req.scope, "webhook", command_id(req, "redeliver"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        command(ctx, "redeliver", request).await?;
         Ok(Redelivery { delivery_id, webhook_id: ID(webhook_id) })
     }
+}
+
+/// Sends `request` to the tenant's webhooks actor as operation `operation`
+/// and waits for the read models to reach its events (read-your-writes).
+async fn command(ctx: &Context<'_>, operation: &str, request: WebhookRequest) -> async_graphql::Result<WebhookReply> {
+    let (app, req) = parts(ctx);
+    let reply: WebhookReply = send(app, req, &req.scope, Webhooks::NAME, command_id(req, operation), request).await?;
+    settle(ctx, app, reply.seq).await;
+    Ok(reply)
 }
 
 /// A webhook as the log says it is now.
