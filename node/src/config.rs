@@ -96,6 +96,14 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// A tenant tree with no command for this long is stopped.
     pub idle_timeout_secs: u64,
+    /// At most this many tenant trees run on the node; starting one more stops
+    /// the least recently used first.
+    pub max_live_trees: usize,
+    /// A node whose heartbeat in KV `nodes` is this old is dead for the others.
+    pub node_dead_after_secs: u64,
+    /// How long a tenant's placement lease lasts unrenewed: after a node dies,
+    /// its tenants move to others within this time (whole seconds, at least 2).
+    pub lease_secs: u64,
     /// How long a mutation waits for its own events to be projected.
     pub read_your_writes_timeout_ms: u64,
     /// How long the edge waits for a command's reply.
@@ -188,6 +196,9 @@ impl Default for Config {
             issuer: "canopy".into(),
             token_ttl_secs: 900,
             idle_timeout_secs: 300,
+            max_live_trees: 10_000,
+            node_dead_after_secs: 10,
+            lease_secs: 10,
             read_your_writes_timeout_ms: 5000,
             command_timeout_ms: 10_000,
             base_domain: None,
@@ -294,6 +305,15 @@ impl Config {
             && !(u.starts_with("https://") || u.starts_with("http://"))
         {
             return Err(ConfigError("app_url must start with https:// or http://".into()));
+        }
+        if self.max_live_trees == 0 {
+            return Err(ConfigError("max_live_trees must be positive".into()));
+        }
+        if !(1..=3600).contains(&self.node_dead_after_secs) {
+            return Err(ConfigError("node_dead_after_secs must be between 1 and 3600".into()));
+        }
+        if !(2..=3600).contains(&self.lease_secs) {
+            return Err(ConfigError("lease_secs must be between 2 and 3600".into()));
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(ConfigError("replicas must be between 1 and 5".into()));
@@ -440,6 +460,9 @@ impl Config {
             "rate_limits": self.rate_limits,
             "trust_forwarded_for": self.trust_forwarded_for,
             "idle_timeout_secs": self.idle_timeout_secs,
+            "max_live_trees": self.max_live_trees,
+            "node_dead_after_secs": self.node_dead_after_secs,
+            "lease_secs": self.lease_secs,
             "read_your_writes_timeout_ms": self.read_your_writes_timeout_ms,
             "command_timeout_ms": self.command_timeout_ms,
             "base_domain": self.base_domain,

@@ -3,6 +3,7 @@
 //! before anything is executed.
 
 pub mod auth;
+pub mod cluster;
 pub mod feed;
 pub mod i18n;
 pub mod limits;
@@ -37,6 +38,7 @@ pub fn routes(app: Arc<App>) -> impl poem::Endpoint {
         .at("/readyz", get(readyz))
         .at("/.well-known/jwks.json", get(jwks))
         .at("/metrics", get(metrics))
+        .at("/cluster", get(cluster::cluster))
         .at("/graphql", get(graphql_get).post(graphql_root))
         .at("/t/:tenant/graphql", get(graphiql).post(graphql_tenant))
         .at("/migrate", poem::post(records::migrate_all))
@@ -167,6 +169,61 @@ async fn metrics_text(app: &App) -> String {
         "counter",
         "Queries that read the read models, since start.",
         &[("", app.read_model.reads())],
+    );
+    let live_trees =
+        match app.node.call(actors::tree::NodeMsg::LiveTrees, Some(std::time::Duration::from_secs(2))).await {
+            Ok(ractor::rpc::CallResult::Success(n)) => n as u64,
+            _ => 0,
+        };
+    family(
+        &mut out,
+        "canopy_live_trees",
+        "gauge",
+        "Tenant trees running on this node (at most max_live_trees).",
+        &[("", live_trees)],
+    );
+    family(
+        &mut out,
+        "canopy_max_live_trees",
+        "gauge",
+        "The configured max_live_trees.",
+        &[("", app.config.max_live_trees as u64)],
+    );
+    let r = &app.router;
+    family(
+        &mut out,
+        "canopy_trees_evicted_total",
+        "counter",
+        "Tenant trees stopped to stay within max_live_trees (least recently used first), since start.",
+        &[("", r.evicted.load(std::sync::atomic::Ordering::Relaxed))],
+    );
+    family(
+        &mut out,
+        "canopy_tenants_owned",
+        "gauge",
+        "Tenants whose placement lease this node holds.",
+        &[("", app.placement.held_count() as u64)],
+    );
+    family(
+        &mut out,
+        "canopy_commands_forwarded_total",
+        "counter",
+        "Commands this node's router sent on to the tenant's owner, since start.",
+        &[("", r.forwarded.load(std::sync::atomic::Ordering::Relaxed))],
+    );
+    family(
+        &mut out,
+        "canopy_tenants_handed_over_total",
+        "counter",
+        "Tenants this node handed to a node that should own them now, since start.",
+        &[("", r.handed_over.load(std::sync::atomic::Ordering::Relaxed))],
+    );
+    family(
+        &mut out,
+        "canopy_leases_lost_total",
+        "counter",
+        "Placement leases this node found taken by another node when renewing, since start.",
+        &[("", r.leases_lost.load(std::sync::atomic::Ordering::Relaxed))],
     );
     let (remembered, parsed) = app.documents.counts();
     family(

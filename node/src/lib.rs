@@ -87,6 +87,10 @@ pub struct App {
     pub live: Arc<graphql::live::LiveEvents>,
     /// The webhook queue and delivery log.
     pub webhooks: outbound::webhook::WebhookOut,
+    /// Which node runs which tenant: commands go to the tenant's owner.
+    pub placement: cluster::placement::Placement,
+    /// The router's counters, for `/metrics`.
+    pub router: Arc<router::RouterStats>,
 }
 
 impl App {
@@ -331,13 +335,35 @@ async fn serve(
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let router = Router::new(
-        core.nats.clone(),
-        node.clone(),
-        Duration::from_millis(config.command_timeout_ms),
-        actors::tree::CHILDREN,
-    );
+    // Membership and placement: the node joins before it takes any command.
+    let addr = listener.local_addr()?;
+    let member = cluster::Node::join(
+        &core.nats,
+        core.store.jetstream(),
+        cluster::JoinArgs {
+            http: addr,
+            dead_after: Duration::from_secs(config.node_dead_after_secs),
+            lease: Duration::from_secs(config.lease_secs),
+            replicas: config.replicas,
+        },
+    )
+    .await
+    .context("while joining the cluster")?;
+    let placement = member.placement.clone();
+    tracing::info!(node = member.id(), "joined the cluster");
+    let router = Router::new(router::RouterArgs {
+        nats: core.nats.clone(),
+        node: node.clone(),
+        timeout: Duration::from_millis(config.command_timeout_ms),
+        children: actors::tree::CHILDREN,
+        placement: placement.clone(),
+        max_live_trees: config.max_live_trees,
+        idle: Duration::from_secs(config.idle_timeout_secs.max(1)),
+    });
+    let router_stats = router.stats();
+    let leaving = router.clone();
     tasks.spawn(router.run(cancel.clone()));
+    tasks.spawn(member.serve(node.clone(), cancel.clone()));
     tasks.spawn(mailer.run(cancel.clone()));
     // Mails come from events only: the reactor follows the log durably.
     let reactor = outbound::reactor::MailReactor {
@@ -485,6 +511,8 @@ async fn serve(
         push,
         webhooks,
         live,
+        placement: placement.clone(),
+        router: router_stats,
     });
     if let Some(keys) = core.nats_keys() {
         // Push clients authenticate through this node (one node of the cluster
@@ -540,10 +568,15 @@ async fn serve(
         });
     }
 
-    let addr = listener.local_addr()?;
-    // Membership: the node registers with the NATS service API.
-    tasks.spawn(cluster::serve(core.nats.clone(), addr, node.clone(), cancel.clone()));
     tracing::info!(%addr, "canopy is listening: GraphiQL at http://{addr}/graphql");
+    // Leaving: the node leaves the membership, so no tenant is sent to it,
+    // and hands its tenants over while it still serves HTTP (commands for
+    // them are forwarded to their next owner); then HTTP stops.
+    let shutdown = async move {
+        shutdown.await;
+        placement.membership().leave().await;
+        leaving.hand_over_all().await;
+    };
     let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
     let served = poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(edge::routes(app.clone()), shutdown, Some(Duration::from_secs(20)))

@@ -255,6 +255,16 @@ const DE: &[(&str, &str)] = &[
         "Abonnements gehören zu einem Mandanten: x-tenant-id mitsenden",
     ),
     ("the credentials were refused", "die Anmeldedaten wurden abgelehnt"),
+    (
+        crate::router::MOVING,
+        "der Mandant zieht gerade auf einen anderen Knoten um; bitte mit demselben idempotency-key erneut senden",
+    ),
+    (
+        crate::graphql::request::NO_ANSWER,
+        "keine rechtzeitige Antwort vom Knoten des Mandanten; bitte mit demselben idempotency-key erneut senden",
+    ),
+    ("sign in as a platform administrator", "melden Sie sich als Plattform-Administrator an"),
+    ("the placement bucket cannot be read now", "die Platzierung der Mandanten kann gerade nicht gelesen werden"),
     ("this field declares no permission", "dieses Feld nennt keine Berechtigung"),
     (
         "only a member or access token of this tenant may push",
@@ -676,6 +686,15 @@ mod tests {
         .chain(webhook_problems())
         .chain(crate::edge::tokens::Refused::ALL.iter().map(|r| r.message().to_owned()))
         .chain(["this needs the permission read_users".to_owned()])
+        .chain(
+            [
+                crate::router::MOVING,
+                crate::graphql::request::NO_ANSWER,
+                "sign in as a platform administrator",
+                "the placement bucket cannot be read now",
+            ]
+            .map(str::to_owned),
+        )
         .chain(
             [
                 InputError::InvalidEmail,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::command::{ClientInfo, CommandEnvelope, CommandFailure, CommandResult, Principal, command_subject};
+use actors::command::{ClientInfo, CommandEnvelope, CommandFailure, CommandResult, Principal};
 use actors::domain::account::{AccountId, InputError, Locale};
 use actors::domain::ids::CommandId;
 use actors::domain::session::{SessionId, UserAgent};
@@ -18,6 +18,7 @@ use crate::App;
 use crate::edge::auth::Claims;
 use crate::edge::feed::Feed;
 use crate::edge::tokens::TokenCaller;
+use crate::router::node_subject;
 
 /// Who is asking, and for which tenant; resolved by the edge before execution.
 #[derive(Debug, Clone)]
@@ -183,11 +184,40 @@ pub async fn dispatch<R: Serialize, T: DeserializeOwned>(
 ) -> Result<CommandResult<T>, async_graphql::Error> {
     let body = serde_json::to_vec(envelope).map_err(|e| internal("encoding a command", e))?;
     let timeout = Duration::from_millis(app.config.command_timeout_ms);
-    let reply = tokio::time::timeout(timeout, app.nats.request(command_subject(scope, aggregate), body.into()))
-        .await
-        .map_err(|_| internal("command timed out", "no reply"))?
-        .map_err(|e| internal("sending a command", e))?;
+    // Straight to the tenant's owner when this node knows it, else to this
+    // node's router, which finds it: one NATS hop either way. An owner that
+    // no longer listens never got the command: ask this node's router then.
+    let started = tokio::time::Instant::now();
+    let mut owner = app.placement.cached_owner(scope);
+    let reply = loop {
+        let to = owner.take().unwrap_or_else(|| app.placement.me().to_owned());
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, app.nats.request(node_subject(&to, scope, aggregate), body.clone().into()))
+            .await
+        {
+            Err(_) => return Err(unavailable()),
+            Ok(Ok(reply)) => break reply,
+            Ok(Err(e)) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders if to != app.placement.me() => {
+                    app.placement.forget_holder(scope);
+                }
+                async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut => {
+                    return Err(unavailable());
+                }
+                _ => return Err(internal("sending a command", e)),
+            },
+        }
+    };
     serde_json::from_slice(&reply.payload).map_err(|e| internal("decoding a command reply", e))
+}
+
+pub const NO_ANSWER: &str = "no answer from the tenant's node in time; retry with the same idempotency-key";
+
+/// The answer when a command's outcome is unknown (its node went away, or no
+/// reply came in time): it may have been applied, and a retry with the same
+/// idempotency key is applied at most once.
+fn unavailable() -> async_graphql::Error {
+    error("UNAVAILABLE", NO_ANSWER)
 }
 
 /// Sends a command to the owning tree over NATS and decodes the typed answer.

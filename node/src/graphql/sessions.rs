@@ -3,11 +3,15 @@
 //! the signed-in account's open ones.
 
 use actors::command::{AccountReply, AccountRequest, SessionSelection};
+use actors::domain::account::AccountId;
 use actors::domain::session::{RefreshToken, SessionId};
+use actors::domain::tenant::Scope;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::accounts::{AuthPayload, issue, own_account};
 use super::request::{bad_input, command_id, consistent, internal, limit, parts, principal, send, settle_or_revoke};
+use crate::App;
+use crate::edge::feed::Feed;
 use crate::edge::limits::Key;
 use crate::graphql::request::RequestCtx;
 
@@ -76,7 +80,8 @@ impl SessionMutation {
             .map_err(|_| super::request::error("UNAUTHENTICATED", "the refresh token is not valid; sign in again"))?;
         // A refresh is not idempotent: its new token is shown once.
         let anonymous = RequestCtx { principal: None, token: None, idempotency_key: None, ..req.clone() };
-        let reply: AccountReply = send(
+        let account = token.account_id().clone();
+        let sent = send(
             app,
             &anonymous,
             &req.scope,
@@ -84,7 +89,16 @@ impl SessionMutation {
             command_id(&anonymous, "refreshSession"),
             AccountRequest::RefreshSession { token },
         )
-        .await?;
+        .await;
+        let reply: AccountReply = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                // A reused token ended its session in this command: the
+                // session's access tokens are refused once this answer is.
+                revoked_before_answering(app, &req.scope, &account).await;
+                return Err(e);
+            }
+        };
         let AccountReply::Refreshed { account_id, session, seq } = reply else {
             return Err(internal("unexpected reply", "refreshSession"));
         };
@@ -121,4 +135,15 @@ async fn revoke(ctx: &Context<'_>, operation: &str, which: SessionSelection) -> 
     };
     settle_or_revoke(ctx, app, seq, count).await;
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+/// Waits until this node's revocation set holds the account's newest
+/// `SessionRevoked` (bounded by the read-your-writes timeout).
+async fn revoked_before_answering(app: &App, scope: &Scope, account: &AccountId) {
+    let subject = actors::store::event_store::event_subject(scope, "account", account.as_str(), "SessionRevoked");
+    let Ok(seq) = app.store.last_seq_on(&subject).await else { return };
+    if seq > 0 {
+        let timeout = std::time::Duration::from_millis(app.config.read_your_writes_timeout_ms);
+        let _ = app.revocations.marks().wait_for(seq, timeout).await;
+    }
 }

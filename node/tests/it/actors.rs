@@ -504,8 +504,25 @@ async fn a_new_aggregate_needs_only_its_handler_and_a_child_list_line_to_be_reac
     let (node, _) = Actor::spawn(None, NodeSupervisor, args).await.unwrap();
     create_tenant(&node, "acme").await;
     let client = nats.client().await;
-    let router = canopy_node::router::Router::new(client.clone(), node, Duration::from_secs(20), CHILDREN_WITH_ECHO);
+    let js = async_nats::jetstream::new(client.clone());
+    let args = canopy_node::cluster::JoinArgs {
+        http: "127.0.0.1:1".parse().unwrap(),
+        dead_after: Duration::from_secs(10),
+        lease: Duration::from_secs(10),
+        replicas: 1,
+    };
+    let member = canopy_node::cluster::Node::join(&client, &js, args).await.unwrap();
+    let router = canopy_node::router::Router::new(canopy_node::router::RouterArgs {
+        nats: client.clone(),
+        node: node.clone(),
+        timeout: Duration::from_secs(20),
+        children: CHILDREN_WITH_ECHO,
+        placement: member.placement.clone(),
+        max_live_trees: 100,
+        idle: Duration::from_secs(60),
+    });
     let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(member.serve(node, cancel.clone()));
     let running = tokio::spawn(router.run(cancel.clone()));
     client.flush().await.unwrap();
 

@@ -15,6 +15,7 @@ mod audit;
 mod backups;
 mod bad_input;
 mod bench;
+mod cluster;
 mod commands;
 mod contracts;
 mod event_store;
