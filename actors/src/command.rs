@@ -622,6 +622,12 @@ impl CommandFailure {
         Self::new("INTERNAL", "internal error; the request was not applied or may be retried safely")
     }
 
+    /// The event log could not be reached; nothing was appended, or a retry
+    /// under the same command id is a no-op.
+    pub fn unavailable() -> Self {
+        Self::new("UNAVAILABLE", UNAVAILABLE_MESSAGE)
+    }
+
     pub fn unknown_tenant() -> Self {
         Self::new("NOT_FOUND", "unknown tenant")
     }
@@ -645,6 +651,9 @@ impl CommandFailure {
 pub type CommandResult<T> = Result<T, CommandFailure>;
 
 /// A result as it goes back on the reply subject (JSON).
+pub const UNAVAILABLE_MESSAGE: &str =
+    "the event log cannot be reached now; the request was not applied or may be retried safely";
+
 pub fn encode_result<T: Serialize>(r: CommandResult<T>) -> Vec<u8> {
     serde_json::to_vec(&r).unwrap_or_else(|_| br#"{"Err":{"code":"INTERNAL","message":"internal error"}}"#.to_vec())
 }

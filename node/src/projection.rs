@@ -168,6 +168,13 @@ const ACCESS_AGGREGATE: &str = <actors::domain::access::Access as actors::domain
 
 /// Most events applied in one transaction per database.
 const MAX_BATCH: usize = 512;
+/// After this long without a delivery the projector checks whether the log
+/// moved on without it.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+/// How long the projector waits for a JetStream API answer before it starts
+/// over: while servers elect a leader, requests go unanswered, and the next
+/// try reaches the new one.
+const JS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One message of a batch, ready to commit.
 struct Entry {
@@ -407,7 +414,9 @@ impl Projector {
         self
     }
 
-    /// Runs until cancelled, reconnecting after errors from where it left off.
+    /// Runs until cancelled, reconnecting after errors from where it left off
+    /// (and after a stall: a consumer that delivers nothing while the log has
+    /// newer events is made again from the checkpoint).
     pub async fn run(mut self, cancel: CancellationToken) {
         loop {
             let result = tokio::select! {
@@ -435,19 +444,22 @@ impl Projector {
         let mut applied = self.rm.checkpoint().await?;
         self.deleted = self.rm.deleted_tenants().await?.into_iter().collect();
         self.erase(applied).await?;
-        let head = self.store.last_seq().await?;
+        let head = tokio::time::timeout(JS_TIMEOUT, self.store.last_seq()).await??;
         self.publish_progress(applied, head);
         if stop_at.is_some_and(|s| s <= applied) {
             return Ok(());
         }
-        let stream = self.store.jetstream().get_stream(STREAM).await?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
+        let stream = tokio::time::timeout(JS_TIMEOUT, self.store.jetstream().get_stream(STREAM)).await??;
+        let consumer = tokio::time::timeout(
+            JS_TIMEOUT,
+            stream.create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: "evt.>".into(),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: applied + 1 },
+                max_expires: actors::store::event_store::FAILOVER_EXPIRY,
                 ..Default::default()
-            })
-            .await?;
+            }),
+        )
+        .await??;
         let mut messages = consumer.messages().await?;
         loop {
             let next = {
@@ -461,6 +473,18 @@ impl Projector {
                     biased;
                     name = destroyed => Either::Left(name),
                     m = messages.next() => Either::Right(m),
+                    () = tokio::time::sleep(STALL_CHECK) => {
+                        // Nothing arrived for a while: fine when the log has
+                        // nothing newer, a stalled consumer (its server lost,
+                        // its pull unanswered) when it has.
+                        let head = tokio::time::timeout(JS_TIMEOUT, self.store.last_seq()).await;
+                        if head.map_or(true, |h| h.is_ok_and(|h| h > applied)) {
+                            anyhow::bail!(
+                                "the consumer delivered nothing for {STALL_CHECK:?} while the log moved on (or its head could not be read)"
+                            );
+                        }
+                        continue;
+                    }
                 }
             };
             let first = match next {

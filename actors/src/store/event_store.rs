@@ -223,6 +223,21 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, e.to_string())
 }
 
+/// The longest a consumer's pull request waits on the server, and so how soon
+/// a follower notices that the server holding its consumer is gone: with no
+/// heartbeat for two halves of it, an ordered consumer is made again on
+/// another server (the client's default, 30 s, left a projector stalled that
+/// long after a NATS server was lost).
+pub const FAILOVER_EXPIRY: Duration = Duration::from_secs(2);
+
+/// How long a JetStream request (an append's acknowledgement, a point read,
+/// a consumer's creation) waits for its answer. While the servers of a
+/// cluster elect a new leader for a stream, requests go unanswered: a shorter
+/// wait lets the caller (a retry under the same command id) reach the new
+/// leader sooner. An append that timed out may still have landed; its command
+/// id makes the retry a no-op.
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The stream configuration from DESIGN.md: file storage, atomic batches, no delete
 /// or purge, direct gets for point reads, kept forever.
 pub fn stream_config(replicas: usize) -> stream::Config {
@@ -313,7 +328,8 @@ impl EventStore {
     /// Creates (or updates) the `EVENTS` stream and the `snapshots` and `keys`
     /// buckets, and returns the store with the `keys` bucket for the key ring.
     pub async fn open(client: async_nats::Client, replicas: usize) -> Result<(Self, kv::Store), StoreError> {
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(JETSTREAM_TIMEOUT);
         js.create_or_update_stream(stream_config(replicas)).await.map_err(unavailable)?;
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
@@ -427,6 +443,7 @@ impl EventStore {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter.to_owned(),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 },
+                max_expires: FAILOVER_EXPIRY,
                 ..Default::default()
             })
             .await

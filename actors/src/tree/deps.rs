@@ -52,8 +52,13 @@ impl Default for AccountPolicy {
 }
 
 /// Infrastructure failed while doing `what`: the detail goes to the log, the
-/// caller gets `INTERNAL` and nothing of it.
-pub fn broken(what: &str, e: impl std::fmt::Display) -> CommandFailure {
+/// caller gets nothing of it: `UNAVAILABLE` when the event log could not be
+/// reached (a NATS server lost, a leader being elected: a retry under the same
+/// command id is safe), else `INTERNAL`.
+pub fn broken<E: std::fmt::Display + 'static>(what: &str, e: E) -> CommandFailure {
     tracing::error!(error = %e, "{what}");
-    CommandFailure::internal()
+    let unreachable = (&e as &dyn std::any::Any)
+        .downcast_ref::<crate::store::event_store::StoreError>()
+        .is_some_and(|e| e.kind() == crate::store::event_store::StoreErrorKind::Unavailable);
+    if unreachable { CommandFailure::unavailable() } else { CommandFailure::internal() }
 }

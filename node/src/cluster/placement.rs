@@ -31,6 +31,8 @@ use super::membership::Membership;
 pub const BUCKET: &str = "placement";
 /// How long a remote holder, once read, is trusted before it is read again.
 const HOLDER_CACHE: Duration = Duration::from_secs(1);
+/// How long a read or write of a lease waits for the server.
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most this many remote holders are cached; past it the cache starts over.
 const HOLDER_CACHE_MAX: usize = 100_000;
 
@@ -277,7 +279,13 @@ impl Placement {
 
     /// Reads the lease from the bucket: its holder and the revision to expect.
     async fn read(&self, scope: &Scope) -> anyhow::Result<(Owner, u64)> {
-        match self.stream.direct_get_last_for_subject(Self::subject(scope)).await {
+        // A short bound: while the bucket's servers elect a leader a read
+        // gets no answer, and the caller asks again rather than wait out the
+        // client's five seconds.
+        let read = tokio::time::timeout(IO_TIMEOUT, self.stream.direct_get_last_for_subject(Self::subject(scope)))
+            .await
+            .map_err(|_| anyhow!("reading the placement of {scope}: no answer in time"))?;
+        match read {
             Ok(msg) => {
                 let marker = msg.headers.get("KV-Operation").is_some()
                     || msg.headers.get(async_nats::header::NATS_MARKER_REASON).is_some()
@@ -313,7 +321,7 @@ impl Placement {
             .publish_with_headers(Self::subject(scope), headers, payload.into())
             .await
             .map_err(|e| anyhow!("writing the placement of {scope}: {e}"))?;
-        match tokio::time::timeout(self.lease / 2, ack).await {
+        match tokio::time::timeout(IO_TIMEOUT.min(self.lease / 2), ack).await {
             Ok(Ok(ack)) => Ok(Write::Done(ack.sequence)),
             Ok(Err(e)) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => Ok(Write::Conflict),
             Ok(Err(e)) => Err(anyhow!("writing the placement of {scope}: {e}")),
@@ -381,25 +389,48 @@ impl Placement {
             .buffer_unordered(64)
             .collect()
             .await;
-        let mut lost = Vec::new();
-        let mut inner = self.inner.lock().expect("placement lock");
-        for (scope, was, sent, result) in results {
+        let (mut lost, mut conflicts) = (Vec::new(), Vec::new());
+        {
+            let mut inner = self.inner.lock().expect("placement lock");
+            for (scope, was, sent, result) in results {
+                let Some(lease) = inner.leases.get_mut(&scope) else { continue };
+                if lease.seq != was {
+                    // Written again meanwhile (a concurrent acquisition): that write counts.
+                    continue;
+                }
+                match result {
+                    Ok(Write::Done(seq)) => {
+                        lease.seq = seq;
+                        lease.valid_until = sent + self.usable();
+                    }
+                    // Another revision than this node's last: someone took it,
+                    // or an earlier renewal landed whose acknowledgement was lost
+                    // (a server failing over). The bucket says which.
+                    Ok(Write::Conflict) => conflicts.push((scope, was)),
+                    Err(e) => tracing::warn!(error = %e, "could not renew a lease; trying again"),
+                }
+            }
+        }
+        for (scope, was) in conflicts {
+            let still_mine = match self.read(&scope).await {
+                Ok((Owner::Node(node), seq)) if node == self.me() => Some(seq),
+                Ok(_) => None,
+                // Unknown: keep it; the next round asks again, and the lease
+                // is not acted on past `valid_until` meanwhile.
+                Err(_) => continue,
+            };
+            let mut inner = self.inner.lock().expect("placement lock");
             let Some(lease) = inner.leases.get_mut(&scope) else { continue };
             if lease.seq != was {
-                // Written again meanwhile (a concurrent acquisition): that write counts.
                 continue;
             }
-            match result {
-                Ok(Write::Done(seq)) => {
-                    lease.seq = seq;
-                    lease.valid_until = sent + self.usable();
-                }
-                Ok(Write::Conflict) => {
+            match still_mine {
+                Some(seq) => lease.seq = seq,
+                None => {
                     tracing::warn!(tenant = %scope, "lost the tenant's lease to another node");
                     inner.leases.remove(&scope);
                     lost.push(scope);
                 }
-                Err(e) => tracing::warn!(error = %e, "could not renew a lease; trying again"),
             }
         }
         lost

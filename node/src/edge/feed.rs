@@ -81,6 +81,7 @@ async fn follow<F: Feed>(feed: &F, store: &EventStore) -> anyhow::Result<()> {
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: feed.filter().into(),
             deliver_policy: feed.start(),
+            max_expires: actors::store::event_store::FAILOVER_EXPIRY,
             ..Default::default()
         })
         .await?;

@@ -263,6 +263,14 @@ const DE: &[(&str, &str)] = &[
         crate::graphql::request::NO_ANSWER,
         "keine rechtzeitige Antwort vom Knoten des Mandanten; bitte mit demselben idempotency-key erneut senden",
     ),
+    (
+        crate::graphql::request::NOT_YET_READABLE,
+        "der Schreibvorgang ist gespeichert, aber die Lesemodelle dieses Knotens zeigen ihn noch nicht; mit seinem canopy-consistency-Token erneut lesen",
+    ),
+    (
+        actors::command::UNAVAILABLE_MESSAGE,
+        "das Ereignisprotokoll ist gerade nicht erreichbar; die Anfrage wurde nicht ausgeführt oder kann gefahrlos wiederholt werden",
+    ),
     ("sign in as a platform administrator", "melden Sie sich als Plattform-Administrator an"),
     ("the placement bucket cannot be read now", "die Platzierung der Mandanten kann gerade nicht gelesen werden"),
     ("this field declares no permission", "dieses Feld nennt keine Berechtigung"),
@@ -690,6 +698,8 @@ mod tests {
             [
                 crate::router::MOVING,
                 crate::graphql::request::NO_ANSWER,
+                crate::graphql::request::NOT_YET_READABLE,
+                actors::command::UNAVAILABLE_MESSAGE,
                 "sign in as a platform administrator",
                 "the placement bucket cannot be read now",
             ]

@@ -75,6 +75,8 @@ impl Refusal {
             "CONFLICT" => (StatusCode::CONFLICT, "CONFLICT"),
             "LIMIT_EXCEEDED" => (StatusCode::TOO_MANY_REQUESTS, "LIMIT_EXCEEDED"),
             "RATE_LIMITED" => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            "UNAVAILABLE" => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            "NOT_YET_READABLE" => (StatusCode::SERVICE_UNAVAILABLE, "NOT_YET_READABLE"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         Self::new(status, code, message)
@@ -272,8 +274,16 @@ pub async fn write(
         op,
     };
     let reply: RecordReply = send(app, req, "record", operation, request).await?;
-    request::projected(app, reply.seq).await;
+    projected(app, reply.seq).await?;
     Ok(reply)
+}
+
+/// Read-your-writes for a REST write: a write this node's read models do not
+/// show in time is refused as `NOT_YET_READABLE`, never answered stale.
+async fn projected(app: &App, seq: u64) -> Result<(), Refusal> {
+    request::projected(app, seq)
+        .await
+        .map_err(|_| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_YET_READABLE", request::NOT_YET_READABLE))
 }
 
 /// A command to the tenant's tree, its failure as a refusal.
@@ -293,7 +303,18 @@ pub async fn send<R: serde::Serialize, T: serde::de::DeserializeOwned>(
 /// by `dispatch`) is `INTERNAL`.
 fn dispatched<T>(answer: Result<CommandResult<T>, async_graphql::Error>) -> Result<T, Refusal> {
     answer
-        .map_err(|_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error"))?
+        .map_err(|e| {
+            let unavailable = e
+                .extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .is_some_and(|c| *c == async_graphql::Value::from("UNAVAILABLE"));
+            if unavailable {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", e.message)
+            } else {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+            }
+        })?
         .map_err(|f| Refusal::from_code(&f.code, f.message))
 }
 
@@ -526,7 +547,7 @@ async fn tenant_migration(app: &Arc<App>, req: &Request, tenant: String, what: M
         may(app, &ctx, "manage_modules").await?;
         let reply: ModulesReply = send(app, &ctx, "modules", "rest-migration", what.request(dry_run)).await?;
         if reply.seq > 0 {
-            request::projected(app, reply.seq).await;
+            projected(app, reply.seq).await?;
         }
         Ok::<_, Refusal>(answer(
             StatusCode::OK,
@@ -614,7 +635,7 @@ async fn migrate_tenant_as_platform(
         client: None,
     };
     let reply: ModulesReply = dispatched(request::dispatch(app, scope, "modules", &envelope).await)?;
-    request::projected(app, reply.seq).await;
+    projected(app, reply.seq).await?;
     Ok(reply)
 }
 

@@ -182,7 +182,7 @@ pub(super) async fn run(
         | AccessReply::TokenCreated { seq, .. }
         | AccessReply::Invited { seq, .. } => *seq,
     };
-    settle(ctx, app, seq).await;
+    settle(ctx, app, seq).await?;
     Ok(reply)
 }
 

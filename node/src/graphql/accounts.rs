@@ -186,7 +186,7 @@ async fn erased(
     let AccountReply::Erased { seq, sessions_ended } = reply else {
         return Err(internal("unexpected reply", operation));
     };
-    settle_or_revoke(ctx, app, seq, sessions_ended).await;
+    settle_or_revoke(ctx, app, seq, sessions_ended).await?;
     Ok(true)
 }
 
@@ -439,7 +439,7 @@ impl AccountMutation {
         let AccountReply::Registered { account_id, seq, session: Some(session) } = reply else {
             return Err(internal("unexpected reply", "register"));
         };
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         issue(app, &req.scope, account_id, session)
     }
 
@@ -486,7 +486,7 @@ impl AccountMutation {
         let AccountReply::Updated { seq } = reply else {
             return Err(internal("unexpected reply", "updateProfile"));
         };
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         Ok(User::known(&req.scope, &p.sub))
     }
 
@@ -512,7 +512,7 @@ impl AccountMutation {
         let AccountReply::Verified { account_id, seq } = reply else {
             return Err(internal("unexpected reply", "verifyEmail"));
         };
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         Ok(User::known(&req.scope, &account_id))
     }
 
@@ -561,7 +561,7 @@ impl AccountMutation {
         let AccountReply::PasswordSet { seq, sessions_ended } = reply else {
             return Err(internal("unexpected reply", "resetPassword"));
         };
-        settle_or_revoke(ctx, app, seq, sessions_ended).await;
+        settle_or_revoke(ctx, app, seq, sessions_ended).await?;
         Ok(true)
     }
 
@@ -583,7 +583,7 @@ impl AccountMutation {
         let AccountReply::ChangeRequested { seq } = reply else {
             return Err(internal("unexpected reply", "changeEmail"));
         };
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         Ok(true)
     }
 
@@ -625,7 +625,7 @@ impl AccountMutation {
         let AccountReply::PasswordSet { seq, sessions_ended } = reply else {
             return Err(internal("unexpected reply", "changePassword"));
         };
-        settle_or_revoke(ctx, app, seq, sessions_ended).await;
+        settle_or_revoke(ctx, app, seq, sessions_ended).await?;
         Ok(true)
     }
 
@@ -641,7 +641,7 @@ impl AccountMutation {
         let AccountReply::VerificationSent { seq } = reply else {
             return Err(internal("unexpected reply", "resendVerification"));
         };
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         Ok(true)
     }
 }

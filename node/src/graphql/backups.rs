@@ -87,7 +87,7 @@ impl BackupMutation {
         tenant_of(req, "backups belong to a tenant")?;
         let reply: BackupReply =
             send(app, req, &req.scope, "backups", command_id(req, "backupTenant"), BackupRequest::Take).await?;
-        settle(ctx, app, reply.seq).await;
+        settle(ctx, app, reply.seq).await?;
         let id = reply.backup_id.ok_or_else(|| internal("a backup", "no id in the reply"))?;
         let events = app
             .read_model
@@ -113,7 +113,7 @@ impl BackupMutation {
         let request = BackupRequest::SetLimits { per_day: input.per_day_backups, max: input.max_backups };
         let reply: BackupReply =
             send(app, req, &Scope::Tenant(slug), "backups", command_id(req, "setBackupLimits"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        settle(ctx, app, reply.seq).await?;
         Ok(BackupLimits { per_day_backups: reply.per_day, max_backups: reply.max })
     }
 }

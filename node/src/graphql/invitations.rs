@@ -159,7 +159,7 @@ impl InvitationMutation {
         let AccountReply::Registered { account_id, seq, session: Some(session) } = reply else {
             return Err(internal("unexpected reply", "acceptInvitation"));
         };
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         issue(app, &req.scope, account_id, session)
     }
 }

@@ -196,7 +196,7 @@ pub async fn modules_command(
     tenant_of(req, "modules belong to a tenant")?;
     let reply: ModulesReply = send(app, req, &req.scope, "modules", command_id(req, operation), request).await?;
     if reply.seq > 0 {
-        settle(ctx, app, reply.seq).await;
+        settle(ctx, app, reply.seq).await?;
     }
     Ok(ModuleChange { steps: reply.steps.into_iter().map(Into::into).collect(), applied: !dry_run })
 }

@@ -166,7 +166,7 @@ impl PushMutation {
         let request =
             PushRequest::Publish { topic: topic.as_str().to_owned(), payload: input.payload, retain: input.retain };
         let reply: PushReply = send(app, req, &req.scope, "push", command_id(req, "publishMessage"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        settle(ctx, app, reply.seq).await?;
         let id = reply.message_id.ok_or_else(|| internal("a published message", "no id in the reply"))?;
         Ok(PublishedMessage { id: ID(id), topic: topic.as_str().to_owned() })
     }
@@ -184,7 +184,7 @@ impl PushMutation {
         let request = PushRequest::SetForwarding { types };
         let reply: PushReply =
             send(app, req, &req.scope, "push", command_id(req, "setPushForwarding"), request).await?;
-        settle(ctx, app, reply.seq).await;
+        settle(ctx, app, reply.seq).await?;
         Ok(reply.forwarded)
     }
 

@@ -232,33 +232,44 @@ pub async fn send<R: Serialize, T: DeserializeOwned>(
     dispatch(app, scope, aggregate, &envelope(req, command_id, request)?).await?.map_err(failure)
 }
 
-/// Waits until this node's projector has applied `seq` (or the
-/// read-your-writes timeout has passed).
-pub async fn projected(app: &App, seq: u64) {
+/// The answer of a write this node's read models did not show within the
+/// read-your-writes timeout: it is stored (and a retry with the same
+/// idempotency key is not applied again), but a mutation never answers with
+/// data older than its own write.
+pub const NOT_YET_READABLE: &str =
+    "the write is stored, but this node's read models do not show it yet; read again with its canopy-consistency token";
+
+/// Waits until this node's projector has applied `seq`; past the
+/// read-your-writes timeout, `NOT_YET_READABLE` (with the write's sequence as
+/// `extensions.consistency`).
+pub async fn projected(app: &App, seq: u64) -> async_graphql::Result<()> {
     let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
-    if !app.progress.wait_for(seq, timeout).await {
-        tracing::warn!(seq, "read models did not reach the write in time; answering anyway");
+    if app.progress.wait_for(seq, timeout).await {
+        return Ok(());
     }
+    tracing::warn!(seq, "read models did not reach the write in time");
+    Err(error("NOT_YET_READABLE", NOT_YET_READABLE).extend_with(|_, ext| ext.set("consistency", seq.to_string())))
 }
 
 /// Read-your-writes: wait until the local projection has applied `seq`.
-pub async fn settle(ctx: &Context<'_>, app: &App, seq: u64) {
+pub async fn settle(ctx: &Context<'_>, app: &App, seq: u64) -> async_graphql::Result<()> {
     ctx.insert_http_header("canopy-consistency", seq.to_string());
-    projected(app, seq).await;
+    projected(app, seq).await
 }
 
 /// After a mutation that may have ended sessions (`ended` of them, the last
 /// one's event at or before `seq`): read-your-writes, and the node's revocation
 /// set holds them, so their access tokens are refused from the next request on.
-pub async fn settle_or_revoke(ctx: &Context<'_>, app: &App, seq: u64, ended: usize) {
-    settle(ctx, app, seq).await;
+pub async fn settle_or_revoke(ctx: &Context<'_>, app: &App, seq: u64, ended: usize) -> async_graphql::Result<()> {
+    settle(ctx, app, seq).await?;
     if ended == 0 {
-        return;
+        return Ok(());
     }
     let timeout = Duration::from_millis(app.config.read_your_writes_timeout_ms);
     if !app.revocations.marks().wait_for(seq, timeout).await {
         tracing::warn!(seq, "the revocation set did not reach the write in time; answering anyway");
     }
+    Ok(())
 }
 
 pub async fn consistent(app: &App, req: &RequestCtx) {

@@ -133,7 +133,7 @@ async fn revoke(ctx: &Context<'_>, operation: &str, which: SessionSelection) -> 
     let AccountReply::SessionsRevoked { count, seq } = reply else {
         return Err(internal("unexpected reply", operation));
     };
-    settle_or_revoke(ctx, app, seq, count).await;
+    settle_or_revoke(ctx, app, seq, count).await?;
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 

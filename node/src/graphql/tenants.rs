@@ -116,7 +116,7 @@ impl TenantMutation {
         let reply: TenantReply =
             send(app, req, &Scope::Platform, "tenant", command_id(req, "createTenant"), request).await?;
         let (TenantReply::Created { seq, .. } | TenantReply::Changed { seq }) = reply;
-        settle(ctx, app, seq).await;
+        settle(ctx, app, seq).await?;
         projected(app, &slug).await
     }
 
@@ -196,7 +196,7 @@ async fn change(ctx: &Context<'_>, operation: &str, request: TenantRequest) -> a
     let (app, req): (&std::sync::Arc<App>, &RequestCtx) = parts(ctx);
     let reply: TenantReply = send(app, req, &Scope::Platform, "tenant", command_id(req, operation), request).await?;
     let (TenantReply::Created { seq, .. } | TenantReply::Changed { seq }) = reply;
-    settle(ctx, app, seq).await;
+    settle(ctx, app, seq).await?;
     let timeout = std::time::Duration::from_millis(app.config.read_your_writes_timeout_ms);
     if !app.tenants.marks().wait_for(seq, timeout).await {
         tracing::warn!(seq, "the tenant statuses did not reach the change in time; answering anyway");

@@ -480,7 +480,7 @@ impl WebhookMutation {
 async fn command(ctx: &Context<'_>, operation: &str, request: WebhookRequest) -> async_graphql::Result<WebhookReply> {
     let (app, req) = parts(ctx);
     let reply: WebhookReply = send(app, req, &req.scope, Webhooks::NAME, command_id(req, operation), request).await?;
-    settle(ctx, app, reply.seq).await;
+    settle(ctx, app, reply.seq).await?;
     Ok(reply)
 }
 

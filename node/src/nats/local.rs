@@ -145,11 +145,16 @@ impl LocalNats {
 /// dropped, unless `CANOPY_TEST_NATS_LOG` names a directory: then it goes,
 /// with debug lines, to `nats-{port}.log` there.
 fn spawn(dir: &Path, port: u16) -> anyhow::Result<std::process::Child> {
+    spawn_with(&dir.join("nats.conf"), &dir.join("store"), port, &[])
+}
+
+fn spawn_with(conf: &Path, store: &Path, port: u16, extra: &[String]) -> anyhow::Result<std::process::Child> {
     let mut cmd = std::process::Command::new("nats-server");
     cmd.arg("-c")
-        .arg(dir.join("nats.conf"))
+        .arg(conf)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("store"))
+        .arg(store)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(logs) = std::env::var_os("CANOPY_TEST_NATS_LOG") {
@@ -162,6 +167,136 @@ impl Drop for LocalNats {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three (or `n`) throwaway nats-servers clustered by routes on 127.0.0.1,
+/// each with its own store, MQTT and WebSocket listeners and server name,
+/// sharing one set of keys (the repository's `nats.conf` and authorization).
+/// `kill` and `start` stop (SIGKILL) and start one of them on the same ports
+/// and store. Killed and removed on drop.
+pub struct LocalCluster {
+    servers: Vec<ClusterServer>,
+    dir: PathBuf,
+    pub auth: NatsAuth,
+}
+
+struct ClusterServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    conf: PathBuf,
+    store: PathBuf,
+    args: Vec<String>,
+}
+
+impl LocalCluster {
+    pub fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("canopy-nats-cluster-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("while creating {}", dir.display()))?;
+        let auth = NatsAuth::load_or_create(&dir.join("auth"))?;
+        auth.write_server_files()?;
+        let free = || -> anyhow::Result<std::net::SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let routes: Vec<u16> = (0..n).map(|_| free().map(|a| a.port())).collect::<anyhow::Result<_>>()?;
+        let route_list = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let conf = dir.join(format!("nats-{i}.conf"));
+            std::fs::write(&conf, conf_with_listeners(free()?, free()?))?;
+            let args = vec![
+                "-n".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "canopy-test".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_owned(),
+                route_list.clone(),
+            ];
+            let store = dir.join(format!("store-{i}"));
+            servers.push(ClusterServer { child: None, port: free()?.port(), conf, store, args });
+        }
+        let mut me = Self { servers, dir, auth };
+        for i in 0..n {
+            me.start_one(i)?;
+        }
+        Ok(me)
+    }
+
+    /// Starts server `i` again (after `kill`) on its ports and store.
+    pub fn start_one(&mut self, i: usize) -> anyhow::Result<()> {
+        let s = &mut self.servers[i];
+        let mut child = spawn_with(&s.conf, &s.store, s.port, &s.args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("nats-server n{i} exited ({status}) instead of listening on port {}", s.port);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("nats-server n{i} did not start on port {}", s.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills server `i` (SIGKILL: what a crash leaves).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every server's URL, comma-separated, as `nats_url` takes them.
+    pub fn url(&self) -> String {
+        self.servers.iter().map(|s| format!("nats://127.0.0.1:{}", s.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Server `i`'s URL alone.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials::CredsFile(self.auth.node_creds_path())
+    }
+
+    pub fn auth_dir(&self) -> PathBuf {
+        self.dir.join("auth")
+    }
+
+    /// A client in the nodes' account, on any of the servers.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        connect_with(&self.url(), &self.credentials(), &Tls::default()).await
+    }
+
+    /// Waits until JetStream answers with a meta leader (the cluster formed).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), js.query_account()).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the NATS cluster did not elect a JetStream meta leader in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -83,7 +83,9 @@ async fn follow<R: React>(store: &EventStore, reactor: &R) -> anyhow::Result<()>
             ..Default::default()
         })
         .await?;
-    let messages = consumer.messages().await?;
+    // Short pulls: a pull waiting on a lost NATS server is noticed in seconds.
+    let expiry = actors::store::event_store::FAILOVER_EXPIRY;
+    let messages = consumer.stream().expires(expiry).heartbeat(expiry / 2).messages().await?;
     let mut settled = messages
         .map(|msg| async move {
             let msg = msg?;

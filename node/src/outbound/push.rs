@@ -182,6 +182,7 @@ impl PushOut {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subject(tenant, topic),
                 deliver_policy,
+                max_expires: actors::store::event_store::FAILOVER_EXPIRY,
                 ..Default::default()
             })
             .await?;

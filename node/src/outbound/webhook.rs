@@ -311,6 +311,7 @@ impl WebhookOut {
         let mut c = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("whlog.{}.{webhook_id}", tenant.as_str()),
+                max_expires: actors::store::event_store::FAILOVER_EXPIRY,
                 ..Default::default()
             })
             .await?;

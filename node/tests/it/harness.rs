@@ -91,6 +91,11 @@ impl TestNode {
         let data = TempDir::new().unwrap();
         let mut config = test_config(nats, data.path());
         tune(&mut config);
+        Self::start_in(data, config).await
+    }
+
+    /// Starts a node on `config`, whose data dir is `data`.
+    pub async fn start_in(data: TempDir, config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

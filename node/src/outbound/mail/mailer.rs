@@ -87,8 +87,14 @@ impl Mailer {
         let consumer =
             stream.create_consumer(consumer_config(self.attempts)).await.context("while creating the mailer")?;
         let done = self.js.get_key_value(DONE_BUCKET).await.context("while opening mail_done")?;
-        let mut messages =
-            consumer.stream().max_messages_per_batch(CONCURRENT).messages().await.context("while pulling from MAIL")?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(CONCURRENT)
+            .expires(actors::store::event_store::FAILOVER_EXPIRY)
+            .heartbeat(actors::store::event_store::FAILOVER_EXPIRY / 2)
+            .messages()
+            .await
+            .context("while pulling from MAIL")?;
         let mut sending = FuturesUnordered::new();
         let ended = loop {
             tokio::select! {
