@@ -448,28 +448,10 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         webhook_allow_loopback: true,
         ..Config::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(crate::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    let http = Http {
-        client: reqwest::Client::builder().pool_max_idle_per_host(128).build()?,
-        url: format!("http://{addr}/graphql"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.client.get(format!("http://{addr}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        if Instant::now() > deadline || node.is_finished() {
-            bail!("the node did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let node_config = config.clone();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    let (addr, stop_tx, node) = start_node(config, &client).await?;
+    let http = Http { client, url: format!("http://{addr}/graphql") };
     let nc = nats.client().await?;
 
     let mut results = Vec::new();
@@ -484,6 +466,8 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
         only: opts.only.as_ref().map(|o| o.to_uppercase()),
         sink,
         nats_url: nats.url.clone(),
+        node_config,
+        root: root.to_path_buf(),
     };
     let result = scenarios(&http, &nc, &fixture, &mut results).await;
     let _ = stop_tx.send(());
@@ -502,6 +486,33 @@ async fn run_in(root: &std::path::Path, opts: &Options) -> anyhow::Result<Report
     Ok(Report { machine: machine(), quick: opts.quick, results, skipped })
 }
 
+/// Starts a node in this process and waits until it is ready: its address,
+/// the sender that stops it and its task.
+async fn start_node(
+    config: Config,
+    client: &reqwest::Client,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(crate::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
+            && r.status() == 200
+        {
+            return Ok((addr, stop_tx, node));
+        }
+        if Instant::now() > deadline || node.is_finished() {
+            bail!("the node did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What one run measures and with what: sizes, the shared master key, the node's
 /// metrics URL and the scenario filter.
 struct Fixture {
@@ -517,6 +528,9 @@ struct Fixture {
     sink: Option<SmtpSink>,
     /// Where push clients connect (P).
     nats_url: String,
+    /// The node's configuration, for the nodes N adds, and where their data goes.
+    node_config: Config,
+    root: PathBuf,
 }
 
 impl Fixture {
@@ -864,11 +878,131 @@ async fn scenarios(
         mail(nc, fixture, sink, &http.client, results).await?;
     }
 
+    if fixture.wants('N') {
+        cluster(http, nc, fixture, &owners, &drain, &publish, results).await?;
+    }
     if fixture.wants('F') {
         activation(nc, fixture, owners[0].clone(), results).await?;
     }
     if fixture.wants('G') {
         memory(nc, fixture, results).await?;
+    }
+    Ok(())
+}
+
+/// N: the cluster on one machine. Two more nodes join the bench's NATS (the
+/// same master key, data of their own); then a profile update is sent to
+/// the node holding the tenant's lease (one hop, as the edge sends it when it
+/// knows the owner) and to another node, which forwards it (the hop's cost:
+/// compare the two p50s at concurrency 1); and, once the tenants have spread
+/// over the three nodes, B again with each command sent to its tenant's
+/// owner. On 2 cores three nodes share what one had.
+async fn cluster<B, BFut>(
+    http: &Http,
+    nc: &async_nats::Client,
+    fixture: &Fixture,
+    owners: &Arc<Vec<Actor>>,
+    drain: &Drain,
+    publish: &Arc<B>,
+    results: &mut Vec<Stats>,
+) -> anyhow::Result<()>
+where
+    B: Fn(usize, u64) -> BFut + Send + Sync + 'static,
+    BFut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut joined = Vec::new();
+    for i in 2..=3 {
+        let mut config = fixture.node_config.clone();
+        config.data_dir = fixture.root.join(format!("node-{i}"));
+        config.bootstrap_admin_email = None;
+        config.bootstrap_admin_password = None;
+        joined.push(start_node(config, &http.client).await?);
+    }
+    let js = async_nats::jetstream::new(nc.clone());
+    let placement = js.get_key_value(crate::cluster::placement::BUCKET).await?;
+    let members = js.get_key_value(crate::cluster::membership::BUCKET).await?;
+    let holders = || async {
+        let mut out = std::collections::HashMap::new();
+        for o in owners.iter() {
+            if let Some(v) = placement.get(&o.tenant).await? {
+                let node: Value = serde_json::from_slice(&v)?;
+                out.insert(o.tenant.clone(), node["node"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        anyhow::Ok(out)
+    };
+    let mut ids = Vec::new();
+    let mut keys = members.keys().await?;
+    while let Some(k) = futures::StreamExt::next(&mut keys).await {
+        ids.push(k?);
+    }
+    // The tenants spread over the three nodes, a few per lease renewal; each
+    // round of updates keeps every tenant held (or takes it on its new node).
+    let deadline = Instant::now() + if fixture.quick { Duration::from_secs(5) } else { Duration::from_secs(120) };
+    let spread = loop {
+        for (i, o) in owners.iter().enumerate() {
+            update_profile(nc.clone(), o.clone(), i as u64).await?;
+        }
+        let held = holders().await?;
+        let mut per: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
+        for n in held.values() {
+            *per.entry(n).or_default() += 1;
+        }
+        let most = per.values().copied().max().unwrap_or(0);
+        if (per.len() == 3 && most <= owners.len().div_ceil(3) + owners.len() / 10) || Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let (spread, ids) = (Arc::new(spread), Arc::new(ids));
+    // To the owner, or to another node that forwards it; a tenant without a
+    // holder at the moment (being handed over) goes to any node.
+    let subject =
+        move |spread: &std::collections::HashMap<String, String>, ids: &[String], who: &Actor, forwarded: bool| {
+            let scope = Scope::Tenant(TenantId::parse(&who.tenant).expect("a fixture's slug"));
+            match spread.get(&who.tenant) {
+                Some(owner) if forwarded => match ids.iter().find(|id| *id != owner) {
+                    Some(other) => crate::router::node_subject(other, &scope, "account"),
+                    None => command_subject(&scope, "account"),
+                },
+                Some(owner) => crate::router::node_subject(owner, &scope, "account"),
+                None => command_subject(&scope, "account"),
+            }
+        };
+    for forwarded in [false, true] {
+        let (nc, owners, spread, ids) = (nc.clone(), owners.clone(), spread.clone(), ids.clone());
+        let name =
+            if forwarded { "N command through another node (forwarded)" } else { "N command to the tenant's owner" };
+        results.push(
+            measure(name, 1, fixture.duration, move |w, i| {
+                let who = owners[pick(owners.len(), 1, w, i)].clone();
+                let to = subject(&spread, &ids, &who, forwarded);
+                update_profile_to(nc.clone(), to, who, i)
+            })
+            .await?,
+        );
+    }
+    let level = fixture.levels[1];
+    let (nc2, owners2) = (nc.clone(), owners.clone());
+    let mut stats = measure_against(
+        "N B over 3 nodes, to each tenant's owner",
+        level,
+        fixture.duration,
+        drain,
+        publish,
+        move |w, i| {
+            let who = owners2[pick(owners2.len(), level, w, i)].clone();
+            let to = subject(&spread, &ids, &who, false);
+            update_profile_to(nc2.clone(), to, who, i)
+        },
+    )
+    .await?;
+    let nodes_used = holders().await?.values().collect::<std::collections::HashSet<_>>().len();
+    stats.extra.insert("nodes_holding_tenants".into(), nodes_used as f64);
+    results.push(stats);
+    for (_, stop, task) in joined {
+        let _ = stop.send(());
+        let _ = task.await;
     }
     Ok(())
 }
@@ -1712,6 +1846,12 @@ async fn memory(nc: &async_nats::Client, fixture: &Fixture, results: &mut Vec<St
 /// cheap account command of B, E and F.
 async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::Result<()> {
     let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
+    update_profile_to(nc, command_subject(&scope, "account"), who, n).await
+}
+
+/// B's profile update, sent to `subject`.
+async fn update_profile_to(nc: async_nats::Client, subject: String, who: Actor, n: u64) -> anyhow::Result<()> {
+    let scope = Scope::Tenant(TenantId::parse(&who.tenant)?);
     let account_id = AccountId::parse(&who.account_id)?;
     let body = serde_json::to_vec(&CommandEnvelope {
         command_id: CommandId::fresh(),
@@ -1724,7 +1864,7 @@ async fn update_profile(nc: async_nats::Client, who: Actor, n: u64) -> anyhow::R
         },
         client: None,
     })?;
-    let reply = nc.request(command_subject(&scope, "account"), body.into()).await?;
+    let reply = nc.request(subject, body.into()).await?;
     match serde_json::from_slice::<CommandResult<AccountReply>>(&reply.payload)? {
         Ok(_) => Ok(()),
         Err(f) => bail!("command failed: {f}"),

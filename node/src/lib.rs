@@ -190,9 +190,21 @@ impl Core {
             _ => None,
         };
         let nats = nats::connect(&url, &creds, &tls, Duration::from_secs(15)).await?;
-        let (store, keys_kv) = EventStore::open(nats.clone(), config.replicas)
-            .await
-            .context("while creating the EVENTS stream and buckets")?;
+        nats::wait_for_jetstream(&nats, Duration::from_secs(60)).await?;
+        // Nodes starting together on a new NATS cluster all create the R3
+        // streams while its servers still place them: a request may go
+        // unanswered, and the next one succeeds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (store, keys_kv) = loop {
+            match EventStore::open(nats.clone(), config.replicas).await {
+                Ok(opened) => break opened,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "creating the EVENTS stream and buckets; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context("while creating the EVENTS stream and buckets")),
+            }
+        };
         let keys = KeyRing::new(keys_kv, master);
         let read_model = ReadModel::connect(config).await?;
         Ok(Self {

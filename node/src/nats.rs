@@ -207,6 +207,28 @@ pub async fn connect_with(url: &str, creds: &Credentials, tls: &Tls) -> anyhow::
 /// Connects, retrying while a freshly started server comes up, and checks its
 /// version. A refusal of the credentials ends at once; errors name the server
 /// with any password in its URL redacted.
+/// Waits until JetStream answers (up to `wait`): a NATS cluster that has
+/// just started answers no JetStream request until it has elected its meta
+/// leader, and a node must not give up at start because it came up first.
+pub async fn wait_for_jetstream(client: &async_nats::Client, wait: Duration) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + wait;
+    loop {
+        let last = match tokio::time::timeout(Duration::from_secs(2), js.query_account()).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "JetStream did not answer within {wait:?} ({last}): is JetStream enabled on the server, and has its cluster elected a leader?"
+            );
+        }
+        tracing::info!(problem = %last, "waiting for JetStream");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn connect(url: &str, creds: &Credentials, tls: &Tls, wait: Duration) -> anyhow::Result<async_nats::Client> {
     use async_nats::ConnectErrorKind as K;
     let shown = redact_url(url);

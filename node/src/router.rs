@@ -280,10 +280,20 @@ impl Router {
             .headers(headers)
             .timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        match self.nats.send_request(node_subject(node, scope, aggregate), request).await {
-            Ok(reply) => Some(reply.payload.to_vec()),
-            Err(e) => {
-                tracing::debug!(error = %e, node, tenant = %scope, "a forwarded command went unanswered");
+        // A node that dies with the command never answers: stop waiting when
+        // it counts as dead. The command may have run there; its command id
+        // makes the next owner's run of it a no-op if it did.
+        let sent = self.nats.send_request(node_subject(node, scope, aggregate), request);
+        tokio::select! {
+            reply = sent => match reply {
+                Ok(reply) => Some(reply.payload.to_vec()),
+                Err(e) => {
+                    tracing::debug!(error = %e, node, tenant = %scope, "a forwarded command went unanswered");
+                    None
+                }
+            },
+            () = self.placement.membership().until_dead(node) => {
+                tracing::debug!(node, tenant = %scope, "the node a command was forwarded to died");
                 None
             }
         }

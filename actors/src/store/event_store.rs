@@ -230,13 +230,18 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 /// long after a NATS server was lost).
 pub const FAILOVER_EXPIRY: Duration = Duration::from_secs(2);
 
-/// How long a JetStream request (an append's acknowledgement, a point read,
-/// a consumer's creation) waits for its answer. While the servers of a
-/// cluster elect a new leader for a stream, requests go unanswered: a shorter
-/// wait lets the caller (a retry under the same command id) reach the new
-/// leader sooner. An append that timed out may still have landed; its command
-/// id makes the retry a no-op.
+/// How long a command's JetStream requests (an append's acknowledgement, a
+/// point read, a load's consumer) wait for their answer, shorter than the
+/// client's five seconds. While the servers of a cluster elect a new leader
+/// for a stream, requests go unanswered: a shorter wait lets the caller (a
+/// retry under the same command id) reach the new leader sooner. An append
+/// that timed out may still have landed; its command id makes the retry a
+/// no-op.
 pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the store's JetStream context waits for an answer (creating a
+/// stream or bucket, a bucket's reads and writes).
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The stream configuration from DESIGN.md: file storage, atomic batches, no delete
 /// or purge, direct gets for point reads, kept forever.
@@ -328,8 +333,11 @@ impl EventStore {
     /// Creates (or updates) the `EVENTS` stream and the `snapshots` and `keys`
     /// buckets, and returns the store with the `keys` bucket for the key ring.
     pub async fn open(client: async_nats::Client, replicas: usize) -> Result<(Self, kv::Store), StoreError> {
+        // The context's own wait covers setting up streams and buckets, which
+        // on a NATS cluster that is still forming takes longer than a
+        // command's requests may (`JETSTREAM_TIMEOUT`).
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(JETSTREAM_TIMEOUT);
+        js.set_timeout(SETUP_TIMEOUT);
         js.create_or_update_stream(stream_config(replicas)).await.map_err(unavailable)?;
         let stream = js.get_stream(STREAM).await.map_err(unavailable)?;
         let snapshots = open_bucket(&js, SNAPSHOTS, replicas).await?;
@@ -406,7 +414,10 @@ impl EventStore {
                 );
             }
         }
-        match commit.expect("the last message is the commit").await {
+        let acked = tokio::time::timeout(JETSTREAM_TIMEOUT, commit.expect("the last message is the commit"))
+            .await
+            .map_err(|_| unavailable("no acknowledgement of the append in time"))?;
+        match acked {
             Ok(ack) => {
                 if !ack.duplicate {
                     self.inner.acks.acked(ack.sequence.saturating_sub(n as u64 - 1), ack.sequence);
@@ -437,16 +448,15 @@ impl EventStore {
     /// for each get.
     pub async fn load(&self, filter: &str, after_seq: u64) -> Result<Vec<Stored>, StoreError> {
         self.inner.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let consumer = self
-            .inner
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 },
-                max_expires: FAILOVER_EXPIRY,
-                ..Default::default()
-            })
+        let created = self.inner.stream.create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 },
+            max_expires: FAILOVER_EXPIRY,
+            ..Default::default()
+        });
+        let consumer = tokio::time::timeout(JETSTREAM_TIMEOUT, created)
             .await
+            .map_err(|_| unavailable("no answer to a load's consumer in time"))?
             .map_err(unavailable)?;
         let name = consumer.cached_info().name.clone();
         let pending = consumer.cached_info().num_pending;
@@ -506,7 +516,10 @@ impl EventStore {
         subject: &str,
     ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, StoreError> {
         self.inner.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.inner.stream.direct_get_last_for_subject(subject).await {
+        let got = tokio::time::timeout(JETSTREAM_TIMEOUT, self.inner.stream.direct_get_last_for_subject(subject))
+            .await
+            .map_err(|_| unavailable("no answer to a point read in time"))?;
+        match got {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(unavailable(e)),

@@ -147,6 +147,14 @@ impl Membership {
             .is_some_and(|(_, at)| at.elapsed() < self.dead_after)
     }
 
+    /// Resolves once `id` is no longer live: a request waiting for a node's
+    /// answer gives up on it then, rather than at its timeout.
+    pub async fn until_dead(&self, id: &str) {
+        while self.is_live(id) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Heartbeats and follows the others until `cancel`, then deletes this
     /// node's entry.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {

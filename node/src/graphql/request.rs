@@ -192,9 +192,18 @@ pub async fn dispatch<R: Serialize, T: DeserializeOwned>(
     let reply = loop {
         let to = owner.take().unwrap_or_else(|| app.placement.me().to_owned());
         let left = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, app.nats.request(node_subject(&to, scope, aggregate), body.clone().into()))
-            .await
-        {
+        let sent =
+            tokio::time::timeout(left, app.nats.request(node_subject(&to, scope, aggregate), body.clone().into()));
+        let answered = tokio::select! {
+            a = sent => a,
+            // The owner died with the command: this node's router takes it
+            // on (a no-op by its command id if it had run there).
+            () = app.placement.membership().until_dead(&to), if to != app.placement.me() => {
+                app.placement.forget_holder(scope);
+                continue;
+            }
+        };
+        match answered {
             Err(_) => return Err(unavailable()),
             Ok(Ok(reply)) => break reply,
             Ok(Err(e)) => match e.kind() {

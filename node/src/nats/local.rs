@@ -105,7 +105,7 @@ impl LocalNats {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
+        still_running(&mut self.child, self.port)
     }
 
     /// Stops the server (SIGKILL: what a crash leaves) and starts it again on
@@ -161,6 +161,17 @@ fn spawn_with(conf: &Path, store: &Path, port: u16, extra: &[String]) -> anyhow:
         cmd.arg("-D").arg("-l").arg(Path::new(&logs).join(format!("nats-{port}.log")));
     }
     cmd.spawn().map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))
+}
+
+/// Whether the server that answers on `port` is this child: when another
+/// process took the port first (tests start servers side by side), the port
+/// answers but this child exits at once, unable to bind it.
+fn still_running(child: &mut std::process::Child, port: u16) -> anyhow::Result<()> {
+    std::thread::sleep(Duration::from_millis(150));
+    match child.try_wait() {
+        Ok(Some(status)) => bail!("nats-server exited ({status}): port {port} belongs to another process"),
+        _ => Ok(()),
+    }
 }
 
 impl Drop for LocalNats {
@@ -240,6 +251,7 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        still_running(&mut child, s.port)?;
         s.child = Some(child);
         Ok(())
     }

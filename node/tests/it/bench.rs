@@ -11,7 +11,7 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "J", "M", "P", "R", "W"]
+        ["A", "A'", "B", "C", "D", "E", "F", "G", "H", "I", "J", "M", "N", "P", "R", "W"]
     );
     for s in &report.results {
         assert!(s.ops > 0, "{} ran nothing", s.scenario);
@@ -58,6 +58,11 @@ async fn the_quick_benchmark_runs_every_scenario() {
     assert_eq!(w[0].ops, 40, "{w:?}");
     assert!(w[2].p99_vs_baseline.is_some_and(|r| r.is_finite() && r > 0.0), "{w:?}");
     assert!(w[2].extra["baseline_p99_us"] > 0.0, "{w:?}");
+    // N: a command to the owner, one forwarded, and B over three nodes
+    // (paired with A like B).
+    let n: Vec<_> = report.results.iter().filter(|s| s.scenario.starts_with('N')).collect();
+    assert_eq!(n.len(), 3, "{n:?}");
+    assert!(n[2].throughput_vs_baseline.is_some() && n[2].extra["nodes_holding_tenants"] >= 1.0, "{n:?}");
     // F covers both sizes, with and without a snapshot.
     assert_eq!(report.results.iter().filter(|s| s.scenario.starts_with('F')).count(), 4);
     // Every measured stretch says when it ran, for splitting a profile by slice:
@@ -65,7 +70,7 @@ async fn the_quick_benchmark_runs_every_scenario() {
     let mut all = Vec::new();
     for s in &report.results {
         let count = |side: &str| s.windows.iter().filter(|w| w.side == side).count();
-        let paired = ["A'", "B", "C", "E", "R"].iter().any(|p| s.scenario.starts_with(p));
+        let paired = ["A'", "B", "C", "E", "R", "N B"].iter().any(|p| s.scenario.starts_with(p));
         if paired {
             assert_eq!((count("measured"), count("baseline"), s.windows.len()), (4, 4, 8), "{s:?}");
         } else if s.scenario.starts_with('I') {

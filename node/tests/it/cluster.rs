@@ -361,7 +361,7 @@ fn on_cluster(nats: &LocalCluster, data: &std::path::Path, master: Option<&str>)
 }
 
 /// How often `tenant`'s profile was updated, by the log.
-async fn profile_updates(js: &async_nats::jetstream::Context, tenant: &str) -> usize {
+pub(crate) async fn profile_updates(js: &async_nats::jetstream::Context, tenant: &str) -> usize {
     use futures::StreamExt;
     let stream = js.get_stream("EVENTS").await.unwrap();
     let mut subjects = stream.info_with_subjects(format!("evt.{tenant}.account.*.ProfileUpdated")).await.unwrap();

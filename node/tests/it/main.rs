@@ -19,6 +19,7 @@ mod cluster;
 mod commands;
 mod contracts;
 mod event_store;
+mod failover;
 mod mail;
 mod modules;
 mod nats_auth;

@@ -47,7 +47,7 @@ pub(crate) fn spawn(data: &Path, nats_port: u16, extra_env: &[(&str, &str)]) -> 
 }
 
 impl Canopy {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
 
@@ -77,12 +77,12 @@ impl Canopy {
         graphql(&reqwest::Client::new(), &self.url("/graphql"), tenant, token, query, vars).await
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
         assert!(ok);
     }
 
-    async fn exit_code(&mut self) -> Option<i32> {
+    pub(crate) async fn exit_code(&mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
