@@ -103,7 +103,7 @@ impl Node {
             .endpoint(format!("canopy.node.{}.status", me.id))
             .await
             .map_err(|e| anyhow!("while adding the status endpoint: {e}"))?;
-        let trees = AtomicUsize::new(0);
+        let mut trees = 0;
         let mut count = tokio::time::interval(COUNT_EVERY);
         loop {
             tokio::select! {
@@ -113,7 +113,7 @@ impl Node {
                     if let Ok(ractor::rpc::CallResult::Success(n)) =
                         node.call(NodeMsg::LiveTrees, Some(Duration::from_secs(2))).await
                     {
-                        trees.store(n, Ordering::Relaxed);
+                        trees = n;
                     }
                 }
                 Some(request) = status.next() => {
@@ -122,7 +122,7 @@ impl Node {
                         version: me.version.clone(),
                         http: me.http.clone(),
                         tenants: placement.held_count(),
-                        trees: trees.load(Ordering::Relaxed),
+                        trees,
                     };
                     let body = serde_json::to_vec(&answer).unwrap_or_default();
                     if let Err(e) = request.respond(Ok(body.into())).await {

@@ -207,6 +207,19 @@ pub async fn connect_with(url: &str, creds: &Credentials, tls: &Tls) -> anyhow::
 /// Connects, retrying while a freshly started server comes up, and checks its
 /// version. A refusal of the credentials ends at once; errors name the server
 /// with any password in its URL redacted.
+/// The KV bucket `config.bucket`, created with `config` when it does not
+/// exist yet (an existing bucket is used as it is).
+pub async fn bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    if let Ok(kv) = js.get_key_value(&config.bucket).await {
+        return Ok(kv);
+    }
+    let name = config.bucket.clone();
+    js.create_key_value(config).await.with_context(|| format!("while creating the {name} bucket"))
+}
+
 /// Waits until JetStream answers (up to `wait`): a NATS cluster that has
 /// just started answers no JetStream request until it has elected its meta
 /// leader, and a node must not give up at start because it came up first.

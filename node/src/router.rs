@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use actors::command::{COMMAND_WILDCARD, CommandFailure, CommandResult, encode_result};
 use actors::domain::tenant::Scope;
 use actors::tree::{ChildSpec, Delivery, NodeMsg, TenantMsg};
+use bytes::Bytes;
 use futures::StreamExt;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, ActorStatus};
@@ -168,14 +169,16 @@ impl Router {
             _ => return,
         };
         let payload = match Scope::parse_token(scope) {
-            Err(_) => encode_result::<()>(Err(CommandFailure::new("BAD_USER_INPUT", "invalid tenant in subject"))),
+            Err(_) => {
+                encode_result::<()>(Err(CommandFailure::new("BAD_USER_INPUT", "invalid tenant in subject"))).into()
+            }
             // The tree's child list is the route table.
             Ok(scope) => match ChildSpec::find(self.children, aggregate, &scope) {
                 Some(child) => self.dispatch(child, scope, &msg.payload, hops).await,
-                None => encode_result::<()>(Err(CommandFailure::new("NOT_FOUND", "no such aggregate"))),
+                None => encode_result::<()>(Err(CommandFailure::new("NOT_FOUND", "no such aggregate"))).into(),
             },
         };
-        if let Err(e) = self.nats.publish(reply, payload.into()).await {
+        if let Err(e) = self.nats.publish(reply, payload).await {
             tracing::warn!(error = %e, "could not send a command reply");
         }
     }
@@ -185,7 +188,7 @@ impl Router {
     /// could take the tenant within the command timeout (its last holder died
     /// and its lease has not lapsed yet): the client retries with the same
     /// idempotency key.
-    async fn dispatch(&self, child: &ChildSpec, scope: Scope, payload: &[u8], hops: u32) -> Vec<u8> {
+    async fn dispatch(&self, child: &ChildSpec, scope: Scope, payload: &Bytes, hops: u32) -> Bytes {
         // Answer before the sender's own timeout does, with a typed error.
         let deadline = Instant::now() + self.timeout.mul_f64(0.9);
         while Instant::now() < deadline {
@@ -193,7 +196,7 @@ impl Router {
                 Local::Run(permit) => {
                     let reply = self.route(child, &scope, payload).await;
                     drop(permit);
-                    return reply;
+                    return reply.into();
                 }
                 Local::Draining(handed_over) => {
                     let _ = tokio::time::timeout(RETRY, handed_over.notified()).await;
@@ -206,10 +209,7 @@ impl Router {
                 Ok(Owner::Node(node)) if node == me => {
                     // The bucket says this node, the table does not: a lease
                     // being released or lost here. Take it again if it is free.
-                    if let Err(e) = self.placement.acquire(&scope).await {
-                        tracing::debug!(error = %e, "could not take a lease");
-                        tokio::time::sleep(RETRY).await;
-                    }
+                    self.take(&scope).await;
                     continue;
                 }
                 Ok(Owner::Node(node)) => {
@@ -233,10 +233,7 @@ impl Router {
                         // This node is the pick, or was sent the command by
                         // another: it takes the tenant.
                         _ => {
-                            if let Err(e) = self.placement.acquire(&scope).await {
-                                tracing::debug!(error = %e, "could not take a lease");
-                                tokio::time::sleep(RETRY).await;
-                            }
+                            self.take(&scope).await;
                             continue;
                         }
                     }
@@ -258,7 +255,17 @@ impl Router {
                 }
             }
         }
-        encode_result::<()>(Err(CommandFailure::new("UNAVAILABLE", MOVING)))
+        encode_result::<()>(Err(CommandFailure::new("UNAVAILABLE", MOVING))).into()
+    }
+
+    /// Tries to take `scope`'s lease; after a failure (the bucket not
+    /// answering, or this node's heartbeat not current) waits before the
+    /// caller asks again.
+    async fn take(&self, scope: &Scope) {
+        if let Err(e) = self.placement.acquire(scope).await {
+            tracing::debug!(error = %e, "could not take a lease");
+            tokio::time::sleep(RETRY).await;
+        }
     }
 
     /// Sends a command to another node's router. `None` when that node did
@@ -269,14 +276,14 @@ impl Router {
         node: &str,
         scope: &Scope,
         aggregate: &str,
-        payload: &[u8],
+        payload: &Bytes,
         hops: u32,
         deadline: Instant,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Bytes> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HOP_HEADER, hops.to_string().as_str());
         let request = async_nats::Request::new()
-            .payload(payload.to_vec().into())
+            .payload(payload.clone())
             .headers(headers)
             .timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +293,7 @@ impl Router {
         let sent = self.nats.send_request(node_subject(node, scope, aggregate), request);
         tokio::select! {
             reply = sent => match reply {
-                Ok(reply) => Some(reply.payload.to_vec()),
+                Ok(reply) => Some(reply.payload),
                 Err(e) => {
                     tracing::debug!(error = %e, node, tenant = %scope, "a forwarded command went unanswered");
                     None

@@ -40,12 +40,19 @@ pub struct Membership {
 
 #[derive(Default)]
 struct Seen {
-    /// Every node heard from, with when.
+    /// Every node heard from, with when; this node's own entry is when its
+    /// heartbeat was last stored (the watch's copy of it is not counted).
     members: HashMap<String, (Member, Instant)>,
-    /// When this node's own heartbeat was last stored.
-    own_beat: Option<Instant>,
     /// Set when the node leaves: it no longer counts itself live.
     leaving: bool,
+}
+
+impl Seen {
+    /// Whether `id` is live: heard from within `dead_after` (for this node,
+    /// its own heartbeat stored that recently), and not this node leaving.
+    fn live(&self, id: &str, me: &str, dead_after: Duration) -> bool {
+        !(self.leaving && id == me) && self.members.get(id).is_some_and(|(_, at)| at.elapsed() < dead_after)
+    }
 }
 
 impl Membership {
@@ -57,22 +64,20 @@ impl Membership {
         dead_after: Duration,
         replicas: usize,
     ) -> anyhow::Result<Self> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "Canopy nodes' heartbeats".into(),
-                    history: 1,
-                    // Entries of nodes that died are removed some time after
-                    // they count as dead; the age check does not rely on it.
-                    max_age: (dead_after * 6).max(Duration::from_secs(60)),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .context("while creating the nodes bucket")?,
-        };
+        let kv = crate::nats::bucket(
+            js,
+            kv::Config {
+                bucket: BUCKET.into(),
+                description: "Canopy nodes' heartbeats".into(),
+                history: 1,
+                // Entries of nodes that died are removed some time after
+                // they count as dead; the age check does not rely on it.
+                max_age: (dead_after * 6).max(Duration::from_secs(60)),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let membership = Self { me, kv, dead_after, inner: Arc::default() };
         membership.beat().await.context("while writing the node's first heartbeat")?;
         Ok(membership)
@@ -92,17 +97,14 @@ impl Membership {
         }
         let sent = Instant::now();
         self.kv.put(&self.me.id, serde_json::to_vec(&self.me)?.into()).await?;
-        let mut seen = self.inner.lock().expect("membership lock");
-        seen.own_beat = Some(sent);
-        seen.members.insert(self.me.id.clone(), (self.me.clone(), sent));
+        self.inner.lock().expect("membership lock").members.insert(self.me.id.clone(), (self.me.clone(), sent));
         Ok(())
     }
 
     /// Whether this node's own heartbeat is current: a node that cannot reach
     /// the bucket must not act as a member.
     pub fn healthy(&self) -> bool {
-        let seen = self.inner.lock().expect("membership lock");
-        !seen.leaving && seen.own_beat.is_some_and(|t| t.elapsed() < self.dead_after)
+        self.is_live(&self.me.id)
     }
 
     /// Leaves the cluster: deletes this node's entry, so the others stop
@@ -122,13 +124,7 @@ impl Membership {
         let mut live: Vec<Member> = seen
             .members
             .values()
-            .filter(|(m, at)| {
-                if m.id == self.me.id {
-                    !seen.leaving && seen.own_beat.is_some_and(|t| t.elapsed() < self.dead_after)
-                } else {
-                    at.elapsed() < self.dead_after
-                }
-            })
+            .filter(|(m, _)| seen.live(&m.id, &self.me.id, self.dead_after))
             .map(|(m, _)| m.clone())
             .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
@@ -136,15 +132,7 @@ impl Membership {
     }
 
     pub fn is_live(&self, id: &str) -> bool {
-        if id == self.me.id {
-            return self.healthy();
-        }
-        self.inner
-            .lock()
-            .expect("membership lock")
-            .members
-            .get(id)
-            .is_some_and(|(_, at)| at.elapsed() < self.dead_after)
+        self.inner.lock().expect("membership lock").live(id, &self.me.id, self.dead_after)
     }
 
     /// Resolves once `id` is no longer live: a request waiting for a node's

@@ -118,22 +118,20 @@ impl Placement {
         replicas: usize,
     ) -> anyhow::Result<Self> {
         let lease = Duration::from_secs(lease.as_secs().max(2));
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "Canopy tenant placement leases".into(),
-                    // One revision per key: a longer history would raise short
-                    // TTLs to the markers' TTL (NATS-NOTES.md).
-                    history: 1,
-                    limit_markers: Some(Duration::from_secs(1)),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .context("while creating the placement bucket")?,
-        };
+        let kv = crate::nats::bucket(
+            js,
+            kv::Config {
+                bucket: BUCKET.into(),
+                description: "Canopy tenant placement leases".into(),
+                // One revision per key: a longer history would raise short
+                // TTLs to the markers' TTL (NATS-NOTES.md).
+                history: 1,
+                limit_markers: Some(Duration::from_secs(1)),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let stream = js.get_stream(format!("KV_{BUCKET}")).await.context("while opening the placement stream")?;
         Ok(Self {
             js: js.clone(),
@@ -321,7 +319,7 @@ impl Placement {
             .publish_with_headers(Self::subject(scope), headers, payload.into())
             .await
             .map_err(|e| anyhow!("writing the placement of {scope}: {e}"))?;
-        match tokio::time::timeout(IO_TIMEOUT.min(self.lease / 2), ack).await {
+        match tokio::time::timeout(IO_TIMEOUT, ack).await {
             Ok(Ok(ack)) => Ok(Write::Done(ack.sequence)),
             Ok(Err(e)) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => Ok(Write::Conflict),
             Ok(Err(e)) => Err(anyhow!("writing the placement of {scope}: {e}")),

@@ -83,21 +83,19 @@ pub struct TokenUsage {
 
 impl TokenUsage {
     pub async fn open(js: &jetstream::Context, replicas: usize) -> anyhow::Result<Self> {
-        let kv = match js.get_key_value(USAGE_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                js.create_key_value(kv::Config {
-                    bucket: USAGE_BUCKET.into(),
-                    description: "when each access token was last used (Unix seconds), per tenant".into(),
-                    history: 1,
-                    // A token lives a year and a day at most; its last use a little longer.
-                    max_age: Duration::from_secs(400 * 24 * 3600),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await?
-            }
-        };
+        let kv = crate::nats::bucket(
+            js,
+            kv::Config {
+                bucket: USAGE_BUCKET.into(),
+                description: "when each access token was last used (Unix seconds), per tenant".into(),
+                history: 1,
+                // A token lives a year and a day at most; its last use a little longer.
+                max_age: Duration::from_secs(400 * 24 * 3600),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Self { kv, written: Mutex::new(HashMap::new()) })
     }
 

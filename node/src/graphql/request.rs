@@ -182,7 +182,7 @@ pub async fn dispatch<R: Serialize, T: DeserializeOwned>(
     aggregate: &str,
     envelope: &CommandEnvelope<R>,
 ) -> Result<CommandResult<T>, async_graphql::Error> {
-    let body = serde_json::to_vec(envelope).map_err(|e| internal("encoding a command", e))?;
+    let body = bytes::Bytes::from(serde_json::to_vec(envelope).map_err(|e| internal("encoding a command", e))?);
     let timeout = Duration::from_millis(app.config.command_timeout_ms);
     // Straight to the tenant's owner when this node knows it, else to this
     // node's router, which finds it: one NATS hop either way. An owner that
@@ -192,8 +192,7 @@ pub async fn dispatch<R: Serialize, T: DeserializeOwned>(
     let reply = loop {
         let to = owner.take().unwrap_or_else(|| app.placement.me().to_owned());
         let left = timeout.saturating_sub(started.elapsed());
-        let sent =
-            tokio::time::timeout(left, app.nats.request(node_subject(&to, scope, aggregate), body.clone().into()));
+        let sent = tokio::time::timeout(left, app.nats.request(node_subject(&to, scope, aggregate), body.clone()));
         let answered = tokio::select! {
             a = sent => a,
             // The owner died with the command: this node's router takes it

@@ -95,17 +95,7 @@ impl LocalNats {
     }
 
     fn wait_listening(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not start on port {}", self.port);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("nats-server exited ({status}) instead of listening on port {}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        still_running(&mut self.child, self.port)
+        wait_listening(&mut self.child, self.port)
     }
 
     /// Stops the server (SIGKILL: what a crash leaves) and starts it again on
@@ -163,10 +153,21 @@ fn spawn_with(conf: &Path, store: &Path, port: u16, extra: &[String]) -> anyhow:
     cmd.spawn().map_err(|e| anyhow!("could not start nats-server ({e}); {INSTALL_HINT}"))
 }
 
-/// Whether the server that answers on `port` is this child: when another
-/// process took the port first (tests start servers side by side), the port
-/// answers but this child exits at once, unable to bind it.
-fn still_running(child: &mut std::process::Child, port: u16) -> anyhow::Result<()> {
+/// Waits until `child` listens on `port`, and checks that the server that
+/// answers there is this child: when another process took the port first
+/// (tests start servers side by side), the port answers but this child exits
+/// at once, unable to bind it.
+fn wait_listening(child: &mut std::process::Child, port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nats-server did not start on port {port}");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("nats-server exited ({status}) instead of listening on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(150));
     match child.try_wait() {
         Ok(Some(status)) => bail!("nats-server exited ({status}): port {port} belongs to another process"),
@@ -240,18 +241,11 @@ impl LocalCluster {
     pub fn start_one(&mut self, i: usize) -> anyhow::Result<()> {
         let s = &mut self.servers[i];
         let mut child = spawn_with(&s.conf, &s.store, s.port, &s.args)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("nats-server n{i} exited ({status}) instead of listening on port {}", s.port);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("nats-server n{i} did not start on port {}", s.port);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = wait_listening(&mut child, s.port) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.context(format!("nats-server n{i}")));
         }
-        still_running(&mut child, s.port)?;
         s.child = Some(child);
         Ok(())
     }

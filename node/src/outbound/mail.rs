@@ -136,18 +136,18 @@ pub fn dead_config(replicas: usize) -> stream::Config {
 pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
     js.create_or_update_stream(queue_config(replicas)).await.context("while creating the MAIL stream")?;
     js.create_or_update_stream(dead_config(replicas)).await.context("while creating the MAIL_DEAD stream")?;
-    if js.get_key_value(DONE_BUCKET).await.is_err() {
-        js.create_key_value(kv::Config {
+    crate::nats::bucket(
+        js,
+        kv::Config {
             bucket: DONE_BUCKET.to_owned(),
             history: 1,
             max_age: DUPLICATE_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .context("while creating the mail_done bucket")?;
-    }
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -246,19 +246,17 @@ impl WebhookOut {
             }
             .with_context(|| format!("while opening the {name} stream"))?;
         }
-        let failures = match js.get_key_value(FAILURES).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: FAILURES.to_owned(),
-                    description: "each webhook's failed attempts in a row".into(),
-                    history: 1,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .context("while creating the webhook failures bucket")?,
-        };
+        let failures = crate::nats::bucket(
+            &js,
+            kv::Config {
+                bucket: FAILURES.to_owned(),
+                description: "each webhook's failed attempts in a row".into(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Self { js, failures })
     }
 
